@@ -1,0 +1,1 @@
+//! Models live in `tests/`; they only build with `--cfg loom`.

@@ -1,0 +1,3 @@
+//! Test guest payload at EL1.
+#![no_std]
+#![no_main]

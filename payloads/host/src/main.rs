@@ -1,0 +1,3 @@
+//! Test host payload at EL1.
+#![no_std]
+#![no_main]
