@@ -1,3 +1,45 @@
 //! Synchronisation primitives for the engine's shared state.
+//!
+//! - [`TicketLock`]: a FIFO spin lock with no data (next-ticket / now-serving).
+//! - [`Mutex`]: a data-owning lock on top of it; the data is reachable only
+//!   through a [`MutexGuard`].
+//! - [`RendezvousBarrier`]: a reusable N-participant barrier, optionally
+//!   running an action on the last arrival before anyone is released.
+//! - [`atomic`], [`cell`], [`spin_hint`]: the public face of the loom shim.
+//!   The engine uses these and never `core::sync::atomic` directly, so that
+//!   `--cfg loom` swaps every atomic, cell and spin loop for loom's.
+//!
+//! Every memory ordering in this crate is the weakest correct one and carries
+//! a comment naming the happens-before edge it creates; `docs/primitives.md`
+//! collects them, with what loom checked and what it cannot.
 #![cfg_attr(not(any(test, loom)), no_std)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::arithmetic_side_effects))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+mod barrier;
+mod mutex;
+mod shim;
+mod ticket;
+
+pub use barrier::RendezvousBarrier;
+pub use mutex::{Mutex, MutexGuard};
+pub use shim::spin_hint;
+pub use ticket::TicketLock;
+
+/// Atomics: `core::sync::atomic`'s normally, loom's under `--cfg loom`.
+pub mod atomic {
+    pub use crate::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+}
+
+/// Interior mutability whose accesses loom can track.
+pub mod cell {
+    pub use crate::shim::UnsafeCell;
+}
