@@ -130,10 +130,24 @@ impl TicketLock {
     #[inline]
     #[must_use]
     pub fn is_locked(&self) -> bool {
-        // Relaxed: this publishes nothing and orders nothing; it only reports
-        // whether a ticket is outstanding.
-        let serving = self.now_serving.load(Ordering::Relaxed);
-        self.next_ticket.load(Ordering::Relaxed) != serving
+        self.queue_len() != 0
+    }
+
+    /// How many CPUs hold or are queued for the lock at this instant (the
+    /// holder counts as one): a contention figure for diagnostics, stale as
+    /// soon as it is returned.
+    #[inline]
+    #[must_use]
+    pub fn queue_len(&self) -> u32 {
+        // Acquire: if this reads a value `s` stored by `unlock`, it
+        // synchronises with that Release store, whose CPU had drawn ticket
+        // `s - 1`; so the Relaxed load of `next_ticket` below sees at least
+        // `s` and the difference can never wrap to a huge "negative" length.
+        // It can only overstate the queue by arrivals racing with this call.
+        let serving = self.now_serving.load(Ordering::Acquire);
+        self.next_ticket
+            .load(Ordering::Relaxed)
+            .wrapping_sub(serving)
     }
 }
 
@@ -146,8 +160,10 @@ mod tests {
     fn lock_unlock_and_is_locked() {
         let l = TicketLock::new();
         assert!(!l.is_locked());
+        assert_eq!(l.queue_len(), 0);
         l.lock();
         assert!(l.is_locked());
+        assert_eq!(l.queue_len(), 1);
         // SAFETY: this thread holds the lock, taken just above.
         unsafe { l.unlock() };
         assert!(!l.is_locked());
