@@ -1,0 +1,420 @@
+//! The guest program: entry, EL1 vectors, hypercalls, the behaviours.
+
+use core::arch::{asm, global_asm};
+use core::ptr;
+
+use isola_abi::{GuestCall, HostCall, Status, psci};
+use isola_guest_payload::{
+    Attack, Behaviour, Checksum, PROBE_WRITE_VALUE, STORM_CALLS, answer, layout, msg,
+};
+
+const PAGE: u64 = isola_abi::PAGE_SIZE;
+
+// Entry at `layout::IPA_BASE` with x0 = the behaviour word. The header after
+// the first branch is what the host reads to load the image. Before any Rust
+// runs: FP/SIMD on (the compiler may use it), the guest's vectors in
+// VBAR_EL1, probes disarmed, and SP at this vCPU's own stack, found from the
+// index `GuestCall::Info` returns. A vCPU whose index has no stack turns off.
+global_asm!(
+    r#"
+    .section .text.head, "ax"
+    .global _start
+_start:
+    b 1f
+    .word 0
+    .quad {magic}
+    .quad __image_end
+    .quad __mem_end
+1:
+    mov x19, x0
+    mov x9, #(3 << 20)
+    msr cpacr_el1, x9
+    ldr x9, =guest_vectors
+    msr vbar_el1, x9
+    msr tpidr_el1, xzr
+    isb
+    ldr x0, ={info}
+    hvc #0
+    cbnz x0, 2f
+    cmp x2, #{max_vcpus}
+    b.hs 2f
+    ldr x9, =__stack_top
+    mov x10, #{stack_bytes}
+    mul x10, x10, x2
+    sub sp, x9, x10
+    mov x0, x19
+    mov x1, x2
+    mov x2, x3
+    bl guest_main
+2:
+    ldr x0, ={cpu_off}
+    hvc #0
+    b 2b
+    .ltorg
+
+    // EL1 vectors: 16 entries of 0x80 bytes, each saving x0/x1 and passing
+    // its index to the common handler. Only a synchronous exception from
+    // EL1 with SP_EL1 (entry 4, offset 0x200) while a probe is armed (TPIDR_EL1 == 1) is
+    // expected: record ESR_EL1 | 1 << 63 in TPIDR_EL1 and skip the
+    // instruction. Anything else is fatal: report it and turn off.
+    .section .text.vectors, "ax"
+    .balign 2048
+guest_vectors:
+    .set entry, 0
+    .rept 16
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mov x0, #entry
+    b guest_exception
+    .set entry, entry + 1
+    .endr
+
+guest_exception:
+    cmp x0, #4
+    b.ne 9f
+    mrs x0, tpidr_el1
+    cmp x0, #1
+    b.ne 9f
+    mrs x0, esr_el1
+    orr x0, x0, #(1 << 63)
+    msr tpidr_el1, x0
+    mrs x0, elr_el1
+    add x0, x0, #4
+    msr elr_el1, x0
+    ldp x0, x1, [sp], #16
+    eret
+9:
+    mov x1, #{fatal}
+    mrs x2, esr_el1
+    ldr x0, ={host_call}
+    hvc #0
+3:
+    ldr x0, ={cpu_off}
+    hvc #0
+    b 3b
+    .ltorg
+    "#,
+    magic = const isola_guest_payload::IMAGE_MAGIC,
+    info = const GuestCall::Info as u32,
+    host_call = const GuestCall::HostCall as u32,
+    cpu_off = const psci::CPU_OFF,
+    max_vcpus = const layout::MAX_VCPUS,
+    stack_bytes = const layout::STACK_BYTES,
+    fatal = const msg::FATAL,
+);
+
+/// `x0..=x3` after a hypercall.
+type Ret = [u64; 4];
+
+/// An `hvc #0` with the function id in `x0` and arguments in `x1..=x3`.
+fn hvc(id: u64, a1: u64, a2: u64, a3: u64) -> Ret {
+    let (r0, r1, r2, r3);
+    // SAFETY: `hvc` traps to the engine, which only writes this vCPU's
+    // registers (results in x0..x3; x4..x17 are declared clobbered as the
+    // SMCCC allows) and, for Relinquish/Unshare, this guest's own Stage-2
+    // mappings of pages no Rust reference points at (the guest only reaches
+    // its pages through raw volatile accesses).
+    unsafe {
+        asm!(
+            "hvc #0",
+            inlateout("x0") id => r0,
+            inlateout("x1") a1 => r1,
+            inlateout("x2") a2 => r2,
+            inlateout("x3") a3 => r3,
+            lateout("x4") _, lateout("x5") _, lateout("x6") _, lateout("x7") _,
+            lateout("x8") _, lateout("x9") _, lateout("x10") _, lateout("x11") _,
+            lateout("x12") _, lateout("x13") _, lateout("x14") _, lateout("x15") _,
+            lateout("x16") _, lateout("x17") _,
+            options(nostack),
+        );
+    }
+    [r0, r1, r2, r3]
+}
+
+/// An `smc #0` (trapped to the engine for guests), same register use.
+fn smc(id: u64) -> Ret {
+    let (r0, r1, r2, r3);
+    // SAFETY: as for `hvc`: the trap reaches the engine, which writes at most
+    // this vCPU's registers.
+    unsafe {
+        asm!(
+            "smc #0",
+            inlateout("x0") id => r0,
+            lateout("x1") r1, lateout("x2") r2, lateout("x3") r3,
+            lateout("x4") _, lateout("x5") _, lateout("x6") _, lateout("x7") _,
+            lateout("x8") _, lateout("x9") _, lateout("x10") _, lateout("x11") _,
+            lateout("x12") _, lateout("x13") _, lateout("x14") _, lateout("x15") _,
+            lateout("x16") _, lateout("x17") _,
+            options(nostack),
+        );
+    }
+    [r0, r1, r2, r3]
+}
+
+/// A guest call with one argument; the status word.
+fn guest_call(call: GuestCall, arg: u64) -> u64 {
+    hvc(call as u64, arg, 0, 0)[0]
+}
+
+/// `GuestCall::HostCall`: exits to the host with `[tag, value]`; its reply.
+fn host_call(tag: u64, value: u64) -> u64 {
+    hvc(GuestCall::HostCall as u64, tag, value, 0)[1]
+}
+
+/// PSCI through the hypervisor conduit; never returns for the calls used.
+fn psci_off(id: u32) -> ! {
+    loop {
+        hvc(u64::from(id), 0, 0, 0);
+    }
+}
+
+/// One byte to the emulated console's data register.
+fn putc(byte: u8) {
+    let reg = layout::CONSOLE_IPA.wrapping_add(layout::CONSOLE_DATA);
+    // SAFETY: the console is an IPA the host emulates: the store is one
+    // single-register `strb` without writeback, so the exit syndrome carries
+    // it (ISV = 1) and no guest memory is touched.
+    unsafe {
+        asm!("strb {b:w}, [{a}]", a = in(reg) reg, b = in(reg) u32::from(byte), options(nostack))
+    };
+}
+
+/// Reads the emulated counter register.
+fn counter() -> u64 {
+    let reg = layout::CONSOLE_IPA.wrapping_add(layout::CONSOLE_COUNTER);
+    let v;
+    // SAFETY: an emulated register; one `ldr` without writeback (ISV = 1).
+    unsafe { asm!("ldr {v}, [{a}]", a = in(reg) reg, v = lateout(reg) v, options(nostack)) };
+    v
+}
+
+fn puts(s: &str) {
+    s.bytes().for_each(putc);
+}
+
+fn put_hex(v: u64) {
+    puts("0x");
+    for shift in (0..16u32).rev() {
+        let nibble = (v >> shift.wrapping_mul(4)) & 0xf;
+        let digit = b"0123456789abcdef"
+            .get(nibble as usize)
+            .copied()
+            .unwrap_or(b'?');
+        putc(digit);
+    }
+}
+
+/// A `u64` of guest memory at `ipa` (8-byte aligned).
+fn read(ipa: u64) -> u64 {
+    // SAFETY: callers pass 8-byte aligned IPAs of this guest's RAM windows;
+    // a page that is not backed yet faults to the host (Stage 2), which backs
+    // it or stops this vCPU, so the access either completes or never returns.
+    unsafe { ptr::read_volatile(ptr::with_exposed_provenance::<u64>(ipa as usize)) }
+}
+
+/// Stores a `u64` at `ipa` (8-byte aligned).
+fn write(ipa: u64, value: u64) {
+    // SAFETY: as for `read`; no Rust reference covers these windows.
+    unsafe { ptr::write_volatile(ptr::with_exposed_provenance_mut::<u64>(ipa as usize), value) }
+}
+
+/// Reads `ipa` with the EL1 fault catcher armed: `Err(ESR_EL1)` if the load
+/// took a stage-1 exception.
+fn probe_read(ipa: u64) -> Result<u64, u64> {
+    let mut value = 0u64;
+    let fault: u64;
+    // SAFETY: arms the guest's own vector (TPIDR_EL1 = 1) around one load of
+    // an arbitrary address; a stage-1 exception is recorded and the load
+    // skipped, a stage-2 fault goes to the host. Nothing Rust owns is written.
+    unsafe {
+        asm!(
+            "msr tpidr_el1, {one}",
+            "ldr {v}, [{a}]",
+            "mrs {f}, tpidr_el1",
+            "msr tpidr_el1, xzr",
+            one = in(reg) 1u64, a = in(reg) ipa, v = inout(reg) value, f = out(reg) fault,
+            options(nostack),
+        );
+    }
+    if fault == 0 {
+        Ok(value)
+    } else {
+        Err(fault & !(1 << 63))
+    }
+}
+
+/// Stores to `ipa` with the EL1 fault catcher armed.
+fn probe_write(ipa: u64, value: u64) -> Result<(), u64> {
+    let fault: u64;
+    // SAFETY: as for `probe_read`; the store targets an address the guest
+    // chose to attack, never memory a Rust reference points at.
+    unsafe {
+        asm!(
+            "msr tpidr_el1, {one}",
+            "str {v}, [{a}]",
+            "mrs {f}, tpidr_el1",
+            "msr tpidr_el1, xzr",
+            one = in(reg) 1u64, a = in(reg) ipa, v = in(reg) value, f = out(reg) fault,
+            options(nostack),
+        );
+    }
+    if fault == 0 {
+        Ok(())
+    } else {
+        Err(fault & !(1 << 63))
+    }
+}
+
+/// Called from `_start` on this vCPU's stack.
+#[unsafe(no_mangle)]
+extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
+    host_call(msg::INFO, index << 32 | (count & 0xffff_ffff));
+    let param = Behaviour::param(x0);
+    match Behaviour::from_x0(x0) {
+        Some(Behaviour::Checksum) => checksum(),
+        Some(Behaviour::Mmio) => mmio(index),
+        Some(Behaviour::Share) => share(index),
+        Some(Behaviour::Demand) => demand(index),
+        Some(Behaviour::Attack) => attack(param),
+        Some(Behaviour::Probe) => probe(param),
+        Some(Behaviour::SystemOff) => psci_off(psci::SYSTEM_OFF),
+        Some(Behaviour::SystemReset) => psci_off(psci::SYSTEM_RESET),
+        None => {
+            host_call(msg::FATAL, x0);
+        }
+    }
+    psci_off(psci::CPU_OFF)
+}
+
+/// Hashes the data region until the host says stop.
+fn checksum() {
+    let words = layout::DATA_PAGES.wrapping_mul(PAGE / 8);
+    loop {
+        let sum = (0..words).fold(Checksum::new(), |c, i| {
+            c.word(read(layout::DATA_IPA.wrapping_add(i.wrapping_mul(8))))
+        });
+        if host_call(msg::CHECKSUM, sum.value()) == 0 {
+            return;
+        }
+    }
+}
+
+/// A console greeting and three counter reads.
+fn mmio(index: u64) {
+    puts("guest vcpu ");
+    putc(b'0'.wrapping_add((index & 7) as u8));
+    puts(": hello through emulated MMIO, counter at ");
+    let first = counter();
+    put_hex(first);
+    putc(b'\n');
+    let second = counter();
+    let third = counter();
+    let increasing = first < second && second < third;
+    host_call(msg::COUNTER, third << 1 | u64::from(increasing));
+}
+
+/// Shares its page, answers the host's message in it, unshares it.
+fn share(index: u64) {
+    let page = layout::SHARE_IPA.wrapping_add(index.wrapping_mul(PAGE));
+    let status = guest_call(GuestCall::Share, page);
+    host_call(msg::SHARED, status);
+    if status != Status::Success.raw() {
+        return;
+    }
+    let message = read(page);
+    write(page.wrapping_add(8), answer(message));
+    host_call(msg::ANSWERED, message);
+    host_call(msg::UNSHARED, guest_call(GuestCall::Unshare, page));
+}
+
+/// Touches an unbacked page (the host backs it on the fault), checks it,
+/// gives it back.
+fn demand(index: u64) {
+    let page = layout::DEMAND_IPA.wrapping_add(index.wrapping_mul(PAGE));
+    let value = 0xd00d_0000_0000_0000 | index;
+    write(page, value);
+    let ok = read(page) == value && read(page.wrapping_add(8)) == 0;
+    host_call(msg::DEMAND, u64::from(ok));
+    host_call(msg::RELINQUISHED, guest_call(GuestCall::Relinquish, page));
+}
+
+/// An IPA inside the demand window that nobody backs.
+const UNBACKED_IPA: u64 = 0x4500_0000;
+
+/// The hypercall attacks, then the random storm.
+fn attack(seed: u64) {
+    for a in Attack::ALL {
+        let status = match a {
+            Attack::UndefinedId => hvc(0xc600_01ff, 1, 2, 3)[0],
+            Attack::HostOnlyCall => hvc(HostCall::Donate as u64, 0, layout::IPA_BASE, 0)[0],
+            Attack::ShareUnmapped => guest_call(GuestCall::Share, UNBACKED_IPA),
+            Attack::ShareUnaligned => guest_call(GuestCall::Share, layout::DATA_IPA | 8),
+            Attack::ShareWild => guest_call(GuestCall::Share, 0xffff_ffff_ffff_f000),
+            Attack::ShareBorrowed => guest_call(GuestCall::Share, layout::BORROW_IPA),
+            Attack::UnshareNotShared => guest_call(GuestCall::Unshare, layout::DATA_IPA),
+            Attack::RelinquishUnmapped => guest_call(GuestCall::Relinquish, UNBACKED_IPA),
+            Attack::RelinquishBorrowed => guest_call(GuestCall::Relinquish, layout::BORROW_IPA),
+            Attack::SmcUndefined => smc(0xc200_0123)[0],
+        };
+        host_call(msg::ATTACK, (a as u64) << 32 | (status & 0xffff_ffff));
+    }
+    storm(seed);
+}
+
+/// `STORM_CALLS` guest calls with random ids and arguments. Ids that would
+/// leave the guest (PSCI, `HostCall`) are skipped, and argument addresses are
+/// kept above 4 GiB so no call can take away the guest's own pages. Counts the
+/// calls that returned a defined status with every unnamed result zero.
+fn storm(seed: u64) {
+    let mut state = seed | 1;
+    let mut next = || {
+        state = isola_guest_payload::splitmix64(state);
+        state
+    };
+    let mut defined = 0u64;
+    for _ in 0..STORM_CALLS {
+        let r = next();
+        let id = match r & 3 {
+            0 => r >> 32,
+            1 => 0xc600_0000 | (r >> 40 & 0x1ff),
+            _ => GuestCall::Info as u64 | (r >> 40 & 3),
+        };
+        let psci_range = (id >> 24) & 0x3f == 4;
+        if psci_range || id & 0xffff_ffff == GuestCall::HostCall as u64 {
+            defined = defined.wrapping_add(1);
+            continue;
+        }
+        let arg = |x: u64| x | 1 << 32;
+        let [x0, x1, x2, x3] = hvc(id, arg(next()), arg(next()), arg(next()));
+        let ok = match Status::from_raw(x0 as i64) {
+            Some(Status::Success) => true,
+            Some(_) => x1 == 0 && x2 == 0 && x3 == 0,
+            None => false,
+        };
+        defined = defined.wrapping_add(u64::from(ok));
+    }
+    host_call(msg::STORM, defined << 32 | u64::from(STORM_CALLS));
+}
+
+/// Reads (after writing, if bit 0 of the parameter is set) the IPA in the
+/// parameter and reports what it saw; a stage-1 fault is reported with bit 63.
+fn probe(param: u64) {
+    let ipa = param & !7;
+    if param & 1 != 0
+        && let Err(esr) = probe_write(ipa, PROBE_WRITE_VALUE)
+    {
+        host_call(msg::PROBE, esr | 1 << 63);
+        return;
+    }
+    let value = match probe_read(ipa) {
+        Ok(v) => v,
+        Err(esr) => esr | 1 << 63,
+    };
+    host_call(msg::PROBE, value);
+}
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    host_call(msg::FATAL, 0);
+    psci_off(psci::CPU_OFF)
+}

@@ -1,0 +1,370 @@
+//! The contract between isola's test guest and the host that runs it.
+//!
+//! The guest image (`src/main.rs`, binary `isola-guest`) is one program whose
+//! behaviour the host picks with the `x0` it passes at `VcpuCreate`: the low
+//! byte is a [`Behaviour`], the rest a parameter. The guest talks back only
+//! through `GuestCall::HostCall` with a [`msg`] tag in the first word, through
+//! the emulated console (see [`layout`]) and through PSCI.
+//!
+//! Everything here is plain data and pure functions, so the host payload
+//! depends on it and it is tested on the build machine.
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+/// Guest memory layout (IPAs), the image's load address, the console.
+pub mod layout {
+    include!("layout.rs");
+}
+
+/// `"ISOLAGST"`, little-endian: the image header's magic.
+pub const IMAGE_MAGIC: u64 = u64::from_le_bytes(*b"ISOLAGST");
+
+/// The image header, at [`layout::IPA_BASE`] (and at
+/// [`layout::IMAGE_LOAD_PA`] before the host copies it): four little-endian
+/// words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageHeader {
+    /// IPA where the bytes the host copies end (code, read-only data, data).
+    pub image_end: u64,
+    /// IPA where the memory the guest needs mapped ends: the image, its
+    /// zero-initialised data and one stack per vCPU. Page aligned.
+    pub mem_end: u64,
+}
+
+impl ImageHeader {
+    /// Decodes the header from its first four words (a branch over the
+    /// header and a zero word, [`IMAGE_MAGIC`], `image_end`, `mem_end`),
+    /// checking the magic and that the image fits its load window and ends
+    /// below the data region.
+    pub fn parse(words: [u64; 4]) -> Option<Self> {
+        let [w0, magic, image_end, mem_end] = words;
+        let image_bytes = image_end.checked_sub(layout::IPA_BASE)?;
+        let fits = image_bytes <= layout::IMAGE_MAX_BYTES
+            && image_end <= mem_end
+            && mem_end % isola_abi::PAGE_SIZE == 0
+            && mem_end <= layout::DATA_IPA;
+        (magic == IMAGE_MAGIC && w0 >> 32 == 0 && fits).then_some(Self { image_end, mem_end })
+    }
+
+    /// Bytes of the image the host copies from [`layout::IMAGE_LOAD_PA`].
+    pub const fn image_bytes(&self) -> u64 {
+        self.image_end.wrapping_sub(layout::IPA_BASE)
+    }
+
+    /// Pages the host must donate from [`layout::IPA_BASE`].
+    pub const fn pages(&self) -> u64 {
+        self.mem_end.wrapping_sub(layout::IPA_BASE) / isola_abi::PAGE_SIZE
+    }
+}
+
+/// What a vCPU does, chosen by the low byte of its initial `x0`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Hash the data region and report it ([`msg::CHECKSUM`]); the host's
+    /// reply says whether to do it again (non-zero) or stop.
+    Checksum = 1,
+    /// Write a greeting to the console and read the counter three times;
+    /// report [`msg::COUNTER`] with the last value and whether it increased.
+    Mmio = 2,
+    /// Share this vCPU's page at [`layout::SHARE_IPA`], answer the host's
+    /// message in it, unshare it.
+    Share = 3,
+    /// Touch this vCPU's page in the demand window, check it reads back,
+    /// relinquish it.
+    Demand = 4,
+    /// The hypercall attacks and a bounded random storm of guest calls.
+    Attack = 5,
+    /// Read the `u64` at the IPA in the parameter and report it
+    /// ([`msg::PROBE`]); a write of [`PROBE_WRITE_VALUE`] first if bit 0 of
+    /// the parameter is set.
+    Probe = 6,
+    /// PSCI `SYSTEM_OFF` at once.
+    SystemOff = 7,
+    /// PSCI `SYSTEM_RESET` at once.
+    SystemReset = 8,
+}
+
+impl Behaviour {
+    /// Decodes the low byte of `x0`.
+    pub const fn from_x0(x0: u64) -> Option<Self> {
+        Some(match x0 & 0xff {
+            1 => Self::Checksum,
+            2 => Self::Mmio,
+            3 => Self::Share,
+            4 => Self::Demand,
+            5 => Self::Attack,
+            6 => Self::Probe,
+            7 => Self::SystemOff,
+            8 => Self::SystemReset,
+            _ => return None,
+        })
+    }
+
+    /// The `x0` that selects this behaviour with `param` (56 bits; higher bits
+    /// are dropped).
+    pub const fn x0(self, param: u64) -> u64 {
+        (self as u64) | (param << 8)
+    }
+
+    /// The parameter part of `x0`.
+    pub const fn param(x0: u64) -> u64 {
+        x0 >> 8
+    }
+}
+
+/// Value a [`Behaviour::Probe`] writes before it reads back.
+pub const PROBE_WRITE_VALUE: u64 = 0x1501_a000_0000_0bad;
+
+/// Tags in the first word of a guest's `HostCall`; the second is the payload.
+pub mod msg {
+    /// `[CHECKSUM, hash]`: reply non-zero to hash again, zero to stop.
+    pub const CHECKSUM: u64 = 0x10;
+    /// `[COUNTER, last << 1 | increasing]` after three counter reads.
+    pub const COUNTER: u64 = 0x11;
+    /// `[SHARED, status]` after `GuestCall::Share` of the vCPU's share page:
+    /// the host may now write its message into word 0 of that page.
+    pub const SHARED: u64 = 0x12;
+    /// `[ANSWERED, message]`: the guest read `message` from word 0 and wrote
+    /// [`answer`](crate::answer)`(message)` into word 1.
+    pub const ANSWERED: u64 = 0x13;
+    /// `[UNSHARED, status]` after `GuestCall::Unshare`.
+    pub const UNSHARED: u64 = 0x14;
+    /// `[DEMAND, ok]` after writing and reading back the demand page.
+    pub const DEMAND: u64 = 0x15;
+    /// `[RELINQUISHED, status]` after `GuestCall::Relinquish` of it.
+    pub const RELINQUISHED: u64 = 0x16;
+    /// `[ATTACK, id << 32 | status as u32]`: one attack's outcome; `id` is an
+    /// [`Attack`](crate::Attack).
+    pub const ATTACK: u64 = 0x17;
+    /// `[STORM, defined << 32 | calls]`: the random storm made `calls` guest
+    /// calls and every one that returned a defined status counted in `defined`.
+    pub const STORM: u64 = 0x18;
+    /// `[PROBE, value]`: what [`Behaviour::Probe`] read.
+    pub const PROBE: u64 = 0x19;
+    /// `[INFO, index << 32 | count]`: the vCPU's index and its VM's vCPU
+    /// count, from `GuestCall::Info`, once at start.
+    pub const INFO: u64 = 0x1a;
+    /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
+    pub const FATAL: u64 = 0x1f;
+}
+
+/// The guest's hypercall attacks, reported as [`msg::ATTACK`] in this order.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attack {
+    /// A guest-call id the ABI does not define.
+    UndefinedId = 1,
+    /// A host-only call (`HostCall::Donate`) made by a guest.
+    HostOnlyCall = 2,
+    /// `GuestCall::Share` of an IPA the guest has not got.
+    ShareUnmapped = 3,
+    /// `GuestCall::Share` of an address that is not page aligned.
+    ShareUnaligned = 4,
+    /// `GuestCall::Share` of an IPA beyond any IPA space.
+    ShareWild = 5,
+    /// `GuestCall::Share` of a page the host lent the guest: not its own.
+    ShareBorrowed = 6,
+    /// `GuestCall::Unshare` of an owned page that is not shared.
+    UnshareNotShared = 7,
+    /// `GuestCall::Relinquish` of an IPA the guest has not got.
+    RelinquishUnmapped = 8,
+    /// `GuestCall::Relinquish` of the borrowed page.
+    RelinquishBorrowed = 9,
+    /// An SMC with an id nobody defines (SMC is trapped for guests).
+    SmcUndefined = 10,
+}
+
+impl Attack {
+    /// Every attack, in the order the guest makes them.
+    pub const ALL: [Attack; 10] = [
+        Attack::UndefinedId,
+        Attack::HostOnlyCall,
+        Attack::ShareUnmapped,
+        Attack::ShareUnaligned,
+        Attack::ShareWild,
+        Attack::ShareBorrowed,
+        Attack::UnshareNotShared,
+        Attack::RelinquishUnmapped,
+        Attack::RelinquishBorrowed,
+        Attack::SmcUndefined,
+    ];
+
+    /// The attack for a reported id.
+    pub fn from_id(id: u64) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| *a as u64 == id)
+    }
+
+    /// Its name in the host's `attack <name>: ...` line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Attack::UndefinedId => "guest-undefined-call-id",
+            Attack::HostOnlyCall => "guest-makes-host-call",
+            Attack::ShareUnmapped => "guest-share-unmapped",
+            Attack::ShareUnaligned => "guest-share-unaligned",
+            Attack::ShareWild => "guest-share-wild-ipa",
+            Attack::ShareBorrowed => "guest-share-borrowed-page",
+            Attack::UnshareNotShared => "guest-unshare-not-shared",
+            Attack::RelinquishUnmapped => "guest-relinquish-unmapped",
+            Attack::RelinquishBorrowed => "guest-relinquish-borrowed-page",
+            Attack::SmcUndefined => "guest-smc-undefined-id",
+        }
+    }
+}
+
+/// Calls in the guest's random storm.
+pub const STORM_CALLS: u32 = 64;
+
+/// The word the host fills the data region with: `pattern(seed, i)` is word
+/// `i` (little-endian `u64`s from [`layout::DATA_IPA`]).
+pub const fn pattern(seed: u64, index: u64) -> u64 {
+    splitmix64(seed ^ index.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+/// SplitMix64's output function: a cheap, well-mixed 64-bit hash.
+pub const fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a over 64-bit words: the checksum the guest reports and the host
+/// recomputes over the same words.
+#[derive(Clone, Copy, Debug)]
+pub struct Checksum(u64);
+
+impl Checksum {
+    /// The empty checksum.
+    pub const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Folds in one word.
+    pub const fn word(self, w: u64) -> Self {
+        Self((self.0 ^ w).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
+    /// The value.
+    pub const fn value(self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Checksum {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The checksum of a data region filled with `pattern(seed, _)`.
+pub fn expected_checksum(seed: u64) -> u64 {
+    let words = layout::DATA_PAGES.saturating_mul(isola_abi::PAGE_SIZE / 8);
+    (0..words)
+        .fold(Checksum::new(), |c, i| c.word(pattern(seed, i)))
+        .value()
+}
+
+/// The guest's answer to the host's message in a shared page.
+pub const fn answer(message: u64) -> u64 {
+    !message.rotate_left(13)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaviour_round_trips_through_x0() {
+        for b in [
+            Behaviour::Checksum,
+            Behaviour::Mmio,
+            Behaviour::Share,
+            Behaviour::Demand,
+            Behaviour::Attack,
+            Behaviour::Probe,
+            Behaviour::SystemOff,
+            Behaviour::SystemReset,
+        ] {
+            let x0 = b.x0(0x4000_1001);
+            assert_eq!(Behaviour::from_x0(x0), Some(b));
+            assert_eq!(Behaviour::param(x0), 0x4000_1001);
+        }
+        assert_eq!(Behaviour::from_x0(0), None);
+        assert_eq!(Behaviour::from_x0(0x1_00), None);
+    }
+
+    #[test]
+    fn header_checks_magic_and_sizes() {
+        let base = layout::IPA_BASE;
+        let h = ImageHeader::parse([0x1400_0008, IMAGE_MAGIC, base + 0x1234, base + 0x2_0000]);
+        let h = h.unwrap();
+        assert_eq!((h.pages(), h.image_bytes()), (32, 0x1234));
+        assert_eq!(
+            ImageHeader::parse([0x1400_0008, 0, base + 0x1234, base + 0x2_0000]),
+            None
+        );
+        assert_eq!(
+            ImageHeader::parse([0x1400_0008, IMAGE_MAGIC, base + 0x3000, base + 0x2000]),
+            None
+        );
+        assert_eq!(
+            ImageHeader::parse([0x1400_0008, IMAGE_MAGIC, base + 0x10, base + 0x2001]),
+            None
+        );
+        assert_eq!(
+            ImageHeader::parse([0x1400_0008, IMAGE_MAGIC, base - 8, base + 0x2000]),
+            None
+        );
+        // The image and its stacks must end below the data region.
+        assert_eq!(
+            ImageHeader::parse([
+                0x1400_0008,
+                IMAGE_MAGIC,
+                base + 0x10,
+                layout::DATA_IPA + 0x1000
+            ]),
+            None
+        );
+    }
+
+    // The windows must not overlap: checked at compile time.
+    const _: () = {
+        let page = isola_abi::PAGE_SIZE;
+        let data_end = layout::DATA_IPA + layout::DATA_PAGES * page;
+        assert!(data_end <= layout::SHARE_IPA);
+        assert!(layout::SHARE_IPA + layout::MAX_VCPUS * page <= layout::BORROW_IPA);
+        assert!(layout::BORROW_IPA + page <= layout::DEMAND_IPA);
+        assert!(layout::DEMAND_IPA + layout::MAX_VCPUS * page <= layout::DEMAND_LIMIT);
+        assert!(layout::CONSOLE_IPA + 0x1000 <= layout::IPA_BASE);
+    };
+
+    #[test]
+    fn checksum_depends_on_every_word_and_the_seed() {
+        assert_ne!(expected_checksum(1), expected_checksum(2));
+        let a = Checksum::new().word(1).word(2).value();
+        let b = Checksum::new().word(2).word(1).value();
+        assert_ne!(a, b);
+        assert_ne!(answer(5), 5);
+    }
+
+    #[test]
+    fn attack_ids_are_distinct_and_named() {
+        for (i, a) in Attack::ALL.iter().enumerate() {
+            assert_eq!(Attack::from_id(*a as u64), Some(*a));
+            for b in &Attack::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+        assert_eq!(Attack::from_id(0), None);
+    }
+}
