@@ -1,0 +1,554 @@
+//! Stage-2 translation tables: VMSAv8-64, 4 KiB granule, configurable IPA
+//! size and start level, with break-before-make on every edit.
+//!
+//! Invariants:
+//! - Every table page of a [`Stage2`] comes from the [`TableAlloc`] its owner
+//!   passes in (a VM's donated pool, or the engine's host Stage-2 reserve),
+//!   and [`Stage2::free_tables`] gives every one of them back.
+//! - A valid entry is never overwritten by a different valid entry. It is
+//!   first invalidated, the invalidation made visible (`dsb ish`), the TLBs
+//!   cleaned of it (by IPA for a page, by VMID for a block or table, since a
+//!   TLB may hold a block's translation fractured into smaller entries), and
+//!   only then, after another `dsb ish`, is the new entry written. Every
+//!   descriptor write to a reachable table is reported through
+//!   [`Arch::pte_written`], so host tests check this order.
+//! - A newly built table (a split block's replacement) is filled before it
+//!   becomes reachable; those writes are not reported, since no walker can
+//!   see them.
+//! - The caller serialises edits of one `Stage2` (the VM's lock, or the host
+//!   Stage-2 lock). Hardware walkers may read concurrently, which is why every
+//!   descriptor access is a single-copy atomic 64-bit access (see `mem`).
+#![deny(unsafe_code)]
+
+pub mod desc;
+
+use crate::addr::{Ipa, PAGE_SIZE, PhysAddr};
+use crate::arch::{Arch, Vmid};
+use crate::mem::PhysMem;
+use crate::pool::PagePool;
+pub use desc::{Desc, MemType, Perms};
+
+/// Entries per table.
+const ENTRIES: u64 = 512;
+
+/// Address bits resolved below `level` (the size of what one entry maps).
+pub const fn level_shift(level: u8) -> u32 {
+    // `level <= 3` for every caller; wrapping keeps an invalid level harmless.
+    12u32.wrapping_add(9u32.wrapping_mul(3u32.wrapping_sub(level as u32)))
+}
+
+/// Bytes mapped by one entry at `level` (1 GiB at 1, 2 MiB at 2, 4 KiB at 3).
+pub const fn block_size(level: u8) -> u64 {
+    1 << level_shift(level)
+}
+
+/// Shape of a Stage-2 address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct S2Config {
+    ipa_bits: u8,
+    start_level: u8,
+}
+
+impl S2Config {
+    /// `ipa_bits` of IPA space (40..=48) walked from `start_level` (0..=2),
+    /// or `None` if the combination needs more than the 16 concatenated root
+    /// tables the architecture allows, or resolves less than one root entry.
+    pub const fn new(ipa_bits: u8, start_level: u8) -> Option<Self> {
+        if ipa_bits < 40 || ipa_bits > 48 || start_level > 2 {
+            return None;
+        }
+        let shift = level_shift(start_level);
+        if ipa_bits as u32 <= shift || ipa_bits as u32 > shift.wrapping_add(9 + 4) {
+            return None;
+        }
+        Some(Self {
+            ipa_bits,
+            start_level,
+        })
+    }
+
+    /// The default: 40-bit IPA from level 1 (two concatenated root tables),
+    /// as KVM uses on Armv8.0 machines.
+    pub const DEFAULT: S2Config = S2Config {
+        ipa_bits: 40,
+        start_level: 1,
+    };
+
+    /// IPA size in bits.
+    pub const fn ipa_bits(self) -> u8 {
+        self.ipa_bits
+    }
+
+    /// The level the walk starts at.
+    pub const fn start_level(self) -> u8 {
+        self.start_level
+    }
+
+    /// One past the highest IPA.
+    pub const fn ipa_limit(self) -> u64 {
+        1 << self.ipa_bits
+    }
+
+    /// Entries in the (concatenated) root table.
+    pub const fn root_entries(self) -> u64 {
+        1 << (self.ipa_bits as u32).wrapping_sub(level_shift(self.start_level))
+    }
+
+    /// Pages of the concatenated root table (1..=16); the root must be
+    /// aligned to this many pages.
+    pub const fn root_pages(self) -> u64 {
+        let e = self.root_entries();
+        if e <= ENTRIES { 1 } else { e / ENTRIES }
+    }
+
+    /// `VTCR_EL2.T0SZ` for this shape.
+    pub const fn vtcr_t0sz(self) -> u64 {
+        64u64.wrapping_sub(self.ipa_bits as u64)
+    }
+
+    /// `VTCR_EL2.SL0` for this shape (4 KiB granule encoding).
+    pub const fn vtcr_sl0(self) -> u64 {
+        2u64.wrapping_sub(self.start_level as u64)
+    }
+}
+
+/// Why a Stage-2 edit failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum S2Error {
+    /// A table page was needed and the pool is empty.
+    NoMemory,
+    /// Something is already mapped where the new mapping would go.
+    AlreadyMapped,
+    /// Nothing is mapped at the address.
+    NotMapped,
+    /// The IPA is beyond the address space, or misaligned for the level.
+    OutOfRange,
+}
+
+/// Where table pages come from and go back to.
+pub trait TableAlloc {
+    /// A zeroed page, or `None` if exhausted.
+    fn alloc_table(&mut self, mem: &PhysMem) -> Option<PhysAddr>;
+    /// Returns a page that no walker can reach any more.
+    fn free_table(&mut self, mem: &PhysMem, pa: PhysAddr);
+}
+
+impl TableAlloc for PagePool {
+    fn alloc_table(&mut self, mem: &PhysMem) -> Option<PhysAddr> {
+        self.alloc(mem)
+    }
+    fn free_table(&mut self, mem: &PhysMem, pa: PhysAddr) {
+        // A page that was allocated from this pool is in the window, so the
+        // push cannot fail; there is nothing better to do if it did.
+        let _ = self.release(mem, pa);
+    }
+}
+
+/// What a walk found for one IPA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// The physical address the IPA maps to (block offset included).
+    pub pa: PhysAddr,
+    /// The leaf descriptor.
+    pub desc: Desc,
+    /// The level of the leaf (1, 2 or 3).
+    pub level: u8,
+}
+
+/// One Stage-2 address space: its root, shape and VMID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage2 {
+    root: PhysAddr,
+    cfg: S2Config,
+    vmid: Vmid,
+}
+
+/// How a TLB invalidation for an edit is scoped.
+#[derive(Clone, Copy)]
+enum Tlbi {
+    Ipa(Ipa),
+    Vmid,
+}
+
+impl Stage2 {
+    /// A Stage-2 whose root (already zeroed, `cfg.root_pages()` contiguous
+    /// pages aligned to their size) is at `root`.
+    pub const fn new(root: PhysAddr, cfg: S2Config, vmid: Vmid) -> Self {
+        Self { root, cfg, vmid }
+    }
+
+    /// The root table (the value for `VTTBR_EL2.BADDR`).
+    pub const fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The VMID.
+    pub const fn vmid(&self) -> Vmid {
+        self.vmid
+    }
+
+    /// The shape.
+    pub const fn config(&self) -> S2Config {
+        self.cfg
+    }
+
+    /// `VTTBR_EL2`: VMID in bits 55:48, root in 47:1.
+    pub const fn vttbr(&self) -> u64 {
+        ((self.vmid.0 as u64 & 0xff) << 48) | (self.root.raw() & desc::OA_MASK)
+    }
+
+    fn entry(&self, table: PhysAddr, ipa: Ipa, level: u8) -> Option<PhysAddr> {
+        let mask = if level == self.cfg.start_level {
+            self.cfg.root_entries()
+        } else {
+            ENTRIES
+        };
+        let idx = (ipa.raw() >> level_shift(level)) & mask.wrapping_sub(1);
+        table.checked_add(idx.checked_mul(8)?)
+    }
+
+    fn read(mem: &PhysMem, entry: PhysAddr) -> Desc {
+        Desc(mem.read_u64(entry).unwrap_or(0))
+    }
+
+    fn write<A: Arch>(mem: &PhysMem, arch: &A, entry: PhysAddr, old: Desc, new: Desc) {
+        if mem.write_u64(entry, new.0) {
+            arch.pte_written(entry, old.0, new.0);
+        }
+    }
+
+    /// Invalidates a valid entry and cleans the TLBs of it.
+    fn invalidate<A: Arch>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        entry: PhysAddr,
+        old: Desc,
+        scope: Tlbi,
+    ) {
+        Self::write(mem, arch, entry, old, Desc::INVALID);
+        arch.dsb_ish();
+        match scope {
+            Tlbi::Ipa(ipa) => arch.tlbi_ipa(self.vmid, ipa),
+            Tlbi::Vmid => arch.tlbi_vmid(self.vmid),
+        }
+        arch.dsb_ish();
+    }
+
+    /// Writes an entry that is currently invalid and publishes it.
+    fn install<A: Arch>(mem: &PhysMem, arch: &A, entry: PhysAddr, new: Desc) {
+        Self::write(mem, arch, entry, Desc::INVALID, new);
+        arch.dsb_ish();
+    }
+
+    fn in_range(&self, ipa: Ipa) -> bool {
+        ipa.raw() < self.cfg.ipa_limit()
+    }
+
+    /// The leaf mapping `ipa`, if any.
+    pub fn translate(&self, mem: &PhysMem, ipa: Ipa) -> Option<Translation> {
+        if !self.in_range(ipa) {
+            return None;
+        }
+        let mut table = self.root;
+        let mut level = self.cfg.start_level;
+        loop {
+            let d = Self::read(mem, self.entry(table, ipa, level)?);
+            if !d.is_valid() {
+                return None;
+            }
+            if d.is_leaf(level) {
+                let off = ipa.raw() & block_size(level).wrapping_sub(1);
+                return Some(Translation {
+                    pa: d.addr().checked_add(off)?,
+                    desc: d,
+                    level,
+                });
+            }
+            table = d.addr();
+            level = level.checked_add(1)?;
+            if level > 3 {
+                return None;
+            }
+        }
+    }
+
+    /// Maps `[ipa, ipa + block_size(level))` to `pa` with one leaf at
+    /// `level`, allocating intermediate tables as needed.
+    ///
+    /// With `shrink` set (the host's lazy identity map), an existing table at
+    /// `level` is not an error: the walk descends through tables and maps just
+    /// the page of `fault` (which must lie in the block) at level 3. An
+    /// existing leaf covering the address gives `AlreadyMapped`; tables built
+    /// before a `NoMemory` failure stay (empty) and are used by later maps.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        pa: PhysAddr,
+        level: u8,
+        perms: Perms,
+        mem_type: MemType,
+        sw: u64,
+    ) -> Result<(), S2Error> {
+        if !(1..=3).contains(&level) || level < self.cfg.start_level {
+            return Err(S2Error::OutOfRange);
+        }
+        let size = block_size(level);
+        if !ipa.is_aligned(size) || !pa.is_aligned(size) || !self.in_range(ipa) {
+            return Err(S2Error::OutOfRange);
+        }
+        let mut table = self.root;
+        let mut cur = self.cfg.start_level;
+        while cur < level {
+            let entry = self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?;
+            let d = Self::read(mem, entry);
+            if !d.is_valid() {
+                let t = alloc.alloc_table(mem).ok_or(S2Error::NoMemory)?;
+                Self::install(mem, arch, entry, Desc::table(t));
+                table = t;
+            } else if d.is_table(cur) {
+                table = d.addr();
+            } else {
+                return Err(S2Error::AlreadyMapped);
+            }
+            cur = cur.wrapping_add(1);
+        }
+        let entry = self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?;
+        let d = Self::read(mem, entry);
+        if d.is_valid() {
+            return Err(S2Error::AlreadyMapped);
+        }
+        Self::install(mem, arch, entry, Desc::leaf(pa, level, perms, mem_type, sw));
+        Ok(())
+    }
+
+    /// The largest-block identity map of the host: maps the block of `level`
+    /// containing `fault`, or, where a table already exists at that level
+    /// (the block was split before), just the page of `fault`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_identity_shrinking<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        fault: Ipa,
+        level: u8,
+        perms: Perms,
+        mem_type: MemType,
+    ) -> Result<(), S2Error> {
+        let mut table = self.root;
+        let mut cur = self.cfg.start_level;
+        // Find the deepest existing table on the way to `level`.
+        while cur < level {
+            let entry = self.entry(table, fault, cur).ok_or(S2Error::OutOfRange)?;
+            let d = Self::read(mem, entry);
+            if !d.is_table(cur) {
+                break;
+            }
+            table = d.addr();
+            cur = cur.wrapping_add(1);
+        }
+        let target = if cur == level {
+            let entry = self.entry(table, fault, cur).ok_or(S2Error::OutOfRange)?;
+            if Self::read(mem, entry).is_table(cur) {
+                3
+            } else {
+                level
+            }
+        } else {
+            level
+        };
+        let base = fault.align_down(block_size(target));
+        self.map(
+            mem,
+            arch,
+            alloc,
+            base,
+            PhysAddr::new(base.raw()),
+            target,
+            perms,
+            mem_type,
+            0,
+        )
+    }
+
+    /// Removes the 4 KiB page at `ipa` (page aligned), splitting any block
+    /// that covers it (break-before-make, TLBI by VMID) so the rest of the
+    /// block stays mapped. Returns the removed page's descriptor.
+    pub fn unmap_page<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+    ) -> Result<Desc, S2Error> {
+        if !ipa.is_page_aligned() || !self.in_range(ipa) {
+            return Err(S2Error::OutOfRange);
+        }
+        let mut table = self.root;
+        let mut level = self.cfg.start_level;
+        loop {
+            let entry = self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?;
+            let d = Self::read(mem, entry);
+            if !d.is_valid() {
+                return Err(S2Error::NotMapped);
+            }
+            if level == 3 {
+                self.invalidate(mem, arch, entry, d, Tlbi::Ipa(ipa));
+                return Ok(d);
+            }
+            if d.is_table(level) {
+                table = d.addr();
+            } else {
+                table = self.split(mem, arch, alloc, entry, d, level)?;
+            }
+            level = level.wrapping_add(1);
+        }
+    }
+
+    /// Replaces the block `d` at `entry` (level `level`) by a table of the
+    /// next level that maps the same memory the same way.
+    fn split<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        entry: PhysAddr,
+        d: Desc,
+        level: u8,
+    ) -> Result<PhysAddr, S2Error> {
+        let child = level.wrapping_add(1);
+        let t = alloc.alloc_table(mem).ok_or(S2Error::NoMemory)?;
+        let step = block_size(child);
+        let mut pa = d.addr();
+        let mut slot = t;
+        for _ in 0..ENTRIES {
+            // The table is not reachable yet: no walker can observe these.
+            let _ = mem.write_u64(slot, d.with_level_and_addr(child, pa).0);
+            pa = pa.checked_add(step).ok_or(S2Error::OutOfRange)?;
+            slot = slot.checked_add(8).ok_or(S2Error::OutOfRange)?;
+        }
+        self.invalidate(mem, arch, entry, d, Tlbi::Vmid);
+        Self::install(mem, arch, entry, Desc::table(t));
+        Ok(t)
+    }
+
+    /// Removes the leaf (page or block) covering `ipa`, without splitting.
+    /// Returns it and its level.
+    pub fn unmap_leaf<A: Arch>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        ipa: Ipa,
+    ) -> Result<(Desc, u8), S2Error> {
+        if !self.in_range(ipa) {
+            return Err(S2Error::OutOfRange);
+        }
+        let mut table = self.root;
+        let mut level = self.cfg.start_level;
+        loop {
+            let entry = self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?;
+            let d = Self::read(mem, entry);
+            if !d.is_valid() {
+                return Err(S2Error::NotMapped);
+            }
+            if d.is_leaf(level) {
+                let scope = if level == 3 {
+                    Tlbi::Ipa(ipa.page_floor())
+                } else {
+                    Tlbi::Vmid
+                };
+                self.invalidate(mem, arch, entry, d, scope);
+                return Ok((d, level));
+            }
+            table = d.addr();
+            level = level.wrapping_add(1);
+        }
+    }
+
+    /// Calls `f(ipa, desc, level)` for every leaf, in ascending IPA order.
+    pub fn for_each_leaf(&self, mem: &PhysMem, f: &mut dyn FnMut(Ipa, Desc, u8)) {
+        let mut ipa = 0u64;
+        for _ in 0..self.cfg.root_entries() {
+            if let Some(entry) = self.entry(self.root, Ipa::new(ipa), self.cfg.start_level) {
+                Self::visit(mem, Self::read(mem, entry), ipa, self.cfg.start_level, f);
+            }
+            ipa = ipa.wrapping_add(block_size(self.cfg.start_level));
+        }
+    }
+
+    fn visit(mem: &PhysMem, d: Desc, ipa: u64, level: u8, f: &mut dyn FnMut(Ipa, Desc, u8)) {
+        if !d.is_valid() {
+            return;
+        }
+        if d.is_leaf(level) {
+            f(Ipa::new(ipa), d, level);
+            return;
+        }
+        let child = level.wrapping_add(1);
+        let mut slot = d.addr();
+        let mut sub = ipa;
+        for _ in 0..ENTRIES {
+            Self::visit(mem, Self::read(mem, slot), sub, child, f);
+            slot = slot.wrapping_add_bytes(8);
+            sub = sub.wrapping_add(block_size(child));
+        }
+    }
+
+    /// Counts table pages below the root (the root itself excluded).
+    pub fn table_pages(&self, mem: &PhysMem) -> u64 {
+        let mut n = 0u64;
+        self.for_each_table(mem, &mut |_| n = n.wrapping_add(1));
+        n
+    }
+
+    fn for_each_table(&self, mem: &PhysMem, f: &mut dyn FnMut(PhysAddr)) {
+        let mut slot = self.root;
+        for _ in 0..self.cfg.root_entries() {
+            Self::visit_tables(mem, Self::read(mem, slot), self.cfg.start_level, f);
+            slot = slot.wrapping_add_bytes(8);
+        }
+    }
+
+    fn visit_tables(mem: &PhysMem, d: Desc, level: u8, f: &mut dyn FnMut(PhysAddr)) {
+        if !d.is_table(level) {
+            return;
+        }
+        let mut slot = d.addr();
+        for _ in 0..ENTRIES {
+            Self::visit_tables(mem, Self::read(mem, slot), level.wrapping_add(1), f);
+            slot = slot.wrapping_add_bytes(8);
+        }
+        f(d.addr());
+    }
+
+    /// Teardown: gives every table page, root included, back to `alloc`.
+    ///
+    /// The caller must already have made the address space unreachable (no
+    /// CPU has this VMID loaded) and invalidated its TLB entries
+    /// ([`Arch::tlbi_vmid`]); the tables are not edited entry by entry.
+    pub fn free_tables<T: TableAlloc>(&self, mem: &PhysMem, alloc: &mut T) {
+        self.for_each_table(mem, &mut |t| alloc.free_table(mem, t));
+        let mut root = self.root;
+        for _ in 0..self.cfg.root_pages() {
+            let _ = mem.zero_page(root);
+            alloc.free_table(mem, root);
+            root = root.wrapping_add_bytes(PAGE_SIZE);
+        }
+    }
+}
+
+impl PhysAddr {
+    /// `self + bytes`, wrapping: for walking inside a table already known to
+    /// lie in the window (a wrapped address would fail the window check).
+    pub const fn wrapping_add_bytes(self, bytes: u64) -> PhysAddr {
+        PhysAddr::new(self.raw().wrapping_add(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests;

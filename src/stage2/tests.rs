@@ -1,0 +1,219 @@
+use super::*;
+use crate::arch::{ArchEvent, RecordingArch, check_break_before_make};
+
+const BASE: u64 = 0x4000_0000;
+
+fn setup(pages: u64) -> (PhysMem, PagePool, Stage2) {
+    let mem = PhysMem::leak_host(PhysAddr::new(BASE), pages);
+    let mut pool = PagePool::new();
+    // Root: the first two pages (8 KiB aligned) for the default shape.
+    for i in 2..pages {
+        assert!(pool.add(&mem, PhysAddr::new(BASE + i * PAGE_SIZE)));
+    }
+    (
+        mem,
+        pool,
+        Stage2::new(PhysAddr::new(BASE), S2Config::DEFAULT, Vmid(5)),
+    )
+}
+
+fn events(r: &RecordingArch) -> Vec<ArchEvent> {
+    let mut v = Vec::new();
+    r.for_each(|e| v.push(e));
+    assert!(!r.overflowed());
+    v
+}
+
+#[test]
+fn config_validation() {
+    assert_eq!(S2Config::DEFAULT.root_pages(), 2);
+    assert_eq!(S2Config::new(40, 0).map(|c| c.root_pages()), Some(1));
+    assert_eq!(S2Config::new(43, 1).map(|c| c.root_pages()), Some(16));
+    assert_eq!(S2Config::new(44, 1), None, "needs 32 concatenated tables");
+    assert_eq!(S2Config::new(39, 1), None, "below the 40-bit floor");
+    assert_eq!(S2Config::new(48, 0).map(|c| c.root_pages()), Some(1));
+    assert_eq!(S2Config::new(40, 3), None);
+    let c = S2Config::DEFAULT;
+    assert_eq!((c.vtcr_t0sz(), c.vtcr_sl0()), (24, 1));
+}
+
+#[test]
+fn map_translate_unmap_page() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let ipa = Ipa::new(0x8_0000_3000);
+    let pa = PhysAddr::new(BASE + 15 * PAGE_SIZE);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        ipa,
+        pa,
+        3,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    assert_eq!(s2.table_pages(&mem), 2, "an L2 and an L3 table");
+    let t = s2.translate(&mem, Ipa::new(0x8_0000_3abc)).unwrap();
+    assert_eq!(
+        (t.pa, t.level, t.desc.perms()),
+        (PhysAddr::new(pa.raw() + 0xabc), 3, Perms::RW)
+    );
+    assert_eq!(
+        s2.map(
+            &mem,
+            &arch,
+            &mut pool,
+            ipa,
+            pa,
+            3,
+            Perms::RW,
+            MemType::Normal,
+            0
+        ),
+        Err(S2Error::AlreadyMapped)
+    );
+    let mut leaves = Vec::new();
+    s2.for_each_leaf(&mem, &mut |i, d, l| leaves.push((i, d.addr(), l)));
+    assert_eq!(leaves, [(ipa, pa, 3)]);
+    arch.clear();
+    let old = s2.unmap_page(&mem, &arch, &mut pool, ipa).unwrap();
+    assert_eq!(old.addr(), pa);
+    assert_eq!(s2.translate(&mem, ipa), None);
+    let ev = events(&arch);
+    assert!(matches!(ev[0], ArchEvent::PteWrite { new: 0, .. }));
+    assert_eq!(
+        &ev[1..],
+        [
+            ArchEvent::DsbIsh,
+            ArchEvent::TlbiIpa { vmid: Vmid(5), ipa },
+            ArchEvent::DsbIsh
+        ]
+    );
+    assert_eq!(
+        s2.unmap_page(&mem, &arch, &mut pool, ipa),
+        Err(S2Error::NotMapped)
+    );
+    assert_eq!(
+        s2.map(
+            &mem,
+            &arch,
+            &mut pool,
+            Ipa::new(1 << 40),
+            pa,
+            3,
+            Perms::RW,
+            MemType::Normal,
+            0
+        ),
+        Err(S2Error::OutOfRange)
+    );
+}
+
+#[test]
+fn tables_come_from_pool_and_all_return() {
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let free0 = pool.free();
+    let pa = PhysAddr::new(BASE);
+    for i in 0..3u64 {
+        // Three different 1 GiB regions: an L2 + L3 table each.
+        let r = s2.map(
+            &mem,
+            &arch,
+            &mut pool,
+            Ipa::new(i << 30),
+            pa,
+            3,
+            Perms::RW,
+            MemType::Normal,
+            0,
+        );
+        assert_eq!(r, Ok(()));
+    }
+    assert_eq!(pool.free(), 0);
+    assert_eq!(
+        s2.map(
+            &mem,
+            &arch,
+            &mut pool,
+            Ipa::new(3 << 30),
+            pa,
+            3,
+            Perms::RW,
+            MemType::Normal,
+            0
+        ),
+        Err(S2Error::NoMemory)
+    );
+    s2.free_tables(&mem, &mut pool);
+    assert_eq!(pool.free(), free0 + 2, "every table and both root pages");
+}
+
+#[test]
+fn splitting_a_block_is_break_before_make() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let block = Ipa::new(0x8000_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        block,
+        PhysAddr::new(0x8000_0000),
+        2,
+        Perms::RWX,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    arch.clear();
+    let victim = Ipa::new(0x8000_5000);
+    s2.unmap_page(&mem, &arch, &mut pool, victim).unwrap();
+    let ev = events(&arch);
+    check_break_before_make(ev.iter().copied()).unwrap();
+    assert!(
+        ev.contains(&ArchEvent::TlbiVmid(Vmid(5))),
+        "block replaced: whole-VMID TLBI"
+    );
+    assert!(ev.contains(&ArchEvent::TlbiIpa {
+        vmid: Vmid(5),
+        ipa: victim
+    }));
+    assert_eq!(s2.translate(&mem, victim), None);
+    for p in [0x8000_0000u64, 0x8000_4000, 0x8000_6000, 0x801f_f000] {
+        let t = s2.translate(&mem, Ipa::new(p)).unwrap();
+        assert_eq!((t.pa.raw(), t.level, t.desc.perms()), (p, 3, Perms::RWX));
+    }
+    let mut n = 0;
+    s2.for_each_leaf(&mem, &mut |_, _, _| n += 1);
+    assert_eq!(n, 511);
+}
+
+#[test]
+fn host_identity_map_shrinks_below_split_blocks() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let f = Ipa::new(0x8000_7000);
+    s2.map_identity_shrinking(&mem, &arch, &mut pool, f, 2, Perms::RWX, MemType::Normal)
+        .unwrap();
+    assert_eq!(s2.translate(&mem, f).map(|t| t.level), Some(2));
+    s2.unmap_page(&mem, &arch, &mut pool, Ipa::new(0x8000_0000))
+        .unwrap();
+    s2.unmap_leaf(&mem, &arch, f).unwrap();
+    assert_eq!(s2.translate(&mem, f), None);
+    // The L2 entry is now a table: mapping the 2 MiB block must shrink to the page.
+    s2.map_identity_shrinking(&mem, &arch, &mut pool, f, 2, Perms::RWX, MemType::Normal)
+        .unwrap();
+    let t = s2.translate(&mem, f).unwrap();
+    assert_eq!((t.pa.raw(), t.level), (f.raw(), 3));
+    assert_eq!(s2.translate(&mem, Ipa::new(0x8000_0000)), None);
+}
+
+#[test]
+fn vttbr_carries_vmid_and_root() {
+    let s2 = Stage2::new(PhysAddr::new(0x4000_2000), S2Config::DEFAULT, Vmid(0x2a));
+    assert_eq!(s2.vttbr(), (0x2a << 48) | 0x4000_2000);
+}
