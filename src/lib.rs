@@ -16,3 +16,4 @@ pub mod arch;
 pub mod mem;
 pub mod pool;
 pub mod stage2;
+pub mod spec;

@@ -1,0 +1,293 @@
+//! The executable specification: what isola does, as plain data and pure functions.
+//!
+//! [`Model::step`] takes the abstract [`State`] and one [`Event`] — a host
+//! call, a host memory access, a guest call, a guest memory access or an
+//! interrupt, on one physical CPU — and gives the [`Outcome`] and the next
+//! state. The property tests in `tests/spec_*.rs` run the implementation and
+//! this model side by side and compare them after every step; everything the
+//! security argument rests on is stated here, in terms of pages, owners and
+//! mappings, rather than tables, locks and per-CPU slots.
+//!
+//! The model follows `isola_abi` to the letter. Where the ABI is silent the
+//! model follows the implementation, and each such decision is written next
+//! to the rule it concerns (search for "ABI silent").
+//!
+//! What the model abstracts away: caches, TLBs and break-before-make (an
+//! access either sees a mapping or not), the Arm memory model and concurrency
+//! (events are atomic and totally ordered; the loom tests cover the
+//! interleavings), the layout of tables and metadata inside a pool (only the
+//! number of pool pages they use), and guest instructions (a guest is a
+//! sequence of register writes, memory accesses and calls).
+//!
+//! Invariants of a reachable state are listed in [`state`] and checked by
+//! [`props::invariants`].
+//!
+//! This module is compiled for hosted targets only: it uses `alloc`, and the
+//! EL2 image (`aarch64-unknown-none`) has no allocator and no need of it.
+#![cfg(not(target_os = "none"))]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod guest;
+mod host;
+pub mod props;
+pub mod state;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+
+pub use state::{
+    Contents, Cpu, Handle, Mapping, Owner, Page, PageState, Pending, RunState, State, Vcpu, Vm,
+};
+
+/// The fixed shape of the machine and the implementation's sizing choices
+/// that the ABI leaves open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Physical address of the first page of RAM.
+    pub ram_base: u64,
+    /// Pages of RAM.
+    pub ram_pages: u64,
+    /// The first `engine_pages` pages of RAM belong to the engine at boot;
+    /// the host owns the rest.
+    pub engine_pages: u64,
+    /// Physical CPUs.
+    pub cpus: usize,
+    /// Live VMs the engine's VM table holds.
+    pub max_vms: usize,
+    /// Largest `max vcpus` a VM may ask for; reported by `Version`.
+    pub max_vcpus: u64,
+    /// Feature bits reported by `Version`.
+    pub features: u64,
+    /// Guest IPAs are below `1 << ipa_bits`.
+    pub ipa_bits: u32,
+    /// Guest IPAs in `mmio_base..mmio_end` are MMIO: an access exits to the host.
+    pub mmio_base: u64,
+    /// End (exclusive) of the MMIO window.
+    pub mmio_end: u64,
+    /// Pool pages `VmCreate` uses at once (metadata and Stage-2 root).
+    pub vm_pages: u64,
+    /// Pool pages each `VcpuCreate` uses (the context).
+    pub vcpu_pages: u64,
+    /// Shifts of the Stage-2 table levels below the root: mapping an IPA
+    /// needs, for each shift `s`, one table covering `ipa >> s`; each table
+    /// the VM does not have yet costs one pool page. Tables live until the
+    /// VM is destroyed.
+    pub table_shifts: Vec<u32>,
+}
+
+/// One thing that happens on one physical CPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The host on `cpu` issues `hvc #0` with `x0..=x6`.
+    HostHvc {
+        /// Physical CPU.
+        cpu: usize,
+        /// `x0` (function id) and `x1..=x6`.
+        regs: [u64; 7],
+    },
+    /// The host on `cpu` loads the 64-bit word at `pa`.
+    HostRead {
+        /// Physical CPU.
+        cpu: usize,
+        /// 8-byte aligned physical address.
+        pa: u64,
+    },
+    /// The host on `cpu` stores `value` at `pa`.
+    HostWrite {
+        /// Physical CPU.
+        cpu: usize,
+        /// 8-byte aligned physical address.
+        pa: u64,
+        /// Stored value.
+        value: u64,
+    },
+    /// The guest on `cpu` sets register `reg` to `value` (guest computation).
+    GuestSetReg {
+        /// Physical CPU.
+        cpu: usize,
+        /// Register number, 0..=30.
+        reg: u8,
+        /// New value.
+        value: u64,
+    },
+    /// The guest on `cpu` puts `regs` in `x0..=x6` and issues `hvc #0`.
+    GuestHvc {
+        /// Physical CPU.
+        cpu: usize,
+        /// `x0` (function id) and `x1..=x6`.
+        regs: [u64; 7],
+    },
+    /// The guest on `cpu` loads `size` bytes at `ipa` into register `reg`.
+    GuestRead {
+        /// Physical CPU.
+        cpu: usize,
+        /// Address, aligned to `size`.
+        ipa: u64,
+        /// Destination register, 0..=30.
+        reg: u8,
+        /// 1, 2, 4 or 8.
+        size: u8,
+    },
+    /// The guest on `cpu` stores the low `size` bytes of register `reg` at `ipa`.
+    GuestWrite {
+        /// Physical CPU.
+        cpu: usize,
+        /// Address, aligned to `size`.
+        ipa: u64,
+        /// Source register, 0..=30.
+        reg: u8,
+        /// 1, 2, 4 or 8.
+        size: u8,
+    },
+    /// The guest on `cpu` executes `WFI`.
+    GuestWfi {
+        /// Physical CPU.
+        cpu: usize,
+    },
+    /// A physical interrupt arrives at `cpu` while a guest runs there.
+    Irq {
+        /// Physical CPU.
+        cpu: usize,
+    },
+}
+
+impl Event {
+    /// The physical CPU the event happens on.
+    pub fn cpu(&self) -> usize {
+        match *self {
+            Event::HostHvc { cpu, .. }
+            | Event::HostRead { cpu, .. }
+            | Event::HostWrite { cpu, .. }
+            | Event::GuestSetReg { cpu, .. }
+            | Event::GuestHvc { cpu, .. }
+            | Event::GuestRead { cpu, .. }
+            | Event::GuestWrite { cpu, .. }
+            | Event::GuestWfi { cpu }
+            | Event::Irq { cpu } => cpu,
+        }
+    }
+
+    /// Whether the event is something the host does (else a guest, or an interrupt in a guest).
+    pub fn is_host(&self) -> bool {
+        matches!(
+            self,
+            Event::HostHvc { .. } | Event::HostRead { .. } | Event::HostWrite { .. }
+        )
+    }
+}
+
+/// What an event produces, as seen by whoever caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event cannot happen in this state (a guest event on a CPU running
+    /// the host, or the reverse); the test harness does not replay it.
+    Inapplicable,
+    /// A host call returned `x0..=x3` to the host.
+    HostReturn([u64; 4]),
+    /// `VcpuRun` entered the guest; it returns to the host at the next [`Outcome::Exit`].
+    Entered,
+    /// The guest's vCPU exited: its `VcpuRun` returns `Success` with these
+    /// `x1..=x3` (an encoded [`isola_abi::Exit`]).
+    Exit([u64; 3]),
+    /// A host load returned this value.
+    HostLoaded(u64),
+    /// A host store took effect.
+    HostStored,
+    /// A host access to a page it may not touch was refused (an abort is
+    /// injected into the host); nothing changed.
+    HostFault,
+    /// The guest continues: a guest call returned `x0..=x3` to it.
+    GuestReturn([u64; 4]),
+    /// The guest continues: a load or store to its RAM, or a register write, took effect.
+    GuestDone,
+}
+
+/// The model: the abstract state plus the bookkeeping that decides handles
+/// and pool usage, which the host can observe only through statuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Model {
+    /// The machine's shape.
+    pub config: Config,
+    /// The abstract state.
+    pub state: State,
+    /// Per live VM, the Stage-2 tables below the root it has, as `(shift, ipa >> shift)`.
+    tables: BTreeMap<Handle, BTreeSet<(u32, u64)>>,
+    /// The handle the next `VmCreate` returns.
+    next_handle: Handle,
+}
+
+impl Model {
+    /// The machine after boot: engine pages first, the host owns the rest, no VM.
+    pub fn new(config: Config) -> Self {
+        let mut pages = BTreeMap::new();
+        for i in 0..config.ram_pages {
+            let pa = page_addr(config.ram_base, i);
+            let (owner, contents) = if i < config.engine_pages {
+                (Owner::Engine, None)
+            } else {
+                (Owner::Host, Some(Contents::new()))
+            };
+            pages.insert(
+                pa,
+                Page {
+                    owner,
+                    state: PageState::Owned,
+                    contents,
+                },
+            );
+        }
+        let state = State {
+            pages,
+            vms: BTreeMap::new(),
+            cpus: alloc::vec![Cpu::Host; config.cpus],
+        };
+        Model {
+            config,
+            state,
+            tables: BTreeMap::new(),
+            next_handle: 1,
+        }
+    }
+
+    /// The pure transition function: the outcome of `event` in this state,
+    /// and the state after it. `self` is unchanged.
+    pub fn step(&self, event: &Event) -> (Outcome, Model) {
+        let mut next = self.clone();
+        let outcome = next.apply(event);
+        (outcome, next)
+    }
+
+    /// [`Model::step`] in place.
+    pub fn apply(&mut self, event: &Event) -> Outcome {
+        let Some(&cpu_state) = self.state.cpus.get(event.cpu()) else {
+            return Outcome::Inapplicable;
+        };
+        match (cpu_state, event) {
+            (Cpu::Host, Event::HostHvc { cpu, regs }) => self.host_call(*cpu, regs),
+            (Cpu::Host, Event::HostRead { pa, .. }) => self.host_read(*pa),
+            (Cpu::Host, Event::HostWrite { pa, value, .. }) => self.host_write(*pa, *value),
+            (Cpu::Guest { vm, vcpu }, _) if !event.is_host() => {
+                self.guest_event(event.cpu(), vm, vcpu, event)
+            }
+            _ => Outcome::Inapplicable,
+        }
+    }
+}
+
+/// Address of page `index` counted from `base`, saturating (RAM never ends
+/// near the top of the address space, so saturation is never reached).
+fn page_addr(base: u64, index: u64) -> u64 {
+    base.saturating_add(index.saturating_mul(isola_abi::PAGE_SIZE))
+}
+
+/// Returns `x0..=x3` for a call that fails with `status`: results are zero.
+fn fail(status: isola_abi::Status) -> [u64; 4] {
+    [status.raw(), 0, 0, 0]
+}
+
+/// Returns `x0..=x3` for a call that succeeds with results `r`.
+fn ok(r: [u64; 3]) -> [u64; 4] {
+    [isola_abi::Status::Success.raw(), r[0], r[1], r[2]]
+}
