@@ -1,0 +1,460 @@
+//! Shared harness of the spec property tests: the `System` both the model and
+//! the engine implement, the random operation generator, and the checkers
+//! that run a sequence and report the first counterexample.
+//!
+//! Operations are generated as raw random choices ([`Op`]) and turned into a
+//! concrete [`Event`] only when they run, against the state at that moment:
+//! "a live handle", "a page the host owns", "an IPA this VM maps", or
+//! deliberately a wrong one (a random handle, an unaligned or out-of-RAM
+//! address, an engine page, another VM's page). So long sequences stay
+//! meaningful, and proptest still shrinks a failure to a short one.
+#![allow(dead_code)]
+
+use isola::spec::{Config, Cpu, Event, Model, Outcome, Owner, PageState, State};
+use isola_abi::{GuestCall, HostCall, PAGE_SIZE, perms, psci};
+use proptest::prelude::*;
+
+/// Something that takes events and can be observed through the abstraction.
+pub trait System {
+    /// Performs `event`; `Outcome::Inapplicable` if it cannot happen now.
+    fn step(&mut self, event: &Event) -> Outcome;
+    /// The abstract state.
+    fn observe(&self) -> State;
+    /// Test backdoor for planting bugs: stores `value` at the 8-byte aligned
+    /// `pa` of RAM, bypassing every check.
+    fn poke(&mut self, pa: u64, value: u64);
+}
+
+impl System for Model {
+    fn step(&mut self, event: &Event) -> Outcome {
+        self.apply(event)
+    }
+    fn observe(&self) -> State {
+        self.state.clone()
+    }
+    fn poke(&mut self, pa: u64, value: u64) {
+        let page = pa & !(PAGE_SIZE - 1);
+        if let Some(c) = self
+            .state
+            .pages
+            .get_mut(&page)
+            .and_then(|p| p.contents.as_mut())
+        {
+            let word = ((pa - page) / 8) as u16;
+            if value == 0 {
+                c.remove(&word);
+            } else {
+                c.insert(word, value);
+            }
+        }
+    }
+}
+
+/// One random operation, before it meets a state.
+#[derive(Clone, Debug)]
+pub struct Op {
+    /// Which physical CPU.
+    pub cpu: u8,
+    /// Which kind of operation (interpreted modulo the menu for the CPU's mode).
+    pub kind: u8,
+    /// Choices among candidates (handles, pages, IPAs, vCPU indices...).
+    pub pick: [u16; 4],
+    /// Raw values (register contents, written data, wild arguments).
+    pub raw: [u64; 3],
+}
+
+/// A strategy for sequences of `len` operations.
+pub fn ops(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
+    let op = (
+        any::<u8>(),
+        any::<u8>(),
+        any::<[u16; 4]>(),
+        any::<[u64; 3]>(),
+    )
+        .prop_map(|(cpu, kind, pick, raw)| Op {
+            cpu,
+            kind,
+            pick,
+            raw,
+        });
+    proptest::collection::vec(op, len)
+}
+
+/// The machine the spec tests use: small enough that random addresses hit
+/// interesting pages often, large enough for several VMs at once.
+pub fn config() -> Config {
+    Config {
+        ram_base: 0x4000_0000,
+        ram_pages: 96,
+        engine_pages: 8,
+        cpus: 3,
+        max_vms: 4,
+        max_vcpus: 4,
+        features: 0,
+        ipa_bits: 40,
+        mmio_base: 0x0900_0000,
+        mmio_end: 0x0a00_0000,
+        vm_pages: 3,
+        vcpu_pages: 1,
+        table_shifts: vec![30, 21],
+    }
+}
+
+/// IPAs guests use: a handful, so that mappings collide and faults repeat.
+const IPAS: [u64; 6] = [
+    0x8000_0000,
+    0x8000_1000,
+    0x8000_2000,
+    0x8020_0000,
+    0x1_0000_0000,
+    0x1000,
+];
+
+/// `items[pick % len]`, or `default` when empty.
+fn choose<T: Copy>(items: &[T], pick: u16, default: T) -> T {
+    if items.is_empty() {
+        default
+    } else {
+        items[usize::from(pick) % items.len()]
+    }
+}
+
+/// A physical address argument: mostly a page of a useful kind, sometimes wrong.
+fn pick_pa(s: &State, c: &Config, pick: u16, raw: u64) -> u64 {
+    let host: Vec<u64> = s
+        .pages
+        .iter()
+        .filter(|(_, p)| p.owner == Owner::Host && p.state == PageState::Owned)
+        .map(|(&pa, _)| pa)
+        .collect();
+    let all: Vec<u64> = s.pages.keys().copied().collect();
+    let end = c.ram_base + c.ram_pages * PAGE_SIZE;
+    match pick % 16 {
+        0..=8 => choose(&host, pick / 16, c.ram_base),
+        9..=12 => choose(&all, pick / 16, c.ram_base),
+        13 => choose(&all, pick / 16, c.ram_base) + 8 * u64::from(pick % 7 + 1),
+        14 => [
+            c.ram_base - PAGE_SIZE,
+            end,
+            end - 8,
+            0,
+            raw & !0xfff,
+            !0xfff,
+        ][usize::from(pick / 16) % 6],
+        _ => raw,
+    }
+}
+
+/// A VM handle argument: mostly live, sometimes stale or random.
+fn pick_handle(s: &State, pick: u16, raw: u64) -> u64 {
+    let live: Vec<u64> = s.vms.keys().copied().collect();
+    match pick % 8 {
+        0..=5 => choose(&live, pick / 8, 1),
+        6 => u64::from(pick / 8 % 8),
+        _ => raw,
+    }
+}
+
+/// An IPA argument for VM `h`: mostly one of [`IPAS`] or already mapped,
+/// sometimes MMIO, unaligned or beyond the IPA space.
+fn pick_ipa(s: &State, c: &Config, h: u64, pick: u16, raw: u64) -> u64 {
+    let mapped: Vec<u64> = s
+        .vms
+        .get(&h)
+        .map(|vm| vm.map.keys().copied().collect())
+        .unwrap_or_default();
+    match pick % 16 {
+        0..=7 => choose(&IPAS, pick / 16, 0),
+        8..=11 => choose(&mapped, pick / 16, IPAS[0]),
+        12 => c.mmio_base + u64::from(pick / 16 % 4) * PAGE_SIZE,
+        13 => IPAS[0] + 8,
+        14 => 1 << c.ipa_bits,
+        _ => raw,
+    }
+}
+
+/// A perms argument: mostly valid, sometimes empty or with unknown bits.
+fn pick_perms(pick: u16, raw: u64) -> u64 {
+    match pick % 12 {
+        0..=8 => [
+            perms::R,
+            perms::R | perms::W,
+            perms::ALL,
+            perms::R | perms::X,
+        ][usize::from(pick / 12) % 4],
+        9 => 0,
+        10 => perms::ALL | 8,
+        _ => raw,
+    }
+}
+
+/// The concrete event for `op` in state `s`.
+pub fn event(op: &Op, s: &State, c: &Config) -> Event {
+    let cpu = usize::from(op.cpu) % c.cpus;
+    let [p0, p1, p2, p3] = op.pick;
+    let [r0, r1, r2] = op.raw;
+    match s.cpus[cpu] {
+        Cpu::Host => host_event(cpu, op.kind, [p0, p1, p2, p3], [r0, r1, r2], s, c),
+        Cpu::Guest { vm, .. } => {
+            guest_event(cpu, vm, op.kind, [p0, p1, p2, p3], [r0, r1, r2], s, c)
+        }
+    }
+}
+
+fn hvc(cpu: usize, call: HostCall, args: [u64; 4]) -> Event {
+    Event::HostHvc {
+        cpu,
+        regs: [call as u64, args[0], args[1], args[2], args[3], 0, 0],
+    }
+}
+
+fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Config) -> Event {
+    let h = pick_handle(s, p[0], r[0]);
+    let idx = u64::from(p[1] % 6);
+    match kind % 32 {
+        0 | 1 => {
+            let pages = if p[2].is_multiple_of(8) {
+                r[1] % 16
+            } else {
+                c.vm_pages + u64::from(p[2] % 4)
+            };
+            let pa = pick_pa(s, c, p[1], r[2]);
+            hvc(cpu, HostCall::VmCreate, [pa, pages, u64::from(p[3] % 6), 0])
+        }
+        2 if p[3].is_multiple_of(3) => hvc(cpu, HostCall::VmDestroy, [h, 0, 0, 0]),
+        3 => hvc(
+            cpu,
+            HostCall::VmTopup,
+            [h, pick_pa(s, c, p[1], r[1]), u64::from(p[2] % 3), 0],
+        ),
+        4 | 5 => hvc(cpu, HostCall::VcpuCreate, [h, idx, r[1], r[2]]),
+        2 | 6..=11 | 25..=28 => {
+            // Mostly a vCPU that exists, so that guests get to run.
+            let vcpus: Vec<(u64, u64)> = s
+                .vms
+                .iter()
+                .flat_map(|(&h, vm)| vm.vcpus.keys().map(move |&i| (h, i)))
+                .collect();
+            let (h, idx) = if p[3].is_multiple_of(8) {
+                (h, idx)
+            } else {
+                choose(&vcpus, p[2], (h, idx))
+            };
+            hvc(cpu, HostCall::VcpuRun, [h, idx, r[1], 0])
+        }
+        12..=15 => {
+            let ipa = pick_ipa(s, c, h, p[2], r[2]);
+            hvc(
+                cpu,
+                HostCall::Donate,
+                [h, pick_pa(s, c, p[1], r[1]), ipa, pick_perms(p[3], r[0])],
+            )
+        }
+        16..=18 => {
+            let ipa = pick_ipa(s, c, h, p[2], r[2]);
+            hvc(
+                cpu,
+                HostCall::Share,
+                [h, pick_pa(s, c, p[1], r[1]), ipa, pick_perms(p[3], r[0])],
+            )
+        }
+        19 => {
+            let lent: Vec<u64> = s
+                .pages
+                .iter()
+                .filter(|(_, pg)| {
+                    pg.owner == Owner::Host && matches!(pg.state, PageState::Shared { .. })
+                })
+                .map(|(&pa, _)| pa)
+                .collect();
+            let pa = if p[2].is_multiple_of(4) {
+                pick_pa(s, c, p[1], r[1])
+            } else {
+                choose(&lent, p[1], c.ram_base)
+            };
+            hvc(cpu, HostCall::Unshare, [h, pa, 0, 0])
+        }
+        20 | 21 => {
+            let dead: Vec<u64> = s
+                .pages
+                .iter()
+                .filter(|(_, pg)| matches!(pg.owner, Owner::Vm(v) if !s.vms.contains_key(&v)))
+                .map(|(&pa, _)| pa)
+                .collect();
+            let pa = if p[2].is_multiple_of(3) {
+                pick_pa(s, c, p[1], r[1])
+            } else {
+                choose(&dead, p[1], c.ram_base)
+            };
+            hvc(cpu, HostCall::Reclaim, [pa, 0, 0, 0])
+        }
+        22 => hvc(cpu, HostCall::Accounting, [u64::from(p[1] % 4), h, 0, 0]),
+        23 => hvc(cpu, HostCall::Version, [0; 4]),
+        24 => {
+            let id = [
+                r[1],
+                GuestCall::Share as u64,
+                HostCall::Accounting as u64 + 1,
+                u64::from(psci::VERSION),
+            ][usize::from(p[1] % 4)];
+            Event::HostHvc {
+                cpu,
+                regs: [id, r[0], r[1], r[2], r[0], r[1], r[2]],
+            }
+        }
+        29 | 30 => Event::HostRead {
+            cpu,
+            pa: pick_pa(s, c, p[1], r[1]) & !7,
+        },
+        _ => Event::HostWrite {
+            cpu,
+            pa: pick_pa(s, c, p[1], r[1]) & !7,
+            value: r[2],
+        },
+    }
+}
+
+fn guest_event(
+    cpu: usize,
+    h: u64,
+    kind: u8,
+    p: [u16; 4],
+    r: [u64; 3],
+    s: &State,
+    c: &Config,
+) -> Event {
+    let reg = (p[1] % 31) as u8;
+    let ipa = pick_ipa(s, c, h, p[2], r[1]);
+    let call = |id: u64, a: u64, b: u64| Event::GuestHvc {
+        cpu,
+        regs: [id, a, b, r[0], r[1], r[2], r[0]],
+    };
+    match kind % 24 {
+        0..=3 => Event::GuestSetReg {
+            cpu,
+            reg,
+            value: r[0],
+        },
+        4..=8 | 21 | 22 => {
+            let size = [8u8, 4, 2, 1][usize::from(p[3] % 4)];
+            let off = (u64::from(p[3] / 4) * u64::from(size)) % PAGE_SIZE;
+            let ipa = (ipa & !(PAGE_SIZE - 1)) + off;
+            if kind.is_multiple_of(2) {
+                Event::GuestWrite {
+                    cpu,
+                    ipa,
+                    reg,
+                    size,
+                }
+            } else {
+                Event::GuestRead {
+                    cpu,
+                    ipa,
+                    reg,
+                    size,
+                }
+            }
+        }
+        9 => call(GuestCall::Info as u64, r[0], r[1]),
+        10 | 11 => call(GuestCall::Share as u64, ipa, 0),
+        12 => call(GuestCall::Unshare as u64, ipa, 0),
+        13 => call(GuestCall::Relinquish as u64, ipa, 0),
+        14 | 15 => call(GuestCall::HostCall as u64, r[1], r[2]),
+        16 => {
+            let id = [
+                u64::from(psci::CPU_OFF),
+                u64::from(psci::SYSTEM_OFF),
+                u64::from(psci::SYSTEM_RESET),
+            ][usize::from(p[0] % 3)];
+            // Rare: a VM that powers off stops being interesting.
+            if p[3].is_multiple_of(2) {
+                call(id, 0, 0)
+            } else {
+                Event::GuestWfi { cpu }
+            }
+        }
+        17 => call(
+            [
+                r[0],
+                HostCall::Donate as u64,
+                GuestCall::HostCall as u64 + 1,
+            ][usize::from(p[0] % 3)],
+            r[1],
+            r[2],
+        ),
+        18 | 19 => Event::GuestWfi { cpu },
+        _ => Event::Irq { cpu },
+    }
+}
+
+/// A scripted start so random sequences begin with something to break:
+/// three VMs with two vCPUs each, a few pages donated and shared.
+pub fn warm_up(sys: &mut dyn System, c: &Config) {
+    let free_host = |s: &State, n: usize| -> Vec<u64> {
+        s.pages
+            .iter()
+            .filter(|(_, p)| p.owner == Owner::Host && p.state == PageState::Owned)
+            .map(|(&pa, _)| pa)
+            .take(n)
+            .collect()
+    };
+    for _ in 0..3 {
+        let s = sys.observe();
+        let pool = free_host(&s, (c.vm_pages + 4) as usize);
+        let out = sys.step(&hvc(
+            0,
+            HostCall::VmCreate,
+            [pool[0], pool.len() as u64, 2, 0],
+        ));
+        let Outcome::HostReturn([0, h, ..]) = out else {
+            panic!("warm-up VmCreate: {out:?}")
+        };
+        for i in 0..2 {
+            let out = sys.step(&hvc(
+                0,
+                HostCall::VcpuCreate,
+                [h, i, 0x8000_0000, h * 16 + i],
+            ));
+            assert_eq!(out, Outcome::HostReturn([0; 4]), "warm-up VcpuCreate");
+        }
+        for (k, ipa) in IPAS[..3].iter().enumerate() {
+            let pa = free_host(&sys.observe(), 1)[0];
+            sys.step(&Event::HostWrite {
+                cpu: 0,
+                pa,
+                value: pa ^ 0x1111,
+            });
+            let call = if k == 2 {
+                HostCall::Share
+            } else {
+                HostCall::Donate
+            };
+            let out = sys.step(&hvc(0, call, [h, pa, *ipa, perms::R | perms::W]));
+            assert_eq!(out, Outcome::HostReturn([0; 4]), "warm-up {call:?}");
+        }
+    }
+}
+
+/// Runs `ops` on `sys` after the warm-up, calling `check(before, event,
+/// outcome, after)` after every applicable step; the first `Err` is the
+/// counterexample, with the step number.
+pub fn run(
+    sys: &mut dyn System,
+    c: &Config,
+    ops: &[Op],
+    mut check: impl FnMut(&State, &Event, &Outcome, &State) -> Result<(), String>,
+) -> Result<(), String> {
+    warm_up(sys, c);
+    let mut before = sys.observe();
+    for (n, op) in ops.iter().enumerate() {
+        let e = event(op, &before, c);
+        let out = sys.step(&e);
+        if out == Outcome::Inapplicable {
+            continue;
+        }
+        let after = sys.observe();
+        check(&before, &e, &out, &after).map_err(|m| format!("step {n}: {e:?} -> {out:?}: {m}"))?;
+        before = after;
+    }
+    Ok(())
+}
