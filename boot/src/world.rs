@@ -1,0 +1,575 @@
+//! The world switch: running one vCPU at EL1 as a function call from EL2.
+//!
+//! [`enter_guest`] is called by the `VcpuRun` handler on the CPU that loaded
+//! the vCPU. It saves the host side, installs the guest (its EL1 system
+//! registers, virtual timer, FP/SIMD, general registers, Stage-2 and the
+//! guest's `HCR_EL2`), `eret`s into it and returns when the guest takes any
+//! exception to EL2, with the syndrome. The host side is then exactly as it
+//! was, so the host's trap frame and vectors never know a guest ran.
+//!
+//! Invariants:
+//! - While a guest runs, `VBAR_EL2` points at this module's guest-only
+//!   vectors and `SP_EL2` at the switch frame (the host-side callee-saved
+//!   registers, `d8..d15`, the host `VBAR_EL2` and the context pointer). The
+//!   guest's exception entry finds its context through that frame; no other
+//!   register is trusted or needed.
+//! - Every guest register the architecture lets EL1/EL0 read is either loaded
+//!   from the guest's context before the `eret` or trapped by the guest
+//!   `HCR_EL2`/`MDCR_EL2`/`CNTHCTL_EL2`: nothing of the host or another guest
+//!   is visible to a guest, and every guest register is saved back into its
+//!   context before the host's values return.
+//! - The guest FP/SIMD registers are loaded and saved inside the assembly, so
+//!   no compiler-generated SIMD code can run between load and `eret` or
+//!   between exception and save.
+//! - The engine runs with every interrupt masked; the guest `HCR_EL2` routes
+//!   physical IRQ/FIQ/SError to EL2 (`IMO/FMO/AMO`), so an interrupt that
+//!   arrives while a guest runs exits to the host, which owns interrupts.
+
+use core::arch::{asm, global_asm};
+use core::mem::offset_of;
+
+use isola::vcpu::{FpRegs, SysRegs, VcpuContext};
+
+/// Which vector of the guest-only table the guest's exception came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Vector {
+    /// Synchronous exception from the guest (AArch64): hypercalls, traps,
+    /// Stage-2 aborts; the syndrome is in [`GuestExit::esr`].
+    Sync = 0,
+    /// A physical IRQ.
+    Irq = 1,
+    /// A physical FIQ.
+    Fiq = 2,
+    /// A physical SError.
+    SError = 3,
+    /// Any exception from an AArch32 EL0 of the guest: not supported.
+    Aarch32 = 4,
+}
+
+impl Vector {
+    fn from_raw(raw: u64) -> Self {
+        match raw {
+            0 => Self::Sync,
+            1 => Self::Irq,
+            2 => Self::Fiq,
+            3 => Self::SError,
+            _ => Self::Aarch32,
+        }
+    }
+}
+
+/// Why the guest stopped: the vector and the EL2 syndrome registers as they
+/// were when the exception was taken. `esr`, `far` and `hpfar` are only
+/// meaningful for [`Vector::Sync`] (and `far`/`hpfar` only for aborts); for
+/// the asynchronous vectors they are read but stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestExit {
+    /// The vector taken.
+    pub vector: Vector,
+    /// `ESR_EL2`.
+    pub esr: u64,
+    /// `FAR_EL2`: the faulting virtual address (the guest's VA, or its IPA
+    /// when its MMU is off).
+    pub far: u64,
+    /// `HPFAR_EL2`: the faulting IPA's page number (bits 47:12 in 43:4).
+    pub hpfar: u64,
+}
+
+/// The Stage-2 and identity a vCPU runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestStage2 {
+    /// `VTTBR_EL2`: the VM's Stage-2 root PA | VMID << 48.
+    pub vttbr: u64,
+    /// `VMPIDR_EL2`: the MPIDR the guest reads (bit 31 set, Aff0 = index).
+    pub vmpidr: u64,
+}
+
+impl GuestStage2 {
+    /// From the VM's Stage-2 root, its VMID and the vCPU's index.
+    pub fn new(root_pa: u64, vmid: u16, vcpu_index: u64) -> Self {
+        let index = vcpu_index & 0xff_ffff;
+        let affinity = (index & 0xff) | ((index >> 8) & 0xffff) << 8;
+        Self {
+            vttbr: (root_pa & 0x0000_ffff_ffff_fffe) | u64::from(vmid) << 48,
+            vmpidr: 1 << 31 | affinity,
+        }
+    }
+}
+
+/// `HCR_EL2` while a guest runs. Each bit and why:
+/// - `VM` (0): Stage-2 translation on: the guest sees only what the engine
+///   mapped for it.
+/// - `SWIO` (1): set/way invalidate becomes clean+invalidate, so a guest
+///   cannot drop dirty lines of memory it does not own.
+/// - `FMO`, `IMO`, `AMO` (3, 4, 5): physical FIQ, IRQ and SError go to EL2,
+///   where they end the guest's turn; the host owns every interrupt.
+/// - `FB` (9), `BSU` = inner shareable (10): the guest's TLB and cache
+///   maintenance is broadcast, because its vCPUs move between CPUs.
+/// - `TWI`, `TWE` (13, 14): `WFI`/`WFE` exit, so an idle guest gives the CPU
+///   back instead of sleeping on it.
+/// - `TSC` (19): `SMC` traps: the guest never reaches firmware; PSCI calls
+///   become exits.
+/// - `TIDCP` (20): implementation-defined system registers trap.
+/// - `TACR` (21): `ACTLR_EL1` (implementation-defined CPU control) traps.
+/// - `TSW` (22): data-cache set/way operations trap (they act on the whole
+///   cache, not the guest's memory).
+/// - `RW` (31): EL1 is AArch64.
+/// - `TLOR` (35): LORegion registers trap.
+/// - `TERR` (36): RAS error-record registers trap.
+///
+/// Left clear on purpose: `API`/`APK` (40, 41), so pointer-authentication
+/// instructions and key registers trap and the host's keys stay unseen and
+/// need no switching; `TGE`/`E2H` (EL2 host mode, not used); `VI`/`VF`/`VSE`
+/// (no virtual interrupts are injected).
+pub const HCR_GUEST: u64 = 1 << 0
+    | 1 << 1
+    | 1 << 3
+    | 1 << 4
+    | 1 << 5
+    | 1 << 9
+    | 1 << 10
+    | 1 << 13
+    | 1 << 14
+    | 1 << 19
+    | 1 << 20
+    | 1 << 21
+    | 1 << 22
+    | 1 << 31
+    | 1 << 35
+    | 1 << 36;
+
+/// `MDCR_EL2` trap bits while a guest runs (the host's `HPMN` field is kept):
+/// `TPMCR` (5) and `TPM` (6), PMU access traps, so a guest can neither read
+/// the host's counters nor reprogram them; `TDA` (9), `TDOSA` (10), `TDRA`
+/// (11), debug register, OS-lock and debug-ROM accesses trap, so a guest
+/// cannot set breakpoints or watchpoints that fire in the host.
+pub const MDCR_GUEST_TRAPS: u64 = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10 | 1 << 11;
+
+/// `CNTHCTL_EL2` while a guest runs: `EL1PCTEN` (0) only: the guest may read
+/// the physical counter (time is not a secret here) but any access to the
+/// physical timer (`EL1PCEN`, 1, clear) traps: that timer is the host's.
+/// The guest uses the virtual timer, offset by its `CNTVOFF_EL2`.
+pub const CNTHCTL_GUEST: u64 = 1 << 0;
+
+/// Declares [`El1State`] with one field per EL1/EL0 system register a guest
+/// owns and the switch exchanges; each name is both the register's assembler
+/// name and the field's name here and in the core's context.
+macro_rules! el1_registers {
+    ($($r:ident),* $(,)?) => {
+        /// The EL1/EL0 system registers one side (host or guest) owns. The
+        /// host's copy lives on the EL2 stack while a guest runs.
+        #[derive(Clone, Copy)]
+        struct El1State {
+            $($r: u64,)*
+        }
+
+        impl El1State {
+            /// The values in the CPU now.
+            fn read() -> Self {
+                Self {
+                    $($r: {
+                        let v: u64;
+                        // SAFETY: reading an EL1/EL0 system register at EL2
+                        // has no side effect.
+                        unsafe {
+                            asm!(concat!("mrs {}, ", stringify!($r)), out(reg) v,
+                                 options(nomem, nostack, preserves_flags));
+                        }
+                        v
+                    },)*
+                }
+            }
+
+            /// Puts these values in the CPU.
+            ///
+            /// # Safety
+            /// The EL1&0 regime must not be executing: this CPU is at EL2
+            /// between a trap and its `eret`, which synchronises the context.
+            unsafe fn write(&self) {
+                $(
+                    // SAFETY: per this function's contract these registers
+                    // only take effect at the next `eret` to EL1/EL0.
+                    unsafe {
+                        asm!(concat!("msr ", stringify!($r), ", {}"), in(reg) self.$r,
+                             options(nomem, nostack, preserves_flags));
+                    }
+                )*
+            }
+
+            /// The guest's values from its context.
+            fn from_context(ctx: &SysRegs) -> Self {
+                Self { $($r: ctx.$r,)* }
+            }
+
+            /// Stores these (the guest's) values into its context.
+            fn to_context(self, ctx: &mut SysRegs) {
+                $(ctx.$r = self.$r;)*
+            }
+        }
+    };
+}
+
+el1_registers!(
+    sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, contextidr_el1,
+    tpidr_el0, tpidrro_el0, tpidr_el1, sp_el0, sp_el1, elr_el1, spsr_el1, esr_el1, far_el1,
+    afsr0_el1, afsr1_el1, par_el1, cpacr_el1, cntkctl_el1, csselr_el1, mdscr_el1, cntv_ctl_el0,
+    cntv_cval_el0
+);
+
+/// The EL2 state a guest run changes and the host gets back.
+struct HostEl2 {
+    elr_el2: u64,
+    spsr_el2: u64,
+    hcr_el2: u64,
+    vttbr_el2: u64,
+    cntvoff_el2: u64,
+    cnthctl_el2: u64,
+    mdcr_el2: u64,
+    vmpidr_el2: u64,
+}
+
+macro_rules! mrs {
+    ($r:literal) => {{
+        let v: u64;
+        // SAFETY: reading an EL2 system register has no side effect.
+        unsafe { asm!(concat!("mrs {}, ", $r), out(reg) v, options(nomem, nostack, preserves_flags)) };
+        v
+    }};
+}
+
+/// `msr`; the caller's `unsafe` block justifies the write. Not `nomem`: some
+/// of these registers change how memory is translated.
+macro_rules! msr {
+    ($r:literal, $v:expr) => {
+        asm!(concat!("msr ", $r, ", {}"), in(reg) $v, options(nostack, preserves_flags))
+    };
+}
+
+impl HostEl2 {
+    fn save() -> Self {
+        Self {
+            elr_el2: mrs!("elr_el2"),
+            spsr_el2: mrs!("spsr_el2"),
+            hcr_el2: mrs!("hcr_el2"),
+            vttbr_el2: mrs!("vttbr_el2"),
+            cntvoff_el2: mrs!("cntvoff_el2"),
+            cnthctl_el2: mrs!("cnthctl_el2"),
+            mdcr_el2: mrs!("mdcr_el2"),
+            vmpidr_el2: mrs!("vmpidr_el2"),
+        }
+    }
+
+    /// # Safety
+    /// Only on the way back to the host, after the guest's state is saved.
+    unsafe fn restore(&self) {
+        // SAFETY: the host's own values, saved by `save` on this CPU before
+        // the guest's were installed; `isb` puts them in force before the
+        // engine's code continues (the `eret` to the host would too).
+        unsafe {
+            msr!("hcr_el2", self.hcr_el2);
+            msr!("vttbr_el2", self.vttbr_el2);
+            msr!("cntvoff_el2", self.cntvoff_el2);
+            msr!("cnthctl_el2", self.cnthctl_el2);
+            msr!("mdcr_el2", self.mdcr_el2);
+            msr!("vmpidr_el2", self.vmpidr_el2);
+            msr!("elr_el2", self.elr_el2);
+            msr!("spsr_el2", self.spsr_el2);
+            asm!("isb", options(nostack, preserves_flags));
+        }
+    }
+}
+
+/// Runs the vCPU whose context is `vcpu` until it takes an exception to EL2.
+///
+/// On return every register of the host side (EL1 system registers, the
+/// EL2 registers listed in [`HostEl2`], `VBAR_EL2`, the callee-saved
+/// registers) has its value from before the call, and `vcpu` holds the
+/// guest's registers at the exception (PC = `ELR_EL2`, PSTATE = `SPSR_EL2`).
+///
+/// # Safety
+/// - Called at EL2 with every interrupt masked, on the CPU that holds the
+///   vCPU loaded (the core's `vcpu_load` succeeded here and `vcpu_put` has not
+///   run): no other CPU reads or writes `vcpu` meanwhile.
+/// - `stage2.vttbr` names a complete Stage-2 table of that vCPU's VM and its
+///   VMID, which stays valid (not freed, not reused) until this returns.
+/// - The context's `pstate` names EL1 or EL0 in AArch64 with the engine's
+///   checks applied (the core only ever stores such values).
+pub unsafe fn enter_guest(vcpu: &mut VcpuContext, stage2: GuestStage2) -> GuestExit {
+    let host = HostEl2::save();
+    let host_el1 = El1State::read();
+    let mdcr = (host.mdcr_el2 & 0x1f) | MDCR_GUEST_TRAPS;
+    // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
+    // they affect only the EL1&0 regime (`VM` and the traps), which next runs
+    // at the `eret` inside the switch. The offset goes first so the guest's
+    // virtual timer is never compared against the host's offset. The caller
+    // guarantees the Stage-2 table's validity.
+    unsafe {
+        msr!("cntvoff_el2", vcpu.sys.cntvoff_el2);
+        El1State::from_context(&vcpu.sys).write();
+        msr!("vttbr_el2", stage2.vttbr);
+        msr!("vmpidr_el2", stage2.vmpidr);
+        msr!("cnthctl_el2", CNTHCTL_GUEST);
+        msr!("mdcr_el2", mdcr);
+        msr!("hcr_el2", HCR_GUEST);
+        asm!("isb", options(nostack, preserves_flags));
+    }
+    let raw: u64;
+    // SAFETY: `isola_world_switch` saves the callee-saved registers it uses
+    // (x19..x30, d8..d15) and VBAR_EL2 in its frame and restores them before
+    // returning; every other register is declared clobbered. It reads and
+    // writes only `*vcpu`, which the caller guarantees is this CPU's alone.
+    unsafe {
+        asm!(
+            "bl isola_world_switch",
+            inlateout("x0") core::ptr::from_mut(vcpu) => raw,
+            clobber_abi("C"),
+        );
+    }
+    let exit = GuestExit {
+        vector: Vector::from_raw(raw),
+        esr: mrs!("esr_el2"),
+        far: mrs!("far_el2"),
+        hpfar: mrs!("hpfar_el2"),
+    };
+    El1State::read().to_context(&mut vcpu.sys);
+    vcpu.sys.cntvoff_el2 = mrs!("cntvoff_el2");
+    // SAFETY: back to the host's EL1 registers and EL2 configuration on the
+    // way out; the host runs again only after the `eret` of its trap.
+    unsafe {
+        host_el1.write();
+        host.restore();
+    }
+    exit
+}
+
+/// Offset of `x0` in the context.
+const C_X: usize = offset_of!(VcpuContext, x);
+/// Offset of the PC.
+const C_PC: usize = offset_of!(VcpuContext, pc);
+/// Offset of PSTATE.
+const C_PSTATE: usize = offset_of!(VcpuContext, pstate);
+/// Offset of `q0`.
+const C_Q: usize = offset_of!(VcpuContext, fp) + offset_of!(FpRegs, q);
+/// Offset of FPSR.
+const C_FPSR: usize = offset_of!(VcpuContext, fp) + offset_of!(FpRegs, fpsr);
+/// Offset of FPCR.
+const C_FPCR: usize = offset_of!(VcpuContext, fp) + offset_of!(FpRegs, fpcr);
+
+// The assembly addresses x0..x30 in pairs, q0..q31 in pairs: both arrays must
+// be laid out as the assembly assumes (8- and 16-byte aligned, contiguous).
+const _: () = assert!(C_X.is_multiple_of(8) && C_PC.is_multiple_of(8) && C_PSTATE.is_multiple_of(8));
+const _: () = assert!(C_Q.is_multiple_of(16) && C_FPSR.is_multiple_of(8) && C_FPCR.is_multiple_of(8));
+
+/// The switch frame on the EL2 stack: x19..x30 (96 bytes), d8..d15 (64),
+/// the context pointer and the host's VBAR_EL2 (16).
+const FRAME: usize = 176;
+const F_D8: usize = 96;
+const F_CTX: usize = 160;
+const F_VBAR: usize = 168;
+
+global_asm!(
+    r#"
+// isola_world_switch(x0 = *mut VcpuContext) -> x0 = vector index.
+// Called only from `enter_guest`; returns when the guest takes an exception.
+.section .text.isola_world_switch, "ax"
+.global isola_world_switch
+isola_world_switch:
+    sub sp, sp, #{FRAME}
+    stp x19, x20, [sp, #0]
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    stp d8, d9, [sp, #({F_D8} + 0)]
+    stp d10, d11, [sp, #({F_D8} + 16)]
+    stp d12, d13, [sp, #({F_D8} + 32)]
+    stp d14, d15, [sp, #({F_D8} + 48)]
+    str x0, [sp, #{F_CTX}]
+    mrs x1, vbar_el2
+    str x1, [sp, #{F_VBAR}]
+
+    // Guest FP/SIMD.
+    add x1, x0, #{C_Q}
+    ldp q0, q1, [x1, #0]
+    ldp q2, q3, [x1, #32]
+    ldp q4, q5, [x1, #64]
+    ldp q6, q7, [x1, #96]
+    ldp q8, q9, [x1, #128]
+    ldp q10, q11, [x1, #160]
+    ldp q12, q13, [x1, #192]
+    ldp q14, q15, [x1, #224]
+    ldp q16, q17, [x1, #256]
+    ldp q18, q19, [x1, #288]
+    ldp q20, q21, [x1, #320]
+    ldp q22, q23, [x1, #352]
+    ldp q24, q25, [x1, #384]
+    ldp q26, q27, [x1, #416]
+    ldp q28, q29, [x1, #448]
+    ldp q30, q31, [x1, #480]
+    ldr x2, [x0, #{C_FPSR}]
+    msr fpsr, x2
+    ldr x2, [x0, #{C_FPCR}]
+    msr fpcr, x2
+
+    // Where the guest resumes, and the guest-only vectors.
+    ldr x2, [x0, #{C_PC}]
+    msr elr_el2, x2
+    ldr x2, [x0, #{C_PSTATE}]
+    msr spsr_el2, x2
+    adrp x2, isola_guest_vectors
+    add x2, x2, :lo12:isola_guest_vectors
+    msr vbar_el2, x2
+    isb
+
+    // Guest general registers, x0/x1 last (x0 is the context pointer).
+    add x1, x0, #{C_X}
+    ldp x2, x3, [x1, #16]
+    ldp x4, x5, [x1, #32]
+    ldp x6, x7, [x1, #48]
+    ldp x8, x9, [x1, #64]
+    ldp x10, x11, [x1, #80]
+    ldp x12, x13, [x1, #96]
+    ldp x14, x15, [x1, #112]
+    ldp x16, x17, [x1, #128]
+    ldp x18, x19, [x1, #144]
+    ldp x20, x21, [x1, #160]
+    ldp x22, x23, [x1, #176]
+    ldp x24, x25, [x1, #192]
+    ldp x26, x27, [x1, #208]
+    ldp x28, x29, [x1, #224]
+    ldr x30, [x1, #240]
+    ldp x0, x1, [x1, #0]
+    eret
+    // Never reached: stops straight-line speculation past the eret.
+    dsb nsh
+    isb
+
+// Guest-only vectors. An exception taken at EL2 while they are installed is
+// an engine bug: report it. Exceptions from the guest save x0/x1 on the
+// switch frame's doorstep and pass their vector index to the common exit.
+.section .text.isola_guest_vectors, "ax"
+.balign 2048
+.global isola_guest_vectors
+isola_guest_vectors:
+    .set isola_gv_kind, 0
+    .rept 8
+    .balign 0x80
+    mov x0, #isola_gv_kind
+    b isola_guest_vectors_el2
+    .set isola_gv_kind, (isola_gv_kind + 1) % 4
+    .endr
+    .set isola_gv_kind, 0
+    .rept 4
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mov x1, #isola_gv_kind
+    b isola_guest_exit
+    .set isola_gv_kind, isola_gv_kind + 1
+    .endr
+    .rept 4
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    mov x1, #{AARCH32}
+    b isola_guest_exit
+    .endr
+
+isola_guest_exit:
+    ldr x0, [sp, #(16 + {F_CTX})]
+    add x0, x0, #{C_X}
+    stp x2, x3, [x0, #16]
+    stp x4, x5, [x0, #32]
+    stp x6, x7, [x0, #48]
+    stp x8, x9, [x0, #64]
+    stp x10, x11, [x0, #80]
+    stp x12, x13, [x0, #96]
+    stp x14, x15, [x0, #112]
+    stp x16, x17, [x0, #128]
+    stp x18, x19, [x0, #144]
+    stp x20, x21, [x0, #160]
+    stp x22, x23, [x0, #176]
+    stp x24, x25, [x0, #192]
+    stp x26, x27, [x0, #208]
+    stp x28, x29, [x0, #224]
+    str x30, [x0, #240]
+    ldp x2, x3, [sp], #16
+    stp x2, x3, [x0, #0]
+    sub x0, x0, #{C_X}
+    mrs x2, elr_el2
+    str x2, [x0, #{C_PC}]
+    mrs x2, spsr_el2
+    str x2, [x0, #{C_PSTATE}]
+
+    add x2, x0, #{C_Q}
+    stp q0, q1, [x2, #0]
+    stp q2, q3, [x2, #32]
+    stp q4, q5, [x2, #64]
+    stp q6, q7, [x2, #96]
+    stp q8, q9, [x2, #128]
+    stp q10, q11, [x2, #160]
+    stp q12, q13, [x2, #192]
+    stp q14, q15, [x2, #224]
+    stp q16, q17, [x2, #256]
+    stp q18, q19, [x2, #288]
+    stp q20, q21, [x2, #320]
+    stp q22, q23, [x2, #352]
+    stp q24, q25, [x2, #384]
+    stp q26, q27, [x2, #416]
+    stp q28, q29, [x2, #448]
+    stp q30, q31, [x2, #480]
+    mrs x3, fpsr
+    str x3, [x0, #{C_FPSR}]
+    mrs x3, fpcr
+    str x3, [x0, #{C_FPCR}]
+
+    // Host side back: vectors first, so an engine fault from here on is
+    // reported by the engine's own vectors.
+    ldr x2, [sp, #{F_VBAR}]
+    msr vbar_el2, x2
+    isb
+    mov x0, x1
+    ldp d8, d9, [sp, #({F_D8} + 0)]
+    ldp d10, d11, [sp, #({F_D8} + 16)]
+    ldp d12, d13, [sp, #({F_D8} + 32)]
+    ldp d14, d15, [sp, #({F_D8} + 48)]
+    ldp x19, x20, [sp, #0]
+    ldp x21, x22, [sp, #16]
+    ldp x23, x24, [sp, #32]
+    ldp x25, x26, [sp, #48]
+    ldp x27, x28, [sp, #64]
+    ldp x29, x30, [sp, #80]
+    add sp, sp, #{FRAME}
+    ret
+
+// x0 = 0..3 (sync, IRQ, FIQ, SError) taken at EL2 while the guest vectors
+// were installed.
+isola_guest_vectors_el2:
+    mrs x1, esr_el2
+    mrs x2, elr_el2
+    mrs x3, far_el2
+    bl isola_world_el2_fault
+1:  wfe
+    b 1b
+"#,
+    FRAME = const FRAME,
+    F_D8 = const F_D8,
+    F_CTX = const F_CTX,
+    F_VBAR = const F_VBAR,
+    C_X = const C_X,
+    C_PC = const C_PC,
+    C_PSTATE = const C_PSTATE,
+    C_Q = const C_Q,
+    C_FPSR = const C_FPSR,
+    C_FPCR = const C_FPCR,
+    AARCH32 = const Vector::Aarch32 as u64,
+);
+
+/// An exception at EL2 while the guest-only vectors were installed (in the
+/// few instructions around the `eret`): an engine bug. Reports and powers off.
+#[unsafe(no_mangle)]
+extern "C" fn isola_world_el2_fault(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
+    crate::fatal(format_args!(
+        "fatal exception at EL2 in the world switch (kind {kind}, ESR_EL2 {esr:#x}, ELR_EL2 {elr:#x}, FAR_EL2 {far:#x})"
+    ))
+}
