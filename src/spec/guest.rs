@@ -15,13 +15,21 @@ use super::{Event, Model, Outcome, fail, ok};
 
 /// Data abort from a lower exception level (ESR_EL2.EC).
 const EC_DABT_LOW: u64 = 0x24;
-/// Data fault status code: permission fault at level 3.
-const DFSC_PERM_L3: u64 = 0x0f;
+/// Fault status code: address size fault at level 0 (an IPA beyond the VM's space).
+pub const FSC_ADDR_SIZE_L0: u64 = 0x00;
+/// Fault status code: translation fault at level 3 (nothing mapped).
+pub const FSC_TRANS_L3: u64 = 0x07;
+/// Fault status code: permission fault at level 3 (mapped without that permission).
+pub const FSC_PERM_L3: u64 = 0x0f;
+/// ESR_EL2 of an exception with an unknown reason (EC 0, IL 1), e.g. an
+/// undefined instruction: nothing the engine handles.
+pub const ESR_UNKNOWN: u64 = 1 << 25;
 
 /// ESR_EL2 of a data abort from the guest with a valid syndrome: a `size`-byte
-/// access (`write` or not) to/from register `reg`, fault status `dfsc`.
-/// This is the Arm architecture's encoding (ISS for EC 0x24: ISV, SAS,
-/// SRT, WnR, DFSC), the value the engine reports in [`Exit::Error`].
+/// unsigned access (`write` or not) to/from 64-bit register `x<reg>`, fault
+/// status `dfsc`. This is the Arm architecture's encoding (ISS for EC 0x24:
+/// ISV, SAS, SSE = 0, SRT, SF = 1, WnR, DFSC), the value the engine reports
+/// in [`Exit::Error`].
 pub fn data_abort_esr(size: u8, write: bool, reg: u8, dfsc: u64) -> u64 {
     let sas: u64 = match size {
         1 => 0,
@@ -36,6 +44,7 @@ pub fn data_abort_esr(size: u8, write: bool, reg: u8, dfsc: u64) -> u64 {
         | isv
         | sas << 22
         | u64::from(reg & 0x1f) << 16
+        | 1 << 15
         | u64::from(write) << 6
         | dfsc
 }
@@ -87,6 +96,13 @@ impl Model {
                 self.exit(cpu, h, index, RunState::Ready, Exit::Wfx)
             }
             Event::Irq { .. } => self.exit(cpu, h, index, RunState::Ready, Exit::Irq),
+            Event::GuestUndefined { .. } => self.exit(
+                cpu,
+                h,
+                index,
+                RunState::Stopped,
+                Exit::Error { esr: ESR_UNKNOWN },
+            ),
             _ => Outcome::Inapplicable,
         }
     }
@@ -221,6 +237,10 @@ impl Model {
         write: bool,
     ) -> Outcome {
         let page_ipa = ipa & !(PAGE_SIZE - 1);
+        if self.config.ipa_bits >= 64 || ipa >> self.config.ipa_bits != 0 {
+            let esr = data_abort_esr(size, write, reg, FSC_ADDR_SIZE_L0);
+            return self.exit(cpu, h, index, RunState::Stopped, Exit::Error { esr });
+        }
         let mapping = self
             .state
             .vms
@@ -260,9 +280,17 @@ impl Model {
             );
         };
         let need = if write { perms::W } else { perms::R };
+        // ABI silent: a permission fault on guest RAM is reported like an
+        // unmapped page (`MemFault`), as the implementation does; the vCPU
+        // stays runnable.
         if m.perms & need == 0 {
-            let esr = data_abort_esr(size, write, reg, DFSC_PERM_L3);
-            return self.exit(cpu, h, index, RunState::Stopped, Exit::Error { esr });
+            return self.exit(
+                cpu,
+                h,
+                index,
+                RunState::Ready,
+                Exit::MemFault { ipa: page_ipa },
+            );
         }
         let offset = ipa % PAGE_SIZE;
         let word = u16::try_from(offset / 8).unwrap_or(0);

@@ -29,7 +29,7 @@
 
 extern crate alloc;
 
-mod guest;
+pub mod guest;
 mod host;
 pub mod props;
 pub mod state;
@@ -146,6 +146,12 @@ pub enum Event {
         /// Physical CPU.
         cpu: usize,
     },
+    /// The guest on `cpu` takes an exception the engine does not handle
+    /// (an undefined instruction): `Exit::Error`, and the vCPU stops.
+    GuestUndefined {
+        /// Physical CPU.
+        cpu: usize,
+    },
     /// A physical interrupt arrives at `cpu` while a guest runs there.
     Irq {
         /// Physical CPU.
@@ -165,6 +171,7 @@ impl Event {
             | Event::GuestRead { cpu, .. }
             | Event::GuestWrite { cpu, .. }
             | Event::GuestWfi { cpu }
+            | Event::GuestUndefined { cpu }
             | Event::Irq { cpu } => cpu,
         }
     }

@@ -361,16 +361,16 @@ fn guest_event(
         13 => call(GuestCall::Relinquish as u64, ipa, 0),
         14 | 15 => call(GuestCall::HostCall as u64, r[1], r[2]),
         16 => {
-            let id = [
+            // Rare: a VM that powers off or stops is no longer interesting.
+            let ids = [
                 u64::from(psci::CPU_OFF),
                 u64::from(psci::SYSTEM_OFF),
                 u64::from(psci::SYSTEM_RESET),
-            ][usize::from(p[0] % 3)];
-            // Rare: a VM that powers off stops being interesting.
-            if p[3].is_multiple_of(2) {
-                call(id, 0, 0)
-            } else {
-                Event::GuestWfi { cpu }
+            ];
+            match (p[3] % 2, p[0] % 4) {
+                (0, 3) => Event::GuestUndefined { cpu },
+                (0, k) => call(ids[usize::from(k)], 0, 0),
+                _ => Event::GuestWfi { cpu },
             }
         }
         17 => call(
