@@ -26,9 +26,11 @@
 //!   arrives while a guest runs exits to the host, which owns interrupts.
 
 use core::arch::{asm, global_asm};
-use core::mem::offset_of;
 
-use isola::vcpu::{FpRegs, SysRegs, VcpuContext};
+use isola::vcpu::{
+    Context, OFF_FPCR, OFF_FPSR, OFF_PC, OFF_PSTATE, OFF_SYSREGS, OFF_V, OFF_X, SYSREG_COUNT,
+    SysReg,
+};
 
 /// Which vector of the guest-only table the guest's exception came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,33 +154,36 @@ pub const MDCR_GUEST_TRAPS: u64 = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10 | 1 << 11;
 /// The guest uses the virtual timer, offset by its `CNTVOFF_EL2`.
 pub const CNTHCTL_GUEST: u64 = 1 << 0;
 
-/// Declares [`El1State`] with one field per EL1/EL0 system register a guest
-/// owns and the switch exchanges; each name is both the register's assembler
-/// name and the field's name here and in the core's context.
+/// Declares [`El1State`] over every EL1/EL0 system register a guest owns and
+/// the switch exchanges: `asm_name = SysReg variant`, the variant naming the
+/// register's slot in the core's context page.
 macro_rules! el1_registers {
-    ($($r:ident),* $(,)?) => {
-        /// The EL1/EL0 system registers one side (host or guest) owns. The
-        /// host's copy lives on the EL2 stack while a guest runs.
+    ($($r:ident = $slot:ident),* $(,)?) => {
+        /// The EL1/EL0 system registers one side (host or guest) owns, in
+        /// the core's [`SysReg`] order. The host's copy lives on the EL2
+        /// stack while a guest runs.
         #[derive(Clone, Copy)]
-        struct El1State {
-            $($r: u64,)*
-        }
+        struct El1State([u64; SYSREG_COUNT as usize]);
 
         impl El1State {
             /// The values in the CPU now.
             fn read() -> Self {
-                Self {
-                    $($r: {
-                        let v: u64;
-                        // SAFETY: reading an EL1/EL0 system register at EL2
-                        // has no side effect.
-                        unsafe {
-                            asm!(concat!("mrs {}, ", stringify!($r)), out(reg) v,
-                                 options(nomem, nostack, preserves_flags));
-                        }
+                let mut regs = [0u64; SYSREG_COUNT as usize];
+                $(
+                    // SAFETY: reading an EL1/EL0 system register at EL2 has
+                    // no side effect.
+                    let v: u64 = unsafe {
+                        let v;
+                        asm!(concat!("mrs {}, ", stringify!($r)), out(reg) v,
+                             options(nomem, nostack, preserves_flags));
                         v
-                    },)*
-                }
+                    };
+                    // In range: the const assertion below counts the slots.
+                    if let Some(slot) = regs.get_mut(SysReg::$slot as usize) {
+                        *slot = v;
+                    }
+                )*
+                Self(regs)
             }
 
             /// Puts these values in the CPU.
@@ -188,34 +193,80 @@ macro_rules! el1_registers {
             /// between a trap and its `eret`, which synchronises the context.
             unsafe fn write(&self) {
                 $(
+                    let v = self.0.get(SysReg::$slot as usize).copied().unwrap_or(0);
                     // SAFETY: per this function's contract these registers
                     // only take effect at the next `eret` to EL1/EL0.
                     unsafe {
-                        asm!(concat!("msr ", stringify!($r), ", {}"), in(reg) self.$r,
+                        asm!(concat!("msr ", stringify!($r), ", {}"), in(reg) v,
                              options(nomem, nostack, preserves_flags));
                     }
                 )*
             }
-
-            /// The guest's values from its context.
-            fn from_context(ctx: &SysRegs) -> Self {
-                Self { $($r: ctx.$r,)* }
-            }
-
-            /// Stores these (the guest's) values into its context.
-            fn to_context(self, ctx: &mut SysRegs) {
-                $(ctx.$r = self.$r;)*
-            }
         }
+
+        /// Every register is named once: the list covers the context.
+        const _: () = assert!([$(SysReg::$slot),*].len() as u64 == SYSREG_COUNT);
     };
 }
 
 el1_registers!(
-    sctlr_el1, ttbr0_el1, ttbr1_el1, tcr_el1, mair_el1, amair_el1, vbar_el1, contextidr_el1,
-    tpidr_el0, tpidrro_el0, tpidr_el1, sp_el0, sp_el1, elr_el1, spsr_el1, esr_el1, far_el1,
-    afsr0_el1, afsr1_el1, par_el1, cpacr_el1, cntkctl_el1, csselr_el1, mdscr_el1, cntv_ctl_el0,
-    cntv_cval_el0
+    sctlr_el1 = SctlrEl1,
+    ttbr0_el1 = Ttbr0El1,
+    ttbr1_el1 = Ttbr1El1,
+    tcr_el1 = TcrEl1,
+    mair_el1 = MairEl1,
+    amair_el1 = AmairEl1,
+    vbar_el1 = VbarEl1,
+    contextidr_el1 = ContextidrEl1,
+    tpidr_el0 = TpidrEl0,
+    tpidrro_el0 = TpidrroEl0,
+    tpidr_el1 = TpidrEl1,
+    sp_el0 = SpEl0,
+    sp_el1 = SpEl1,
+    elr_el1 = ElrEl1,
+    spsr_el1 = SpsrEl1,
+    esr_el1 = EsrEl1,
+    far_el1 = FarEl1,
+    afsr0_el1 = Afsr0El1,
+    afsr1_el1 = Afsr1El1,
+    par_el1 = ParEl1,
+    cpacr_el1 = CpacrEl1,
+    cntkctl_el1 = CntkctlEl1,
+    cntv_ctl_el0 = CntvCtlEl0,
+    cntv_cval_el0 = CntvCvalEl0,
+    csselr_el1 = CsselrEl1,
+    mdscr_el1 = MdscrEl1,
 );
+
+impl El1State {
+    /// The guest's values from its context page.
+    ///
+    /// # Safety
+    /// `ctx` points at a context page this CPU has loaded (no other CPU
+    /// accesses it).
+    unsafe fn load_from(ctx: *const u8) -> Self {
+        let mut regs = [0u64; SYSREG_COUNT as usize];
+        for (i, r) in regs.iter_mut().enumerate() {
+            let off = (OFF_SYSREGS as usize).wrapping_add(i.wrapping_mul(8));
+            // SAFETY: within the context page (the core's layout test keeps
+            // the register block inside it), 8-byte aligned, this CPU's alone.
+            *r = unsafe { ctx.wrapping_add(off).cast::<u64>().read_volatile() };
+        }
+        Self(regs)
+    }
+
+    /// Stores these (the guest's) values into its context page.
+    ///
+    /// # Safety
+    /// As for [`El1State::load_from`].
+    unsafe fn store_to(&self, ctx: *mut u8) {
+        for (i, r) in self.0.iter().enumerate() {
+            let off = (OFF_SYSREGS as usize).wrapping_add(i.wrapping_mul(8));
+            // SAFETY: as in `load_from`.
+            unsafe { ctx.wrapping_add(off).cast::<u64>().write_volatile(*r) };
+        }
+    }
+}
 
 /// The EL2 state a guest run changes and the host gets back.
 struct HostEl2 {
@@ -280,22 +331,30 @@ impl HostEl2 {
     }
 }
 
-/// Runs the vCPU whose context is `vcpu` until it takes an exception to EL2.
+/// `CNTVOFF_EL2` while a guest runs. The core's context has no per-vCPU
+/// offset yet, so a guest's virtual counter reads the physical count; what
+/// matters for isolation is that the host's own offset is never shown.
+pub const CNTVOFF_GUEST: u64 = 0;
+
+/// Runs the vCPU whose context page is `ctx` until it takes an exception to
+/// EL2.
 ///
 /// On return every register of the host side (EL1 system registers, the
 /// EL2 registers listed in [`HostEl2`], `VBAR_EL2`, the callee-saved
-/// registers) has its value from before the call, and `vcpu` holds the
+/// registers) has its value from before the call, and the context holds the
 /// guest's registers at the exception (PC = `ELR_EL2`, PSTATE = `SPSR_EL2`).
 ///
 /// # Safety
 /// - Called at EL2 with every interrupt masked, on the CPU that holds the
 ///   vCPU loaded (the core's `vcpu_load` succeeded here and `vcpu_put` has not
-///   run): no other CPU reads or writes `vcpu` meanwhile.
+///   run): no other CPU reads or writes the context page meanwhile, and it is
+///   identity-mapped read-write in the EL2 stage-1 map.
 /// - `stage2.vttbr` names a complete Stage-2 table of that vCPU's VM and its
 ///   VMID, which stays valid (not freed, not reused) until this returns.
-/// - The context's `pstate` names EL1 or EL0 in AArch64 with the engine's
-///   checks applied (the core only ever stores such values).
-pub unsafe fn enter_guest(vcpu: &mut VcpuContext, stage2: GuestStage2) -> GuestExit {
+/// - The context's PSTATE names EL1 or EL0 in AArch64 (the core only ever
+///   stores such values).
+pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
+    let page = core::ptr::with_exposed_provenance_mut::<u8>(ctx.page().raw() as usize);
     let host = HostEl2::save();
     let host_el1 = El1State::read();
     let mdcr = (host.mdcr_el2 & 0x1f) | MDCR_GUEST_TRAPS;
@@ -303,10 +362,11 @@ pub unsafe fn enter_guest(vcpu: &mut VcpuContext, stage2: GuestStage2) -> GuestE
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
     // at the `eret` inside the switch. The offset goes first so the guest's
     // virtual timer is never compared against the host's offset. The caller
-    // guarantees the Stage-2 table's validity.
+    // guarantees the Stage-2 table's validity and that the context page is
+    // this CPU's.
     unsafe {
-        msr!("cntvoff_el2", vcpu.sys.cntvoff_el2);
-        El1State::from_context(&vcpu.sys).write();
+        msr!("cntvoff_el2", CNTVOFF_GUEST);
+        El1State::load_from(page).write();
         msr!("vttbr_el2", stage2.vttbr);
         msr!("vmpidr_el2", stage2.vmpidr);
         msr!("cnthctl_el2", CNTHCTL_GUEST);
@@ -318,11 +378,12 @@ pub unsafe fn enter_guest(vcpu: &mut VcpuContext, stage2: GuestStage2) -> GuestE
     // SAFETY: `isola_world_switch` saves the callee-saved registers it uses
     // (x19..x30, d8..d15) and VBAR_EL2 in its frame and restores them before
     // returning; every other register is declared clobbered. It reads and
-    // writes only `*vcpu`, which the caller guarantees is this CPU's alone.
+    // writes only the context page, which the caller guarantees is this
+    // CPU's alone.
     unsafe {
         asm!(
             "bl isola_world_switch",
-            inlateout("x0") core::ptr::from_mut(vcpu) => raw,
+            inlateout("x0") page => raw,
             clobber_abi("C"),
         );
     }
@@ -332,34 +393,24 @@ pub unsafe fn enter_guest(vcpu: &mut VcpuContext, stage2: GuestStage2) -> GuestE
         far: mrs!("far_el2"),
         hpfar: mrs!("hpfar_el2"),
     };
-    El1State::read().to_context(&mut vcpu.sys);
-    vcpu.sys.cntvoff_el2 = mrs!("cntvoff_el2");
-    // SAFETY: back to the host's EL1 registers and EL2 configuration on the
-    // way out; the host runs again only after the `eret` of its trap.
+    // SAFETY: the guest's EL1 registers go back to its (this CPU's) context
+    // page; then the host's EL1 registers and EL2 configuration return. The
+    // host runs again only after the `eret` of its trap.
     unsafe {
+        El1State::read().store_to(page);
         host_el1.write();
         host.restore();
     }
     exit
 }
 
-/// Offset of `x0` in the context.
-const C_X: usize = offset_of!(VcpuContext, x);
-/// Offset of the PC.
-const C_PC: usize = offset_of!(VcpuContext, pc);
-/// Offset of PSTATE.
-const C_PSTATE: usize = offset_of!(VcpuContext, pstate);
-/// Offset of `q0`.
-const C_Q: usize = offset_of!(VcpuContext, fp) + offset_of!(FpRegs, q);
-/// Offset of FPSR.
-const C_FPSR: usize = offset_of!(VcpuContext, fp) + offset_of!(FpRegs, fpsr);
-/// Offset of FPCR.
-const C_FPCR: usize = offset_of!(VcpuContext, fp) + offset_of!(FpRegs, fpcr);
-
-// The assembly addresses x0..x30 in pairs, q0..q31 in pairs: both arrays must
-// be laid out as the assembly assumes (8- and 16-byte aligned, contiguous).
-const _: () = assert!(C_X.is_multiple_of(8) && C_PC.is_multiple_of(8) && C_PSTATE.is_multiple_of(8));
-const _: () = assert!(C_Q.is_multiple_of(16) && C_FPSR.is_multiple_of(8) && C_FPCR.is_multiple_of(8));
+// The assembly addresses the context page with immediate offsets: x0..x30
+// and q0..q31 in pairs. Check the core's layout suits it (8- and 16-byte
+// aligned, within `add`'s 12-bit immediate).
+const _: () =
+    assert!(OFF_X.is_multiple_of(8) && OFF_PC.is_multiple_of(8) && OFF_PSTATE.is_multiple_of(8));
+const _: () = assert!(OFF_V.is_multiple_of(16) && OFF_V < 4096 && OFF_X < 4096);
+const _: () = assert!(OFF_FPSR.is_multiple_of(8) && OFF_FPCR.is_multiple_of(8));
 
 /// The switch frame on the EL2 stack: x19..x30 (96 bytes), d8..d15 (64),
 /// the context pointer and the host's VBAR_EL2 (16).
@@ -370,7 +421,7 @@ const F_VBAR: usize = 168;
 
 global_asm!(
     r#"
-// isola_world_switch(x0 = *mut VcpuContext) -> x0 = vector index.
+// isola_world_switch(x0 = context page) -> x0 = vector index.
 // Called only from `enter_guest`; returns when the guest takes an exception.
 .section .text.isola_world_switch, "ax"
 .global isola_world_switch
@@ -556,12 +607,12 @@ isola_guest_vectors_el2:
     F_D8 = const F_D8,
     F_CTX = const F_CTX,
     F_VBAR = const F_VBAR,
-    C_X = const C_X,
-    C_PC = const C_PC,
-    C_PSTATE = const C_PSTATE,
-    C_Q = const C_Q,
-    C_FPSR = const C_FPSR,
-    C_FPCR = const C_FPCR,
+    C_X = const OFF_X,
+    C_PC = const OFF_PC,
+    C_PSTATE = const OFF_PSTATE,
+    C_Q = const OFF_V,
+    C_FPSR = const OFF_FPSR,
+    C_FPCR = const OFF_FPCR,
     AARCH32 = const Vector::Aarch32 as u64,
 );
 
