@@ -1,0 +1,13 @@
+//! Links the EL2 image at its fixed load address (see `link.ld` and
+//! docs/boot.md). Only the bare-metal build gets the script: a host build of
+//! this crate (e.g. `cargo clippy --workspace` without `--target`) must not
+//! be handed an AArch64 linker script.
+
+fn main() {
+    println!("cargo:rerun-if-changed=link.ld");
+    println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("none") {
+        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+        println!("cargo:rustc-link-arg-bins=-T{dir}/link.ld");
+    }
+}

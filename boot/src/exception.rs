@@ -1,0 +1,345 @@
+//! EL2 exception vectors, the trap frame, and the way into EL1.
+//!
+//! Invariants:
+//! - `SP_EL2` is at the top of this CPU's stack whenever the CPU runs at EL1:
+//!   [`enter_el1`] sets it, and every trap from EL1 pops exactly what it
+//!   pushed before `eret`.
+//! - A trap from a lower EL saves all general-purpose and FP/SIMD registers
+//!   (the engine's Rust code may use SIMD registers) and restores them,
+//!   edited only where the handler means to (results, `x0..=x3`).
+//! - An exception taken *at* EL2 is a bug in the engine: the vector moves to
+//!   this CPU's emergency stack (the normal one may be the overflowed one),
+//!   reports, and powers the machine off.
+
+use core::arch::global_asm;
+
+use crate::layout::{EMERGENCY_SLOT, MAX_CPUS};
+
+/// Registers of the interrupted lower EL, as saved on the EL2 stack.
+#[repr(C)]
+pub struct TrapFrame {
+    /// `x0..=x30`.
+    pub x: [u64; 31],
+    _pad: u64,
+    /// `q0..=q31`.
+    pub q: [u128; 32],
+    /// FPSR.
+    pub fpsr: u64,
+    /// FPCR.
+    pub fpcr: u64,
+}
+
+/// Bytes of a [`TrapFrame`] (the assembly below depends on it).
+pub const FRAME_SIZE: usize = 784;
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == FRAME_SIZE);
+
+impl TrapFrame {
+    /// Register `xN` (0 for an out-of-range `n`, like `xzr`).
+    pub fn reg(&self, n: usize) -> u64 {
+        self.x.get(n).copied().unwrap_or(0)
+    }
+
+    /// Sets register `xN` (ignored for an out-of-range `n`).
+    pub fn set_reg(&mut self, n: usize, v: u64) {
+        if let Some(r) = self.x.get_mut(n) {
+            *r = v;
+        }
+    }
+}
+
+/// What a fatal vector was.
+#[derive(Clone, Copy, Debug)]
+#[repr(u64)]
+pub enum FatalKind {
+    /// Synchronous exception at EL2.
+    El2Sync = 0,
+    /// IRQ at EL2 (interrupts are masked; should never happen).
+    El2Irq = 1,
+    /// FIQ at EL2.
+    El2Fiq = 2,
+    /// SError at EL2.
+    El2SError = 3,
+    /// IRQ/FIQ/SError routed from a lower EL (the engine routes none).
+    LowerAsync = 4,
+}
+
+global_asm!(
+    r#"
+.section .text.vectors, "ax"
+.balign 2048
+.global isola_vectors
+isola_vectors:
+    // Current EL with SP_EL0: the engine never runs on SP_EL0.
+    .balign 0x80
+    mov x0, #{EL2_SYNC}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{EL2_IRQ}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{EL2_FIQ}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{EL2_SERROR}
+    b isola_fatal_entry
+    // Current EL with SP_EL2.
+    .balign 0x80
+    mov x0, #{EL2_SYNC}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{EL2_IRQ}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{EL2_FIQ}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{EL2_SERROR}
+    b isola_fatal_entry
+    // Lower EL, AArch64.
+    .balign 0x80
+    b isola_lower_sync
+    .balign 0x80
+    mov x0, #{LOWER_ASYNC}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{LOWER_ASYNC}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{LOWER_ASYNC}
+    b isola_fatal_entry
+    // Lower EL, AArch32 (a host EL0 task): same frame, same handler.
+    .balign 0x80
+    b isola_lower_sync
+    .balign 0x80
+    mov x0, #{LOWER_ASYNC}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{LOWER_ASYNC}
+    b isola_fatal_entry
+    .balign 0x80
+    mov x0, #{LOWER_ASYNC}
+    b isola_fatal_entry
+    .balign 0x80
+
+.section .text.isola_lower_sync, "ax"
+isola_lower_sync:
+    sub sp, sp, #{FRAME}
+    stp x0, x1, [sp, #0]
+    stp x2, x3, [sp, #16]
+    stp x4, x5, [sp, #32]
+    stp x6, x7, [sp, #48]
+    stp x8, x9, [sp, #64]
+    stp x10, x11, [sp, #80]
+    stp x12, x13, [sp, #96]
+    stp x14, x15, [sp, #112]
+    stp x16, x17, [sp, #128]
+    stp x18, x19, [sp, #144]
+    stp x20, x21, [sp, #160]
+    stp x22, x23, [sp, #176]
+    stp x24, x25, [sp, #192]
+    stp x26, x27, [sp, #208]
+    stp x28, x29, [sp, #224]
+    str x30, [sp, #240]
+    add x0, sp, #256
+    stp q0, q1, [x0, #0]
+    stp q2, q3, [x0, #32]
+    stp q4, q5, [x0, #64]
+    stp q6, q7, [x0, #96]
+    stp q8, q9, [x0, #128]
+    stp q10, q11, [x0, #160]
+    stp q12, q13, [x0, #192]
+    stp q14, q15, [x0, #224]
+    stp q16, q17, [x0, #256]
+    stp q18, q19, [x0, #288]
+    stp q20, q21, [x0, #320]
+    stp q22, q23, [x0, #352]
+    stp q24, q25, [x0, #384]
+    stp q26, q27, [x0, #416]
+    stp q28, q29, [x0, #448]
+    stp q30, q31, [x0, #480]
+    mrs x1, fpsr
+    mrs x2, fpcr
+    add x3, sp, #768
+    stp x1, x2, [x3]
+    mov x0, sp
+    bl isola_handle_lower_sync
+    add x3, sp, #768
+    ldp x1, x2, [x3]
+    add x0, sp, #256
+    msr fpsr, x1
+    msr fpcr, x2
+    ldp q0, q1, [x0, #0]
+    ldp q2, q3, [x0, #32]
+    ldp q4, q5, [x0, #64]
+    ldp q6, q7, [x0, #96]
+    ldp q8, q9, [x0, #128]
+    ldp q10, q11, [x0, #160]
+    ldp q12, q13, [x0, #192]
+    ldp q14, q15, [x0, #224]
+    ldp q16, q17, [x0, #256]
+    ldp q18, q19, [x0, #288]
+    ldp q20, q21, [x0, #320]
+    ldp q22, q23, [x0, #352]
+    ldp q24, q25, [x0, #384]
+    ldp q26, q27, [x0, #416]
+    ldp q28, q29, [x0, #448]
+    ldp q30, q31, [x0, #480]
+    ldp x0, x1, [sp, #0]
+    ldp x2, x3, [sp, #16]
+    ldp x4, x5, [sp, #32]
+    ldp x6, x7, [sp, #48]
+    ldp x8, x9, [sp, #64]
+    ldp x10, x11, [sp, #80]
+    ldp x12, x13, [sp, #96]
+    ldp x14, x15, [sp, #112]
+    ldp x16, x17, [sp, #128]
+    ldp x18, x19, [sp, #144]
+    ldp x20, x21, [sp, #160]
+    ldp x22, x23, [sp, #176]
+    ldp x24, x25, [sp, #192]
+    ldp x26, x27, [sp, #208]
+    ldp x28, x29, [sp, #224]
+    ldr x30, [sp, #240]
+    add sp, sp, #{FRAME}
+    eret
+    // Never reached: stops straight-line speculation past the eret.
+    dsb nsh
+    isb
+
+// x0 = FatalKind. Switch to this CPU's emergency stack, gather the syndrome
+// registers and report; never returns.
+.section .text.isola_fatal_entry, "ax"
+isola_fatal_entry:
+    mrs x1, tpidr_el2
+    cmp x1, #{MAX_CPUS}
+    b.hs 2f
+    adrp x2, __emergency_start
+    add x2, x2, :lo12:__emergency_start
+    add x1, x1, #1
+    mov x3, #{EMERGENCY_SLOT}
+    madd x2, x1, x3, x2
+    mov sp, x2
+    mrs x1, esr_el2
+    mrs x2, elr_el2
+    mrs x3, far_el2
+    mrs x4, spsr_el2
+    bl isola_el2_fatal
+2:  wfe
+    b 2b
+
+// isola_enter_el1(entry, x0 value, EL2 stack top): drop to EL1h at `entry`
+// with interrupts masked, `x0` as given and every other register zero (the
+// engine's values must not leak to the host).
+.section .text.isola_enter_el1, "ax"
+.global isola_enter_el1
+isola_enter_el1:
+    mov sp, x2
+    msr elr_el2, x0
+    mov x2, #0x3c5
+    msr spsr_el2, x2
+    mov x0, x1
+    mov x1, xzr
+    mov x2, xzr
+    mov x3, xzr
+    mov x4, xzr
+    mov x5, xzr
+    mov x6, xzr
+    mov x7, xzr
+    mov x8, xzr
+    mov x9, xzr
+    mov x10, xzr
+    mov x11, xzr
+    mov x12, xzr
+    mov x13, xzr
+    mov x14, xzr
+    mov x15, xzr
+    mov x16, xzr
+    mov x17, xzr
+    mov x18, xzr
+    mov x19, xzr
+    mov x20, xzr
+    mov x21, xzr
+    mov x22, xzr
+    mov x23, xzr
+    mov x24, xzr
+    mov x25, xzr
+    mov x26, xzr
+    mov x27, xzr
+    mov x28, xzr
+    mov x29, xzr
+    mov x30, xzr
+    movi v0.2d, #0
+    movi v1.2d, #0
+    movi v2.2d, #0
+    movi v3.2d, #0
+    movi v4.2d, #0
+    movi v5.2d, #0
+    movi v6.2d, #0
+    movi v7.2d, #0
+    movi v8.2d, #0
+    movi v9.2d, #0
+    movi v10.2d, #0
+    movi v11.2d, #0
+    movi v12.2d, #0
+    movi v13.2d, #0
+    movi v14.2d, #0
+    movi v15.2d, #0
+    movi v16.2d, #0
+    movi v17.2d, #0
+    movi v18.2d, #0
+    movi v19.2d, #0
+    movi v20.2d, #0
+    movi v21.2d, #0
+    movi v22.2d, #0
+    movi v23.2d, #0
+    movi v24.2d, #0
+    movi v25.2d, #0
+    movi v26.2d, #0
+    movi v27.2d, #0
+    movi v28.2d, #0
+    movi v29.2d, #0
+    movi v30.2d, #0
+    movi v31.2d, #0
+    eret
+    dsb nsh
+    isb
+"#,
+    FRAME = const FRAME_SIZE,
+    MAX_CPUS = const MAX_CPUS,
+    EMERGENCY_SLOT = const EMERGENCY_SLOT,
+    EL2_SYNC = const FatalKind::El2Sync as u64,
+    EL2_IRQ = const FatalKind::El2Irq as u64,
+    EL2_FIQ = const FatalKind::El2Fiq as u64,
+    EL2_SERROR = const FatalKind::El2SError as u64,
+    LOWER_ASYNC = const FatalKind::LowerAsync as u64,
+);
+
+unsafe extern "C" {
+    fn isola_enter_el1(entry: u64, x0: u64, stack_top: u64) -> !;
+}
+
+/// Drops this CPU to EL1h at `entry` with `x0 = arg`, resetting the EL2
+/// stack to `stack_top`.
+///
+/// # Safety
+/// The EL2 state for running the host (HCR_EL2, Stage-2, traps, vectors)
+/// must be configured on this CPU; `stack_top` must be this CPU's stack top;
+/// nothing on the current EL2 stack may be needed again.
+pub unsafe fn enter_el1(entry: u64, arg: u64, stack_top: u64) -> ! {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { isola_enter_el1(entry, arg, stack_top) }
+}
+
+/// Rust side of the fatal vectors: reports the syndrome and powers off.
+#[unsafe(no_mangle)]
+extern "C" fn isola_el2_fatal(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64) -> ! {
+    crate::fatal(format_args!(
+        "fatal exception at EL2 (kind {kind}, ESR_EL2 {esr:#x}, ELR_EL2 {elr:#x}, FAR_EL2 {far:#x}, SPSR_EL2 {spsr:#x})"
+    ))
+}
+
+/// Rust side of a synchronous trap from a lower EL.
+#[unsafe(no_mangle)]
+extern "C" fn isola_handle_lower_sync(frame: &mut TrapFrame) {
+    crate::trap::handle(frame);
+}

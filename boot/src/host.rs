@@ -1,0 +1,101 @@
+//! The EL2 controls that run the host deprivileged at EL1 (each bit's reason
+//! is in docs/boot.md, "EL2 register configuration").
+//!
+//! Invariant: on every CPU, before the first `eret` to the host, HCR_EL2,
+//! MDCR_EL2, CPTR_EL2, CNTHCTL_EL2, CNTVOFF_EL2, VTCR_EL2/VTTBR_EL2 and
+//! SCTLR_EL1 hold the values below; nothing changes them while the host runs
+//! (a world switch to a guest will, and must restore them).
+
+use crate::cpu::{read_sysreg, write_sysreg_isb};
+
+/// HCR_EL2.VM: Stage-2 translation on.
+pub const HCR_VM: u64 = 1 << 0;
+/// HCR_EL2.SWIO: set/way invalidation from EL1 becomes clean+invalidate.
+pub const HCR_SWIO: u64 = 1 << 1;
+/// HCR_EL2.PTW: a Stage-1 walk that hits Device memory at Stage-2 faults.
+pub const HCR_PTW: u64 = 1 << 2;
+/// HCR_EL2.TSC: `smc` from EL1 traps to EL2 (the PSCI relay).
+pub const HCR_TSC: u64 = 1 << 19;
+/// HCR_EL2.TIDCP: implementation-defined system registers trap.
+pub const HCR_TIDCP: u64 = 1 << 20;
+/// HCR_EL2.RW: EL1 is AArch64.
+pub const HCR_RW: u64 = 1 << 31;
+/// HCR_EL2.TLOR: LORegion registers trap.
+pub const HCR_TLOR: u64 = 1 << 35;
+/// HCR_EL2.TERR: RAS error-record registers trap.
+pub const HCR_TERR: u64 = 1 << 36;
+/// HCR_EL2.APK: pointer-authentication key registers do not trap.
+pub const HCR_APK: u64 = 1 << 40;
+/// HCR_EL2.API: pointer-authentication instructions do not trap.
+pub const HCR_API: u64 = 1 << 41;
+
+/// HCR_EL2 while the host runs, without Stage-2 (`VM`), which the core turns
+/// on with the host's tables. IMO/FMO/AMO stay clear: the host owns the GIC
+/// and physical interrupts go straight to EL1.
+pub const HCR_HOST: u64 =
+    HCR_SWIO | HCR_PTW | HCR_TSC | HCR_TIDCP | HCR_RW | HCR_TLOR | HCR_TERR | HCR_APK | HCR_API;
+
+/// CPTR_EL2 (non-VHE) RES1 bits: 13, 9, 7..0.
+const CPTR_RES1: u64 = 1 << 13 | 1 << 9 | 0xff;
+/// CPTR_EL2.TZ: SVE traps (the engine's SIMD use would corrupt Z registers).
+const CPTR_TZ: u64 = 1 << 8;
+/// CPTR_EL2.TSM: SME traps.
+const CPTR_TSM: u64 = 1 << 12;
+/// CPTR_EL2.TTA: trace registers trap.
+const CPTR_TTA: u64 = 1 << 20;
+/// CPTR_EL2.TAM: activity-monitor registers trap.
+const CPTR_TAM: u64 = 1 << 30;
+/// CPTR_EL2.TCPAC: CPACR_EL1 accesses trap (off: the host manages its FP).
+/// CPTR_EL2.TFP: FP/SIMD traps (off: the host may use FP/SIMD; the engine
+/// saves and restores it on every trap).
+pub const CPTR_HOST: u64 = CPTR_RES1 | CPTR_TZ | CPTR_TSM | CPTR_TTA | CPTR_TAM;
+
+/// CNTHCTL_EL2.EL1PCTEN | EL1PCEN: the host owns the physical timer and
+/// counter.
+pub const CNTHCTL_HOST: u64 = 0b11;
+
+/// MDCR_EL2.HPMD: event counting prohibited at EL2 (PMUv3p1).
+const MDCR_HPMD: u64 = 1 << 17;
+/// MDCR_EL2.TPMS: statistical-profiling control registers trap.
+const MDCR_TPMS: u64 = 1 << 14;
+/// MDCR_EL2.TTRF: trace-filter control registers trap.
+const MDCR_TTRF: u64 = 1 << 19;
+
+/// MDCR_EL2 for the host: every PMU counter (HPMN = PMCR_EL0.N) belongs to
+/// the host, counting at EL2 is prohibited, SPE and trace filtering trap.
+pub fn mdcr_host() -> u64 {
+    let n = (read_sysreg!("pmcr_el0") >> 11) & 0x1f;
+    let pmuver = (read_sysreg!("id_aa64dfr0_el1") >> 8) & 0xf;
+    // PMUVer 4 is PMUv3p1 (HPMD exists); 0xf is IMPLEMENTATION DEFINED.
+    let hpmd = if (4..0xf).contains(&pmuver) {
+        MDCR_HPMD
+    } else {
+        0
+    };
+    n | hpmd | MDCR_TPMS | MDCR_TTRF
+}
+
+/// SCTLR_EL1 at the host's entry: MMU and caches off, little-endian; the RES1
+/// bits of Armv8.0 (11, 20, 22, 23, 28, 29).
+pub const SCTLR_EL1_ENTRY: u64 = 1 << 11 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 28 | 1 << 29;
+
+/// Configures this CPU's EL2 controls for running the host.
+///
+/// # Safety
+/// Call at EL2 with interrupts masked, before entering the host on this CPU;
+/// the core's host Stage-2 (VTTBR_EL2/VTCR_EL2) must already be installed if
+/// `hcr` includes `VM`.
+pub unsafe fn configure(hcr: u64) {
+    let mdcr = mdcr_host();
+    // SAFETY: these registers control only lower ELs (and EL2's own PMU
+    // counting); the caller guarantees we are about to enter the host and
+    // that the Stage-2 tables named by VTTBR_EL2 are valid.
+    unsafe {
+        write_sysreg_isb!("cptr_el2", CPTR_HOST);
+        write_sysreg_isb!("mdcr_el2", mdcr);
+        write_sysreg_isb!("cnthctl_el2", CNTHCTL_HOST);
+        write_sysreg_isb!("cntvoff_el2", 0_u64);
+        write_sysreg_isb!("sctlr_el1", SCTLR_EL1_ENTRY);
+        write_sysreg_isb!("hcr_el2", hcr);
+    }
+}
