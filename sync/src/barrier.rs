@@ -15,7 +15,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::shim::{AtomicU32, Ordering, spin_hint};
+use crate::shim::{AtomicU32, Ordering, SpinWait};
 
 /// An N-participant barrier, reusable for any number of phases.
 #[derive(Debug)]
@@ -101,8 +101,9 @@ impl RendezvousBarrier {
         } else {
             // Acquire: pairs with the leader's Release store of the new
             // generation.
+            let mut wait = SpinWait::new();
             while self.generation.load(Ordering::Acquire) == generation {
-                spin_hint();
+                wait.spin();
             }
             false
         }

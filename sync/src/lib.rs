@@ -5,7 +5,7 @@
 //!   through a [`MutexGuard`].
 //! - [`RendezvousBarrier`]: a reusable N-participant barrier, optionally
 //!   running an action on the last arrival before anyone is released.
-//! - [`atomic`], [`cell`], [`spin_hint`]: the public face of the loom shim.
+//! - [`atomic`], [`cell`], [`spin_hint`], [`SpinWait`]: the public face of the loom shim.
 //!   The engine uses these and never `core::sync::atomic` directly, so that
 //!   `--cfg loom` swaps every atomic, cell and spin loop for loom's.
 //!
@@ -31,7 +31,7 @@ mod ticket;
 
 pub use barrier::RendezvousBarrier;
 pub use mutex::{Mutex, MutexGuard};
-pub use shim::spin_hint;
+pub use shim::{SpinWait, spin_hint};
 pub use ticket::TicketLock;
 
 /// Atomics: `core::sync::atomic`'s normally, loom's under `--cfg loom`.

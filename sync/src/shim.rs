@@ -19,13 +19,68 @@ pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Orde
 /// On hardware this is `core::hint::spin_loop` (`yield` on AArch64, `pause`
 /// on x86-64). Under loom it is `loom::thread::yield_now`: loom's scheduler
 /// is not fair, so a spin loop that never yields would let the model explore
-/// unboundedly many iterations of the spinning thread.
+/// unboundedly many iterations of the spinning thread. Loops that wait for
+/// another CPU should prefer [`SpinWait`], which also bounds the model.
 #[inline(always)]
 pub fn spin_hint() {
     #[cfg(not(loom))]
     core::hint::spin_loop();
     #[cfg(loom)]
     loom::thread::yield_now();
+}
+
+/// Under loom, how many fruitless iterations of one wait loop are explored
+/// before the rest of that execution is left unbranched (see [`SpinWait`]).
+#[cfg(loom)]
+pub const LOOM_SPIN_LIMIT: u32 = 2;
+
+/// The state of one busy-wait loop: call [`SpinWait::spin`] each time the
+/// awaited condition is found false.
+///
+/// On hardware this is [`spin_hint`] and the type is empty. Under loom it
+/// also counts the loop's fruitless iterations, and after
+/// [`LOOM_SPIN_LIMIT`] of them calls `loom::skip_branch`, so that loom stops
+/// branching in this execution (which then runs to completion under loom's
+/// default, progress-making schedule).
+///
+/// Why that is sound for the loops in this crate: a fruitless iteration only
+/// loads (no stores, no RMWs), so it changes no shared state; the states
+/// reachable after k fruitless iterations are those reachable after one,
+/// which other executions already branch from. Without this, two threads
+/// spinning at once can hand the CPU back and forth forever (a yield lets
+/// loom run any other runnable thread, and both spinners are runnable), and
+/// loom gives up with "exceeded maximum number of branches". This is the
+/// classic spin-loop reduction (treating a side-effect-free wait loop as a
+/// blocking wait) done by stopping exploration rather than blocking.
+#[derive(Debug, Default)]
+pub struct SpinWait {
+    #[cfg(loom)]
+    fruitless: u32,
+}
+
+impl SpinWait {
+    /// A fresh wait loop.
+    #[inline(always)]
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            #[cfg(loom)]
+            fruitless: 0,
+        }
+    }
+
+    /// The awaited condition was false: pause before re-checking.
+    #[inline(always)]
+    pub fn spin(&mut self) {
+        #[cfg(loom)]
+        {
+            self.fruitless = self.fruitless.saturating_add(1);
+            if self.fruitless > LOOM_SPIN_LIMIT {
+                loom::skip_branch();
+            }
+        }
+        spin_hint();
+    }
 }
 
 /// An `UnsafeCell` whose every access goes through a closure, so that under

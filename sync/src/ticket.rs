@@ -13,7 +13,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::shim::{AtomicU32, Ordering, spin_hint};
+use crate::shim::{AtomicU32, Ordering, SpinWait};
 
 /// A FIFO spin lock guarding no data of its own.
 ///
@@ -68,8 +68,9 @@ impl TicketLock {
         let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
         // Acquire: pairs with the Release store in `unlock` that wrote
         // `ticket`, so the previous critical section happens-before ours.
+        let mut wait = SpinWait::new();
         while self.now_serving.load(Ordering::Acquire) != ticket {
-            spin_hint();
+            wait.spin();
         }
     }
 
