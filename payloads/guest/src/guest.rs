@@ -5,7 +5,8 @@ use core::ptr;
 
 use isola_abi::{GuestCall, HostCall, Status, psci};
 use isola_guest_payload::{
-    Attack, Behaviour, Checksum, PROBE_WRITE_VALUE, STORM_CALLS, answer, layout, msg,
+    Attack, Behaviour, Checksum, PROBE_WRITE_VALUE, SPINNING, STOP, STORM_CALLS, answer, layout,
+    msg,
 };
 
 const PAGE: u64 = isola_abi::PAGE_SIZE;
@@ -279,6 +280,7 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::Probe) => probe(param),
         Some(Behaviour::SystemOff) => psci_off(psci::SYSTEM_OFF),
         Some(Behaviour::SystemReset) => psci_off(psci::SYSTEM_RESET),
+        Some(Behaviour::Spin) => spin(index),
         None => {
             host_call(msg::FATAL, x0);
         }
@@ -336,6 +338,21 @@ fn demand(index: u64) {
     let ok = read(page) == value && read(page.wrapping_add(8)) == 0;
     host_call(msg::DEMAND, u64::from(ok));
     host_call(msg::RELINQUISHED, guest_call(GuestCall::Relinquish, page));
+}
+
+/// Spins on a shared page until the host says stop, without exiting.
+fn spin(index: u64) {
+    let page = layout::SHARE_IPA.wrapping_add(index.wrapping_mul(PAGE));
+    let status = guest_call(GuestCall::Share, page);
+    if status != Status::Success.raw() {
+        host_call(msg::SPUN, status);
+        return;
+    }
+    write(page, SPINNING);
+    while read(page.wrapping_add(8)) != STOP {
+        core::hint::spin_loop();
+    }
+    host_call(msg::SPUN, guest_call(GuestCall::Unshare, page));
 }
 
 /// An IPA inside the demand window that nobody backs.

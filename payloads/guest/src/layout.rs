@@ -40,9 +40,11 @@ pub const BORROW_IPA: u64 = 0x4030_0000;
 /// backs it when it sees `Exit::MemFault` there.
 pub const DEMAND_IPA: u64 = 0x4100_0000;
 
-/// End of the window where the host backs memory faults with fresh pages;
-/// faults at or above it (or below `IPA_BASE`) stop the vCPU.
-pub const DEMAND_LIMIT: u64 = 0x8000_0000;
+/// End of the window where the host backs memory faults with fresh pages
+/// (from `IPA_BASE`); a fault outside it stops the vCPU. It reaches past the
+/// host's own RAM on purpose: a guest that names another VM's (or the
+/// engine's) physical address gets a fresh page of its own there.
+pub const DEMAND_LIMIT: u64 = 0x1_0000_0000;
 
 /// The emulated console: a byte written to `CONSOLE_IPA + CONSOLE_DATA` is a
 /// character; a read of `CONSOLE_IPA + CONSOLE_COUNTER` returns a per-VM value

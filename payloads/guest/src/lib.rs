@@ -92,7 +92,17 @@ pub enum Behaviour {
     SystemOff = 7,
     /// PSCI `SYSTEM_RESET` at once.
     SystemReset = 8,
+    /// Share this vCPU's share page, write [`SPINNING`] into word 0 and spin
+    /// without exiting until the host writes [`STOP`] into word 1; then
+    /// unshare and report [`msg::SPUN`]. Keeps the vCPU loaded on one CPU for
+    /// as long as the host needs (to attack a running vCPU).
+    Spin = 9,
 }
+
+/// Word 0 of a [`Behaviour::Spin`] vCPU's shared page while it spins.
+pub const SPINNING: u64 = 0x5350_494e_4e49_4e47;
+/// What the host writes into word 1 to end the spin.
+pub const STOP: u64 = 0x5354_4f50;
 
 impl Behaviour {
     /// Decodes the low byte of `x0`.
@@ -106,6 +116,7 @@ impl Behaviour {
             6 => Self::Probe,
             7 => Self::SystemOff,
             8 => Self::SystemReset,
+            9 => Self::Spin,
             _ => return None,
         })
     }
@@ -154,6 +165,8 @@ pub mod msg {
     /// `[INFO, index << 32 | count]`: the vCPU's index and its VM's vCPU
     /// count, from `GuestCall::Info`, once at start.
     pub const INFO: u64 = 0x1a;
+    /// `[SPUN, status of the unshare]`: a spin ended.
+    pub const SPUN: u64 = 0x1b;
     /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
     pub const FATAL: u64 = 0x1f;
 }
@@ -294,6 +307,7 @@ mod tests {
             Behaviour::Probe,
             Behaviour::SystemOff,
             Behaviour::SystemReset,
+            Behaviour::Spin,
         ] {
             let x0 = b.x0(0x4000_1001);
             assert_eq!(Behaviour::from_x0(x0), Some(b));
