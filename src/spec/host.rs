@@ -157,11 +157,15 @@ impl Model {
         self.check_host_owned(pa, pages)?;
         // ABI silent: a pool too small for the VM's own metadata is
         // `NoMemory`, like a full VM table (both are resources).
-        if self.state.vms.len() >= self.config.max_vms || pages < self.config.vm_pages {
+        let free = self.slots.iter().position(|s| !s.taken);
+        let (Some(index), true) = (free, pages >= self.config.vm_pages) else {
             return Err(Status::NoMemory);
-        }
-        let h = self.next_handle;
-        self.next_handle = h.wrapping_add(1);
+        };
+        let Some(slot) = self.slots.get_mut(index) else {
+            return Err(Status::NoMemory);
+        };
+        slot.taken = true;
+        let h = slot.handle(index);
         self.give_to_pool(h, pa, pages);
         let vm = Vm {
             max_vcpus,
@@ -188,6 +192,11 @@ impl Model {
         }
         self.state.vms.remove(&h);
         self.tables.remove(&h);
+        let index = slot_index(h);
+        if let Some(slot) = self.slots.get_mut(index) {
+            slot.generation = slot.generation.wrapping_add(1);
+        }
+        self.free_slot_if_reclaimed(h);
         for p in self.state.pages.values_mut() {
             match (p.owner, p.state) {
                 (Owner::Engine, PageState::Pool { vm }) if vm == h => {
@@ -363,12 +372,24 @@ impl Model {
             Owner::Vm(_) => {}
             Owner::Engine | Owner::Host => return Err(Status::NotOwner),
         }
+        let dead = page.owner;
         if let Some(page) = self.state.pages.get_mut(&pa) {
             page.owner = Owner::Host;
             page.state = PageState::Owned;
             page.contents = Some(Contents::new());
         }
+        if let Owner::Vm(h) = dead {
+            self.free_slot_if_reclaimed(h);
+        }
         Ok([0; 3])
+    }
+
+    /// Frees the slot of destroyed VM `h` once it owns no page any more.
+    fn free_slot_if_reclaimed(&mut self, h: Handle) {
+        let owns = self.state.pages.values().any(|p| p.owner == Owner::Vm(h));
+        if let (false, Some(slot)) = (owns, self.slots.get_mut(slot_index(h))) {
+            slot.taken = false;
+        }
     }
 
     /// `Accounting(selector, h)`.
@@ -401,6 +422,11 @@ impl Model {
             }
         }
     }
+}
+
+/// The VM-table slot a handle names (its low 16 bits).
+fn slot_index(h: Handle) -> usize {
+    usize::from(h as u16)
 }
 
 /// Number of items, as `u64`.

@@ -221,8 +221,31 @@ pub struct Model {
     pub state: State,
     /// Per live VM, the Stage-2 tables below the root it has, as `(shift, ipa >> shift)`.
     tables: BTreeMap<Handle, BTreeSet<(u32, u64)>>,
-    /// The handle the next `VmCreate` returns.
-    next_handle: Handle,
+    /// The VM table: which handle each slot gives out next, and whether it
+    /// is taken (by a live VM, or a destroyed one whose pages await reclaim).
+    slots: Vec<Slot>,
+}
+
+/// One slot of the VM table.
+///
+/// ABI silent: handles are the implementation's `generation << 16 | slot`.
+/// `VmCreate` takes the lowest free slot; destroy bumps the generation, so a
+/// stale handle never names a new VM; a destroyed VM keeps its slot until
+/// its last page is reclaimed. The host can observe all of this (handle
+/// values, `NoMemory` from a full table), so the model pins it down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    /// Generation of the handle the slot's current or next VM has.
+    generation: u64,
+    /// Whether a live or destroyed VM holds the slot.
+    taken: bool,
+}
+
+impl Slot {
+    /// The handle of this slot's VM.
+    fn handle(self, index: usize) -> Handle {
+        self.generation << 16 | index as u64
+    }
 }
 
 impl Model {
@@ -245,6 +268,7 @@ impl Model {
                 },
             );
         }
+        let slots = alloc::vec![Slot { generation: 1, taken: false }; config.max_vms];
         let state = State {
             pages,
             vms: BTreeMap::new(),
@@ -254,7 +278,7 @@ impl Model {
             config,
             state,
             tables: BTreeMap::new(),
-            next_handle: 1,
+            slots,
         }
     }
 
