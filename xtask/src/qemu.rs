@@ -1,11 +1,546 @@
-//! Booting isola on QEMU virt (being written: see docs/boot.md).
+//! Booting isola on QEMU virt: building the EL2 image and the test host,
+//! running QEMU with a deadline, and judging a run by its serial console.
+//!
+//! A booted scenario passes only if
+//! - every console line is expected: lines are compared exactly, in order,
+//!   except that lines one CPU each prints (which CPUs interleave freely) are
+//!   compared as a set where the scenario says so;
+//! - no expected line is missing;
+//! - the engine's final line states `exit status: ok` (the engine powers off
+//!   through PSCI `SYSTEM_OFF`, so QEMU's own exit status is 0 whether the
+//!   run passed or failed; the engine's last line carries the verdict, see
+//!   docs/boot.md), QEMU exits 0, and it does so before the deadline (it is
+//!   killed otherwise).
+//!
+//! On failure the whole captured log is part of the error.
 
-/// Builds the images and boots them with `smp` CPUs.
-pub fn run_main_job(smp: u32) -> Result<(), String> {
-    Err(format!("booting with {smp} CPUs is not built yet"))
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::{cargo, root};
+
+/// Deadline of one booted scenario.
+const SCENARIO_DEADLINE: Duration = Duration::from_secs(90);
+/// Deadline of `cargo xtask run` (many CPUs take long under TCG).
+const RUN_DEADLINE: Duration = Duration::from_secs(1800);
+
+/// The two ELF images a boot needs.
+pub struct Images {
+    /// The EL2 engine (`-kernel`).
+    pub engine: PathBuf,
+    /// The EL1 test host (`-device loader,file=...`).
+    pub host: PathBuf,
 }
 
-/// Every booted scenario.
+/// Builds the engine and the host payload for `aarch64-unknown-none`, in a
+/// target directory of their own so host builds are not invalidated.
+pub fn build_images() -> Result<Images, String> {
+    let dir = root().join("target").join("aarch64");
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--release",
+        "--target",
+        "aarch64-unknown-none",
+        "-p",
+        "isola-boot",
+        "-p",
+        "isola-host-payload",
+    ])
+    .env("CARGO_TARGET_DIR", &dir);
+    crate::run(c)?;
+    let out = dir.join("aarch64-unknown-none").join("release");
+    let images = Images {
+        engine: out.join("isola"),
+        host: out.join("isola-host"),
+    };
+    for p in [&images.engine, &images.host] {
+        if !p.is_file() {
+            return Err(format!("build produced no {}", p.display()));
+        }
+    }
+    Ok(images)
+}
+
+/// A QEMU invocation.
+pub struct Boot<'a> {
+    /// The images.
+    pub images: &'a Images,
+    /// `-smp`.
+    pub smp: u32,
+    /// `-append`: the host payload reads `isola.test=` from it.
+    pub append: &'a str,
+    /// `-dtb`, to boot on a device tree other than QEMU's own.
+    pub dtb: Option<PathBuf>,
+}
+
+impl Boot<'_> {
+    /// The command line: QEMU virt with EL2 (`virtualization=on`) and GICv3,
+    /// the engine as `-kernel` (QEMU puts its device tree at the start of
+    /// RAM), the host payload by the generic loader, no reboot on reset.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("qemu-system-aarch64");
+        c.args(["-machine", "virt,virtualization=on,gic-version=3"])
+            .args([
+                "-cpu",
+                "max,pauth-impdef=on",
+                "-m",
+                "2G",
+                "-nographic",
+                "-no-reboot",
+            ])
+            .args(["-smp", &self.smp.to_string()])
+            .arg("-kernel")
+            .arg(&self.images.engine)
+            .arg("-device")
+            .arg(format!("loader,file={}", self.images.host.display()))
+            .args(["-append", self.append]);
+        if let Some(dtb) = &self.dtb {
+            c.arg("-dtb").arg(dtb);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+}
+
+/// What a run printed and how it ended.
+pub struct Run {
+    /// Console lines, without line terminators.
+    pub lines: Vec<String>,
+    /// QEMU's standard error.
+    pub stderr: String,
+    /// QEMU's exit code (`None`: killed by a signal or at the deadline).
+    pub code: Option<i32>,
+    /// Whether the deadline passed and QEMU was killed.
+    pub timed_out: bool,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The captured log, for error messages.
+    pub fn log(&self) -> String {
+        let mut s = String::from("---- console ----\n");
+        for l in &self.lines {
+            s.push_str(l);
+            s.push('\n');
+        }
+        if !self.stderr.trim().is_empty() {
+            s.push_str("---- qemu stderr ----\n");
+            s.push_str(&self.stderr);
+        }
+        s.push_str(&format!(
+            "---- qemu exit code {:?}{}, {:.1} s ----",
+            self.code,
+            if self.timed_out {
+                " (killed at the deadline)"
+            } else {
+                ""
+            },
+            self.elapsed.as_secs_f64()
+        ));
+        s
+    }
+}
+
+/// Runs QEMU to completion or to `deadline`, collecting the console; with
+/// `echo`, each line is also printed as it arrives.
+pub fn run_qemu(boot: &Boot<'_>, deadline: Duration, echo: bool) -> Result<Run, String> {
+    let started = Instant::now();
+    let mut child: Child = boot
+        .command()
+        .spawn()
+        .map_err(|e| format!("could not start qemu-system-aarch64: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut stderr_pipe = child.stderr.take().ok_or("no stderr pipe")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(bytes) = line else { break };
+            let text = String::from_utf8_lossy(&bytes)
+                .trim_end_matches('\r')
+                .to_string();
+            if tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr_pipe.read_to_string(&mut s);
+        s
+    });
+    let mut lines = Vec::new();
+    let mut timed_out = false;
+    loop {
+        let left = deadline.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                if echo {
+                    println!("{line}");
+                }
+                lines.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                // Our own child, by its handle.
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for qemu: {e}"))?;
+    let _ = reader.join();
+    // Lines that arrived between the deadline and the kill.
+    lines.extend(rx.try_iter());
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok(Run {
+        lines,
+        stderr,
+        code: status.code(),
+        timed_out,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One step of an expected console: a line, or lines in any order.
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// Exactly this line, here.
+    Line(String),
+    /// Each of these lines exactly once, in any order, before what follows.
+    AnyOrder(Vec<String>),
+}
+
+fn line(s: impl Into<String>) -> Expect {
+    Expect::Line(s.into())
+}
+
+/// Compares a console with its expectation (see the module docs).
+pub fn check(lines: &[String], expected: &[Expect]) -> Result<(), String> {
+    // The step being matched, and what of it is still wanted.
+    let mut step = 0_usize;
+    let mut wanted: Vec<&String> = Vec::new();
+    let load = |step: usize| -> Vec<&String> {
+        match expected.get(step) {
+            Some(Expect::Line(l)) => vec![l],
+            Some(Expect::AnyOrder(ls)) => ls.iter().collect(),
+            None => Vec::new(),
+        }
+    };
+    for (n, got) in lines.iter().enumerate() {
+        while wanted.is_empty() && step < expected.len() {
+            wanted = load(step);
+            step += 1;
+        }
+        match wanted.iter().position(|w| *w == got) {
+            Some(i) => {
+                wanted.swap_remove(i);
+            }
+            None => {
+                let want = match wanted.as_slice() {
+                    [] => "expected nothing more".to_string(),
+                    [one] => format!("expected {one:?}"),
+                    many => format!("expected one of {many:?}"),
+                };
+                return Err(format!(
+                    "unexpected console line {}: {got:?} ({want})",
+                    n + 1
+                ));
+            }
+        }
+    }
+    let mut missing: Vec<String> = wanted.into_iter().cloned().collect();
+    for s in step..expected.len() {
+        missing.extend(load(s).into_iter().cloned());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("missing expected console lines: {missing:#?}"))
+    }
+}
+
+/// QEMU virt's MPIDR for CPU `i` with GICv3: 16 CPUs per cluster (Aff1).
+fn mpidr(i: u32) -> u32 {
+    (i / 16) << 8 | (i % 16)
+}
+
+/// The engine's lines from power-on until it enters the host with `smp`
+/// CPUs (the memory figures are those of `-m 2G`).
+fn engine_boot(smp: u32) -> Vec<Expect> {
+    let mut e = vec![
+        line("isola: EL2 engine starting on the boot CPU (mpidr 0x0, x0 0x0)"),
+        line(format!(
+            "isola: device tree at 0x40000000 (1048576 bytes): {smp} CPUs, 2048 MiB RAM, PSCI via smc, GICv3, PL011 at 0x9000000"
+        )),
+        line(format!(
+            "isola: EL2 stage-1 map on ({} of 48 tables): text RX, rodata R, data RW, stack guards unmapped",
+            if smp > 123 { 14 } else { 13 }
+        )),
+    ];
+    e.extend(core_ready());
+    e.push(line("isola: cpu 0 up at EL2 (mpidr 0x0)"));
+    e.push(Expect::AnyOrder(
+        (1..smp)
+            .map(|i| format!("isola: cpu {i} up at EL2 (mpidr {:#x})", mpidr(i)))
+            .collect(),
+    ));
+    e.push(line(format!(
+        "isola: all {smp} CPUs met at the bring-up barrier"
+    )));
+    e.push(line(
+        "isola: host device tree at 0x44000000 shows RAM from 0x44000000; engine carve-out 0x40000000..0x44000000 hidden",
+    ));
+    e.push(line(
+        "isola: entering the host at 0x48000000 on cpu 0 at EL1",
+    ));
+    e
+}
+
+/// The core's line once it is built (empty until the core is wired in).
+fn core_ready() -> Vec<Expect> {
+    Vec::new()
+}
+
+/// The host's first lines on CPU 0.
+fn host_start(smp: u32, test: &str) -> Vec<Expect> {
+    vec![
+        line(format!(
+            "host: up at EL1 on cpu 0: device tree at 0x44000000, {smp} CPUs, RAM 0x44000000..0xc0000000, test {test}"
+        )),
+        line("host: PSCI version 1.1 through the engine's relay"),
+        line("host: cpu 0 at EL1: Version -> Success (ABI 1.0)"),
+    ]
+}
+
+/// The clean end of a run.
+fn clean_end() -> Vec<Expect> {
+    vec![
+        line("host: verdict: PASS"),
+        line("isola: power off (host called PSCI SYSTEM_OFF); exit status: ok"),
+    ]
+}
+
+/// The host starts every other CPU through the relay; each calls `Version`.
+fn host_smp(smp: u32) -> Vec<Expect> {
+    let mut e: Vec<Expect> = (1..smp)
+        .map(|i| {
+            line(format!(
+                "host: cpu {i} at EL1: Version -> Success (ABI 1.0)"
+            ))
+        })
+        .collect();
+    e.push(line(format!(
+        "host: all {smp} CPUs made the Version hypercall"
+    )));
+    e.push(line(
+        "host: PSCI CPU_ON of the running cpu 0 -> -4 (ALREADY_ON is -4)",
+    ));
+    e
+}
+
+/// A booted scenario.
+struct Scenario {
+    name: &'static str,
+    smp: u32,
+    test: &'static str,
+    expected: fn(u32) -> Vec<Expect>,
+}
+
+fn smp_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "smp"));
+    e.extend(host_smp(smp));
+    e.extend(clean_end());
+    e
+}
+
+fn probe_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "probe"));
+    e.push(line(
+        "host: probe of engine memory at 0x40200000 blocked (SEA)",
+    ));
+    e.extend(clean_end());
+    e
+}
+
+fn badcall_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "badcall"));
+    e.extend([
+        line("host: bad hypercall (unknown function id 0xc60000ff) -> NotSupported"),
+        line("host: bad hypercall (guest call id from the host) -> NotSupported"),
+        line("host: bad hypercall (Donate of an engine page) -> NotFound"),
+        line("host: bad hypercall (Donate of 0xfffffffff000) -> NotFound"),
+    ]);
+    e.extend(clean_end());
+    e
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "smp8: every CPU reports at EL2, every host CPU makes a hypercall",
+        smp: 8,
+        test: "smp",
+        expected: smp_story,
+    },
+    Scenario {
+        name: "probe: the host's read of engine memory is blocked (SEA)",
+        smp: 2,
+        test: "probe",
+        expected: probe_story,
+    },
+    Scenario {
+        name: "badcall: bad hypercalls get their error status",
+        smp: 1,
+        test: "badcall",
+        expected: badcall_story,
+    },
+];
+
+/// Runs one scenario and judges it.
+fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
+    let append = format!("isola.test={}", s.test);
+    let boot = Boot {
+        images,
+        smp: s.smp,
+        append: &append,
+        dtb: None,
+    };
+    let run = run_qemu(&boot, SCENARIO_DEADLINE, false)?;
+    let verdict = if run.timed_out {
+        Err(format!(
+            "no power-off within {} s",
+            SCENARIO_DEADLINE.as_secs()
+        ))
+    } else if run.code != Some(0) {
+        Err(format!("QEMU exited with {:?}", run.code))
+    } else {
+        check(&run.lines, &(s.expected)(s.smp))
+    };
+    verdict
+        .map(|()| run.elapsed)
+        .map_err(|e| format!("{e}\n{}", run.log()))
+}
+
+/// Every booted scenario: prints each one's name and PASS/FAIL (with the
+/// captured log on failure).
 pub fn booted_tests() -> Result<(), String> {
-    Err("booted tests are not built yet".to_string())
+    let images = build_images()?;
+    let mut failed = 0_usize;
+    for s in SCENARIOS {
+        match judge(&images, s) {
+            Ok(t) => println!("PASS  {} ({:.1} s)", s.name, t.as_secs_f64()),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {}\n{e}", s.name);
+            }
+        }
+    }
+    println!(
+        "booted scenarios: {} passed, {failed} failed",
+        SCENARIOS.len() - failed
+    );
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} booted scenario(s) failed"))
+    }
+}
+
+/// Builds the images, boots them with `smp` CPUs running every host test,
+/// streams the console, and succeeds on the engine's clean power-off after
+/// the host's PASS verdict.
+pub fn run_main_job(smp: u32) -> Result<(), String> {
+    let images = build_images()?;
+    let boot = Boot {
+        images: &images,
+        smp,
+        append: "isola.test=all",
+        dtb: None,
+    };
+    let run = run_qemu(&boot, RUN_DEADLINE, true)?;
+    println!(
+        "xtask: {smp} CPUs booted and powered off in {:.1} s",
+        run.elapsed.as_secs_f64()
+    );
+    let clean = run.lines.iter().any(|l| l == "host: verdict: PASS")
+        && run
+            .lines
+            .last()
+            .is_some_and(|l| l.ends_with("exit status: ok"))
+        && run.code == Some(0)
+        && !run.timed_out;
+    if clean {
+        Ok(())
+    } else {
+        Err(format!("the run did not end cleanly\n{}", run.log()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ordered_and_unordered_lines_match() {
+        let e = vec![
+            line("a"),
+            Expect::AnyOrder(vec!["x".into(), "y".into()]),
+            line("b"),
+        ];
+        assert!(check(&lines(&["a", "y", "x", "b"]), &e).is_ok());
+        assert!(check(&lines(&["a", "x", "y", "b"]), &e).is_ok());
+    }
+
+    #[test]
+    fn an_unexpected_line_fails() {
+        let e = vec![line("a"), line("b")];
+        let err = check(&lines(&["a", "panic: boom", "b"]), &e).unwrap_err();
+        assert!(err.contains("unexpected console line 2"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_line_fails() {
+        let e = vec![
+            line("a"),
+            Expect::AnyOrder(vec!["x".into(), "y".into()]),
+            line("b"),
+        ];
+        let err = check(&lines(&["a", "x"]), &e).unwrap_err();
+        assert!(err.contains("\"y\"") && err.contains("\"b\""), "{err}");
+    }
+
+    #[test]
+    fn a_set_line_twice_fails() {
+        let e = vec![Expect::AnyOrder(vec!["x".into(), "y".into()])];
+        assert!(check(&lines(&["x", "x"]), &e).is_err());
+    }
+
+    /// The booted scenarios alone (`cargo test -p xtask -- --ignored booted`),
+    /// for working on them without the whole `cargo xtask test`.
+    #[test]
+    #[ignore = "boots QEMU; run by `cargo xtask test`"]
+    fn booted() {
+        booted_tests().unwrap();
+    }
+
+    #[test]
+    fn mpidrs_follow_qemu_virt_clusters() {
+        assert_eq!(mpidr(7), 0x7);
+        assert_eq!(mpidr(16), 0x100);
+        assert_eq!(mpidr(511), 0x1f0f);
+    }
 }

@@ -289,13 +289,18 @@ fn status_name(raw: u64) -> &'static str {
 
 /// Makes the `Version` hypercall and describes the answer.
 fn version_line(cpu: usize) {
-    let [s, abi, _features, max_vcpus] = hvc(HostCall::Version as u64, 0, 0, 0, 0);
+    let [s, abi, ..] = hvc(HostCall::Version as u64, 0, 0, 0, 0);
     say!(
-        "cpu {cpu} at EL1: Version -> {} (ABI {}.{}, max vCPUs {max_vcpus})",
+        "cpu {cpu} at EL1: Version -> {} (ABI {}.{})",
         status_name(s),
         abi >> 16,
         abi & 0xffff
     );
+    if s != Status::Success.raw() || abi != isola_abi::ABI_VERSION {
+        fail(format_args!(
+            "Version on cpu {cpu} returned status {s:#x}, ABI {abi:#x}"
+        ));
+    }
 }
 
 /// Set by each secondary once it has reported.
