@@ -11,9 +11,17 @@
     )
 )]
 
+pub mod abort;
 pub mod addr;
 pub mod arch;
+pub mod engine;
+pub mod hypercall;
 pub mod mem;
+pub mod ownership;
 pub mod pool;
-pub mod stage2;
 pub mod spec;
+pub mod stage2;
+#[cfg(not(target_os = "none"))]
+pub mod testing;
+pub mod vcpu;
+pub mod vm;

@@ -56,6 +56,12 @@ impl PagePool {
         true
     }
 
+    /// Counts a new page that the owner uses at once (it is never on the
+    /// free list until released with [`Self::release`]).
+    pub fn add_in_use(&mut self) {
+        self.total = self.total.saturating_add(1);
+    }
+
     /// Returns a page taken with [`Self::alloc`] to the free list.
     pub fn release(&mut self, mem: &PhysMem, pa: PhysAddr) -> bool {
         self.push(mem, pa)

@@ -294,11 +294,34 @@ impl Stage2 {
         mem_type: MemType,
         sw: u64,
     ) -> Result<(), S2Error> {
+        if level > 3 || !pa.is_aligned(block_size(level)) {
+            return Err(S2Error::OutOfRange);
+        }
+        let entry = self.prepare_leaf(mem, arch, alloc, ipa, level)?;
+        Self::install(mem, arch, entry, Desc::leaf(pa, level, perms, mem_type, sw));
+        Ok(())
+    }
+
+    /// Builds the tables down to `level` for `ipa` and returns the (invalid)
+    /// entry a leaf for `ipa` would occupy there, without writing it: callers
+    /// that must change ownership state between "can this be mapped?" and
+    /// "map it" use this and then [`Stage2::install_leaf`].
+    ///
+    /// `AlreadyMapped` if a leaf at or above `level` covers `ipa` (or, at
+    /// `level < 3`, a table is in the way); `NoMemory` if a table page is
+    /// needed and the pool is empty (tables built so far stay, empty).
+    pub fn prepare_leaf<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        level: u8,
+    ) -> Result<PhysAddr, S2Error> {
         if !(1..=3).contains(&level) || level < self.cfg.start_level {
             return Err(S2Error::OutOfRange);
         }
-        let size = block_size(level);
-        if !ipa.is_aligned(size) || !pa.is_aligned(size) || !self.in_range(ipa) {
+        if !ipa.is_aligned(block_size(level)) || !self.in_range(ipa) {
             return Err(S2Error::OutOfRange);
         }
         let mut table = self.root;
@@ -318,12 +341,16 @@ impl Stage2 {
             cur = cur.wrapping_add(1);
         }
         let entry = self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?;
-        let d = Self::read(mem, entry);
-        if d.is_valid() {
+        if Self::read(mem, entry).is_valid() {
             return Err(S2Error::AlreadyMapped);
         }
-        Self::install(mem, arch, entry, Desc::leaf(pa, level, perms, mem_type, sw));
-        Ok(())
+        Ok(entry)
+    }
+
+    /// Writes `desc` into an entry [`Stage2::prepare_leaf`] returned (under
+    /// the same lock, so it is still invalid) and publishes it.
+    pub fn install_leaf<A: Arch>(&self, mem: &PhysMem, arch: &A, entry: PhysAddr, desc: Desc) {
+        Self::install(mem, arch, entry, desc);
     }
 
     /// The largest-block identity map of the host: maps the block of `level`

@@ -1,0 +1,529 @@
+//! The engine: the ownership database, the VM table, the host's Stage-2 and
+//! the architecture backend, tied together; construction, the host-abort
+//! path and read-only observation.
+//!
+//! Invariants (see `docs/ownership.md` for the full argument):
+//! - The host Stage-2 maps a page only if its record says the host may
+//!   access it (owns it or borrows it); it is edited only while holding the
+//!   lock of the shard the page lives in, then the host Stage-2 lock.
+//! - A VM's Stage-2 maps a page only if the VM owns it or borrows it; it is
+//!   edited only under the VM's slot lock.
+//! - A page that changes hands away from a world is first removed from that
+//!   world's Stage-2 (break-before-make, TLBI), and scrubbed before it reaches
+//!   a world that did not own it, except on `Share` (whose point is access).
+#![deny(unsafe_code)]
+
+use crate::abort::{self, Esr, HostAbort, HostPage};
+use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
+use crate::arch::{Arch, Vmid};
+use crate::mem::PhysMem;
+use crate::ownership::{DbError, Owner, PageDb, PageGuard, PageRecord, Shard};
+use crate::pool::PagePool;
+use crate::stage2::{self, MemType, Perms, S2Config, S2Error, Stage2, Translation};
+use crate::vcpu::{Context, VcpuState};
+use crate::vm::{MAX_SLOTS, SlotState, VmHandle, VmInner, VmSlot};
+use isola_abi::Status;
+use isola_sync::{Mutex, MutexGuard};
+
+/// The most device ranges the host may be given.
+pub const MAX_DEVICE_RANGES: usize = 8;
+
+/// How the engine is set up at boot.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineConfig<'a> {
+    /// RAM ranges `(base, pages)`, ascending, disjoint.
+    pub ram: &'a [(PhysAddr, u64)],
+    /// RAM the engine keeps for itself (its image, stacks, this storage):
+    /// engine-owned from the start, never given out.
+    pub reserved: &'a [(PhysAddr, u64)],
+    /// RAM the engine keeps for the host's Stage-2 tables. Its first
+    /// `host_s2.root_pages()` pages are the root (the range must start
+    /// aligned to them); size it with [`Engine::host_s2_pages_needed`] so a
+    /// block split never runs out.
+    pub host_s2_pool: (PhysAddr, u64),
+    /// Device ranges `(base, pages)` the host may access (mapped as Device
+    /// on its first access).
+    pub host_devices: &'a [(PhysAddr, u64)],
+    /// log2 of the shard size in bytes (21 = 2 MiB ... 30 = 1 GiB).
+    pub shard_shift: u32,
+    /// Shape of every VM's Stage-2.
+    pub vm_s2: S2Config,
+    /// Shape of the host's Stage-2 (must cover all RAM and devices).
+    pub host_s2: S2Config,
+    /// Guest IPAs in `[start, end)` are MMIO: never mapped, accesses exit
+    /// to the host as `Exit::Mmio`.
+    pub guest_mmio: (u64, u64),
+}
+
+/// Storage the engine needs, provided by the caller (no allocator).
+pub struct EngineStorage {
+    /// Shards: at least `PageDb::requirements(..).0`.
+    pub shards: &'static [Shard],
+    /// Records: one per page of RAM.
+    pub records: &'static mut [PageRecord],
+    /// The VM table: its length is the most VMs (live or awaiting reclaim).
+    pub vms: &'static [VmSlot],
+}
+
+/// Why the engine could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitError {
+    /// The ownership database rejected the RAM layout or storage.
+    Db(DbError),
+    /// A reserved or host Stage-2 range is not RAM, overlaps another, or is
+    /// not page aligned.
+    BadReserved,
+    /// The host Stage-2 pool is too small or misaligned for its root.
+    BadHostPool,
+    /// Too many device ranges, or a device range overlaps RAM.
+    BadDevices,
+    /// More VM slots than VMIDs, or none.
+    BadVmTable,
+    /// The guest MMIO window is empty, inverted or outside the IPA space.
+    BadGuestMmio,
+    /// The memory window does not cover all RAM.
+    BadWindow,
+}
+
+/// The host Stage-2 and its table pool, behind one lock.
+#[derive(Debug)]
+pub(crate) struct HostS2 {
+    pub(crate) s2: Stage2,
+    pub(crate) pool: PagePool,
+}
+
+/// What the exception vector does after a host Stage-2 abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostAbortAction {
+    /// The page is now mapped: return to the host to retry the access.
+    Retry,
+    /// Inject a synchronous external abort into the host.
+    InjectSea,
+}
+
+/// The engine. One instance serves every CPU (`Sync`); each entry runs to
+/// completion on its CPU.
+pub struct Engine<A: Arch> {
+    pub(crate) arch: A,
+    pub(crate) mem: PhysMem,
+    pub(crate) db: PageDb,
+    pub(crate) vms: &'static [VmSlot],
+    pub(crate) host: Mutex<HostS2>,
+    pub(crate) vm_s2: S2Config,
+    pub(crate) guest_mmio: (u64, u64),
+    devices: [(u64, u64); MAX_DEVICE_RANGES],
+    ndevices: usize,
+}
+
+fn range_end(base: PhysAddr, pages: u64) -> Option<u64> {
+    base.checked_add_pages(pages).map(PhysAddr::raw)
+}
+
+impl<A: Arch> Engine<A> {
+    /// Host Stage-2 table pages needed to map every page of `ram` and
+    /// `devices` at 4 KiB granularity (the worst case after splits), root
+    /// included: the size of [`EngineConfig::host_s2_pool`].
+    pub fn host_s2_pages_needed(
+        cfg: S2Config,
+        ram: &[(PhysAddr, u64)],
+        devices: &[(PhysAddr, u64)],
+    ) -> u64 {
+        let mut n = cfg.root_pages();
+        for &(base, pages) in ram.iter().chain(devices) {
+            let Some(end) = range_end(base, pages) else {
+                continue;
+            };
+            let mut level = cfg.start_level();
+            while level < 3 {
+                // One next-level table per entry of `level` the range touches.
+                let bs = stage2::block_size(level);
+                let first = base.raw().checked_div(bs).unwrap_or(0);
+                let last = end.saturating_sub(1).checked_div(bs).unwrap_or(0);
+                n = n.saturating_add(last.saturating_sub(first).saturating_add(1));
+                level = level.wrapping_add(1);
+            }
+        }
+        n
+    }
+
+    /// Builds the engine: every RAM page starts host-owned except the
+    /// reserved ranges and the host Stage-2 pool, which become the engine's.
+    pub fn new(
+        cfg: EngineConfig<'_>,
+        arch: A,
+        mem: PhysMem,
+        storage: EngineStorage,
+    ) -> Result<Self, InitError> {
+        let db = PageDb::new(cfg.ram, cfg.shard_shift, storage.shards, storage.records)
+            .map_err(InitError::Db)?;
+        for (base, pages) in db.ranges() {
+            let pa = base.checked_addr().ok_or(InitError::BadWindow)?;
+            let last = pa.checked_add_pages(pages).ok_or(InitError::BadWindow)?;
+            let window_end = mem
+                .pa_base()
+                .raw()
+                .checked_add(mem.len())
+                .ok_or(InitError::BadWindow)?;
+            if pa < mem.pa_base() || last.raw() > window_end {
+                return Err(InitError::BadWindow);
+            }
+        }
+        if storage.vms.is_empty() || storage.vms.len() > MAX_SLOTS {
+            return Err(InitError::BadVmTable);
+        }
+        let (mmio_start, mmio_end) = cfg.guest_mmio;
+        if mmio_start >= mmio_end || mmio_end > cfg.vm_s2.ipa_limit() {
+            return Err(InitError::BadGuestMmio);
+        }
+        let mut devices = [(0u64, 0u64); MAX_DEVICE_RANGES];
+        if cfg.host_devices.len() > MAX_DEVICE_RANGES {
+            return Err(InitError::BadDevices);
+        }
+        for (slot, &(base, pages)) in devices.iter_mut().zip(cfg.host_devices) {
+            let end = range_end(base, pages).ok_or(InitError::BadDevices)?;
+            if !base.is_page_aligned() || pages == 0 || end > cfg.host_s2.ipa_limit() {
+                return Err(InitError::BadDevices);
+            }
+            let mut pa = base;
+            while pa.raw() < end {
+                if db.is_ram(pa) {
+                    return Err(InitError::BadDevices);
+                }
+                pa = pa.wrapping_add_bytes(PAGE_SIZE);
+            }
+            *slot = (base.raw(), end);
+        }
+        // Engine-owned RAM: reserved ranges, then the host Stage-2 pool.
+        let take = |base: PhysAddr, pages: u64| -> Result<(), InitError> {
+            if !base.is_page_aligned() {
+                return Err(InitError::BadReserved);
+            }
+            let mut pa = base;
+            for _ in 0..pages {
+                let mut g = db.lock_page(pa).ok_or(InitError::BadReserved)?;
+                if g.get() != PageRecord::HOST {
+                    return Err(InitError::BadReserved);
+                }
+                g.set(PageRecord::ENGINE);
+                drop(g);
+                pa = pa.checked_add(PAGE_SIZE).ok_or(InitError::BadReserved)?;
+            }
+            Ok(())
+        };
+        for &(base, pages) in cfg.reserved {
+            take(base, pages)?;
+        }
+        let (hp_base, hp_pages) = cfg.host_s2_pool;
+        let root_pages = cfg.host_s2.root_pages();
+        if hp_pages <= root_pages || !hp_base.is_aligned(root_pages.saturating_mul(PAGE_SIZE)) {
+            return Err(InitError::BadHostPool);
+        }
+        take(hp_base, hp_pages)?;
+        let mut pool = PagePool::new();
+        let mut pa = hp_base;
+        for i in 0..hp_pages {
+            if i < root_pages {
+                if !mem.zero_page(pa) {
+                    return Err(InitError::BadWindow);
+                }
+            } else if !pool.add(&mem, pa) {
+                return Err(InitError::BadWindow);
+            }
+            pa = pa.wrapping_add_bytes(PAGE_SIZE);
+        }
+        let host = HostS2 {
+            s2: Stage2::new(hp_base, cfg.host_s2, Vmid::HOST),
+            pool,
+        };
+        Ok(Self {
+            arch,
+            mem,
+            db,
+            vms: storage.vms,
+            host: Mutex::new(host),
+            vm_s2: cfg.vm_s2,
+            guest_mmio: cfg.guest_mmio,
+            devices,
+            ndevices: cfg.host_devices.len(),
+        })
+    }
+
+    /// The architecture backend (tests inspect a `RecordingArch` here).
+    pub fn arch(&self) -> &A {
+        &self.arch
+    }
+
+    /// The physical memory window (to read page contents, or, in tests, to
+    /// play the host writing its own memory).
+    pub fn mem(&self) -> &PhysMem {
+        &self.mem
+    }
+
+    /// The ownership database (read-only use: records, counts).
+    pub fn db(&self) -> &PageDb {
+        &self.db
+    }
+
+    /// Number of VM slots.
+    pub fn vm_slots(&self) -> usize {
+        self.vms.len()
+    }
+
+    /// `VTTBR_EL2` for the host (VMID 0, its Stage-2 root).
+    pub fn host_vttbr(&self) -> u64 {
+        self.host.lock().s2.vttbr()
+    }
+
+    /// Locks the live VM a host handle names, or `NotFound`.
+    pub(crate) fn lock_vm(&self, handle: u64) -> Result<(usize, MutexGuard<'_, VmInner>), Status> {
+        let h = VmHandle(handle);
+        let generation = h.generation().ok_or(Status::NotFound)?;
+        let slot = h.slot();
+        let g = self.vms.get(slot).ok_or(Status::NotFound)?.inner.lock();
+        if g.state != SlotState::Live || g.generation != generation {
+            return Err(Status::NotFound);
+        }
+        Ok((slot, g))
+    }
+
+    /// Whether `ipa` is in the guest MMIO window.
+    pub(crate) fn in_guest_mmio(&self, ipa: Ipa) -> bool {
+        (self.guest_mmio.0..self.guest_mmio.1).contains(&ipa.raw())
+    }
+
+    /// Scrubs a page the engine holds before it changes hands: zero it and
+    /// clean it to the point of coherency.
+    pub(crate) fn scrub(&self, pa: PhysAddr) {
+        #[cfg(not(feature = "planted-bug-skip-scrub"))]
+        let _ = self.mem.zero_page(pa);
+        self.arch.clean_dcache_page(pa);
+    }
+
+    /// Removes `pa` from the host Stage-2, if the host may have it mapped.
+    /// The caller holds `page` (the page's shard lock), which is what keeps
+    /// a concurrent host abort from mapping it again.
+    pub(crate) fn host_unmap(&self, page: &PageGuard<'_>, pa: PhysAddr) {
+        if !page.host_mapped() {
+            return;
+        }
+        let mut h = self.host.lock();
+        let s2 = h.s2;
+        let ipa = Ipa::new(pa.raw());
+        if s2.unmap_page(&self.mem, &self.arch, &mut h.pool, ipa) == Err(S2Error::NoMemory) {
+            // The reserve is sized so a split never fails; if it did, drop
+            // the whole block instead: the host refaults on its other pages.
+            let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
+        }
+    }
+
+    fn host_device(&self, pa: PhysAddr) -> bool {
+        self.devices
+            .iter()
+            .take(self.ndevices)
+            .any(|&(s, e)| (s..e).contains(&pa.raw()))
+    }
+
+    /// A Stage-2 abort taken from the host (`esr`, `far`, `hpfar` as read
+    /// from ESR_EL2, FAR_EL2, HPFAR_EL2). Maps the page with the largest
+    /// block whose pages are all the host's (owned or borrowed) and returns
+    /// `Retry`, or returns `InjectSea` for anything the host may not touch.
+    pub fn host_abort(&self, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
+        let esr = Esr(esr);
+        let ipa = abort::fault_ipa(hpfar, far);
+        let pa = PhysAddr::new(ipa.raw()).page_floor();
+        if self.db.is_ram(pa) {
+            self.host_abort_ram(esr, pa)
+        } else if self.host_device(pa) {
+            if abort::classify_host_abort(esr, HostPage::Device) != HostAbort::MapDevice {
+                return HostAbortAction::InjectSea;
+            }
+            let mut h = self.host.lock();
+            let s2 = h.s2;
+            let r = s2.map_identity_shrinking(
+                &self.mem,
+                &self.arch,
+                &mut h.pool,
+                ipa,
+                3,
+                Perms::RW,
+                MemType::Device,
+            );
+            match r {
+                Ok(()) | Err(S2Error::AlreadyMapped) => HostAbortAction::Retry,
+                Err(_) => HostAbortAction::InjectSea,
+            }
+        } else {
+            HostAbortAction::InjectSea
+        }
+    }
+
+    fn host_abort_ram(&self, esr: Esr, pa: PhysAddr) -> HostAbortAction {
+        let Some((shard, _)) = self.db.locate(Pfn::containing(pa)) else {
+            return HostAbortAction::InjectSea;
+        };
+        let Some(mut sg) = self.db.lock_shard(shard) else {
+            return HostAbortAction::InjectSea;
+        };
+        let pfn = Pfn::containing(pa);
+        let accessible = sg
+            .records(pfn, 1)
+            .and_then(|r| r.first())
+            .is_some_and(|r| r.host_accessible());
+        let page = if accessible {
+            HostPage::Accessible
+        } else {
+            HostPage::Forbidden
+        };
+        if abort::classify_host_abort(esr, page) != HostAbort::MapRam {
+            return HostAbortAction::InjectSea;
+        }
+        // The largest block inside this shard whose pages the host may all access.
+        let mut h = self.host.lock();
+        let s2 = h.s2;
+        let mut level = 3u8;
+        for l in [1u8, 2] {
+            if l < s2.config().start_level() {
+                continue;
+            }
+            let bs = stage2::block_size(l);
+            let base = pa.align_down(bs);
+            let n = bs / PAGE_SIZE;
+            let all = sg
+                .records(Pfn::containing(base), n)
+                .is_some_and(|r| r.iter().all(|r| r.host_accessible()));
+            if all {
+                level = l;
+                break;
+            }
+        }
+        let r = s2.map_identity_shrinking(
+            &self.mem,
+            &self.arch,
+            &mut h.pool,
+            Ipa::new(pa.raw()),
+            level,
+            Perms::RWX,
+            MemType::Normal,
+        );
+        sg.set_host_mapped();
+        match r {
+            Ok(()) | Err(S2Error::AlreadyMapped) => HostAbortAction::Retry,
+            Err(_) => HostAbortAction::InjectSea,
+        }
+    }
+
+    // ---- Observation (read-only; for tests, the spec and diagnostics) ----
+
+    /// Calls `f(pa, record)` for every page of RAM, ascending (one shard
+    /// locked at a time).
+    pub fn for_each_page(&self, mut f: impl FnMut(PhysAddr, PageRecord)) {
+        self.db.for_each_page(&mut f);
+    }
+
+    /// The record of one page (`None` if not a RAM page).
+    pub fn page(&self, pa: PhysAddr) -> Option<PageRecord> {
+        self.db.record(pa)
+    }
+
+    /// Calls `f(handle, state)` for every slot that is not free.
+    pub fn for_each_vm(&self, mut f: impl FnMut(VmHandle, SlotState)) {
+        for (i, s) in self.vms.iter().enumerate() {
+            let g = s.inner.lock();
+            if g.state != SlotState::Free {
+                f(VmHandle::new(i as u16, g.generation), g.state);
+            }
+        }
+    }
+
+    /// Calls `f(ipa, pa, perms, borrowed)` for every page the live VM
+    /// `handle` maps, ascending by IPA, by walking its Stage-2.
+    pub fn vm_mappings(
+        &self,
+        handle: u64,
+        mut f: impl FnMut(Ipa, PhysAddr, Perms, bool),
+    ) -> Result<(), Status> {
+        let (_, g) = self.lock_vm(handle)?;
+        if let Some(s2) = g.s2 {
+            s2.for_each_leaf(&self.mem, &mut |ipa, d, level| {
+                let mut off = 0;
+                while off < stage2::block_size(level) {
+                    f(
+                        ipa.checked_add(off).unwrap_or(ipa),
+                        d.addr().wrapping_add_bytes(off),
+                        d.perms(),
+                        d.borrowed(),
+                    );
+                    off = off.wrapping_add(PAGE_SIZE);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// What the live VM `handle` maps at `ipa`.
+    pub fn vm_translate(&self, handle: u64, ipa: Ipa) -> Result<Option<Translation>, Status> {
+        let (_, g) = self.lock_vm(handle)?;
+        Ok(g.s2.and_then(|s2| s2.translate(&self.mem, ipa)))
+    }
+
+    /// What the host Stage-2 maps at `pa` (identity), if anything yet.
+    pub fn host_translate(&self, pa: PhysAddr) -> Option<Translation> {
+        let h = self.host.lock();
+        h.s2.translate(&self.mem, Ipa::new(pa.raw()))
+    }
+
+    /// Calls `f(ipa, desc, level)` for every leaf of the host Stage-2.
+    pub fn host_mappings(&self, mut f: impl FnMut(Ipa, stage2::Desc, u8)) {
+        let h = self.host.lock();
+        h.s2.for_each_leaf(&self.mem, &mut f);
+    }
+
+    /// The state and context of vCPU `idx` of the live VM `handle`. Read the
+    /// registers through [`Context`] with [`Engine::mem`].
+    pub fn vcpu(&self, handle: u64, idx: u64) -> Result<(VcpuState, Context), Status> {
+        let (_, g) = self.lock_vm(handle)?;
+        let v = usize::try_from(idx)
+            .ok()
+            .and_then(|i| g.vcpus.get(i))
+            .ok_or(Status::NotFound)?;
+        if v.state == VcpuState::Absent {
+            return Err(Status::NotFound);
+        }
+        Ok((v.state, Context::new(PhysAddr::new(v.ctx))))
+    }
+
+    /// `(owned, borrowed, pool total, pool free, table pages)` of the live VM
+    /// `handle`.
+    pub fn vm_usage(&self, handle: u64) -> Result<[u64; 5], Status> {
+        let (_, g) = self.lock_vm(handle)?;
+        let tables = g.s2.map_or(0, |s| {
+            s.table_pages(&self.mem)
+                .wrapping_add(s.config().root_pages())
+        });
+        Ok([g.owned, g.borrowed, g.pool.total(), g.pool.free(), tables])
+    }
+
+    /// Pages of destroyed VMs awaiting `Reclaim`.
+    pub fn awaiting_reclaim(&self) -> u64 {
+        self.vms.iter().fold(0u64, |acc, s| {
+            let g = s.inner.lock();
+            if g.state == SlotState::Dead {
+                acc.wrapping_add(g.owned)
+            } else {
+                acc
+            }
+        })
+    }
+
+    /// Owner of a page as a VM handle, for observers that speak handles:
+    /// `Some(handle)` for a page owned by the VM in a slot (live or dead).
+    pub fn owner_handle(&self, owner: Owner) -> Option<VmHandle> {
+        match owner {
+            Owner::Vm(slot) => {
+                let g = self.vms.get(usize::from(slot))?.inner.lock();
+                Some(VmHandle::new(slot, g.generation))
+            }
+            _ => None,
+        }
+    }
+}

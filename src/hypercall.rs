@@ -1,0 +1,774 @@
+//! Hypercall dispatch: every `HostCall` and `GuestCall` of `isola_abi`, and
+//! the guest-exit path of `VcpuRun`.
+//!
+//! # Check order (host calls)
+//!
+//! Every call checks, in this order, and fails with the first that applies;
+//! a failed call changes nothing observable (records, counts, mappings,
+//! contexts):
+//!
+//! 1. function id (`w0`; SMCCC: the upper half of `x0` is ignored) → `NotSupported`;
+//! 2. argument format: alignment, RAM range, IPA range and the guest MMIO
+//!    window, permission bits, `max vcpus`, accounting selector →
+//!    `InvalidArgument`;
+//! 3. handle, then vCPU index → `NotFound`;
+//! 4. the object's state: vCPU loaded → `Busy`; vCPU off or stopped, VM
+//!    powered off, vCPU created twice, page of a live VM reclaimed → `Denied`;
+//! 5. page ownership → `NotOwner`;
+//! 6. the mapping → `AlreadyMapped` / `NotMapped`;
+//! 7. resources (VM table, pool) → `NoMemory`.
+//!
+//! Guest calls (`Share`, `Unshare`, `Relinquish` of an IPA) check format
+//! (`InvalidArgument`), then that the IPA is mapped (`NotMapped`), then that
+//! the page is the caller's in the state the call needs (`NotOwner`).
+//!
+//! Results the call does not name are zero in `x1..=x3`; `x4..=x6` are
+//! left as the caller passed them (SMCCC: preserved), so they carry nothing
+//! of the engine's.
+#![deny(unsafe_code)]
+
+use crate::abort::{self, Esr, GuestAbort, ec};
+use crate::addr::{Ipa, PAGE_SIZE, PhysAddr};
+use crate::arch::Arch;
+use crate::engine::Engine;
+use crate::ownership::{Owner, PageRecord};
+use crate::stage2::{MemType, Perms, S2Error, Stage2, desc};
+use crate::vcpu::{Context, MAX_VCPUS, Pending, VcpuState};
+use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
+use isola_abi::{ABI_VERSION, Accounting, Exit, GuestCall, HostCall, Status, psci};
+use isola_sync::MutexGuard;
+
+/// Feature bits reported by `Version` (none yet).
+pub const FEATURES: u64 = 0;
+
+/// What the exception vector does after a host `hvc`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HostCallOutcome {
+    /// The call finished; `regs` hold its result. Return to the host.
+    Done,
+    /// `VcpuRun` loaded this vCPU: switch to it (world switch), then feed its
+    /// exits to [`Engine::guest_exit`] until one says `ExitToHost`, then call
+    /// [`Engine::finish_run`].
+    Run(LoadedVcpu),
+}
+
+/// A vCPU loaded on this physical CPU: the token the world switch holds
+/// between `VcpuRun` and the exit back to the host. Not `Clone`: there is one
+/// per load, consumed by [`Engine::finish_run`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct LoadedVcpu {
+    slot: u16,
+    index: u16,
+    cpu: u32,
+    ctx: Context,
+    vttbr: u64,
+}
+
+impl LoadedVcpu {
+    /// The context page (registers at the offsets in [`crate::vcpu`]).
+    pub fn context(&self) -> Context {
+        self.ctx
+    }
+
+    /// `VTTBR_EL2` for the guest.
+    pub fn vttbr(&self) -> u64 {
+        self.vttbr
+    }
+
+    /// The vCPU's index in its VM.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The physical CPU it is loaded on.
+    pub fn cpu(&self) -> u32 {
+        self.cpu
+    }
+}
+
+/// Why the guest left EL1, as the vector saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trap {
+    /// A synchronous exception: ESR_EL2, FAR_EL2, HPFAR_EL2.
+    Sync { esr: u64, far: u64, hpfar: u64 },
+    /// A physical IRQ (or FIQ) arrived.
+    Irq,
+}
+
+/// What the world switch does after a guest exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestExitAction {
+    /// Re-enter the guest (its context may have changed: reload it).
+    Resume,
+    /// End `VcpuRun` with this exit.
+    ExitToHost(Exit),
+}
+
+type CallResult = Result<[u64; 3], Status>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PageOp {
+    Share,
+    Unshare,
+    Relinquish,
+}
+
+fn next_generation(g: u32) -> u32 {
+    let n = g.wrapping_add(1);
+    if n == 0 { 1 } else { n }
+}
+
+impl<A: Arch> Engine<A> {
+    /// A host `hvc #0`: `regs` are `x0..=x6` on entry and hold the result on
+    /// return (for `Done`).
+    pub fn host_call(&self, cpu: u32, regs: &mut [u64; 7]) -> HostCallOutcome {
+        let [id, a, b, c, d, _, _] = *regs;
+        let result = match HostCall::from_id(id & 0xffff_ffff) {
+            None => Err(Status::NotSupported),
+            Some(HostCall::Version) => Ok([ABI_VERSION, FEATURES, MAX_VCPUS as u64]),
+            Some(HostCall::VmCreate) => self.vm_create(PhysAddr::new(a), b, c),
+            Some(HostCall::VmDestroy) => self.vm_destroy(a),
+            Some(HostCall::VmTopup) => self.vm_topup(a, PhysAddr::new(b), c),
+            Some(HostCall::VcpuCreate) => self.vcpu_create(a, b, c, d),
+            Some(HostCall::VcpuRun) => match self.vcpu_load(cpu, a, b, c) {
+                Ok(l) => return HostCallOutcome::Run(l),
+                Err(s) => Err(s),
+            },
+            Some(HostCall::Donate) => self.lend(a, PhysAddr::new(b), Ipa::new(c), d, false),
+            Some(HostCall::Share) => self.lend(a, PhysAddr::new(b), Ipa::new(c), d, true),
+            Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b)),
+            Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
+            Some(HostCall::Accounting) => self.accounting(a, b),
+        };
+        write_result(regs, result);
+        HostCallOutcome::Done
+    }
+
+    /// `InvalidArgument` unless `[pa, pa + pages)` is a non-empty,
+    /// page-aligned run of RAM.
+    fn check_run(&self, pa: PhysAddr, pages: u64) -> Result<(), Status> {
+        if pages == 0 || !pa.is_page_aligned() {
+            return Err(Status::InvalidArgument);
+        }
+        let mut p = pa;
+        for _ in 0..pages {
+            if !self.db.is_ram(p) {
+                return Err(Status::InvalidArgument);
+            }
+            p = p.checked_add(PAGE_SIZE).ok_or(Status::InvalidArgument)?;
+        }
+        Ok(())
+    }
+
+    /// `NotOwner` unless every page of the run is the host's, unshared.
+    fn check_host_owned(&self, pa: PhysAddr, pages: u64) -> Result<(), Status> {
+        let mut p = pa;
+        for _ in 0..pages {
+            if self.db.record(p) != Some(PageRecord::HOST) {
+                return Err(Status::NotOwner);
+            }
+            p = p.wrapping_add_bytes(PAGE_SIZE);
+        }
+        Ok(())
+    }
+
+    /// Moves the host's run into `slot`'s pool (caller holds the slot).
+    /// All-or-nothing: a page that changed hands since the check undoes the
+    /// pages already moved and fails `NotOwner`.
+    /// The first `in_use` pages are the engine's at once (the Stage-2 root):
+    /// zeroed and counted in the pool but not put on its free list.
+    fn take_into_pool(
+        &self,
+        slot: usize,
+        g: &mut VmInner,
+        pa: PhysAddr,
+        pages: u64,
+        in_use: u64,
+    ) -> Result<(), Status> {
+        let rec = PageRecord::pool(slot as u16);
+        let mut p = pa;
+        for i in 0..pages {
+            let Some(mut pg) = self.db.lock_page(p) else {
+                self.give_back(pa, i);
+                return Err(Status::NotOwner);
+            };
+            if pg.get() != PageRecord::HOST {
+                drop(pg);
+                self.give_back(pa, i);
+                return Err(Status::NotOwner);
+            }
+            pg.set(rec);
+            self.host_unmap(&pg, p);
+            p = p.wrapping_add_bytes(PAGE_SIZE);
+        }
+        let mut p = pa;
+        for i in 0..pages {
+            if i < in_use {
+                let _ = self.mem.zero_page(p);
+                g.pool.add_in_use();
+            } else {
+                let _ = g.pool.add(&self.mem, p);
+            }
+            p = p.wrapping_add_bytes(PAGE_SIZE);
+        }
+        Ok(())
+    }
+
+    /// Undoes `take_into_pool` for the first `n` pages (never seen by
+    /// anyone: not yet in the pool, contents untouched).
+    fn give_back(&self, pa: PhysAddr, n: u64) {
+        let mut p = pa;
+        for _ in 0..n {
+            if let Some(mut pg) = self.db.lock_page(p) {
+                pg.set(PageRecord::HOST);
+            }
+            p = p.wrapping_add_bytes(PAGE_SIZE);
+        }
+    }
+
+    /// `VmCreate(pa, pages, max_vcpus)`.
+    pub fn vm_create(&self, pa: PhysAddr, pages: u64, max_vcpus: u64) -> CallResult {
+        self.check_run(pa, pages)?;
+        if max_vcpus == 0 || max_vcpus > MAX_VCPUS as u64 {
+            return Err(Status::InvalidArgument);
+        }
+        self.check_host_owned(pa, pages)?;
+        let root_pages = self.vm_s2.root_pages();
+        let root_bytes = root_pages.wrapping_mul(PAGE_SIZE);
+        // The root (concatenated tables) is the first `root_pages` of the
+        // run, which must be aligned to them.
+        if pages < root_pages || !pa.is_aligned(root_bytes) {
+            return Err(Status::NoMemory);
+        }
+        for (slot, s) in self.vms.iter().enumerate() {
+            let Some(mut g) = s.inner.try_lock().filter(|g| g.state == SlotState::Free) else {
+                continue;
+            };
+            self.take_into_pool(slot, &mut g, pa, pages, root_pages)?;
+            let generation = g.generation;
+            g.s2 = Some(Stage2::new(pa, self.vm_s2, vmid_of(slot)));
+            g.state = SlotState::Live;
+            g.max_vcpus = max_vcpus as u16;
+            g.vcpus = [VcpuSlot::default(); MAX_VCPUS];
+            g.owned = 0;
+            g.borrowed = 0;
+            g.off = false;
+            return Ok([VmHandle::new(slot as u16, generation).0, 0, 0]);
+        }
+        Err(Status::NoMemory)
+    }
+
+    /// `VmDestroy(handle)`.
+    pub fn vm_destroy(&self, handle: u64) -> CallResult {
+        let (slot, mut g) = self.lock_vm(handle)?;
+        if g.any_loaded() {
+            return Err(Status::Busy);
+        }
+        let Some(s2) = g.s2.take() else {
+            return Err(Status::NotFound);
+        };
+        let me = Owner::Vm(slot as u16);
+        let mut borrowed = 0u64;
+        s2.for_each_leaf(&self.mem, &mut |_, d, _| {
+            let pa = d.addr();
+            let Some(mut pg) = self.db.lock_page(pa) else {
+                return;
+            };
+            let r = pg.get();
+            if r == PageRecord::shared(Owner::Host, me) {
+                pg.set(PageRecord::HOST);
+                borrowed = borrowed.wrapping_add(1);
+            } else if r == PageRecord::shared(me, Owner::Host) {
+                pg.set(PageRecord::owned(me));
+                self.host_unmap(&pg, pa);
+            }
+        });
+        // No vCPU is loaded, so no CPU runs with this VMID: invalidate it all
+        // before the tables are reused and before the VMID can be reused.
+        self.arch.dsb_ish();
+        self.arch.tlbi_vmid(s2.vmid());
+        self.arch.dsb_ish();
+        s2.free_tables(&self.mem, &mut g.pool);
+        for i in 0..MAX_VCPUS {
+            if let Some(v) = g.vcpus.get(i).copied()
+                && v.state != VcpuState::Absent
+            {
+                let _ = g.pool.release(&self.mem, PhysAddr::new(v.ctx));
+            }
+        }
+        while let Some(p) = g.pool.drain_one(&self.mem) {
+            self.scrub(p);
+            if let Some(mut pg) = self.db.lock_page(p) {
+                pg.set(PageRecord::HOST);
+            }
+        }
+        g.borrowed = g.borrowed.wrapping_sub(borrowed);
+        g.generation = next_generation(g.generation);
+        g.vcpus = [VcpuSlot::default(); MAX_VCPUS];
+        g.off = false;
+        g.state = if g.owned == 0 {
+            SlotState::Free
+        } else {
+            SlotState::Dead
+        };
+        Ok([0; 3])
+    }
+
+    /// `VmTopup(handle, pa, pages)`.
+    pub fn vm_topup(&self, handle: u64, pa: PhysAddr, pages: u64) -> CallResult {
+        self.check_run(pa, pages)?;
+        let (slot, mut g) = self.lock_vm(handle)?;
+        self.check_host_owned(pa, pages)?;
+        self.take_into_pool(slot, &mut g, pa, pages, 0)?;
+        Ok([0; 3])
+    }
+
+    /// `VcpuCreate(handle, index, pc, x0)`.
+    pub fn vcpu_create(&self, handle: u64, index: u64, pc: u64, x0: u64) -> CallResult {
+        let (_, mut g) = self.lock_vm(handle)?;
+        let i = vcpu_index(&g, index)?;
+        if g.vcpus.get(i).is_none_or(|v| v.state != VcpuState::Absent) {
+            return Err(Status::Denied);
+        }
+        let page = g.pool.alloc(&self.mem).ok_or(Status::NoMemory)?;
+        let ctx = Context::new(page);
+        ctx.init(&self.mem, pc, x0);
+        if let Some(v) = g.vcpus.get_mut(i) {
+            *v = VcpuSlot {
+                state: VcpuState::Idle,
+                ctx: page.raw(),
+            };
+        }
+        Ok([0; 3])
+    }
+
+    /// The first half of `VcpuRun`: checks, loads the vCPU on `cpu` and
+    /// delivers the host's `value` to what the vCPU awaits (an MMIO read's
+    /// register, or a `HostCall` reply).
+    pub fn vcpu_load(
+        &self,
+        cpu: u32,
+        handle: u64,
+        index: u64,
+        value: u64,
+    ) -> Result<LoadedVcpu, Status> {
+        let (slot, mut g) = self.lock_vm(handle)?;
+        let i = vcpu_index(&g, index)?;
+        let v = g.vcpus.get(i).copied().ok_or(Status::NotFound)?;
+        match v.state {
+            VcpuState::Absent => return Err(Status::NotFound),
+            VcpuState::Loaded(_) => return Err(Status::Busy),
+            VcpuState::Off | VcpuState::Stopped => return Err(Status::Denied),
+            VcpuState::Idle if g.off => return Err(Status::Denied),
+            VcpuState::Idle => {}
+        }
+        let ctx = Context::new(PhysAddr::new(v.ctx));
+        ctx.complete_pending(&self.mem, value);
+        if let Some(v) = g.vcpus.get_mut(i) {
+            v.state = VcpuState::Loaded(cpu);
+        }
+        let vttbr = g.s2.map_or(0, |s| s.vttbr());
+        Ok(LoadedVcpu {
+            slot: slot as u16,
+            index: i as u16,
+            cpu,
+            ctx,
+            vttbr,
+        })
+    }
+
+    /// The second half of `VcpuRun`: unloads the vCPU (its state follows the
+    /// exit: `CpuOff` turns it off, `Error` stops it) and writes the
+    /// `VcpuRun` result (`Success`, the encoded exit) into the host's `regs`.
+    pub fn finish_run(&self, vcpu: LoadedVcpu, exit: Exit, regs: &mut [u64; 7]) {
+        if let Some(s) = self.vms.get(usize::from(vcpu.slot)) {
+            let mut g = s.inner.lock();
+            if let Some(v) = g.vcpus.get_mut(usize::from(vcpu.index)) {
+                v.state = match exit {
+                    Exit::Error { .. } => VcpuState::Stopped,
+                    Exit::CpuOff => VcpuState::Off,
+                    _ => VcpuState::Idle,
+                };
+            }
+        }
+        write_result(regs, Ok(exit.encode()));
+    }
+
+    /// `Donate` (`share == false`) or `Share` (`share == true`).
+    fn lend(&self, handle: u64, pa: PhysAddr, ipa: Ipa, perms: u64, share: bool) -> CallResult {
+        self.check_run(pa, 1)?;
+        self.check_guest_ipa(ipa)?;
+        let perms = Perms::from_abi(perms).ok_or(Status::InvalidArgument)?;
+        let (slot, mut g) = self.lock_vm(handle)?;
+        let me = Owner::Vm(slot as u16);
+        let mut pg = self.db.lock_page(pa).ok_or(Status::InvalidArgument)?;
+        if pg.get() != PageRecord::HOST {
+            return Err(Status::NotOwner);
+        }
+        let s2 = g.s2.ok_or(Status::NotFound)?;
+        let entry = s2
+            .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
+            .map_err(s2_status)?;
+        let sw = if share {
+            pg.set(PageRecord::shared(Owner::Host, me));
+            g.borrowed = g.borrowed.wrapping_add(1);
+            desc::SW_BORROWED
+        } else {
+            pg.set(PageRecord::owned(me));
+            // The host loses the page before the guest gets it.
+            #[cfg(not(feature = "planted-bug-donate-keeps-host-mapping"))]
+            self.host_unmap(&pg, pa);
+            g.owned = g.owned.wrapping_add(1);
+            0
+        };
+        s2.install_leaf(
+            &self.mem,
+            &self.arch,
+            entry,
+            desc::Desc::leaf(pa, 3, perms, MemType::Normal, sw),
+        );
+        Ok([0; 3])
+    }
+
+    /// `InvalidArgument` unless `ipa` is a page-aligned guest RAM IPA.
+    fn check_guest_ipa(&self, ipa: Ipa) -> Result<(), Status> {
+        if !ipa.is_page_aligned() || ipa.raw() >= self.vm_s2.ipa_limit() || self.in_guest_mmio(ipa)
+        {
+            return Err(Status::InvalidArgument);
+        }
+        Ok(())
+    }
+
+    /// `Unshare(handle, pa)`: ends a host `Share`.
+    fn host_unshare(&self, handle: u64, pa: PhysAddr) -> CallResult {
+        self.check_run(pa, 1)?;
+        let (slot, mut g) = self.lock_vm(handle)?;
+        let me = Owner::Vm(slot as u16);
+        let mut pg = self.db.lock_page(pa).ok_or(Status::InvalidArgument)?;
+        if pg.get() != PageRecord::shared(Owner::Host, me) {
+            return Err(Status::NotOwner);
+        }
+        let s2 = g.s2.ok_or(Status::NotFound)?;
+        // The record does not keep the IPA: find the borrowed mapping of `pa`.
+        let mut at = None;
+        s2.for_each_leaf(&self.mem, &mut |ipa, d, _| {
+            if d.borrowed() && d.addr() == pa && at.is_none() {
+                at = Some(ipa);
+            }
+        });
+        let ipa = at.ok_or(Status::NotMapped)?;
+        s2.unmap_page(&self.mem, &self.arch, &mut g.pool, ipa)
+            .map_err(s2_status)?;
+        pg.set(PageRecord::HOST);
+        g.borrowed = g.borrowed.wrapping_sub(1);
+        Ok([0; 3])
+    }
+
+    /// `Reclaim(pa)`: a destroyed VM's page back to the host, scrubbed.
+    fn reclaim(&self, pa: PhysAddr) -> CallResult {
+        self.check_run(pa, 1)?;
+        let rec = self.db.record(pa).ok_or(Status::InvalidArgument)?;
+        let Owner::Vm(slot) = rec.owner() else {
+            return Err(Status::NotOwner);
+        };
+        let s = self.vms.get(usize::from(slot)).ok_or(Status::NotOwner)?;
+        let mut g = s.inner.lock();
+        if g.state == SlotState::Live {
+            return Err(Status::Denied);
+        }
+        let mut pg = self.db.lock_page(pa).ok_or(Status::InvalidArgument)?;
+        if pg.get() != PageRecord::owned(Owner::Vm(slot)) || g.state != SlotState::Dead {
+            return Err(Status::NotOwner);
+        }
+        self.scrub(pa);
+        pg.set(PageRecord::HOST);
+        g.owned = g.owned.wrapping_sub(1);
+        if g.owned == 0 {
+            g.state = SlotState::Free;
+        }
+        Ok([0; 3])
+    }
+
+    /// `Accounting(selector, handle)`.
+    fn accounting(&self, selector: u64, handle: u64) -> CallResult {
+        match Accounting::from_raw(selector).ok_or(Status::InvalidArgument)? {
+            Accounting::Totals => {
+                let c = self.db.totals();
+                Ok([c.host, c.engine, c.guest])
+            }
+            Accounting::Sharing => {
+                let c = self.db.totals();
+                Ok([c.host_shared, c.guest_shared, self.awaiting_reclaim()])
+            }
+            Accounting::Vm => {
+                let (_, g) = self.lock_vm(handle)?;
+                Ok([g.owned, g.borrowed, g.pool.total()])
+            }
+        }
+    }
+
+    // ---- The guest side ----
+
+    /// A guest exit on the CPU where `vcpu` is loaded. The world switch has
+    /// saved the guest's registers into its context; on `Resume` it restores
+    /// them from there (they may have changed).
+    pub fn guest_exit(&self, vcpu: &LoadedVcpu, trap: Trap) -> GuestExitAction {
+        let (esr, far, hpfar) = match trap {
+            Trap::Irq => return GuestExitAction::ExitToHost(Exit::Irq),
+            Trap::Sync { esr, far, hpfar } => (esr, far, hpfar),
+        };
+        let e = Esr(esr);
+        let ctx = vcpu.ctx;
+        let mem = &self.mem;
+        match e.ec() {
+            ec::HVC64 => self.guest_call(vcpu),
+            ec::SMC64 => {
+                // The preferred return of a trapped SMC is the SMC itself.
+                ctx.set_pc(mem, ctx.pc(mem).wrapping_add(4));
+                self.guest_call(vcpu)
+            }
+            ec::WFX => {
+                ctx.set_pc(mem, ctx.pc(mem).wrapping_add(4));
+                GuestExitAction::ExitToHost(Exit::Wfx)
+            }
+            ec::DABT_LOW | ec::IABT_LOW => {
+                let limit = self.vm_s2.ipa_limit();
+                match abort::classify_guest_abort(
+                    e,
+                    far,
+                    hpfar,
+                    |ipa| self.in_guest_mmio(ipa),
+                    limit,
+                ) {
+                    GuestAbort::Mmio {
+                        ipa,
+                        size,
+                        write: true,
+                        reg,
+                        ..
+                    } => {
+                        let value =
+                            crate::vcpu::mmio_read_value(ctx.x(mem, reg), size, false, true);
+                        ctx.set_pc(mem, ctx.pc(mem).wrapping_add(4));
+                        GuestExitAction::ExitToHost(Exit::Mmio {
+                            ipa: ipa.raw(),
+                            size,
+                            write: true,
+                            value,
+                        })
+                    }
+                    GuestAbort::Mmio {
+                        ipa,
+                        size,
+                        write: false,
+                        reg,
+                        sign,
+                        sf,
+                    } => {
+                        ctx.set_pending(
+                            mem,
+                            Pending::MmioRead {
+                                reg,
+                                size,
+                                sign,
+                                sf,
+                            },
+                        );
+                        GuestExitAction::ExitToHost(Exit::Mmio {
+                            ipa: ipa.raw(),
+                            size,
+                            write: false,
+                            value: 0,
+                        })
+                    }
+                    GuestAbort::MemFault { ipa } => {
+                        GuestExitAction::ExitToHost(Exit::MemFault { ipa: ipa.raw() })
+                    }
+                    GuestAbort::Error => GuestExitAction::ExitToHost(Exit::Error { esr }),
+                }
+            }
+            _ => GuestExitAction::ExitToHost(Exit::Error { esr }),
+        }
+    }
+
+    /// A guest `hvc #0` (or trapped `smc`): `x0..=x6` are in the context.
+    fn guest_call(&self, vcpu: &LoadedVcpu) -> GuestExitAction {
+        let ctx = vcpu.ctx;
+        let mem = &self.mem;
+        let x = |n| ctx.x(mem, n);
+        let id = x(0) & 0xffff_ffff;
+        let result = match GuestCall::from_id(id) {
+            Some(GuestCall::Info) => {
+                let count = self
+                    .vms
+                    .get(usize::from(vcpu.slot))
+                    .map_or(0, |s| s.inner.lock().max_vcpus);
+                Ok([ABI_VERSION, u64::from(vcpu.index), u64::from(count)])
+            }
+            Some(GuestCall::Share) => self.guest_page_op(vcpu, Ipa::new(x(1)), PageOp::Share),
+            Some(GuestCall::Unshare) => self.guest_page_op(vcpu, Ipa::new(x(1)), PageOp::Unshare),
+            Some(GuestCall::Relinquish) => {
+                self.guest_page_op(vcpu, Ipa::new(x(1)), PageOp::Relinquish)
+            }
+            Some(GuestCall::HostCall) => {
+                ctx.set_pending(mem, Pending::HostReply);
+                return GuestExitAction::ExitToHost(Exit::HostCall { args: [x(1), x(2)] });
+            }
+            None if id == u64::from(psci::CPU_OFF) => {
+                return GuestExitAction::ExitToHost(Exit::CpuOff);
+            }
+            None if id == u64::from(psci::SYSTEM_OFF) || id == u64::from(psci::SYSTEM_RESET) => {
+                if let Some(s) = self.vms.get(usize::from(vcpu.slot)) {
+                    s.inner.lock().off = true;
+                }
+                let exit = if id == u64::from(psci::SYSTEM_OFF) {
+                    Exit::SystemOff
+                } else {
+                    Exit::SystemReset
+                };
+                return GuestExitAction::ExitToHost(exit);
+            }
+            None => Err(Status::NotSupported),
+        };
+        let r = match result {
+            Ok(r) => [Status::Success.raw(), r[0], r[1], r[2]],
+            Err(s) => [s.raw(), 0, 0, 0],
+        };
+        for (n, v) in (0u8..).zip(r) {
+            ctx.set_x(mem, n, v);
+        }
+        GuestExitAction::Resume
+    }
+
+    fn guest_page_op(&self, vcpu: &LoadedVcpu, ipa: Ipa, op: PageOp) -> CallResult {
+        if !ipa.is_page_aligned() || ipa.raw() >= self.vm_s2.ipa_limit() {
+            return Err(Status::InvalidArgument);
+        }
+        let slot = vcpu.slot;
+        let mut g = self
+            .vms
+            .get(usize::from(slot))
+            .ok_or(Status::NotFound)?
+            .inner
+            .lock();
+        let s2: Stage2 = g.s2.ok_or(Status::NotFound)?;
+        let t = s2.translate(&self.mem, ipa).ok_or(Status::NotMapped)?;
+        let pa = t.pa;
+        let mut pg = self.db.lock_page(pa).ok_or(Status::NotOwner)?;
+        let me = Owner::Vm(slot);
+        let rec = pg.get();
+        match op {
+            PageOp::Share if rec == PageRecord::owned(me) => {
+                pg.set(PageRecord::shared(me, Owner::Host))
+            }
+            PageOp::Unshare if rec == PageRecord::shared(me, Owner::Host) => {
+                pg.set(PageRecord::owned(me));
+                self.host_unmap(&pg, pa);
+            }
+            PageOp::Relinquish if rec == PageRecord::owned(me) => {
+                s2.unmap_page(&self.mem, &self.arch, &mut g.pool, ipa)
+                    .map_err(s2_status)?;
+                self.scrub(pa);
+                pg.set(PageRecord::HOST);
+                g.owned = g.owned.wrapping_sub(1);
+            }
+            _ => return Err(Status::NotOwner),
+        }
+        Ok([0; 3])
+    }
+
+    /// Test and model-checking aid: the guest on `vcpu`'s CPU executes
+    /// `hvc #0` with `x0..=x6 = args`. Equivalent to the world switch saving
+    /// those registers and calling [`Engine::guest_exit`] with an HVC64
+    /// syndrome.
+    pub fn guest_hvc(&self, vcpu: &LoadedVcpu, args: [u64; 7]) -> GuestExitAction {
+        for (n, v) in (0u8..).zip(args) {
+            vcpu.ctx.set_x(&self.mem, n, v);
+        }
+        let esr = (u64::from(ec::HVC64) << 26) | abort::DataAbortIss::IL.bits();
+        self.guest_exit(
+            vcpu,
+            Trap::Sync {
+                esr,
+                far: 0,
+                hpfar: 0,
+            },
+        )
+    }
+
+    /// Test aid: the guest on `vcpu`'s CPU loads (`write == false`) `size`
+    /// bytes at `ipa` into `x[reg]`, or stores them from it. A mapped access
+    /// with the right permission happens in memory, as the hardware would do
+    /// it; anything else takes the Stage-2 abort path exactly as the
+    /// hardware would raise it (a data abort with a valid syndrome).
+    pub fn guest_access(
+        &self,
+        vcpu: &LoadedVcpu,
+        ipa: Ipa,
+        size: u8,
+        write: bool,
+        reg: u8,
+    ) -> GuestExitAction {
+        let mem = &self.mem;
+        let t = self
+            .vms
+            .get(usize::from(vcpu.slot))
+            .and_then(|s| s.inner.lock().s2)
+            .and_then(|s2| s2.translate(mem, ipa));
+        let dfsc = match t {
+            Some(t) if (write && t.desc.perms().w) || (!write && t.desc.perms().r) => {
+                let word = PhysAddr::new(t.pa.raw() & !7);
+                let shift = (t.pa.raw() & 7).wrapping_mul(8) as u32;
+                let mask = crate::vcpu::mmio_read_value(u64::MAX, size, false, true);
+                let old = mem.read_u64(word).unwrap_or(0);
+                if write {
+                    let v = vcpu.ctx.x(mem, reg) & mask;
+                    let new = (old & !mask.wrapping_shl(shift)) | v.wrapping_shl(shift);
+                    let _ = mem.write_u64(word, new);
+                } else {
+                    vcpu.ctx.set_x(mem, reg, old.wrapping_shr(shift) & mask);
+                }
+                vcpu.ctx.set_pc(mem, vcpu.ctx.pc(mem).wrapping_add(4));
+                return GuestExitAction::Resume;
+            }
+            Some(_) => 0b001111, // permission fault, level 3
+            None => 0b000111,    // translation fault, level 3
+        };
+        let esr = abort::data_abort_esr(size, write, reg, false, true, dfsc);
+        let hpfar = (ipa.raw() >> 12) << 4;
+        self.guest_exit(
+            vcpu,
+            Trap::Sync {
+                esr,
+                far: ipa.raw(),
+                hpfar,
+            },
+        )
+    }
+}
+
+fn vcpu_index(g: &MutexGuard<'_, VmInner>, index: u64) -> Result<usize, Status> {
+    if index >= u64::from(g.max_vcpus) {
+        return Err(Status::NotFound);
+    }
+    usize::try_from(index).map_err(|_| Status::NotFound)
+}
+
+fn s2_status(e: S2Error) -> Status {
+    match e {
+        S2Error::NoMemory => Status::NoMemory,
+        S2Error::AlreadyMapped => Status::AlreadyMapped,
+        S2Error::NotMapped => Status::NotMapped,
+        S2Error::OutOfRange => Status::InvalidArgument,
+    }
+}
+
+fn write_result(regs: &mut [u64; 7], result: CallResult) {
+    let r = match result {
+        Ok(r) => [Status::Success.raw(), r[0], r[1], r[2]],
+        Err(s) => [s.raw(), 0, 0, 0],
+    };
+    for (dst, v) in regs.iter_mut().zip(r) {
+        *dst = v;
+    }
+}

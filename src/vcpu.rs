@@ -1,0 +1,373 @@
+//! vCPU contexts: the layout of the page that holds a vCPU's registers, and
+//! the vCPU's load state.
+//!
+//! A context lives in one page of its VM's donated pool, so its cost is the
+//! VM's, not the engine's. The layout is fixed (byte offsets below) so the
+//! world switch in `boot/` can save and restore registers straight into it.
+//!
+//! Invariants: a context page is accessed only by the CPU that has the vCPU
+//! loaded ([`VcpuState::Loaded`]), or, while it is not loaded, under the
+//! VM's lock. The load state itself changes only under the VM's lock, so two
+//! CPUs racing to load the same vCPU serialise there: one sees `Idle` and
+//! wins, the other sees `Loaded` and gets `Busy`.
+#![deny(unsafe_code)]
+
+use crate::addr::PhysAddr;
+use crate::mem::PhysMem;
+
+/// The most vCPUs a VM may have (reported by `HostCall::Version` in `x3`).
+pub const MAX_VCPUS: usize = 8;
+
+/// Byte offset of `x0`; `xN` is at `8 * N` (N = 0..=30).
+pub const OFF_X: u64 = 0;
+/// Byte offset of the guest PC (`ELR_EL2` on exit).
+pub const OFF_PC: u64 = 31 * 8;
+/// Byte offset of the guest PSTATE (`SPSR_EL2` on exit).
+pub const OFF_PSTATE: u64 = 32 * 8;
+/// Byte offset of the first EL1 system register; see [`SysReg`].
+pub const OFF_SYSREGS: u64 = 33 * 8;
+/// Byte offset of `V0`; `Vn` is at `OFF_V + 16 * n` (little-endian u128).
+pub const OFF_V: u64 = 512;
+/// Byte offset of FPSR.
+pub const OFF_FPSR: u64 = 1024;
+/// Byte offset of FPCR.
+pub const OFF_FPCR: u64 = 1032;
+/// Engine-private: pending resume action (see [`Pending`]).
+const OFF_PENDING: u64 = 2048;
+
+/// PSTATE a vCPU starts with: EL1h, D, A, I, F masked.
+pub const INITIAL_PSTATE: u64 = 0x3c5;
+/// SCTLR_EL1 a vCPU starts with: the RES1 bits, MMU and caches off.
+pub const INITIAL_SCTLR: u64 = 0x30d0_0800;
+
+/// The EL1 (and EL0-visible) system registers a guest owns, in context
+/// order: register `r` is at `OFF_SYSREGS + 8 * (r as u64)`.
+#[allow(missing_docs)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SysReg {
+    SctlrEl1,
+    Ttbr0El1,
+    Ttbr1El1,
+    TcrEl1,
+    MairEl1,
+    AmairEl1,
+    VbarEl1,
+    ContextidrEl1,
+    TpidrEl0,
+    TpidrroEl0,
+    TpidrEl1,
+    SpEl0,
+    SpEl1,
+    ElrEl1,
+    SpsrEl1,
+    EsrEl1,
+    FarEl1,
+    Afsr0El1,
+    Afsr1El1,
+    ParEl1,
+    CpacrEl1,
+    CntkctlEl1,
+    CntvCtlEl0,
+    CntvCvalEl0,
+    CsselrEl1,
+    MdscrEl1,
+}
+
+/// Number of [`SysReg`]s.
+pub const SYSREG_COUNT: u64 = 26;
+
+/// Where a vCPU is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VcpuState {
+    /// Never created.
+    #[default]
+    Absent,
+    /// Created, not running anywhere.
+    Idle,
+    /// Loaded on this physical CPU.
+    Loaded(u32),
+    /// Turned itself off (PSCI `CPU_OFF`); `VcpuRun` fails `Denied`.
+    Off,
+    /// Stopped after an `Exit::Error`; `VcpuRun` fails `Denied`.
+    Stopped,
+}
+
+/// What the next `VcpuRun` must do with the host's value (`x3`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pending {
+    /// Nothing: the value is ignored.
+    None,
+    /// An MMIO read: the value goes to `reg` (31 = XZR, discarded),
+    /// truncated to `size` bytes, sign-extended if `sign`, to 64 bits if
+    /// `sf`, else to 32 bits with the upper half zero.
+    MmioRead {
+        reg: u8,
+        size: u8,
+        sign: bool,
+        sf: bool,
+    },
+    /// A `GuestCall::HostCall`: `x0 = Success`, `x1 = value`.
+    HostReply,
+}
+
+impl Pending {
+    fn encode(self) -> u64 {
+        match self {
+            Pending::None => 0,
+            Pending::HostReply => 1,
+            Pending::MmioRead {
+                reg,
+                size,
+                sign,
+                sf,
+            } => {
+                2 | (u64::from(reg) << 8)
+                    | (u64::from(size) << 16)
+                    | (u64::from(sign) << 24)
+                    | (u64::from(sf) << 25)
+            }
+        }
+    }
+
+    fn decode(v: u64) -> Pending {
+        match v & 0xff {
+            1 => Pending::HostReply,
+            2 => Pending::MmioRead {
+                reg: ((v >> 8) & 0x1f) as u8,
+                size: ((v >> 16) & 0xff) as u8,
+                sign: v & (1 << 24) != 0,
+                sf: v & (1 << 25) != 0,
+            },
+            _ => Pending::None,
+        }
+    }
+}
+
+/// A view of one vCPU context page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Context {
+    page: PhysAddr,
+}
+
+impl Context {
+    /// The context in `page`.
+    pub const fn new(page: PhysAddr) -> Self {
+        Self { page }
+    }
+
+    /// The page's physical address (for the world switch).
+    pub const fn page(&self) -> PhysAddr {
+        self.page
+    }
+
+    fn word(&self, mem: &PhysMem, off: u64) -> u64 {
+        mem.read_u64(self.page.wrapping_add_bytes(off)).unwrap_or(0)
+    }
+
+    fn set_word(&self, mem: &PhysMem, off: u64, v: u64) {
+        let _ = mem.write_u64(self.page.wrapping_add_bytes(off), v);
+    }
+
+    /// Initialises a fresh (zeroed) context to start at `pc` with `x0`.
+    pub fn init(&self, mem: &PhysMem, pc: u64, x0: u64) {
+        self.set_x(mem, 0, x0);
+        self.set_pc(mem, pc);
+        self.set_word(mem, OFF_PSTATE, INITIAL_PSTATE);
+        self.set_sysreg(mem, SysReg::SctlrEl1, INITIAL_SCTLR);
+    }
+
+    /// `x[n]`; `n == 31` reads as zero (XZR), larger `n` too.
+    pub fn x(&self, mem: &PhysMem, n: u8) -> u64 {
+        if n >= 31 {
+            0
+        } else {
+            self.word(mem, OFF_X.wrapping_add(u64::from(n).wrapping_mul(8)))
+        }
+    }
+
+    /// Sets `x[n]`; writes to `n >= 31` (XZR) are discarded.
+    pub fn set_x(&self, mem: &PhysMem, n: u8, v: u64) {
+        if n < 31 {
+            self.set_word(mem, OFF_X.wrapping_add(u64::from(n).wrapping_mul(8)), v);
+        }
+    }
+
+    /// The PC.
+    pub fn pc(&self, mem: &PhysMem) -> u64 {
+        self.word(mem, OFF_PC)
+    }
+
+    /// Sets the PC.
+    pub fn set_pc(&self, mem: &PhysMem, v: u64) {
+        self.set_word(mem, OFF_PC, v);
+    }
+
+    /// PSTATE.
+    pub fn pstate(&self, mem: &PhysMem) -> u64 {
+        self.word(mem, OFF_PSTATE)
+    }
+
+    /// A system register.
+    pub fn sysreg(&self, mem: &PhysMem, r: SysReg) -> u64 {
+        self.word(mem, OFF_SYSREGS.wrapping_add((r as u64).wrapping_mul(8)))
+    }
+
+    /// Sets a system register.
+    pub fn set_sysreg(&self, mem: &PhysMem, r: SysReg, v: u64) {
+        self.set_word(mem, OFF_SYSREGS.wrapping_add((r as u64).wrapping_mul(8)), v);
+    }
+
+    /// FP/SIMD register `Vn` (n < 32, else zero).
+    pub fn v(&self, mem: &PhysMem, n: u8) -> u128 {
+        if n >= 32 {
+            return 0;
+        }
+        let off = OFF_V.wrapping_add(u64::from(n).wrapping_mul(16));
+        u128::from(self.word(mem, off)) | (u128::from(self.word(mem, off.wrapping_add(8))) << 64)
+    }
+
+    /// Sets `Vn` (n < 32).
+    pub fn set_v(&self, mem: &PhysMem, n: u8, v: u128) {
+        if n < 32 {
+            let off = OFF_V.wrapping_add(u64::from(n).wrapping_mul(16));
+            self.set_word(mem, off, v as u64);
+            self.set_word(mem, off.wrapping_add(8), (v >> 64) as u64);
+        }
+    }
+
+    /// FPSR and FPCR.
+    pub fn fp_status(&self, mem: &PhysMem) -> (u64, u64) {
+        (self.word(mem, OFF_FPSR), self.word(mem, OFF_FPCR))
+    }
+
+    /// The pending resume action.
+    pub fn pending(&self, mem: &PhysMem) -> Pending {
+        Pending::decode(self.word(mem, OFF_PENDING))
+    }
+
+    /// Sets the pending resume action.
+    pub fn set_pending(&self, mem: &PhysMem, p: Pending) {
+        self.set_word(mem, OFF_PENDING, p.encode());
+    }
+
+    /// Completes a pending action with the host's `value` (from `VcpuRun`'s
+    /// `x3`) and clears it.
+    pub fn complete_pending(&self, mem: &PhysMem, value: u64) {
+        match self.pending(mem) {
+            Pending::None => {}
+            Pending::HostReply => {
+                self.set_x(mem, 0, isola_abi::Status::Success.raw());
+                self.set_x(mem, 1, value);
+                self.set_x(mem, 2, 0);
+                self.set_x(mem, 3, 0);
+            }
+            Pending::MmioRead {
+                reg,
+                size,
+                sign,
+                sf,
+            } => {
+                self.set_x(mem, reg, mmio_read_value(value, size, sign, sf));
+                // The load is complete only now: step over it.
+                self.set_pc(mem, self.pc(mem).wrapping_add(4));
+            }
+        }
+        self.set_pending(mem, Pending::None);
+    }
+}
+
+/// The register value a load of `size` bytes produces from the host's
+/// `value`: truncated to the access size, sign-extended if the load is
+/// signed, then to the register width (`sf`: 64 bits, else 32 with the upper
+/// half zeroed).
+pub fn mmio_read_value(value: u64, size: u8, sign: bool, sf: bool) -> u64 {
+    let bits = u32::from(size).saturating_mul(8).min(64);
+    let mut v = if bits >= 64 {
+        value
+    } else {
+        value & ((1u64 << bits).wrapping_sub(1))
+    };
+    if sign && bits < 64 && bits > 0 {
+        let shift = 64u32.wrapping_sub(bits);
+        v = (((v << shift) as i64) >> shift) as u64;
+    }
+    if !sf {
+        v &= 0xffff_ffff;
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_fits_the_page_and_does_not_overlap() {
+        const { assert!(OFF_SYSREGS + 8 * SYSREG_COUNT <= OFF_V) };
+        assert_eq!(SysReg::MdscrEl1 as u64 + 1, SYSREG_COUNT);
+        const { assert!(OFF_FPCR + 8 <= OFF_PENDING) };
+        const { assert!(OFF_PENDING + 8 <= crate::addr::PAGE_SIZE) };
+    }
+
+    #[test]
+    fn registers_round_trip() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0000, 42);
+        assert_eq!(
+            (c.x(&mem, 0), c.pc(&mem), c.pstate(&mem)),
+            (42, 0x8000_0000, INITIAL_PSTATE)
+        );
+        assert_eq!(c.sysreg(&mem, SysReg::SctlrEl1), INITIAL_SCTLR);
+        c.set_x(&mem, 30, 7);
+        c.set_x(&mem, 31, 9);
+        assert_eq!((c.x(&mem, 30), c.x(&mem, 31)), (7, 0));
+        c.set_v(&mem, 31, u128::MAX - 1);
+        assert_eq!(c.v(&mem, 31), u128::MAX - 1);
+        assert_eq!(c.v(&mem, 30), 0);
+        for p in [
+            Pending::None,
+            Pending::HostReply,
+            Pending::MmioRead {
+                reg: 30,
+                size: 8,
+                sign: true,
+                sf: false,
+            },
+        ] {
+            c.set_pending(&mem, p);
+            assert_eq!(c.pending(&mem), p);
+        }
+    }
+
+    #[test]
+    fn mmio_read_sizes_and_sign_extension() {
+        assert_eq!(mmio_read_value(0x1234_5678_9abc_def0, 1, false, true), 0xf0);
+        assert_eq!(
+            mmio_read_value(0x1234_5678_9abc_def0, 1, true, true),
+            0xffff_ffff_ffff_fff0
+        );
+        assert_eq!(
+            mmio_read_value(0x1234_5678_9abc_def0, 1, true, false),
+            0xffff_fff0
+        );
+        assert_eq!(
+            mmio_read_value(0x1234_5678_9abc_def0, 2, false, false),
+            0xdef0
+        );
+        assert_eq!(
+            mmio_read_value(0x1234_5678_9abc_def0, 4, false, false),
+            0x9abc_def0
+        );
+        assert_eq!(
+            mmio_read_value(0x1234_5678_9abc_def0, 4, true, true),
+            0xffff_ffff_9abc_def0
+        );
+        assert_eq!(
+            mmio_read_value(0x1234_5678_9abc_def0, 8, true, true),
+            0x1234_5678_9abc_def0
+        );
+        assert_eq!(mmio_read_value(0x8000_0000, 4, false, true), 0x8000_0000);
+    }
+}

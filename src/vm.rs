@@ -1,0 +1,172 @@
+//! The VM table: fixed-size slots in the engine's own memory, addressed by
+//! handles that carry a generation.
+//!
+//! Invariants:
+//! - A slot's generation changes when its VM is destroyed, so a handle from
+//!   before the destroy never matches again (`NotFound`), even after the slot
+//!   holds a new VM.
+//! - A slot is `Dead` from destroy until every page the dead VM owned has
+//!   been reclaimed (`owned == 0`); only then is it `Free` for reuse, because
+//!   page records name the owner by slot.
+//! - Everything proportional to the guest (Stage-2 tables, vCPU contexts)
+//!   lives in pages of the VM's donated pool; the slot itself is small and
+//!   fixed (see `docs/ownership.md` for the measured size).
+//! - All fields are guarded by the slot's mutex; lock order: slot → shard →
+//!   host Stage-2.
+#![deny(unsafe_code)]
+
+use crate::arch::Vmid;
+use crate::pool::PagePool;
+use crate::stage2::Stage2;
+use crate::vcpu::{MAX_VCPUS, VcpuState};
+use isola_sync::Mutex;
+
+/// A VM handle as the host sees it: `generation << 16 | slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VmHandle(pub u64);
+
+impl VmHandle {
+    /// The handle of `slot` at `generation`.
+    pub const fn new(slot: u16, generation: u32) -> Self {
+        Self(((generation as u64) << 16) | slot as u64)
+    }
+
+    /// The slot index the handle names.
+    pub const fn slot(self) -> usize {
+        (self.0 & 0xffff) as usize
+    }
+
+    /// The generation the handle names (`None` if bits above 47 are set:
+    /// such a handle was never issued).
+    pub const fn generation(self) -> Option<u32> {
+        if self.0 >> 48 != 0 {
+            None
+        } else {
+            Some((self.0 >> 16) as u32)
+        }
+    }
+}
+
+/// Lifecycle of a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SlotState {
+    /// Unused.
+    #[default]
+    Free,
+    /// Holds a live VM.
+    Live,
+    /// Its VM was destroyed; `owned` pages still await `Reclaim`.
+    Dead,
+}
+
+/// One vCPU's entry in its VM's slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VcpuSlot {
+    /// Where it is.
+    pub state: VcpuState,
+    /// Its context page (meaningful unless `Absent`).
+    pub ctx: u64,
+}
+
+/// The state behind a slot's lock.
+#[derive(Debug)]
+pub struct VmInner {
+    /// Lifecycle.
+    pub state: SlotState,
+    /// Current generation (starts at 1; 0 is never a live generation).
+    pub generation: u32,
+    /// The VM's Stage-2 (its root is in the pool).
+    pub s2: Option<Stage2>,
+    /// Pages donated for metadata, contexts and tables.
+    pub pool: PagePool,
+    /// vCPU count the VM was created with.
+    pub max_vcpus: u16,
+    /// The vCPUs.
+    pub vcpus: [VcpuSlot; MAX_VCPUS],
+    /// Pages the VM owns (any state), live or dead.
+    pub owned: u64,
+    /// Host pages shared with the VM.
+    pub borrowed: u64,
+    /// The VM called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`: no vCPU runs again.
+    pub off: bool,
+}
+
+impl VmInner {
+    const EMPTY: VmInner = VmInner {
+        state: SlotState::Free,
+        generation: 1,
+        s2: None,
+        pool: PagePool::new(),
+        max_vcpus: 0,
+        vcpus: [VcpuSlot {
+            state: VcpuState::Absent,
+            ctx: 0,
+        }; MAX_VCPUS],
+        owned: 0,
+        borrowed: 0,
+        off: false,
+    };
+
+    /// Whether any vCPU is loaded on some CPU.
+    pub fn any_loaded(&self) -> bool {
+        self.vcpus
+            .iter()
+            .any(|v| matches!(v.state, VcpuState::Loaded(_)))
+    }
+}
+
+/// One slot of the VM table. The caller of `Engine::new` provides the table
+/// (a static array at EL2, `Vec::leak` in tests).
+#[derive(Debug)]
+pub struct VmSlot {
+    pub(crate) inner: Mutex<VmInner>,
+}
+
+impl VmSlot {
+    /// An empty slot.
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            inner: Mutex::new(VmInner::EMPTY),
+        }
+    }
+
+    /// An empty slot.
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            inner: Mutex::new(VmInner::EMPTY),
+        }
+    }
+}
+
+impl Default for VmSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The VMID of slot `slot`: fixed per slot, `slot + 1` (VMID 0 is the
+/// host's). A slot is reused only after its VM's destroy issued
+/// `tlbi vmalls12e1is` for this VMID, so no TLB holds an old translation
+/// when a new VM gets it. 8-bit VMIDs allow 255 slots.
+pub const fn vmid_of(slot: usize) -> Vmid {
+    Vmid((slot as u16).wrapping_add(1))
+}
+
+/// The most slots a VM table may have (8-bit VMIDs, host has VMID 0).
+pub const MAX_SLOTS: usize = 255;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_carry_slot_and_generation() {
+        let h = VmHandle::new(3, 7);
+        assert_eq!((h.slot(), h.generation()), (3, Some(7)));
+        assert_eq!(VmHandle(u64::MAX).generation(), None);
+        assert_ne!(VmHandle::new(3, 7), VmHandle::new(3, 8));
+        assert_eq!(vmid_of(0), Vmid(1));
+    }
+}

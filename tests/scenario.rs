@@ -1,0 +1,437 @@
+//! Stories a reviewer can follow: a host builds a VM, gives it memory, runs
+//! it, shares pages both ways, tears it down and takes its memory back, and
+//! at every step the ownership accounting and the page contents are exactly
+//! what the ABI promises.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::expect_used
+)]
+
+use isola::addr::{Ipa, PhysAddr};
+use isola::arch::{ArchEvent, RecordingArch, Vmid, check_break_before_make};
+use isola::engine::{Engine, HostAbortAction};
+use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
+use isola::ownership::{Owner, PageRecord, PageState};
+use isola::stage2::Perms;
+use isola::testing::MachineSpec;
+use isola_abi::{Accounting, Exit, GuestCall, HostCall, Status, perms};
+
+struct Host {
+    spec: MachineSpec,
+    engine: Engine<RecordingArch>,
+}
+
+impl Host {
+    fn new() -> Self {
+        let spec = MachineSpec::default();
+        Host {
+            engine: spec.build(RecordingArch::new()),
+            spec,
+        }
+    }
+
+    fn page(&self, i: u64) -> u64 {
+        self.spec.page(i).raw()
+    }
+
+    /// Issues a host call; returns `(status, [x1, x2, x3])`.
+    fn call(&self, call: HostCall, args: [u64; 4]) -> (Status, [u64; 3]) {
+        let mut regs = [call as u64, args[0], args[1], args[2], args[3], 0, 0];
+        match self.engine.host_call(0, &mut regs) {
+            HostCallOutcome::Done => {}
+            HostCallOutcome::Run(_) => panic!("use run() for VcpuRun"),
+        }
+        (
+            Status::from_raw(regs[0] as i64).unwrap(),
+            [regs[1], regs[2], regs[3]],
+        )
+    }
+
+    fn ok(&self, call: HostCall, args: [u64; 4]) -> [u64; 3] {
+        let (s, r) = self.call(call, args);
+        assert_eq!(s, Status::Success, "{call:?}{args:x?}");
+        r
+    }
+
+    fn run(&self, h: u64, vcpu: u64, value: u64) -> LoadedVcpu {
+        let mut regs = [HostCall::VcpuRun as u64, h, vcpu, value, 0, 0, 0];
+        match self.engine.host_call(1, &mut regs) {
+            HostCallOutcome::Run(l) => l,
+            HostCallOutcome::Done => {
+                panic!("VcpuRun failed: {:?}", Status::from_raw(regs[0] as i64))
+            }
+        }
+    }
+
+    /// Ends the run with `exit`; returns what `VcpuRun` gives the host.
+    fn finish(&self, l: LoadedVcpu, exit: Exit) -> Exit {
+        let mut regs = [0; 7];
+        self.engine.finish_run(l, exit, &mut regs);
+        assert_eq!(regs[0], Status::Success.raw());
+        Exit::decode([regs[1], regs[2], regs[3]]).unwrap()
+    }
+
+    fn totals(&self) -> [u64; 3] {
+        self.ok(HostCall::Accounting, [Accounting::Totals as u64, 0, 0, 0])
+    }
+
+    fn host_reads(&self, pa: u64) -> Option<u64> {
+        let p = PhysAddr::new(pa);
+        if self.engine.host_translate(p).is_none() {
+            let esr = isola::abort::data_abort_esr(8, false, 0, false, true, 0b000111);
+            if self.engine.host_abort(esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
+                return None;
+            }
+        }
+        self.engine
+            .host_translate(p)
+            .map(|t| self.engine.mem().read_u64(t.pa).unwrap())
+    }
+}
+
+const GUEST_RAM: u64 = 0x8000_0000;
+
+#[test]
+fn a_vm_lifecycle_from_creation_to_reclaim() {
+    let host = Host::new();
+    let total = host.spec.ram_pages;
+    assert_eq!(
+        host.totals(),
+        [total - 8, 8, 0],
+        "engine keeps its 8 pages; the host owns the rest"
+    );
+
+    // The host writes a secret into a page, then donates it to a new VM.
+    let secret = host.page(40);
+    assert!(
+        host.engine
+            .mem()
+            .write_bytes(PhysAddr::new(secret), &0x5ec2e7u64.to_le_bytes())
+    );
+    assert_eq!(
+        host.host_reads(secret),
+        Some(0x5ec2e7),
+        "host can touch its own page"
+    );
+
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 2, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0x1234]);
+    host.ok(
+        HostCall::Donate,
+        [vm, secret, GUEST_RAM, perms::R | perms::W | perms::X],
+    );
+    assert_eq!(
+        host.host_reads(secret),
+        None,
+        "after Donate the host cannot read it"
+    );
+    assert_eq!(host.totals(), [total - 8 - 8 - 1, 8 + 8, 1]);
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Vm as u64, vm, 0, 0]),
+        [1, 0, 8]
+    );
+
+    // The guest runs: it sees its entry state, asks who it is, and reads the page.
+    let l = host.run(vm, 0, 0);
+    let ctx = l.context();
+    let mem = host.engine.mem();
+    assert_eq!((ctx.pc(mem), ctx.x(mem, 0)), (GUEST_RAM, 0x1234));
+    assert_eq!(
+        host.engine
+            .guest_hvc(&l, [GuestCall::Info as u64, 0, 0, 0, 0, 0, 0]),
+        GuestExitAction::Resume
+    );
+    assert_eq!(
+        [ctx.x(mem, 0), ctx.x(mem, 1), ctx.x(mem, 2), ctx.x(mem, 3)],
+        [0, 1 << 16, 0, 2]
+    );
+    assert_eq!(
+        host.engine
+            .guest_access(&l, Ipa::new(GUEST_RAM), 8, false, 5),
+        GuestExitAction::Resume
+    );
+    assert_eq!(
+        ctx.x(mem, 5),
+        0x5ec2e7,
+        "the guest sees the donated contents"
+    );
+
+    // An access to unmapped guest RAM exits to the host as a MemFault.
+    let fault = host
+        .engine
+        .guest_access(&l, Ipa::new(GUEST_RAM + 0x1008), 4, true, 5);
+    assert_eq!(
+        fault,
+        GuestExitAction::ExitToHost(Exit::MemFault {
+            ipa: GUEST_RAM + 0x1000
+        })
+    );
+    assert_eq!(
+        host.finish(
+            l,
+            Exit::MemFault {
+                ipa: GUEST_RAM + 0x1000
+            }
+        ),
+        Exit::MemFault {
+            ipa: GUEST_RAM + 0x1000
+        }
+    );
+
+    // The host shares a page with the guest; both can use it.
+    let shared = host.page(41);
+    host.ok(
+        HostCall::Share,
+        [vm, shared, GUEST_RAM + 0x1000, perms::R | perms::W],
+    );
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Sharing as u64, 0, 0, 0]),
+        [1, 0, 0]
+    );
+    let l = host.run(vm, 0, 0);
+    host.engine
+        .guest_hvc(&l, [GuestCall::HostCall as u64, 7, 8, 0, 0, 0, 0]);
+    l.context().set_x(mem, 6, 0xfeed);
+    assert_eq!(
+        host.engine
+            .guest_access(&l, Ipa::new(GUEST_RAM + 0x1010), 8, true, 6),
+        GuestExitAction::Resume
+    );
+    assert_eq!(
+        host.finish(l, Exit::HostCall { args: [7, 8] }),
+        Exit::HostCall { args: [7, 8] }
+    );
+    assert_eq!(
+        host.host_reads(shared + 0x10),
+        Some(0xfeed),
+        "the host sees the guest's write"
+    );
+
+    // The guest shares its own page back, the host reads it, the guest unshares it.
+    let l = host.run(vm, 0, 99);
+    assert_eq!(l.context().x(mem, 1), 99, "the host's reply arrives in x1");
+    assert_eq!(l.context().x(mem, 0), 0);
+    host.engine
+        .guest_hvc(&l, [GuestCall::Share as u64, GUEST_RAM, 0, 0, 0, 0, 0]);
+    assert_eq!(l.context().x(mem, 0), 0);
+    assert_eq!(host.host_reads(secret), Some(0x5ec2e7));
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Sharing as u64, 0, 0, 0]),
+        [1, 1, 0]
+    );
+    host.engine
+        .guest_hvc(&l, [GuestCall::Unshare as u64, GUEST_RAM, 0, 0, 0, 0, 0]);
+    assert_eq!(l.context().x(mem, 0), 0);
+    assert_eq!(
+        host.host_reads(secret),
+        None,
+        "unshared: the host lost access again"
+    );
+
+    // Destroy with the vCPU loaded is refused; after the exit it works.
+    assert_eq!(
+        host.call(HostCall::VmDestroy, [vm, 0, 0, 0]).0,
+        Status::Busy
+    );
+    host.finish(l, Exit::Wfx);
+    host.engine.arch().clear();
+    host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
+    let mut tlbi = false;
+    host.engine
+        .arch()
+        .for_each(|e| tlbi |= e == ArchEvent::TlbiVmid(Vmid(1)));
+    assert!(tlbi, "destroy invalidates the VM's VMID");
+    assert_eq!(
+        host.call(HostCall::VcpuRun, [vm, 0, 0, 0]).0,
+        Status::NotFound,
+        "stale handle"
+    );
+    assert_eq!(
+        host.call(HostCall::Accounting, [Accounting::Vm as u64, vm, 0, 0])
+            .0,
+        Status::NotFound
+    );
+
+    // Pool pages came back scrubbed; the borrowed page came back with its data;
+    // the VM's own page awaits reclaim.
+    assert_eq!(host.totals(), [total - 8 - 1, 8, 1]);
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Sharing as u64, 0, 0, 0]),
+        [0, 0, 1]
+    );
+    for i in 16..24 {
+        assert_eq!(
+            host.engine.mem().page_is_zero(PhysAddr::new(host.page(i))),
+            Some(true),
+            "pool page {i}"
+        );
+    }
+    assert_eq!(host.host_reads(shared + 0x10), Some(0xfeed));
+    assert_eq!(host.host_reads(secret), None);
+
+    // Reclaim: the secret page comes back zeroed, and the slot is free again.
+    assert_eq!(
+        host.call(HostCall::Reclaim, [shared, 0, 0, 0]).0,
+        Status::NotOwner
+    );
+    host.ok(HostCall::Reclaim, [secret, 0, 0, 0]);
+    assert_eq!(host.host_reads(secret), Some(0));
+    assert_eq!(
+        host.engine.mem().page_is_zero(PhysAddr::new(secret)),
+        Some(true)
+    );
+    assert_eq!(host.totals(), [total - 8, 8, 0]);
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Sharing as u64, 0, 0, 0]),
+        [0, 0, 0]
+    );
+    let mut pages = 0;
+    host.engine.for_each_page(|_, r| {
+        pages += 1;
+        assert!(matches!(r.owner(), Owner::Host | Owner::Engine));
+        assert_eq!(r.state(), PageState::Owned);
+    });
+    assert_eq!(pages, total);
+}
+
+#[test]
+fn donating_a_page_inside_a_host_block_splits_it_break_before_make() {
+    // Pages 512..1024 of this machine form a 2 MiB block that is all the
+    // host's (the engine's pages are in the first block).
+    let spec = MachineSpec {
+        ram_pages: 1024,
+        ..MachineSpec::default()
+    };
+    let big = Host {
+        engine: spec.build(RecordingArch::new()),
+        spec,
+    };
+    let in_block = big.page(600);
+    assert_eq!(big.host_reads(in_block), Some(0));
+    let t = big.engine.host_translate(PhysAddr::new(in_block)).unwrap();
+    assert_eq!(
+        t.level, 2,
+        "pages 512..1024 are all the host's: a 2 MiB block"
+    );
+    let [vm, ..] = big.ok(HostCall::VmCreate, [big.page(16), 8, 1, 0]);
+    big.engine.arch().clear();
+    big.ok(HostCall::Donate, [vm, in_block, GUEST_RAM, perms::R]);
+    let mut ev = Vec::new();
+    big.engine.arch().for_each(|e| ev.push(e));
+    check_break_before_make(ev.iter().copied()).unwrap();
+    let host_tlbi = ev.iter().position(|e| {
+        *e == ArchEvent::TlbiIpa {
+            vmid: Vmid::HOST,
+            ipa: Ipa::new(in_block),
+        }
+    });
+    let guest_map = ev.iter().position(|e| matches!(e, ArchEvent::PteWrite { old: 0, new, .. } if new & !0xfff & 0xffff_ffff_f000 == in_block));
+    assert!(
+        host_tlbi.unwrap() < guest_map.unwrap(),
+        "the host loses the page before the guest gets it"
+    );
+    assert_eq!(big.engine.host_translate(PhysAddr::new(in_block)), None);
+    let n = big
+        .engine
+        .host_translate(PhysAddr::new(in_block + 0x1000))
+        .unwrap();
+    assert_eq!(
+        (n.level, n.desc.perms()),
+        (3, Perms::RWX),
+        "the rest of the block stays mapped"
+    );
+}
+
+#[test]
+fn mmio_reads_and_writes_carry_exactly_one_register() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 4, 1, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    let l = host.run(vm, 0, 0);
+    let mem = host.engine.mem();
+    for r in 0..31 {
+        l.context()
+            .set_x(mem, r, 0x1111_1111_1111_1111 * u64::from(r % 15 + 1));
+    }
+    let pc = l.context().pc(mem);
+    let uart = isola::testing::HOST_UART + 0x18;
+    let w = host.engine.guest_access(&l, Ipa::new(uart), 2, true, 3);
+    assert_eq!(
+        w,
+        GuestExitAction::ExitToHost(Exit::Mmio {
+            ipa: uart,
+            size: 2,
+            write: true,
+            value: 0x4444
+        })
+    );
+    assert_eq!(l.context().pc(mem), pc + 4, "a store completes at the exit");
+    host.finish(
+        l,
+        Exit::Mmio {
+            ipa: uart,
+            size: 2,
+            write: true,
+            value: 0x4444,
+        },
+    );
+    let l = host.run(vm, 0, 0);
+    let r = host.engine.guest_access(&l, Ipa::new(uart), 4, false, 9);
+    assert_eq!(
+        r,
+        GuestExitAction::ExitToHost(Exit::Mmio {
+            ipa: uart,
+            size: 4,
+            write: false,
+            value: 0
+        })
+    );
+    host.finish(
+        l,
+        Exit::Mmio {
+            ipa: uart,
+            size: 4,
+            write: false,
+            value: 0,
+        },
+    );
+    let l = host.run(vm, 0, 0xaaaa_bbbb_cccc_dddd);
+    assert_eq!(
+        l.context().x(mem, 9),
+        0xcccc_dddd,
+        "value truncated to the access size, into x9 only"
+    );
+    assert_eq!(
+        l.context().x(mem, 8),
+        0x1111_1111_1111_1111 * 9,
+        "x8 untouched"
+    );
+    assert_eq!(l.context().pc(mem), pc + 8);
+    // A syndrome without ISV cannot be emulated: Error, and the vCPU stops.
+    let esr = isola::abort::data_abort_esr(4, false, 0, false, true, 0b000111) & !(1 << 24);
+    let e = host.engine.guest_exit(
+        &l,
+        Trap::Sync {
+            esr,
+            far: uart,
+            hpfar: (uart >> 12) << 4,
+        },
+    );
+    assert_eq!(e, GuestExitAction::ExitToHost(Exit::Error { esr }));
+    host.finish(l, Exit::Error { esr });
+    assert_eq!(
+        host.call(HostCall::VcpuRun, [vm, 0, 0, 0]).0,
+        Status::Denied
+    );
+}
+
+#[test]
+fn records_are_four_bytes_and_vm_slots_small() {
+    assert_eq!(std::mem::size_of::<PageRecord>(), 4);
+    let slot = std::mem::size_of::<isola::vm::VmSlot>();
+    println!("PageRecord: 4 bytes/page; VmSlot: {slot} bytes/VM; vCPU context: 1 pool page");
+    assert!(slot <= 512, "VM slot is {slot} bytes");
+}
