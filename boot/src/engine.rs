@@ -1,33 +1,297 @@
-//! The seam to the portable core (`isola`): initialisation, the host's
-//! Stage-2, hypercalls and host aborts. Every decision is the core's.
+//! The seam to the portable core (`isola::Engine`): building it from the
+//! device tree at boot, the host's Stage-2 on each CPU, host aborts and
+//! hypercalls. Every decision is the core's; this module only moves
+//! registers and memory the core needs.
 //!
-//! (Bring-up stage: the core's dispatcher and abort policy are not yet
-//! integrated; until they are, the host runs without Stage-2, every
-//! hypercall answers `NotSupported` and every Stage-2 abort injects an SEA.)
+//! Invariants:
+//! - The engine is built once, by the boot CPU, before any other CPU starts,
+//!   and is shared read-only (`&Engine`, which is `Sync`) afterwards.
+//! - Its storage (page records, shards) is carved from the engine's own RAM
+//!   (`[image end, CARVEOUT_END)`) by a bump allocator that runs only then;
+//!   the whole carve-out except the host Stage-2 pool is declared reserved
+//!   (engine-owned), and the pool is handed to the core, which takes it.
 
-use isola_abi::Status;
+use core::cell::UnsafeCell;
+use core::mem::MaybeUninit;
 
+use isola::addr::PhysAddr;
+use isola::engine::{Engine, EngineConfig, EngineStorage, HostAbortAction};
+use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
+use isola::mem::PhysMem;
+use isola::ownership::{PageDb, PageRecord, Shard};
+use isola::stage2::S2Config;
+use isola::vm::VmSlot;
+use isola_sync::atomic::{AtomicBool, Ordering};
+
+use crate::cpu::{El2Arch, read_sysreg, write_sysreg_isb};
 use crate::exception::TrapFrame;
 use crate::fdt::Platform;
-use crate::layout::Sections;
+use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
 use crate::trap::AbortAction;
+use crate::world::{self, GuestStage2, Vector};
 
-/// Initialises the core with the machine's memory.
-pub fn init(_p: &Platform, _s: &Sections) -> Result<(), &'static str> {
+/// Page size.
+const PAGE: u64 = 4096;
+/// Ownership shards of 2 MiB: fine-grained locks for many CPUs.
+const SHARD_SHIFT: u32 = 21;
+/// Most VMs (live or awaiting reclaim).
+const VM_SLOTS: usize = 32;
+/// Guest IPAs at and above 3 GiB up to 4 GiB are the guests' MMIO window.
+const GUEST_MMIO: (u64, u64) = (0xC000_0000, 0x1_0000_0000);
+/// Shape of the host's and every VM's Stage-2 (one VTCR_EL2 for all).
+const S2: S2Config = S2Config::DEFAULT;
+
+static VMS: [VmSlot; VM_SLOTS] = [const { VmSlot::new() }; VM_SLOTS];
+
+struct EngineCell(UnsafeCell<MaybeUninit<Engine<El2Arch>>>);
+// SAFETY: written once by the boot CPU in `init` before `READY` is set and
+// before any other CPU starts; only shared references exist afterwards.
+unsafe impl Sync for EngineCell {}
+static ENGINE: EngineCell = EngineCell(UnsafeCell::new(MaybeUninit::uninit()));
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// The engine, once [`init`] has built it.
+pub fn engine() -> Option<&'static Engine<El2Arch>> {
+    // Acquire: pairs with the Release in `init`.
+    if !READY.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: `READY` is set only after the cell was initialised, and it is
+    // never written again.
+    Some(unsafe { (*ENGINE.0.get()).assume_init_ref() })
+}
+
+/// A bump allocator over the engine's free RAM, used only by `init`.
+struct Bump {
+    next: u64,
+    end: u64,
+}
+
+impl Bump {
+    fn take(&mut self, bytes: u64, align: u64) -> Result<u64, &'static str> {
+        let start = self
+            .next
+            .checked_add(align.wrapping_sub(1))
+            .ok_or("carve-out overflow")?
+            & !align.wrapping_sub(1);
+        let end = start.checked_add(bytes).ok_or("carve-out overflow")?;
+        if end > self.end {
+            return Err("the engine carve-out is too small for the core's storage");
+        }
+        self.next = end;
+        Ok(start)
+    }
+}
+
+/// Builds the core from the platform: RAM, the carve-out, the host's devices.
+pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
+    let mut ram = [(PhysAddr::new(0), 0_u64); crate::fdt::MAX_RAM];
+    for (slot, r) in ram.iter_mut().zip(p.ram()) {
+        *slot = (PhysAddr::new(r.base), r.size / PAGE);
+    }
+    let ram = ram.get(..p.ram_count).ok_or("RAM ranges")?;
+    // The host may touch every non-RAM address below RAM (QEMU virt's
+    // devices: GIC, UART, RTC, virtio, PCIe windows) and the redistributor
+    // regions above it.
+    let mut devices = [(PhysAddr::new(0), 0_u64); 1 + crate::fdt::MAX_GICR];
+    let mut ndev = 0_usize;
+    let low_end = p.ram().iter().map(|r| r.base).min().unwrap_or(0);
+    if let Some(slot) = devices.get_mut(ndev) {
+        *slot = (PhysAddr::new(0), low_end / PAGE);
+        ndev = ndev.saturating_add(1);
+    }
+    for r in p.gicr().iter().filter(|r| r.base >= low_end) {
+        if let Some(slot) = devices.get_mut(ndev) {
+            *slot = (PhysAddr::new(r.base & !0xfff), r.size.div_ceil(PAGE));
+            ndev = ndev.saturating_add(1);
+        }
+    }
+    let devices = devices.get(..ndev).ok_or("device ranges")?;
+
+    let (nshards, nrecords) = PageDb::requirements(ram, SHARD_SHIFT)
+        .ok_or("RAM layout too large for the page database")?;
+    let mut bump = Bump {
+        next: s.image_end,
+        end: CARVEOUT_END,
+    };
+    let shard_bytes = (core::mem::size_of::<Shard>() as u64)
+        .checked_mul(nshards as u64)
+        .ok_or("shards")?;
+    let shards_at = bump.take(shard_bytes, core::mem::align_of::<Shard>() as u64)?;
+    let record_bytes = (core::mem::size_of::<PageRecord>() as u64)
+        .checked_mul(nrecords as u64)
+        .ok_or("records")?;
+    let records_at = bump.take(record_bytes, PAGE)?;
+    let pool_pages = Engine::<El2Arch>::host_s2_pages_needed(S2, ram, devices);
+    let pool_at = bump.take(
+        pool_pages.checked_mul(PAGE).ok_or("pool")?,
+        S2.root_pages().saturating_mul(PAGE),
+    )?;
+    let pool_end = pool_at.wrapping_add(pool_pages.wrapping_mul(PAGE));
+
+    let shards_ptr = shards_at as *mut Shard;
+    for i in 0..nshards {
+        // SAFETY: `[shards_at, shards_at + shard_bytes)` is engine RAM just
+        // taken from the bump allocator (mapped read-write, aligned for
+        // `Shard`, referenced by nothing else).
+        unsafe { shards_ptr.add(i).write(Shard::new()) };
+    }
+    // SAFETY: every element was initialised above; the memory is never freed
+    // or otherwise accessed.
+    let shards: &'static [Shard] = unsafe { core::slice::from_raw_parts(shards_ptr, nshards) };
+    // SAFETY: as above: engine RAM, aligned (page), zeroed here before the
+    // reference is made (a zero record is a valid `u32` newtype), unique.
+    let records: &'static mut [PageRecord] = unsafe {
+        core::ptr::write_bytes(records_at as *mut u8, 0, record_bytes as usize);
+        core::slice::from_raw_parts_mut(records_at as *mut PageRecord, nrecords)
+    };
+
+    let reserved = [
+        (
+            PhysAddr::new(CARVEOUT_BASE),
+            pool_at.saturating_sub(CARVEOUT_BASE) / PAGE,
+        ),
+        (
+            PhysAddr::new(pool_end),
+            (CARVEOUT_END.saturating_sub(pool_end)) / PAGE,
+        ),
+    ];
+    let cfg = EngineConfig {
+        ram,
+        reserved: &reserved,
+        host_s2_pool: (PhysAddr::new(pool_at), pool_pages),
+        host_devices: devices,
+        shard_shift: SHARD_SHIFT,
+        vm_s2: S2,
+        host_s2: S2,
+        guest_mmio: GUEST_MMIO,
+    };
+    let limit = p.ram().iter().filter_map(|r| r.end()).max().unwrap_or(0);
+    // SAFETY: the EL2 map (installed before this call) maps all RAM below
+    // `limit` identically and read-write, for the rest of the run; the
+    // engine's image, stacks and statics are in the carve-out, which is
+    // declared reserved above and so never handed out.
+    let mem = unsafe { PhysMem::identity(limit) };
+    let storage = EngineStorage {
+        shards,
+        records,
+        vms: &VMS,
+    };
+    let engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
+        isola::engine::InitError::Db(_) => "page database rejected the RAM layout",
+        isola::engine::InitError::BadReserved => "bad reserved range",
+        isola::engine::InitError::BadHostPool => "bad host Stage-2 pool",
+        isola::engine::InitError::BadDevices => "bad host device ranges",
+        isola::engine::InitError::BadVmTable => "bad VM table",
+        isola::engine::InitError::BadGuestMmio => "bad guest MMIO window",
+        isola::engine::InitError::BadWindow => "memory window does not cover RAM",
+    })?;
+    // SAFETY: only the boot CPU runs, and `READY` is clear, so no reference
+    // to the cell exists.
+    unsafe { (*ENGINE.0.get()).write(engine) };
+    // Release: publishes the engine to every CPU that later reads `READY`.
+    READY.store(true, Ordering::Release);
+    crate::console::say!(
+        "core ready: {nrecords} pages of RAM in {nshards} shards, host Stage-2 pool of {pool_pages} pages"
+    );
     Ok(())
 }
 
-/// Installs the host's Stage-2 on this CPU; returns the HCR_EL2 value.
+/// VTCR_EL2 for the (shared) Stage-2 shape: 4 KiB granule, write-back
+/// inner-shareable walks, PS = the implemented PA size (capped at 48 bits),
+/// 8-bit VMIDs, RES1 bit 31.
+fn vtcr() -> u64 {
+    let parange = (read_sysreg!("id_aa64mmfr0_el1") & 0xf).min(0b101);
+    S2.vtcr_t0sz()
+        | S2.vtcr_sl0() << 6
+        | 0b01 << 8
+        | 0b01 << 10
+        | 0b11 << 12
+        | parange << 16
+        | 1 << 31
+}
+
+/// Installs the host's Stage-2 on this CPU; returns the HCR_EL2 value for
+/// running the host.
 pub fn prepare_host_cpu() -> Result<u64, &'static str> {
-    Ok(crate::host::HCR_HOST)
+    let e = engine().ok_or("the core is not initialised")?;
+    // SAFETY: the host's Stage-2 root is owned by the engine and valid for
+    // the rest of the run; no lower EL runs on this CPU while it changes,
+    // and the TLB is cleaned of stale entries of this VMID below.
+    unsafe {
+        write_sysreg_isb!("vtcr_el2", vtcr());
+        write_sysreg_isb!("vttbr_el2", e.host_vttbr());
+        core::arch::asm!(
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            options(nostack, preserves_flags)
+        );
+    }
+    Ok(crate::host::HCR_HOST | crate::host::HCR_VM)
 }
 
-/// A host `hvc`.
+/// A host `hvc #0`: the core's dispatcher decides; `VcpuRun` runs the
+/// vCPU here through the world switch until the core says to go back to the
+/// host.
 pub fn host_hypercall(frame: &mut TrapFrame) {
-    frame.set_reg(0, Status::NotSupported.raw());
+    let Some(e) = engine() else {
+        frame.set_reg(0, isola_abi::Status::NotSupported.raw());
+        return;
+    };
+    let mut regs = [0_u64; 7];
+    for (i, r) in regs.iter_mut().enumerate() {
+        *r = frame.reg(i);
+    }
+    let cpu = u32::try_from(crate::cpu::cpu_index()).unwrap_or(u32::MAX);
+    match e.host_call(cpu, &mut regs) {
+        HostCallOutcome::Done => {}
+        HostCallOutcome::Run(vcpu) => run_vcpu(e, vcpu, &mut regs),
+    }
+    for (i, r) in regs.iter().enumerate() {
+        frame.set_reg(i, *r);
+    }
 }
 
-/// A host Stage-2 abort.
-pub fn host_abort(_ipa: u64, _write: bool, _exec: bool, _esr: u64) -> AbortAction {
-    AbortAction::InjectSea
+/// Runs a loaded vCPU until an exit the core sends to the host.
+fn run_vcpu(e: &Engine<El2Arch>, vcpu: LoadedVcpu, regs: &mut [u64; 7]) {
+    let vttbr = vcpu.vttbr();
+    let stage2 = GuestStage2::new(
+        vttbr & 0x0000_ffff_ffff_fffe,
+        (vttbr >> 48) as u16,
+        u64::from(vcpu.index()),
+    );
+    loop {
+        // SAFETY: the core loaded this vCPU on this CPU (`vcpu_load` in
+        // `host_call`) and it stays loaded until `finish_run`; its context
+        // page and Stage-2 belong to the VM's pool, which cannot be freed
+        // while a vCPU is loaded (`VmDestroy` fails `Busy`); we are at EL2
+        // with interrupts masked.
+        let exit = unsafe { world::enter_guest(vcpu.context(), stage2) };
+        let trap = match exit.vector {
+            Vector::Irq | Vector::Fiq => Trap::Irq,
+            // Synchronous exceptions, and anything the engine does not
+            // handle (SError, AArch32): the core judges the syndrome.
+            Vector::Sync | Vector::SError | Vector::Aarch32 => Trap::Sync {
+                esr: exit.esr,
+                far: exit.far,
+                hpfar: exit.hpfar,
+            },
+        };
+        match e.guest_exit(&vcpu, trap) {
+            GuestExitAction::Resume => {}
+            GuestExitAction::ExitToHost(x) => {
+                e.finish_run(vcpu, x, regs);
+                return;
+            }
+        }
+    }
+}
+
+/// A host Stage-2 abort: the core maps the page or says no.
+pub fn host_abort(esr: u64, far: u64, hpfar: u64) -> AbortAction {
+    match engine().map(|e| e.host_abort(esr, far, hpfar)) {
+        Some(HostAbortAction::Retry) => AbortAction::Retry,
+        Some(HostAbortAction::InjectSea) | None => AbortAction::InjectSea,
+    }
 }

@@ -34,8 +34,6 @@ const ESR_IL: u64 = 1 << 25;
 const ISS_WNR: u64 = 1 << 6;
 /// Fault status code: synchronous external abort, not on a table walk.
 const FSC_SEA: u64 = 0x10;
-/// HPFAR_EL2.FIPA occupies bits 43:4 and holds IPA bits 51:12.
-const HPFAR_FIPA_MASK: u64 = 0x0000_0fff_ffff_fff0;
 
 /// Handles one synchronous trap from a lower EL.
 pub fn handle(frame: &mut TrapFrame) {
@@ -56,9 +54,8 @@ pub fn handle(frame: &mut TrapFrame) {
         }
         class @ (ec::DABT_LOWER | ec::IABT_LOWER) => {
             let far = read_sysreg!("far_el2");
-            let ipa = (read_sysreg!("hpfar_el2") & HPFAR_FIPA_MASK) << 8 | (far & 0xfff);
-            let write = class == ec::DABT_LOWER && esr & ISS_WNR != 0;
-            match crate::engine::host_abort(ipa, write, class == ec::IABT_LOWER, esr) {
+            let hpfar = read_sysreg!("hpfar_el2");
+            match crate::engine::host_abort(esr, far, hpfar) {
                 AbortAction::Retry => {}
                 AbortAction::InjectSea => inject_sea(class, esr, far),
             }

@@ -280,12 +280,9 @@ fn engine_boot(smp: u32) -> Vec<Expect> {
         line(format!(
             "isola: device tree at 0x40000000 (1048576 bytes): {smp} CPUs, 2048 MiB RAM, PSCI via smc, GICv3, PL011 at 0x9000000"
         )),
-        line(format!(
-            "isola: EL2 stage-1 map on ({} of 48 tables): text RX, rodata R, data RW, stack guards unmapped",
-            if smp > 123 { 14 } else { 13 }
-        )),
+        line("isola: EL2 stage-1 map on: text RX, rodata R, data RW, stack guards unmapped"),
     ];
-    e.extend(core_ready());
+    e.extend(core_ready(smp));
     e.push(line("isola: cpu 0 up at EL2 (mpidr 0x0)"));
     e.push(Expect::AnyOrder(
         (1..smp)
@@ -304,9 +301,15 @@ fn engine_boot(smp: u32) -> Vec<Expect> {
     e
 }
 
-/// The core's line once it is built (empty until the core is wired in).
-fn core_ready() -> Vec<Expect> {
-    Vec::new()
+/// The core's line once it is built: all of `-m 2G` in 2 MiB shards, and
+/// the host Stage-2 pool sized for 4 KiB mappings of RAM and devices.
+fn core_ready(smp: u32) -> Vec<Expect> {
+    // More than 123 CPUs put a second redistributor region at 256 GiB, whose
+    // 4 KiB mappings need tables of their own.
+    let pool = if smp > 123 { 1544 } else { 1541 };
+    vec![line(format!(
+        "isola: core ready: 524288 pages of RAM in 1024 shards, host Stage-2 pool of {pool} pages"
+    ))]
 }
 
 /// The host's first lines on CPU 0.
@@ -376,10 +379,14 @@ fn badcall_story(smp: u32) -> Vec<Expect> {
     let mut e = engine_boot(smp);
     e.extend(host_start(smp, "badcall"));
     e.extend([
+        line("host: VmCreate with 16 pool pages at 0x50000000 -> Success"),
         line("host: bad hypercall (unknown function id 0xc60000ff) -> NotSupported"),
         line("host: bad hypercall (guest call id from the host) -> NotSupported"),
-        line("host: bad hypercall (Donate of an engine page) -> NotFound"),
-        line("host: bad hypercall (Donate of 0xfffffffff000) -> NotFound"),
+        line("host: bad hypercall (Donate of an engine page) -> NotOwner"),
+        line("host: bad hypercall (Donate of 0xfffffffff000) -> InvalidArgument"),
+        line("host: bad hypercall (Donate to a VM that does not exist) -> NotFound"),
+        line("host: bad hypercall (VmCreate with an engine page as pool) -> NotOwner"),
+        line("host: VmDestroy -> Success"),
     ]);
     e.extend(clean_end());
     e

@@ -448,9 +448,28 @@ fn probe() {
     }
 }
 
-/// Hypercalls the engine must refuse, with the status each gets.
+/// Host RAM the bad-call test lends a VM as its pool (well above the
+/// payload and its stacks).
+const POOL: u64 = 0x5000_0000;
+const POOL_PAGES: u64 = 16;
+
+/// Hypercalls the engine must refuse, with the status each gets. A real VM
+/// exists meanwhile, so the page checks are reached (the core checks the
+/// handle before ownership).
 fn bad_calls() {
-    let cases: [(&str, u64, [u64; 4]); 4] = [
+    let [s, handle, ..] = hvc(HostCall::VmCreate as u64, POOL, POOL_PAGES, 1, 0);
+    say!(
+        "VmCreate with {POOL_PAGES} pool pages at {POOL:#x} -> {}",
+        status_name(s)
+    );
+    if s != Status::Success.raw() {
+        fail(format_args!("VmCreate failed"));
+        return;
+    }
+    let donate = HostCall::Donate as u64;
+    let ipa = 0x1000_0000;
+    let r = isola_abi::perms::R;
+    let cases: [(&str, u64, [u64; 4]); 6] = [
         ("unknown function id 0xc60000ff", 0xC600_00FF, [0; 4]),
         (
             "guest call id from the host",
@@ -459,13 +478,23 @@ fn bad_calls() {
         ),
         (
             "Donate of an engine page",
-            HostCall::Donate as u64,
-            [1, ENGINE_PROBE, 0x1000_0000, 1],
+            donate,
+            [handle, ENGINE_PROBE, ipa, r],
         ),
         (
             "Donate of 0xfffffffff000",
-            HostCall::Donate as u64,
-            [1, 0xFFFF_FFFF_F000, 0x1000_0000, 1],
+            donate,
+            [handle, 0xFFFF_FFFF_F000, ipa, r],
+        ),
+        (
+            "Donate to a VM that does not exist",
+            donate,
+            [handle ^ 0x5a5a_0000, POOL + 0x10_0000, ipa, r],
+        ),
+        (
+            "VmCreate with an engine page as pool",
+            HostCall::VmCreate as u64,
+            [ENGINE_PROBE, 4, 1, 0],
         ),
     ];
     for (what, fid, a) in cases {
@@ -474,6 +503,11 @@ fn bad_calls() {
         if s == Status::Success.raw() {
             fail(format_args!("{what} succeeded"));
         }
+    }
+    let [s, ..] = hvc(HostCall::VmDestroy as u64, handle, 0, 0, 0);
+    say!("VmDestroy -> {}", status_name(s));
+    if s != Status::Success.raw() {
+        fail(format_args!("VmDestroy failed"));
     }
 }
 
