@@ -435,3 +435,47 @@ fn records_are_four_bytes_and_vm_slots_small() {
     println!("PageRecord: 4 bytes/page; VmSlot: {slot} bytes/VM; vCPU context: 1 pool page");
     assert!(slot <= 512, "VM slot is {slot} bytes");
 }
+
+#[test]
+fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    let page = host.page(40);
+    host.ok(HostCall::Share, [vm, page, GUEST_RAM + 0x3000, perms::R]);
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Vm as u64, vm, 0, 0]),
+        [0, 1, 8]
+    );
+    assert_eq!(
+        host.call(HostCall::Unshare, [vm, host.page(41), 0, 0]).0,
+        Status::NotOwner
+    );
+    assert_eq!(
+        host.call(HostCall::Donate, [vm, page, GUEST_RAM, perms::R])
+            .0,
+        Status::NotOwner
+    );
+    host.engine.arch().clear();
+    host.ok(HostCall::Unshare, [vm, page, 0, 0]);
+    let mut ev = Vec::new();
+    host.engine.arch().for_each(|e| ev.push(e));
+    check_break_before_make(ev.iter().copied()).unwrap();
+    assert!(ev.contains(&ArchEvent::TlbiIpa {
+        vmid: Vmid(1),
+        ipa: Ipa::new(GUEST_RAM + 0x3000)
+    }));
+    assert_eq!(
+        host.engine
+            .vm_translate(vm, Ipa::new(GUEST_RAM + 0x3000))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        host.ok(HostCall::Accounting, [Accounting::Vm as u64, vm, 0, 0]),
+        [0, 0, 8]
+    );
+    assert_eq!(
+        host.engine.page(PhysAddr::new(page)),
+        Some(PageRecord::HOST)
+    );
+}

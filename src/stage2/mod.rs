@@ -131,11 +131,16 @@ pub trait TableAlloc {
     fn alloc_table(&mut self, mem: &PhysMem) -> Option<PhysAddr>;
     /// Returns a page that no walker can reach any more.
     fn free_table(&mut self, mem: &PhysMem, pa: PhysAddr);
+    /// Pages `alloc_table` can still hand out.
+    fn available(&self) -> u64;
 }
 
 impl TableAlloc for PagePool {
     fn alloc_table(&mut self, mem: &PhysMem) -> Option<PhysAddr> {
         self.alloc(mem)
+    }
+    fn available(&self) -> u64 {
+        self.free()
     }
     fn free_table(&mut self, mem: &PhysMem, pa: PhysAddr) {
         // A page that was allocated from this pool is in the window, so the
@@ -308,8 +313,9 @@ impl Stage2 {
     /// "map it" use this and then [`Stage2::install_leaf`].
     ///
     /// `AlreadyMapped` if a leaf at or above `level` covers `ipa` (or, at
-    /// `level < 3`, a table is in the way); `NoMemory` if a table page is
-    /// needed and the pool is empty (tables built so far stay, empty).
+    /// `level < 3`, a table is in the way); `NoMemory` if the pool holds
+    /// fewer pages than the missing tables, in which case nothing is
+    /// allocated or written (a failed call leaves the pool as it was).
     pub fn prepare_leaf<A: Arch, T: TableAlloc>(
         &self,
         mem: &PhysMem,
@@ -324,6 +330,35 @@ impl Stage2 {
         if !ipa.is_aligned(block_size(level)) || !self.in_range(ipa) {
             return Err(S2Error::OutOfRange);
         }
+        // First pass: how many tables are missing (and is anything in the way)?
+        let mut table = self.root;
+        let mut cur = self.cfg.start_level;
+        let mut missing = 0u64;
+        while cur < level {
+            let d = Self::read(mem, self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?);
+            if !d.is_valid() {
+                missing = u64::from(level.wrapping_sub(cur));
+                break;
+            }
+            if !d.is_table(cur) {
+                return Err(S2Error::AlreadyMapped);
+            }
+            table = d.addr();
+            cur = cur.wrapping_add(1);
+        }
+        if missing == 0
+            && Self::read(
+                mem,
+                self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?,
+            )
+            .is_valid()
+        {
+            return Err(S2Error::AlreadyMapped);
+        }
+        if missing > alloc.available() {
+            return Err(S2Error::NoMemory);
+        }
+        // Second pass: build them.
         let mut table = self.root;
         let mut cur = self.cfg.start_level;
         while cur < level {

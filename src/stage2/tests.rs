@@ -148,6 +148,23 @@ fn tables_come_from_pool_and_all_return() {
         ),
         Err(S2Error::NoMemory)
     );
+    // A failed map allocates nothing.
+    let (mem2, mut pool2, s2b) = setup(3);
+    let r = s2b.map(
+        &mem2,
+        &arch,
+        &mut pool2,
+        Ipa::new(0),
+        pa,
+        3,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    );
+    assert_eq!(
+        (r, pool2.free(), s2b.table_pages(&mem2)),
+        (Err(S2Error::NoMemory), 1, 0)
+    );
     s2.free_tables(&mem, &mut pool);
     assert_eq!(pool.free(), free0 + 2, "every table and both root pages");
 }
