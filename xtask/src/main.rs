@@ -6,6 +6,7 @@
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
 //! when it can.
 
+mod linux;
 mod qemu;
 
 use std::process::{Command, ExitCode};
@@ -31,8 +32,12 @@ fn main() -> ExitCode {
             ensure_qemu()?;
             qemu::run_main_job(smp)
         }),
+        Some("linux") => ensure_qemu().and_then(|()| linux::main(&args[1..])),
         Some("test") => test_all(),
-        _ => Err("usage: cargo xtask run [--smp N] | cargo xtask test".to_string()),
+        _ => Err(
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--bare] | cargo xtask test"
+                .to_string(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,6 +60,11 @@ fn smp_arg(args: &[String]) -> Result<u32, String> {
     }
 }
 
+/// How a step's error starts when it could not run here at all (say, the
+/// Debian archive is unreachable): the step is reported as skipped, by name,
+/// never as passed, and later steps still run.
+pub const SKIPPED: &str = "SKIPPED: ";
+
 /// One step of the test command.
 struct Step {
     name: &'static str,
@@ -63,17 +73,45 @@ struct Step {
 
 fn test_all() -> Result<(), String> {
     let steps = [
-        Step { name: "qemu installed", run: ensure_qemu },
-        Step { name: "rustfmt --check", run: fmt_check },
-        Step { name: "clippy (host)", run: clippy_host },
-        Step { name: "clippy (aarch64-unknown-none)", run: clippy_target },
-        Step { name: "host unit and property tests", run: host_tests },
-        Step { name: "loom model checks", run: loom_tests },
-        Step { name: "miri (sync, percpu)", run: miri_tests },
-        Step { name: "booted QEMU tests", run: qemu::booted_tests },
+        Step {
+            name: "qemu installed",
+            run: ensure_qemu,
+        },
+        Step {
+            name: "rustfmt --check",
+            run: fmt_check,
+        },
+        Step {
+            name: "clippy (host)",
+            run: clippy_host,
+        },
+        Step {
+            name: "clippy (aarch64-unknown-none)",
+            run: clippy_target,
+        },
+        Step {
+            name: "host unit and property tests",
+            run: host_tests,
+        },
+        Step {
+            name: "loom model checks",
+            run: loom_tests,
+        },
+        Step {
+            name: "miri (sync, percpu)",
+            run: miri_tests,
+        },
+        Step {
+            name: "booted QEMU tests",
+            run: qemu::booted_tests,
+        },
+        Step {
+            name: "booted Linux host (Debian arm64 kernel, -smp 8)",
+            run: linux::booted_test,
+        },
     ];
     let started = Instant::now();
-    let (mut passed, mut failed) = (0, 0);
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for step in &steps {
         println!("\n==> {}", step.name);
         let t = Instant::now();
@@ -82,17 +120,29 @@ fn test_all() -> Result<(), String> {
                 passed += 1;
                 println!("<== {}: ok ({:.1} s)", step.name, t.elapsed().as_secs_f64());
             }
+            Err(e) if e.starts_with(SKIPPED) => {
+                skipped += 1;
+                println!("<== {}: {e}", step.name);
+            }
             Err(e) => {
                 failed += 1;
-                println!("<== {}: FAILED ({:.1} s): {e}", step.name, t.elapsed().as_secs_f64());
+                println!(
+                    "<== {}: FAILED ({:.1} s): {e}",
+                    step.name,
+                    t.elapsed().as_secs_f64()
+                );
                 // Later steps build on earlier ones; stop at the first failure.
                 break;
             }
         }
     }
     println!("\nxtask test took {:.0} s", started.elapsed().as_secs_f64());
-    println!("steps: {passed} passed, {failed} failed");
-    if failed == 0 { Ok(()) } else { Err(format!("{failed} step(s) failed")) }
+    println!("steps: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} step(s) failed"))
+    }
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -106,15 +156,23 @@ pub fn root() -> std::path::PathBuf {
 /// A `cargo` command in the workspace root, with no RUSTFLAGS leaking in.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root()).env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
+    c.current_dir(root())
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
     c
 }
 
 /// Runs a command to completion, inheriting the console.
 pub fn run(mut cmd: Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().map_err(|e| format!("could not start {shown}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("{shown} exited with {status}")) }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} exited with {status}"))
+    }
 }
 
 fn excluding_target_only(c: &mut Command) {
@@ -203,15 +261,23 @@ pub fn ensure_qemu() -> Result<(), String> {
         run(update)?;
         let mut install = Command::new("apt-get");
         install
-            .args(["install", "-y", "-q", "--no-install-recommends", "qemu-system-arm"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "qemu-system-arm",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive");
         run(install)?;
         if have("qemu-system-aarch64") {
             return Ok(());
         }
     }
-    Err("qemu-system-aarch64 (QEMU >= 7.2) is required and could not be installed here: \
+    Err(
+        "qemu-system-aarch64 (QEMU >= 7.2) is required and could not be installed here: \
          install it with `sudo apt-get install qemu-system-arm` (Debian/Ubuntu) or \
          `sudo dnf install qemu-system-aarch64` (Fedora), then run again"
-        .to_string())
+            .to_string(),
+    )
 }
