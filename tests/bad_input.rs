@@ -19,11 +19,14 @@ use isola_abi::{GuestCall, HostCall, Status};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 
+/// One VM as observed: handle, mappings (ipa, pa, perms, borrowed), usage, vCPU states.
+type VmView = (u64, Vec<(u64, u64, u64, bool)>, [u64; 3], Vec<String>);
+
 /// Everything a caller could observe, as comparable data.
 #[derive(Debug, PartialEq, Eq)]
 struct Snapshot {
     records: Vec<u32>,
-    vms: Vec<(u64, Vec<(u64, u64, u64, bool)>, [u64; 3], Vec<String>)>,
+    vms: Vec<VmView>,
 }
 
 fn snapshot(e: &Engine<NoopArch>) -> Snapshot {
@@ -104,7 +107,7 @@ fn pick(
     kind: u8,
     raw: u64,
 ) -> u64 {
-    let k = if kind % 4 != 0 {
+    let k = if !kind.is_multiple_of(4) {
         natural(id, pos)
     } else {
         kind / 2
@@ -134,7 +137,7 @@ fn arg(spec: &MachineSpec, handles: &[u64], kind: u8, raw: u64) -> u64 {
             .unwrap_or(&raw),
         2 => {
             // Mostly a few pages, so calls collide on the same pages.
-            let i = if raw % 8 == 0 {
+            let i = if raw.is_multiple_of(8) {
                 raw % (spec.ram_pages + 4)
             } else {
                 8 + (raw >> 3) % 12
@@ -330,8 +333,8 @@ fn unknown_ids_are_not_supported_on_both_sides() {
     let e = spec.build(NoopArch);
     for id in [
         0u64,
-        0xC600_000b,
-        0xC600_0100,
+        0xc600_000b,
+        0xc600_0100,
         0x8400_0000,
         u64::from(u32::MAX),
     ] {
@@ -356,7 +359,7 @@ fn unknown_ids_are_not_supported_on_both_sides() {
     let HostCallOutcome::Run(l) = e.host_call(0, &mut r) else {
         panic!()
     };
-    for id in [HostCall::Donate as u64, 0xC600_0105, 0x8400_0000] {
+    for id in [HostCall::Donate as u64, 0xc600_0105, 0x8400_0000] {
         assert_eq!(
             e.guest_hvc(&l, [id, 1, 2, 3, 4, 5, 6]),
             GuestExitAction::Resume
