@@ -237,7 +237,8 @@ fn probe_read(ipa: u64) -> Result<u64, u64> {
             options(nostack),
         );
     }
-    if fault == 0 {
+    // Still armed (1): no exception; else the handler stored ESR | 1 << 63.
+    if fault == 1 {
         Ok(value)
     } else {
         Err(fault & !(1 << 63))
@@ -259,7 +260,7 @@ fn probe_write(ipa: u64, value: u64) -> Result<(), u64> {
             options(nostack),
         );
     }
-    if fault == 0 {
+    if fault == 1 {
         Ok(())
     } else {
         Err(fault & !(1 << 63))

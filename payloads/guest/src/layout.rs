@@ -44,12 +44,15 @@ pub const DEMAND_IPA: u64 = 0x4100_0000;
 /// (from `IPA_BASE`); a fault outside it stops the vCPU. It reaches past the
 /// host's own RAM on purpose: a guest that names another VM's (or the
 /// engine's) physical address gets a fresh page of its own there.
-pub const DEMAND_LIMIT: u64 = 0x1_0000_0000;
+pub const DEMAND_LIMIT: u64 = 0xC000_0000;
 
 /// The emulated console: a byte written to `CONSOLE_IPA + CONSOLE_DATA` is a
 /// character; a read of `CONSOLE_IPA + CONSOLE_COUNTER` returns a per-VM value
-/// that increases by one on every read.
-pub const CONSOLE_IPA: u64 = 0x0900_0000;
+/// that increases by one on every read. It lies in the engine's guest MMIO
+/// window, `[0xC000_0000, 0x1_0000_0000)` (boot/src/engine.rs): an access
+/// there exits to the host as `Exit::Mmio`; anywhere else unmapped it is a
+/// `MemFault`.
+pub const CONSOLE_IPA: u64 = 0xC000_0000;
 /// Offset of the console's data register (write, 1 byte).
 pub const CONSOLE_DATA: u64 = 0x0;
 /// Offset of the console's counter register (read, 8 bytes).

@@ -359,7 +359,7 @@ mod tests {
         assert!(layout::SHARE_IPA + layout::MAX_VCPUS * page <= layout::BORROW_IPA);
         assert!(layout::BORROW_IPA + page <= layout::DEMAND_IPA);
         assert!(layout::DEMAND_IPA + layout::MAX_VCPUS * page <= layout::DEMAND_LIMIT);
-        assert!(layout::CONSOLE_IPA + 0x1000 <= layout::IPA_BASE);
+        assert!(layout::DEMAND_LIMIT <= layout::CONSOLE_IPA);
     };
 
     #[test]

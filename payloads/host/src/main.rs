@@ -22,6 +22,9 @@
 #[path = "../../../boot/src/fdt.rs"]
 mod fdt;
 
+/// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
+mod vms;
+
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
@@ -379,6 +382,12 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if all || test == "badcall" {
         bad_calls();
     }
+    if all || test == "vms" {
+        let entry = host_secondary_entry as *const () as u64;
+        if !vms::main(p.cpus(), entry, line) {
+            fail(format_args!("the VM test failed"));
+        }
+    }
     match FAILURES.load(Ordering::Relaxed) {
         0 => say!("verdict: PASS"),
         n => say!("verdict: {n} check(s) FAILED"),
@@ -421,6 +430,7 @@ fn smp(p: &fdt::Platform) {
 #[unsafe(no_mangle)]
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
+    vms::secondary(i, line);
     version_line(i);
     if let Some(flag) = REPORTED.get(i) {
         flag.store(true, Ordering::Release);

@@ -40,7 +40,13 @@ pub const POOL_END: u64 = 0xb000_0000;
 pub const VCPUS: usize = 4;
 /// Most ordinary VMs (the engine's table has 255 slots; two more VMs are the
 /// attacker and the power-off VM).
-pub const MAX_VMS: usize = 252;
+pub const MAX_VMS: usize = 251;
+/// Record index of the attacker VM.
+const ATTACKER_VM: usize = MAX_VMS;
+/// Record index of the VM that powers itself off.
+const POWER_VM: usize = MAX_VMS + 1;
+/// Record index of the VM that resets itself.
+const RESET_VM: usize = MAX_VMS + 2;
 /// Pool pages donated at `VmCreate` (metadata, contexts, Stage-2 tables).
 const POOL_PAGES: u64 = 32;
 /// Random host calls each CPU makes while guests run.
@@ -63,8 +69,10 @@ const ATTACKER: [Role; 6] = [
 ];
 /// The attacker's vCPU that spins for the running-vCPU attacks.
 const SPIN_INDEX: usize = 5;
-/// The power VM's vCPUs.
-const POWER: [Role; 2] = [Role::SystemOff, Role::SystemReset];
+/// The power VMs' vCPUs: one each, since after `SYSTEM_OFF` (or
+/// `SYSTEM_RESET`) the engine runs no vCPU of that VM again.
+const POWER: [Role; 1] = [Role::SystemOff];
+const RESET: [Role; 1] = [Role::SystemReset];
 /// An ordinary VM's vCPUs.
 const ORDINARY: [Role; VCPUS] = [Role::Checksum, Role::Mmio, Role::Share, Role::Demand];
 /// Most vCPUs any VM here has.
@@ -197,10 +205,8 @@ static PRINT: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
 #[unsafe(no_mangle)]
 extern "C" fn vms_unexpected_exception(esr: u64, elr: u64) {
-    let p = PRINT.load(Ordering::Acquire);
-    if !p.is_null() {
-        // SAFETY: `PRINT` only ever holds a `Print` stored by `run`.
-        let print: Print = unsafe { core::mem::transmute::<*mut (), Print>(p) };
+    // Not under the print lock: this CPU may hold it already.
+    if let Some(print) = printer() {
         print(format_args!(
             "vms: FAIL unexpected exception at EL1 (ESR {esr:#x}, ELR {elr:#x}); CPU stops"
         ));
@@ -399,9 +405,10 @@ impl Vm {
     }
 }
 
-/// Every VM: ordinary ones first, then the attacker, then the power VM.
+/// Every VM record: ordinary VMs from 0, the attacker at [`ATTACKER_VM`],
+/// the power VM at [`POWER_VM`].
 struct World {
-    vms: [Vm; MAX_VMS + 2],
+    vms: [Vm; MAX_VMS + 3],
 }
 
 // SAFETY: the `UnsafeCell`s inside are reached only by the CPU that holds the
@@ -409,7 +416,7 @@ struct World {
 unsafe impl Sync for World {}
 
 static WORLD: World = World {
-    vms: [const { Vm::new() }; MAX_VMS + 2],
+    vms: [const { Vm::new() }; MAX_VMS + 3],
 };
 
 /// Next free page of the pool.
@@ -418,7 +425,7 @@ static NEXT_PAGE: AtomicU64 = AtomicU64::new(POOL_BASE);
 static FAILURES: AtomicU32 = AtomicU32::new(0);
 /// Checks made.
 static CHECKS: AtomicU32 = AtomicU32::new(0);
-/// VMs in use (ordinary ones); the attacker is at `n`, the power VM at `n + 1`.
+/// Ordinary VMs in use (records `0..VM_COUNT`).
 static VM_COUNT: AtomicUsize = AtomicUsize::new(0);
 /// vCPUs the general scheduler runs, and how many of them are done.
 static RUNNABLE: AtomicUsize = AtomicUsize::new(0);
@@ -508,10 +515,32 @@ fn is_sea(esr: u64) -> bool {
 
 /// Allocates `n` contiguous pool pages.
 fn alloc(n: u64) -> Option<u64> {
-    let bytes = n.checked_mul(PAGE_SIZE)?;
-    let pa = NEXT_PAGE.fetch_add(bytes, Ordering::Relaxed);
-    (pa.checked_add(bytes)? <= POOL_END).then_some(pa)
+    alloc_aligned(n, PAGE_SIZE)
 }
+
+/// Allocates `n` contiguous pool pages starting at a multiple of `align`
+/// (a power of two): a VM's pool starts with its Stage-2 root, which the
+/// engine needs aligned to the root's (possibly concatenated) size.
+fn alloc_aligned(n: u64, align: u64) -> Option<u64> {
+    let bytes = n.checked_mul(PAGE_SIZE)?;
+    let mask = align.checked_sub(1)?;
+    let mut next = NEXT_PAGE.load(Ordering::Relaxed);
+    loop {
+        let pa = next.checked_add(mask)? & !mask;
+        let end = pa.checked_add(bytes)?;
+        if end > POOL_END {
+            return None;
+        }
+        match NEXT_PAGE.compare_exchange_weak(next, end, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return Some(pa),
+            Err(now) => next = now,
+        }
+    }
+}
+
+/// Alignment of a VM's pool: enough for a root of up to 16 concatenated
+/// tables, the most VMSAv8-64 allows.
+const POOL_ALIGN: u64 = 16 * PAGE_SIZE;
 
 /// Fills a page with `f(word index)` and cleans it to memory.
 fn fill(pa: u64, f: impl Fn(u64) -> u64) -> bool {
@@ -529,8 +558,112 @@ fn page_is_zero(pa: u64) -> bool {
 // ---------------------------------------------------------------------------
 // The test.
 
+/// CPUs taking part while the test runs (0 when it does not).
+static JOIN: AtomicUsize = AtomicUsize::new(0);
+/// Set by the boot CPU once every other CPU was started: 1 = go, 2 = give up.
+static GO: AtomicU32 = AtomicU32::new(0);
+
+/// PSCI through the engine's relay (`smc`, trapped to EL2).
+fn psci(id: u32, a1: u64, a2: u64, a3: u64) -> i64 {
+    let mut r0 = u64::from(id);
+    // SAFETY: the engine relays PSCI to firmware; the call may power CPUs on
+    // or off but touches no memory of this payload. SMCCC lets it clobber
+    // x1..x17, all declared.
+    unsafe {
+        asm!("smc #0", inout("x0") r0, inout("x1") a1 => _, inout("x2") a2 => _,
+             inout("x3") a3 => _, out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+             out("x8") _, out("x9") _, out("x10") _, out("x11") _, out("x12") _,
+             out("x13") _, out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+             options(nostack));
+    }
+    r0 as i64
+}
+
+/// PSCI `AFFINITY_INFO` (SMC64).
+const AFFINITY_INFO: u32 = 0xC400_0004;
+
+/// The boot CPU's part: starts every other CPU (`mpidrs[i]`, the boot CPU
+/// first) at the host's secondary `entry` with context id `i` through PSCI
+/// `CPU_ON`, runs the test on all of them, and waits until they are off
+/// again. Returns whether every check passed.
+pub fn main(mpidrs: &[u64], entry: u64, print: Print) -> bool {
+    let cpus = mpidrs.len().max(1);
+    PRINT.store(print as *mut (), Ordering::Release);
+    JOIN.store(cpus, Ordering::Release);
+    let mut started = true;
+    for (i, &mpidr) in mpidrs.iter().enumerate().skip(1) {
+        let r = psci(isola_abi::psci::CPU_ON, mpidr, entry, i as u64);
+        if r != 0 {
+            locked(format_args!(
+                "vms: FAIL PSCI CPU_ON of cpu {i} returned {r}"
+            ));
+            started = false;
+        }
+    }
+    if !started {
+        FAILURES.fetch_add(1, Ordering::Relaxed);
+        GO.store(2, Ordering::Release);
+        return false;
+    }
+    GO.store(1, Ordering::Release);
+    let ok = run(0, cpus, print);
+    for &mpidr in mpidrs.iter().skip(1) {
+        while psci(AFFINITY_INFO, mpidr, 0, 0) != 1 {
+            core::hint::spin_loop();
+        }
+    }
+    JOIN.store(0, Ordering::Release);
+    ok
+}
+
+/// A secondary CPU's part, called first thing on every CPU the host starts.
+/// Returns at once unless [`main`] started this CPU for the test; then it
+/// takes part and turns the CPU off (never returning).
+pub fn secondary(index: usize, print: Print) {
+    let cpus = JOIN.load(Ordering::Acquire);
+    if cpus == 0 {
+        return;
+    }
+    let go = loop {
+        match GO.load(Ordering::Acquire) {
+            0 => core::hint::spin_loop(),
+            g => break g,
+        }
+    };
+    if go == 1 {
+        run(index, cpus, print);
+    }
+    loop {
+        psci(isola_abi::psci::CPU_OFF, 0, 0, 0);
+    }
+}
+
+/// Keeps this module's lines whole when several CPUs print.
+static PRINT_LOCK: AtomicU32 = AtomicU32::new(0);
+
+/// The stored printer, if `run` has stored one.
+fn printer() -> Option<Print> {
+    let p = PRINT.load(Ordering::Acquire);
+    // SAFETY: `PRINT` only ever holds a `Print` stored by `main`/`run`.
+    (!p.is_null()).then(|| unsafe { core::mem::transmute::<*mut (), Print>(p) })
+}
+
+/// Prints one line under the lock.
+fn locked(args: fmt::Arguments<'_>) {
+    while PRINT_LOCK
+        .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    if let Some(p) = printer() {
+        p(args);
+    }
+    PRINT_LOCK.store(0, Ordering::Release);
+}
+
 /// Runs the VM test on this CPU; every host CPU calls it with the same
-/// `cpus`. Returns whether every check passed (the same answer on every CPU
+/// `cpus` (through [`main`] and [`secondary`], or directly). Returns whether every check passed (the same answer on every CPU
 /// after the last barrier).
 pub fn run(cpu: usize, cpus: usize, print: Print) -> bool {
     let cpus = cpus.max(1);
@@ -545,8 +678,10 @@ pub fn run(cpu: usize, cpus: usize, print: Print) -> bool {
     unsafe {
         asm!("msr vbar_el1, {}", "isb", in(reg) &raw const vms_vectors as u64, options(nostack, preserves_flags));
     }
+    PRINT.store(print as *mut (), Ordering::Release);
+    // Every line of the test goes through the lock from here on.
+    let print: Print = locked;
     if cpu == 0 {
-        PRINT.store(print as *mut (), Ordering::Release);
         CPUS.store(cpus, Ordering::Relaxed);
         if setup(cpus, print).is_none() {
             ABORTED.store(1, Ordering::Release);
@@ -611,17 +746,27 @@ fn setup(cpus: usize, print: Print) -> Option<()> {
         header.image_bytes(),
         header.pages()
     ));
-    let n = cpus.saturating_mul(2).clamp(4, MAX_VMS);
-    VM_COUNT.store(n, Ordering::Relaxed);
-    for k in 0..n {
-        create_vm(print, &header, k, &ORDINARY)?;
+    // VMs 0 and 1 first (the attacks need two), then the attacker and the
+    // power VM, then as many more as wanted and the engine's table holds.
+    let wanted = cpus.saturating_mul(2).clamp(4, MAX_VMS);
+    for k in 0..2 {
+        create_vm(print, &header, k, &ORDINARY).ok()?;
     }
-    create_vm(print, &header, n, &ATTACKER)?;
-    create_vm(print, &header, n.wrapping_add(1), &POWER)?;
+    create_vm(print, &header, ATTACKER_VM, &ATTACKER).ok()?;
+    create_vm(print, &header, POWER_VM, &POWER).ok()?;
+    create_vm(print, &header, RESET_VM, &RESET).ok()?;
+    let mut n = 2;
+    while n < wanted {
+        match create_vm(print, &header, n, &ORDINARY) {
+            Ok(()) => n = n.wrapping_add(1),
+            Err(Some(Status::NoMemory)) if n >= 4 => break,
+            Err(_) => return None,
+        }
+    }
+    VM_COUNT.store(n, Ordering::Relaxed);
     print(format_args!(
-        "vms: created {n} VMs of {VCPUS} vCPUs, an attacker VM of {} and a power VM of {}",
+        "vms: created {n} VMs of {VCPUS} vCPUs, an attacker VM of {} vCPUs and two power VMs",
         ATTACKER.len(),
-        POWER.len()
     ));
     host_attacks(print);
     Some(())
@@ -684,10 +829,16 @@ fn donate_run(
     Some(())
 }
 
-fn create_vm(print: Print, header: &ImageHeader, k: usize, roles: &[Role]) -> Option<()> {
-    let vm = WORLD.vms.get(k)?;
-    let seed = seed_of(k);
-    let pool = alloc(POOL_PAGES)?;
+/// Creates VM record `k` with one vCPU per role; `Err(Some(NoMemory))` if
+/// the engine's VM table is full (not a failure: the caller stops there).
+fn create_vm(
+    print: Print,
+    header: &ImageHeader,
+    k: usize,
+    roles: &[Role],
+) -> Result<(), Option<Status>> {
+    let vm = WORLD.vms.get(k).ok_or(None)?;
+    let pool = alloc_aligned(POOL_PAGES, POOL_ALIGN).ok_or(None)?;
     for i in 0..POOL_PAGES {
         fill(pool.wrapping_add(i.wrapping_mul(PAGE_SIZE)), |_| 0);
     }
@@ -695,14 +846,30 @@ fn create_vm(print: Print, header: &ImageHeader, k: usize, roles: &[Role]) -> Op
         HostCall::VmCreate,
         [pool, POOL_PAGES, roles.len() as u64, 0, 0, 0],
     );
+    if k >= 4 && r[0] == Status::NoMemory.raw() {
+        return Err(Some(Status::NoMemory));
+    }
     if !check(
         print,
         r[0] == Status::Success.raw(),
         format_args!("vm{k}: VmCreate: {}", St(r[0])),
     ) {
-        return None;
+        return Err(None);
     }
-    let handle = r[1];
+    fill_vm(print, header, k, vm, pool, r[1], roles).ok_or(None)
+}
+
+/// Gives a created VM its memory and vCPUs.
+fn fill_vm(
+    print: Print,
+    header: &ImageHeader,
+    k: usize,
+    vm: &Vm,
+    pool: u64,
+    handle: u64,
+    roles: &[Role],
+) -> Option<()> {
+    let seed = seed_of(k);
     vm.handle.store(handle, Ordering::Relaxed);
     vm.pool_pa.store(pool, Ordering::Relaxed);
     vm.vcpus.store(roles.len(), Ordering::Relaxed);
@@ -910,12 +1077,11 @@ fn host_attacks(print: Print) {
 /// Every CPU: runs claimed vCPUs one exit at a time and makes its share of
 /// the host-call storm, until every runnable vCPU is done.
 fn run_vcpus(cpu: usize, cpus: usize, print: Print) {
-    let n = VM_COUNT.load(Ordering::Relaxed).saturating_add(2);
     let total = RUNNABLE.load(Ordering::Relaxed);
     let mut cursor = cpu.wrapping_mul(7);
     let mut storm_left = STORM_PER_CPU;
     let mut rng = guest::splitmix64(cpu as u64 ^ 0x5707_3000);
-    let span = n.saturating_mul(MAX_VCPUS).max(1);
+    let span = WORLD.vms.len().saturating_mul(MAX_VCPUS);
     while FINISHED.load(Ordering::Acquire) < total {
         for _ in 0..span {
             cursor = cursor.wrapping_add(1).checked_rem(span).unwrap_or(0);
@@ -1293,7 +1459,7 @@ fn host_call(
 /// CPU 1 runs the attacker's spinning vCPU; meanwhile CPU 0 tries to run it
 /// too and to destroy its VM (both must be `Busy`), then lets it finish.
 fn spin_attacks(cpu: usize, cpus: usize, print: Print) {
-    let n = VM_COUNT.load(Ordering::Relaxed);
+    let n = ATTACKER_VM;
     let Some(vm) = WORLD.vms.get(n) else { return };
     let Some(slot) = vm.slot(SPIN_INDEX) else {
         return;
@@ -1361,11 +1527,17 @@ fn spin_attacks(cpu: usize, cpus: usize, print: Print) {
 fn teardown(print: Print) {
     let n = VM_COUNT.load(Ordering::Relaxed);
     report(print, n);
+    let off = WORLD.vms.get(POWER_VM).map_or(0, Vm::handle);
+    attack(
+        print,
+        "run-vcpu-of-powered-off-vm",
+        call(HostCall::VcpuRun, [off, 0, 0, 0, 0, 0])[0],
+    );
     let vm0_handle = WORLD.vms.first().map_or(0, Vm::handle);
     let image_pages = image_page_count();
     let mut reclaimed = 0u64;
     let mut dirty = 0u64;
-    for k in 0..n.saturating_add(2) {
+    for k in active(n) {
         let Some(vm) = WORLD.vms.get(k) else { continue };
         let h = vm.handle();
         let r = call(
@@ -1469,12 +1641,17 @@ fn teardown(print: Print) {
         CHECKS.load(Ordering::Relaxed),
     );
     if failures == 0 {
-        print(format_args!("vms: PASS ({checks} checks)"));
+        print(format_args!("vms: PASS"));
     } else {
         print(format_args!(
             "vms: FAIL ({failures} of {checks} checks failed)"
         ));
     }
+}
+
+/// The records in use: ordinary VMs `0..n`, the attacker, the power VM.
+fn active(n: usize) -> impl Iterator<Item = usize> {
+    (0..n).chain([ATTACKER_VM, POWER_VM, RESET_VM])
 }
 
 /// Pages of the image and its stacks (the same for every VM).
@@ -1493,7 +1670,7 @@ fn reclaim(pa: u64) -> (bool, bool) {
 
 /// One line per vCPU, in order, with what it did.
 fn report(print: Print, n: usize) {
-    for k in 0..n.saturating_add(2) {
+    for k in active(n) {
         let Some(vm) = WORLD.vms.get(k) else { continue };
         for i in 0..vm.vcpus.load(Ordering::Relaxed) {
             let Some(slot) = vm.slot(i) else { continue };
@@ -1636,7 +1813,7 @@ fn report_vcpu(print: Print, k: usize, i: usize, d: &VcpuData) {
                 d.end == End::SystemOff,
                 format_args!("vm{k}.{i} {role}: ended {:?}", d.end),
             );
-            print(format_args!("vms: power VM vCPU {i}: SYSTEM_OFF exit"));
+            print(format_args!("vms: power VM: PSCI SYSTEM_OFF exit"));
         }
         Role::SystemReset => {
             check(
@@ -1644,7 +1821,7 @@ fn report_vcpu(print: Print, k: usize, i: usize, d: &VcpuData) {
                 d.end == End::SystemReset,
                 format_args!("vm{k}.{i} {role}: ended {:?}", d.end),
             );
-            print(format_args!("vms: power VM vCPU {i}: SYSTEM_RESET exit"));
+            print(format_args!("vms: reset VM: PSCI SYSTEM_RESET exit"));
         }
     }
 }
