@@ -33,6 +33,9 @@ pub struct Images {
     pub engine: PathBuf,
     /// The EL1 test host (`-device loader,file=...`).
     pub host: PathBuf,
+    /// The test guest (`-device loader,file=...`: its segments' physical
+    /// addresses put it in host RAM at 0x7ff0_0000, docs/guests.md).
+    pub guest: PathBuf,
 }
 
 /// Builds the engine and the host payload for `aarch64-unknown-none`, in a
@@ -49,6 +52,8 @@ pub fn build_images() -> Result<Images, String> {
         "isola-boot",
         "-p",
         "isola-host-payload",
+        "-p",
+        "isola-guest-payload",
     ])
     .env("CARGO_TARGET_DIR", &dir);
     crate::run(c)?;
@@ -56,8 +61,9 @@ pub fn build_images() -> Result<Images, String> {
     let images = Images {
         engine: out.join("isola"),
         host: out.join("isola-host"),
+        guest: out.join("isola-guest"),
     };
-    for p in [&images.engine, &images.host] {
+    for p in [&images.engine, &images.host, &images.guest] {
         if !p.is_file() {
             return Err(format!("build produced no {}", p.display()));
         }
@@ -97,6 +103,8 @@ impl Boot<'_> {
             .arg(&self.images.engine)
             .arg("-device")
             .arg(format!("loader,file={}", self.images.host.display()))
+            .arg("-device")
+            .arg(format!("loader,file={}", self.images.guest.display()))
             .args(["-append", self.append]);
         if let Some(dtb) = &self.dtb {
             c.arg("-dtb").arg(dtb);
@@ -392,6 +400,97 @@ fn badcall_story(smp: u32) -> Vec<Expect> {
     e
 }
 
+/// Ordinary VMs the host's VM test makes with `smp` CPUs: two per CPU, at
+/// least 4, at most what the engine's VM table (`VM_SLOTS` in
+/// boot/src/engine.rs) holds beside the attacker and the two power VMs.
+fn vms_count(smp: u32) -> u32 {
+    const ENGINE_VM_SLOTS: u32 = 32;
+    (2 * smp).clamp(4, ENGINE_VM_SLOTS - 3)
+}
+
+/// The VM test (payloads/host/src/vms.rs, docs/guests.md): VMs on every CPU,
+/// the host's and the guests' attacks, teardown and accounting.
+fn vms_story(smp: u32) -> Vec<Expect> {
+    let n = vms_count(smp);
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "vms"));
+    e.push(line("host: vms: guest image found at 0x7ff00000"));
+    e.push(line(format!(
+        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 6 vCPUs and two power VMs"
+    )));
+    let refused = |name: &str, status: &str| format!("host: attack {name}: refused ({status})");
+    for (name, status) in [
+        ("host-read-guest-page", "SEA"),
+        ("host-write-guest-page", "SEA"),
+        ("host-exec-guest-page", "SEA"),
+        ("donate-guest-page-to-second-vm", "NotOwner"),
+        ("share-guest-page-with-second-vm", "NotOwner"),
+        ("donate-already-donated-page", "NotOwner"),
+        ("donate-engine-page", "NotOwner"),
+        ("donate-mmio-address", "InvalidArgument"),
+        ("donate-wild-address", "InvalidArgument"),
+        ("donate-unaligned-address", "InvalidArgument"),
+        ("donate-without-permissions", "InvalidArgument"),
+        ("donate-onto-mapped-ipa", "AlreadyMapped"),
+        ("reclaim-page-of-live-vm", "Denied"),
+        ("unshare-donated-page", "NotOwner"),
+        ("create-vcpu-beyond-count", "NotFound"),
+        ("create-vcpu-twice", "Denied"),
+        ("run-vcpu-of-unknown-vm", "NotFound"),
+        ("guest-call-from-host", "NotSupported"),
+    ] {
+        e.push(line(refused(name, status)));
+    }
+    // While the vCPUs run on every CPU: their console lines, the attacker's
+    // hypercall attacks and VM 0's unshare, in any order.
+    let mut running: Vec<String> = (0..n)
+        .map(|k| format!("host: vm{k}.1: guest vcpu 1: hello through emulated MMIO, counter at 0x0000000000000001"))
+        .collect();
+    for (name, status) in [
+        ("guest-undefined-call-id", "NotSupported"),
+        ("guest-makes-host-call", "NotSupported"),
+        ("guest-share-unmapped", "NotMapped"),
+        ("guest-share-unaligned", "InvalidArgument"),
+        ("guest-share-wild-ipa", "InvalidArgument"),
+        ("guest-share-borrowed-page", "NotOwner"),
+        ("guest-unshare-not-shared", "NotOwner"),
+        ("guest-relinquish-unmapped", "NotMapped"),
+        ("guest-relinquish-borrowed-page", "NotOwner"),
+        ("guest-smc-undefined-id", "NotSupported"),
+        ("guest-call-storm", "64 random calls, every status defined"),
+        ("host-read-after-guest-unshare", "SEA"),
+    ] {
+        running.push(refused(name, status));
+    }
+    e.push(Expect::AnyOrder(running));
+    e.push(line(refused("run-vcpu-running-on-another-cpu", "Busy")));
+    e.push(line(refused("destroy-vm-while-its-vcpu-runs", "Busy")));
+    for k in 0..n.min(4) {
+        e.push(line(format!(
+            "host: vms: vm{k}.0 checksum: right before, during and after the storm"
+        )));
+        for (i, role) in ["mmio", "share", "demand"].iter().enumerate() {
+            e.push(line(format!("host: vms: vm{k}.{} {role}: done", i + 1)));
+        }
+    }
+    e.extend([
+        line("host: attack guest-read-other-vm-pa: contained (read 0x0 from its own fresh page there)"),
+        line("host: attack guest-write-engine-pa: contained (landed in its own fresh page at IPA 0x43800000)"),
+        line("host: attack guest-access-beyond-ipa-space: contained (the engine stopped the vCPU (Exit::Error))"),
+        line("host: attack guest-read-gic-distributor: contained (host did not back IPA 0x8000000)"),
+        line("host: vms: power VM: PSCI SYSTEM_OFF exit"),
+        line("host: vms: reset VM: PSCI SYSTEM_RESET exit"),
+        line(refused("run-vcpu-of-powered-off-vm", "Denied")),
+        line("host: vms: destroyed every VM, reclaimed every guest page, all zeroed"),
+        line(refused("run-vcpu-of-destroyed-vm", "NotFound")),
+        line(refused("donate-to-destroyed-vm", "NotFound")),
+        line("host: vms: accounting exact after teardown"),
+        line("host: vms: PASS"),
+    ]);
+    e.extend(clean_end());
+    e
+}
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "smp8: every CPU reports at EL2, every host CPU makes a hypercall",
@@ -410,6 +509,12 @@ const SCENARIOS: &[Scenario] = &[
         smp: 1,
         test: "badcall",
         expected: badcall_story,
+    },
+    Scenario {
+        name: "vms8: 16 VMs of 4 vCPUs on 8 CPUs, host and guest attacks, teardown, exact accounting",
+        smp: 8,
+        test: "vms",
+        expected: vms_story,
     },
 ];
 
