@@ -148,6 +148,14 @@ pub const HCR_GUEST: u64 = 1 << 0
 /// cannot set breakpoints or watchpoints that fire in the host.
 pub const MDCR_GUEST_TRAPS: u64 = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10 | 1 << 11;
 
+/// `CPTR_EL2` (non-VHE) trap bits forced on while a guest runs, whatever
+/// the host's configuration: `TZ` (8) and `TSM` (12), SVE and SME, because
+/// the switch exchanges only the low 128 bits of the vector registers and
+/// the upper bits of Z registers, predicates and ZA would carry host state;
+/// `TTA` (20), trace registers; `TAM` (30), activity monitors (they count
+/// what the host did). `TFP` (10) stays clear: FP/SIMD is switched.
+pub const CPTR_GUEST_TRAPS: u64 = 1 << 8 | 1 << 12 | 1 << 20 | 1 << 30;
+
 /// `CNTHCTL_EL2` while a guest runs: `EL1PCTEN` (0) only: the guest may read
 /// the physical counter (time is not a secret here) but any access to the
 /// physical timer (`EL1PCEN`, 1, clear) traps: that timer is the host's.
@@ -277,6 +285,7 @@ struct HostEl2 {
     cntvoff_el2: u64,
     cnthctl_el2: u64,
     mdcr_el2: u64,
+    cptr_el2: u64,
     vmpidr_el2: u64,
 }
 
@@ -307,6 +316,7 @@ impl HostEl2 {
             cntvoff_el2: mrs!("cntvoff_el2"),
             cnthctl_el2: mrs!("cnthctl_el2"),
             mdcr_el2: mrs!("mdcr_el2"),
+            cptr_el2: mrs!("cptr_el2"),
             vmpidr_el2: mrs!("vmpidr_el2"),
         }
     }
@@ -323,6 +333,7 @@ impl HostEl2 {
             msr!("cntvoff_el2", self.cntvoff_el2);
             msr!("cnthctl_el2", self.cnthctl_el2);
             msr!("mdcr_el2", self.mdcr_el2);
+            msr!("cptr_el2", self.cptr_el2);
             msr!("vmpidr_el2", self.vmpidr_el2);
             msr!("elr_el2", self.elr_el2);
             msr!("spsr_el2", self.spsr_el2);
@@ -371,6 +382,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         msr!("vmpidr_el2", stage2.vmpidr);
         msr!("cnthctl_el2", CNTHCTL_GUEST);
         msr!("mdcr_el2", mdcr);
+        msr!("cptr_el2", host.cptr_el2 | CPTR_GUEST_TRAPS);
         msr!("hcr_el2", HCR_GUEST);
         asm!("isb", options(nostack, preserves_flags));
     }
