@@ -80,6 +80,9 @@
 )]
 
 pub mod abort;
+/// The ABI this engine implements, re-exported for users of the core.
+pub use isola_abi as abi;
+
 pub mod addr;
 pub mod arch;
 pub mod engine;

@@ -1,0 +1,279 @@
+//! loom models of the engine's ownership protocols: two or three CPUs making
+//! conflicting calls at once, every interleaving of their lock operations
+//! explored (with a preemption bound, see below).
+//!
+//! What these check: the lock order and the state checks under the locks
+//! make conflicting calls serialise with one defined winner, and no
+//! interleaving leaves records, mappings or counts inconsistent. What they
+//! cannot check: the Arm memory model's effects on page-table walkers and
+//! TLBs (loom models C++11 atomics, not the MMU), nor load buffering; the
+//! break-before-make sequence is checked separately, on the recorded order
+//! of TLBI and barrier requests (`src/stage2`, `tests/scenario.rs`).
+//!
+//! Models stay small (a 24-page machine, 2 VM slots, 2–3 threads) and use a
+//! preemption bound of 3, which loom's documentation recommends as enough to
+//! find most concurrency bugs while keeping the search finite.
+#![cfg(loom)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::expect_used
+)]
+
+use isola::abi::{Accounting, Exit, HostCall, Status, perms};
+use isola::addr::{Ipa, PhysAddr};
+use isola::arch::NoopArch;
+use isola::engine::Engine;
+use isola::hypercall::HostCallOutcome;
+use isola::ownership::{Owner, PageRecord};
+use isola::testing::MachineSpec;
+use loom::thread;
+
+const SPEC: MachineSpec = MachineSpec {
+    ram_base: 0x4000_0000,
+    ram_pages: 24,
+    engine_pages: 4,
+    vm_slots: 2,
+    shard_shift: 21,
+};
+const IPA: u64 = 0x8000_0000;
+
+type E = &'static Engine<NoopArch>;
+
+fn machine() -> E {
+    Box::leak(Box::new(SPEC.build(NoopArch)))
+}
+
+fn page(i: u64) -> u64 {
+    SPEC.page(i).raw()
+}
+
+/// A host call that is not `VcpuRun` (or whose run ends at once with a WFI
+/// exit); returns the status and `x1..=x3`.
+fn call(e: E, cpu: u32, c: HostCall, a: [u64; 4]) -> (Status, [u64; 3]) {
+    let mut regs = [c as u64, a[0], a[1], a[2], a[3], 0, 0];
+    if let HostCallOutcome::Run(l) = e.host_call(cpu, &mut regs) {
+        e.finish_run(l, Exit::Wfx, &mut regs);
+    }
+    (
+        Status::from_raw(regs[0] as i64).unwrap(),
+        [regs[1], regs[2], regs[3]],
+    )
+}
+
+fn ok(e: E, c: HostCall, a: [u64; 4]) -> [u64; 3] {
+    let (s, r) = call(e, 0, c, a);
+    assert_eq!(s, Status::Success, "{c:?}");
+    r
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+/// Every page counted exactly once, by owner.
+fn totals_exact(e: E) {
+    let [h, en, g] = ok(
+        e,
+        HostCall::Accounting,
+        [Accounting::Totals as u64, 0, 0, 0],
+    );
+    assert_eq!(h + en + g, SPEC.ram_pages);
+}
+
+#[test]
+fn two_cpus_donating_the_same_page_to_two_vms_exactly_one_wins() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        let [b, ..] = ok(e, HostCall::VmCreate, [page(9), 5, 1, 0]);
+        let t = thread::spawn(move || {
+            call(
+                e,
+                1,
+                HostCall::Donate,
+                [a, page(20), IPA, perms::R | perms::W],
+            )
+            .0
+        });
+        let sb = call(
+            e,
+            2,
+            HostCall::Donate,
+            [b, page(20), IPA, perms::R | perms::W],
+        )
+        .0;
+        let sa = t.join().unwrap();
+        let (winner, loser) = match (sa, sb) {
+            (Status::Success, Status::NotOwner) => (a, b),
+            (Status::NotOwner, Status::Success) => (b, a),
+            other => panic!("both or neither won: {other:?}"),
+        };
+        let owner = e.page(PhysAddr::new(page(20))).unwrap().owner();
+        assert_eq!(e.owner_handle(owner).map(|h| h.0), Some(winner));
+        assert!(e.vm_translate(winner, Ipa::new(IPA)).unwrap().is_some());
+        assert!(e.vm_translate(loser, Ipa::new(IPA)).unwrap().is_none());
+        assert_eq!(
+            ok(
+                e,
+                HostCall::Accounting,
+                [Accounting::Vm as u64, winner, 0, 0]
+            )[0],
+            1
+        );
+        assert_eq!(
+            ok(
+                e,
+                HostCall::Accounting,
+                [Accounting::Vm as u64, loser, 0, 0]
+            )[0],
+            0
+        );
+        totals_exact(e);
+    });
+}
+
+#[test]
+fn unshare_racing_teardown_returns_the_page_to_the_host_once() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        ok(e, HostCall::Share, [a, page(20), IPA, perms::R]);
+        let t = thread::spawn(move || call(e, 1, HostCall::Unshare, [a, page(20), 0, 0]).0);
+        let sd = call(e, 2, HostCall::VmDestroy, [a, 0, 0, 0]).0;
+        let su = t.join().unwrap();
+        assert_eq!(
+            sd,
+            Status::Success,
+            "no vCPU is loaded: destroy always succeeds"
+        );
+        assert!(
+            matches!(su, Status::Success | Status::NotFound),
+            "unshare: {su:?}"
+        );
+        assert_eq!(e.page(PhysAddr::new(page(20))), Some(PageRecord::HOST));
+        assert_eq!(
+            ok(
+                e,
+                HostCall::Accounting,
+                [Accounting::Sharing as u64, 0, 0, 0]
+            ),
+            [0, 0, 0]
+        );
+        totals_exact(e);
+    });
+}
+
+#[test]
+fn share_racing_teardown_never_leaves_a_page_lent_to_a_dead_vm() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        let t = thread::spawn(move || call(e, 1, HostCall::Share, [a, page(20), IPA, perms::R]).0);
+        let sd = call(e, 2, HostCall::VmDestroy, [a, 0, 0, 0]).0;
+        let ss = t.join().unwrap();
+        assert_eq!(sd, Status::Success);
+        assert!(
+            matches!(ss, Status::Success | Status::NotFound),
+            "share: {ss:?}"
+        );
+        assert_eq!(e.page(PhysAddr::new(page(20))), Some(PageRecord::HOST));
+        let mut pool_back = true;
+        for i in 4..9 {
+            pool_back &= e.page(PhysAddr::new(page(i))) == Some(PageRecord::HOST);
+        }
+        assert!(pool_back, "every pool page is the host's again");
+        totals_exact(e);
+    });
+}
+
+#[test]
+fn two_cpus_running_the_same_vcpu_one_wins_the_other_is_busy() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        ok(e, HostCall::VcpuCreate, [a, 0, IPA, 0]);
+        let run = move |cpu: u32| {
+            let mut regs = [HostCall::VcpuRun as u64, a, 0, 0, 0, 0, 0];
+            match e.host_call(cpu, &mut regs) {
+                HostCallOutcome::Run(l) => {
+                    assert_eq!(l.cpu(), cpu);
+                    e.finish_run(l, Exit::Wfx, &mut regs);
+                    true
+                }
+                HostCallOutcome::Done => {
+                    assert_eq!(regs[0], Status::Busy.raw());
+                    false
+                }
+            }
+        };
+        // Each thread loads and then unloads; a second load after the first
+        // unload is legitimate, so count overlaps by checking the loser saw Busy
+        // only while the winner held the vCPU: at least one run succeeds.
+        let t = thread::spawn(move || run(1));
+        let r2 = run(2);
+        let r1 = t.join().unwrap();
+        assert!(r1 || r2);
+        let (state, _) = e.vcpu(a, 0).unwrap();
+        assert_eq!(state, isola::vcpu::VcpuState::Idle);
+    });
+}
+
+#[test]
+fn destroy_racing_a_vcpu_load_is_busy_or_the_run_finds_nothing() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        ok(e, HostCall::VcpuCreate, [a, 0, IPA, 0]);
+        let t = thread::spawn(move || {
+            let mut regs = [HostCall::VcpuRun as u64, a, 0, 0, 0, 0, 0];
+            match e.host_call(1, &mut regs) {
+                HostCallOutcome::Run(l) => {
+                    // While loaded, a destroy on another CPU must fail Busy;
+                    // give it a chance to run here.
+                    thread::yield_now();
+                    e.finish_run(l, Exit::Wfx, &mut regs);
+                    Status::Success
+                }
+                HostCallOutcome::Done => Status::from_raw(regs[0] as i64).unwrap(),
+            }
+        });
+        let sd = call(e, 2, HostCall::VmDestroy, [a, 0, 0, 0]).0;
+        let sr = t.join().unwrap();
+        match (sr, sd) {
+            (Status::Success, Status::Success | Status::Busy)
+            | (Status::NotFound, Status::Success) => {}
+            other => panic!("run/destroy: {other:?}"),
+        }
+        if sd == Status::Success {
+            for i in 4..9 {
+                assert_eq!(e.page(PhysAddr::new(page(i))), Some(PageRecord::HOST));
+            }
+        } else {
+            assert!(matches!(
+                e.page(PhysAddr::new(page(4))).unwrap().owner(),
+                Owner::Engine
+            ));
+        }
+        totals_exact(e);
+    });
+}
+
+/// The checker can fail: claiming that the first-spawned CPU always wins the
+/// donation race is false, and loom must find the interleaving that shows it.
+#[test]
+#[should_panic(expected = "assertion `left == right` failed")]
+fn teeth_the_spawned_cpu_does_not_always_win() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        let [b, ..] = ok(e, HostCall::VmCreate, [page(9), 5, 1, 0]);
+        let t = thread::spawn(move || call(e, 1, HostCall::Donate, [a, page(20), IPA, perms::R]).0);
+        let _ = call(e, 2, HostCall::Donate, [b, page(20), IPA, perms::R]).0;
+        assert_eq!(t.join().unwrap(), Status::Success);
+    });
+}
