@@ -86,6 +86,8 @@ struct Assets {
     image_size: u64,
     /// The initramfs (uncompressed cpio newc).
     initramfs: PathBuf,
+    /// The virtio-mmio disk's contents (see [`write_disk`]).
+    disk: PathBuf,
     /// Kernel package name, for the report.
     kernel_package: String,
 }
@@ -182,7 +184,11 @@ fn fetch() -> Result<Assets, FetchError> {
     let image = dir.join("Image");
     let busybox = dir.join("busybox");
     let package_file = dir.join("kernel-package");
-    let cached = image.is_file() && busybox.is_file() && package_file.is_file();
+    let modules = dir.join("modules");
+    let cached = image.is_file()
+        && busybox.is_file()
+        && package_file.is_file()
+        && MODULES.iter().all(|(name, _)| modules.join(name).is_file());
     if !cached {
         download_and_unpack(&dir)?;
     }
@@ -193,11 +199,19 @@ fn fetch() -> Result<Assets, FetchError> {
     let header = std::fs::read(&image).map_err(|e| format!("reading {}: {e}", image.display()))?;
     let image_size = image_header(&header)?;
     let initramfs = dir.join("initramfs.cpio");
-    write_initramfs(&busybox, &root().join("linux").join("init"), &initramfs)?;
+    write_initramfs(
+        &busybox,
+        &modules,
+        &root().join("linux").join("init"),
+        &initramfs,
+    )?;
+    let disk = dir.join("disk.img");
+    write_disk(&disk)?;
     Ok(Assets {
         image,
         image_size,
         initramfs,
+        disk,
         kernel_package,
     })
 }
@@ -331,6 +345,19 @@ fn download_and_unpack(dir: &Path) -> Result<(), FetchError> {
     std::fs::write(dir.join("Image"), &raw).map_err(|e| format!("writing Image: {e}"))?;
     std::fs::copy(tree.join("bin").join("busybox"), dir.join("busybox"))
         .map_err(|e| format!("busybox-static has no /bin/busybox: {e}"))?;
+    let release = kernel_name.trim_start_matches("linux-image-");
+    let modules = dir.join("modules");
+    std::fs::create_dir_all(&modules).map_err(|e| format!("creating modules/: {e}"))?;
+    for (name, from) in MODULES {
+        let src = tree
+            .join("lib/modules")
+            .join(release)
+            .join("kernel")
+            .join(from)
+            .join(name);
+        std::fs::copy(&src, modules.join(name))
+            .map_err(|e| format!("the kernel package has no {}: {e}", src.display()))?;
+    }
     if let Some(config) = std::fs::read_dir(tree.join("boot"))
         .ok()
         .into_iter()
@@ -520,11 +547,46 @@ fn cpio(members: &[Member<'_>]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The kernel modules the init script loads, and where they are under
+/// `lib/modules/<release>/kernel/`: Debian builds the virtio-mmio transport
+/// and the virtio block driver as modules (the virtio core is built in, and
+/// neither module depends on another).
+const MODULES: [(&str, &str); 2] = [
+    ("virtio_mmio.ko", "drivers/virtio"),
+    ("virtio_blk.ko", "drivers/block"),
+];
+
+/// Sectors of the virtio-mmio disk (1 MiB).
+const DISK_SECTORS: usize = 2048;
+
+/// The text at the start of disk sector `n`, which the init script reads
+/// back through the virtio-mmio block device.
+fn disk_label(n: usize) -> String {
+    format!("isola virtio-mmio disk sector {n}")
+}
+
+/// Writes the disk image: a label at the start of its first and last
+/// sectors, zeros elsewhere.
+fn write_disk(out: &Path) -> Result<(), String> {
+    let mut disk = vec![0_u8; DISK_SECTORS * 512];
+    for n in [0, DISK_SECTORS - 1] {
+        let label = disk_label(n);
+        disk[n * 512..n * 512 + label.len()].copy_from_slice(label.as_bytes());
+    }
+    std::fs::write(out, disk).map_err(|e| format!("writing {}: {e}", out.display()))
+}
+
 /// Writes the initramfs: the directories init needs, `/dev/console` (the
-/// kernel opens it for init's stdio before anything is mounted), busybox
-/// and the init script.
-fn write_initramfs(busybox: &Path, init: &Path, out: &Path) -> Result<(), String> {
+/// kernel opens it for init's stdio before anything is mounted), busybox,
+/// the [`MODULES`] in `/lib/modules/` and the init script.
+fn write_initramfs(busybox: &Path, modules: &Path, init: &Path, out: &Path) -> Result<(), String> {
     let busybox = std::fs::read(busybox).map_err(|e| format!("reading busybox: {e}"))?;
+    let mut module_data = Vec::new();
+    for (name, _) in MODULES {
+        let path = modules.join(name);
+        let data = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        module_data.push((format!("lib/modules/{name}"), data));
+    }
     let init = std::fs::read(init).map_err(|e| format!("reading {}: {e}", init.display()))?;
     let dir = |name| Member {
         name,
@@ -532,12 +594,14 @@ fn write_initramfs(busybox: &Path, init: &Path, out: &Path) -> Result<(), String
         rdev: (0, 0),
         data: &[],
     };
-    let members = [
+    let mut members = vec![
         dir("bin"),
         dir("dev"),
         dir("proc"),
         dir("sys"),
         dir("tmp"),
+        dir("lib"),
+        dir("lib/modules"),
         Member {
             name: "dev/console",
             mode: 0o020600,
@@ -557,6 +621,12 @@ fn write_initramfs(busybox: &Path, init: &Path, out: &Path) -> Result<(), String
             data: &init,
         },
     ];
+    members.extend(module_data.iter().map(|(name, data)| Member {
+        name,
+        mode: 0o100644,
+        rdev: (0, 0),
+        data,
+    }));
     std::fs::write(out, cpio(&members)?).map_err(|e| format!("writing {}: {e}", out.display()))
 }
 
@@ -581,7 +651,7 @@ fn cmdline(initrd_base: u64, initrd_size: u64, linux_ram: u64, probes: &str) -> 
     )
 }
 
-fn qemu_base(machine: &str, smp: u32) -> Command {
+fn qemu_base(machine: &str, smp: u32, disk: &Path) -> Command {
     let mut c = Command::new("qemu-system-aarch64");
     // SVE and SME are off: the engine traps them for the host (CPTR_EL2.TZ,
     // TSM) and does not emulate them, and Linux uses them whenever the ID
@@ -590,7 +660,16 @@ fn qemu_base(machine: &str, smp: u32) -> Command {
         .args(["-cpu", "max,pauth-impdef=on,sve=off,sme=off"])
         .args(["-m", &format!("{RAM_MIB}M")])
         .args(["-smp", &smp.to_string()])
-        .args(["-nographic", "-no-reboot"]);
+        .args(["-nographic", "-no-reboot"])
+        // A read-only disk on QEMU virt's first virtio-mmio transport: the
+        // host drives a device (MMIO, its interrupt, its DMA into host RAM)
+        // with the engine beneath.
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=disk0,format=raw,readonly=on,file={}",
+            disk.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=disk0"]);
     c
 }
 
@@ -618,7 +697,11 @@ fn isola_command(engine: &Path, assets: &Assets, smp: u32) -> Result<Command, St
     // one device range the engine gives the host (every non-RAM address
     // below RAM); with highmem the ECAM (at 256 GiB) and the 512 GiB 64-bit
     // PCIe window lie above RAM, where the engine maps nothing for the host.
-    let mut c = qemu_base("virt,virtualization=on,gic-version=3,highmem=off", smp);
+    let mut c = qemu_base(
+        "virt,virtualization=on,gic-version=3,highmem=off",
+        smp,
+        &assets.disk,
+    );
     c.arg("-kernel")
         .arg(engine)
         .arg("-device")
@@ -648,7 +731,7 @@ fn isola_command(engine: &Path, assets: &Assets, smp: u32) -> Result<Command, St
 /// names it in the device tree (`-initrd`); there is no engine memory to probe.
 fn bare_command(assets: &Assets, smp: u32) -> Command {
     let linux_ram = (RAM_MIB << 20) - HOST_RAM_PROBE_MARGIN;
-    let mut c = qemu_base("virt,gic-version=3,highmem=off", smp);
+    let mut c = qemu_base("virt,gic-version=3,highmem=off", smp, &assets.disk);
     c.arg("-kernel")
         .arg(&assets.image)
         .arg("-initrd")
@@ -789,6 +872,16 @@ fn story(smp: u32) -> Vec<Vec<String>> {
         )));
     }
     story.extend([
+        one(format!(
+            "isola-linux: virtio-mmio disk vda, sector 0: {}",
+            disk_label(0)
+        )),
+        one(format!(
+            "isola-linux: virtio-mmio disk vda, sector {}: {}",
+            DISK_SECTORS - 1,
+            disk_label(DISK_SECTORS - 1)
+        )),
+        one("isola-linux: virtio-mmio interrupts taken: ".to_string()),
         one(format!(
             "isola-linux: host RAM at {HOST_PROBE:#x}: devmem write and read back ok"
         )),
