@@ -67,7 +67,12 @@ pub fn mdcr_host() -> u64 {
     let n = (read_sysreg!("pmcr_el0") >> 11) & 0x1f;
     let pmuver = (read_sysreg!("id_aa64dfr0_el1") >> 8) & 0xf;
     // PMUVer 4 is PMUv3p1 (HPMD exists); 0xf is IMPLEMENTATION DEFINED.
-    let hpmd = if (4..0xf).contains(&pmuver) {
+    // `bench-pmu` (only `cargo xtask bench` builds it) leaves EL2 countable
+    // so the host can measure the engine's instruction counts; a production
+    // image never lets the host observe the engine through the PMU.
+    let hpmd = if cfg!(feature = "bench-pmu") {
+        0
+    } else if (4..0xf).contains(&pmuver) {
         MDCR_HPMD
     } else {
         0

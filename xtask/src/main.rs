@@ -6,6 +6,7 @@
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
 //! when it can.
 
+mod bench;
 mod linux;
 mod qemu;
 
@@ -34,8 +35,9 @@ fn main() -> ExitCode {
         }),
         Some("linux") => ensure_qemu().and_then(|()| linux::main(&args[1..])),
         Some("test") => test_all(),
+        Some("bench") => ensure_qemu().and_then(|()| bench::run(&args[1..])),
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--bare] | cargo xtask test"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke]"
                 .to_string(),
         ),
     };

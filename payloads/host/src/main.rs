@@ -22,6 +22,9 @@
 #[path = "../../../boot/src/fdt.rs"]
 mod fdt;
 
+/// Benchmark mode (`isola.test=bench`), run by `cargo xtask bench`.
+mod bench;
+
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 mod vms;
 
@@ -372,6 +375,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
         v & 0xffff
     );
     version_line(0);
+    if test == "bench" {
+        bench::run();
+    }
     let all = test == "all";
     if all || test == "smp" {
         smp(p);

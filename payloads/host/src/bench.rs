@@ -1,0 +1,509 @@
+//! Benchmark mode (`isola.test=bench`): the host counts the instructions each
+//! engine operation costs, with the PMU, and prints one machine-readable line
+//! per operation for `cargo xtask bench` (xtask/src/bench.rs) to tabulate.
+//!
+//! How it counts. Three PMU event counters count `INST_RETIRED` (event 0x08)
+//! with different exception-level filters (PMEVTYPER<n>_EL0):
+//! - counter 0: EL2 only (`P`, `U` set: not EL1, not EL0; `NSH` set: EL2),
+//! - counter 1: every EL (`NSH` set, nothing filtered),
+//! - counter 2: EL1 only (`U` set), a cross-check: total = EL2 + EL1 + EL0.
+//!
+//! Each sample reads the counters, runs the operation, reads them again. The
+//! EL2 count needs no correction (the reads run at EL1). The total includes
+//! the reads' own instructions, so the median of an empty operation measured
+//! the same way is subtracted from it. On QEMU TCG the instruction event is
+//! implemented only with `-icount` (it is the icount itself), which is why
+//! the bench runs with `-icount shift=0 -smp 1`; on an Arm server the same
+//! code counts retired instructions in hardware.
+//!
+//! The engine must let EL2 be counted: with `MDCR_EL2.HPMD` set (PMUv3p1),
+//! counting at EL2 is prohibited for the host's counters and counter 0 stays
+//! at zero. The bench detects that (a null hypercall that counts no EL2
+//! instruction) and says so instead of printing zeros.
+//!
+//! Invariant: this mode runs on the boot CPU only (`-smp 1`) and starts no
+//! other CPU, so the sample buffers need no lock.
+//!
+//! Memory: the bench uses host RAM from [`BENCH_BASE`] (0x8000_0000, far
+//! above the payload, its stacks and the guest image window) for VM pools
+//! and donated pages, and [`FAULT_BASE`] onwards for lazy-map faults; this
+//! mode touches neither otherwise.
+
+use core::arch::{asm, global_asm};
+use core::cell::UnsafeCell;
+
+use isola_abi::{Exit, GuestCall, HostCall, Status, perms};
+
+use super::{hvc, line, status_name};
+
+/// Samples per operation (the median, min and max are taken over them).
+const SAMPLES: usize = 1001;
+/// Pages donated per sample in the batched donate-and-map.
+const BATCH: u64 = 512;
+/// `INST_RETIRED`, the architectural instructions-retired event.
+const INST_RETIRED: u64 = 0x08;
+/// PMEVTYPER<n>_EL0.P: do not count at EL1.
+const FILTER_P: u64 = 1 << 31;
+/// PMEVTYPER<n>_EL0.U: do not count at EL0.
+const FILTER_U: u64 = 1 << 30;
+/// PMEVTYPER<n>_EL0.NSH: count at (non-secure) EL2.
+const FILTER_NSH: u64 = 1 << 27;
+/// PMCR_EL0.E (enable) and P (reset the event counters).
+const PMCR_E: u64 = 1 << 0;
+const PMCR_P: u64 = 1 << 1;
+
+/// First byte of the bench's memory (host RAM).
+const BENCH_BASE: u64 = 0x8000_0000;
+/// Pool pages given to each VM at `VmCreate` (metadata, vCPU contexts,
+/// Stage-2 tables for a few thousand pages).
+const POOL_PAGES: u64 = 64;
+/// IPA of the guest RAM the bench maps.
+const GUEST_IPA: u64 = 0x4000_0000;
+/// An IPA in the guest MMIO window of the booted engine (boot/src/engine.rs:
+/// 3 GiB .. 4 GiB).
+const MMIO_IPA: u64 = 0xC000_0000;
+/// Host RAM touched only by the lazy-map benchmark, one read per 2 MiB:
+/// 1.25 GiB .. 1.5 GiB, above everything the bench donates.
+const FAULT_BASE: u64 = 0xA000_0000;
+/// 2 MiB.
+const BLOCK_2M: u64 = 0x20_0000;
+/// Lazy-map faults measured (one per 2 MiB from [`FAULT_BASE`]).
+const FAULTS: usize = 128;
+/// `PAGE_SIZE` as used in address arithmetic.
+const PAGE: u64 = isola_abi::PAGE_SIZE;
+
+/// The bench's sample buffers: EL2 and total counts of one operation.
+struct Samples(UnsafeCell<[[u32; SAMPLES]; 2]>);
+// SAFETY: bench mode runs on one CPU only (see the module invariant), so
+// there is never a second accessor.
+unsafe impl Sync for Samples {}
+static SAMPLE_BUF: Samples = Samples(UnsafeCell::new([[0; SAMPLES]; 2]));
+
+/// One reading of the three counters.
+#[derive(Clone, Copy)]
+struct Reading {
+    el2: u64,
+    total: u64,
+    el1: u64,
+}
+
+#[inline(always)]
+fn read() -> Reading {
+    let (el2, total, el1): (u64, u64, u64);
+    // SAFETY: reading the PMU's event counters has no side effect; the `isb`
+    // makes the reads happen after everything before them retired.
+    unsafe {
+        asm!(
+            "isb",
+            "mrs {0}, pmevcntr0_el0",
+            "mrs {1}, pmevcntr1_el0",
+            "mrs {2}, pmevcntr2_el0",
+            out(reg) el2, out(reg) total, out(reg) el1,
+            options(nostack, preserves_flags)
+        );
+    }
+    Reading { el2, total, el1 }
+}
+
+/// Programs the three counters; `None` if the PMU has fewer than three.
+fn pmu_setup() -> Option<()> {
+    let pmcr: u64;
+    // SAFETY: reading PMCR_EL0 has no side effect.
+    unsafe { asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };
+    if (pmcr >> 11) & 0x1f < 3 {
+        return None;
+    }
+    let el2 = FILTER_P | FILTER_U | FILTER_NSH | INST_RETIRED;
+    let all = FILTER_NSH | INST_RETIRED;
+    let el1 = FILTER_U | INST_RETIRED;
+    // SAFETY: programming the host's own PMU counters (MDCR_EL2.HPMN gives
+    // them to EL1); nothing else in bench mode uses them.
+    unsafe {
+        asm!(
+            "msr pmevtyper0_el0, {el2}",
+            "msr pmevtyper1_el0, {all}",
+            "msr pmevtyper2_el0, {el1}",
+            "msr pmcntenset_el0, {mask}",
+            "msr pmcr_el0, {pmcr}",
+            "isb",
+            el2 = in(reg) el2, all = in(reg) all, el1 = in(reg) el1,
+            mask = in(reg) 0b111_u64, pmcr = in(reg) pmcr | PMCR_E | PMCR_P,
+            options(nostack)
+        );
+    }
+    Some(())
+}
+
+/// Median, min, max of a sample set (sorts it).
+fn stats(v: &mut [u32]) -> (u32, u32, u32) {
+    v.sort_unstable();
+    let med = v.get(v.len() / 2).copied().unwrap_or(0);
+    (
+        med,
+        v.first().copied().unwrap_or(0),
+        v.last().copied().unwrap_or(0),
+    )
+}
+
+/// The bench's state: the empty operation's total (subtracted from every
+/// total) and whether EL2 counting works.
+struct Bench {
+    overhead: u64,
+}
+
+impl Bench {
+    /// Measures `op` over `n` samples (`n <= SAMPLES`); each sample counts
+    /// `per` operations, and the counts printed are per operation. `op`
+    /// gets the sample index and returns whether it did what it should.
+    fn run(&self, name: &str, n: usize, per: u32, op: impl FnMut(usize) -> bool) {
+        self.run_with(name, n, per, |_| true, op);
+    }
+
+    /// Like [`Bench::run`], with `setup(i)` run before sample `i`'s window
+    /// (not counted): e.g. the `Share` an `Unshare` needs.
+    fn run_with(
+        &self,
+        name: &str,
+        n: usize,
+        per: u32,
+        mut setup: impl FnMut(usize) -> bool,
+        mut op: impl FnMut(usize) -> bool,
+    ) {
+        let n = n.min(SAMPLES);
+        // SAFETY: one CPU (module invariant) and no other borrow is live:
+        // `run_with` is not re-entered.
+        let buf = unsafe { &mut *SAMPLE_BUF.0.get() };
+        let [el2s, totals] = buf;
+        let mut failed = None;
+        for i in 0..n {
+            let ready = setup(i);
+            let a = read();
+            let ok = op(i);
+            let b = read();
+            if !(ok && ready) && failed.is_none() {
+                failed = Some(i);
+            }
+            let el2 = b.el2.wrapping_sub(a.el2);
+            let total = b.total.wrapping_sub(a.total).saturating_sub(self.overhead);
+            if let (Some(e), Some(t)) = (el2s.get_mut(i), totals.get_mut(i)) {
+                *e = u32::try_from(el2).unwrap_or(u32::MAX);
+                *t = u32::try_from(total).unwrap_or(u32::MAX);
+            }
+        }
+        if let Some(i) = failed {
+            line(format_args!("bench {name} failed at sample {i}"));
+            return;
+        }
+        let per = per.max(1);
+        let (e, t) = (
+            el2s.get_mut(..n).unwrap_or_default(),
+            totals.get_mut(..n).unwrap_or_default(),
+        );
+        let (em, emin, emax) = stats(e);
+        let (tm, tmin, tmax) = stats(t);
+        line(format_args!(
+            "bench {name} el2 {} {} {} total {} {} {} samples {n} per {per}",
+            em.checked_div(per).unwrap_or(em),
+            emin.checked_div(per).unwrap_or(emin),
+            emax.checked_div(per).unwrap_or(emax),
+            tm.checked_div(per).unwrap_or(tm),
+            tmin.checked_div(per).unwrap_or(tmin),
+            tmax.checked_div(per).unwrap_or(tmax)
+        ));
+    }
+
+    /// Says why an operation could not be measured.
+    fn skip(name: &str, why: core::fmt::Arguments<'_>) {
+        line(format_args!("bench {name} skipped: {why}"));
+    }
+}
+
+/// `hvc` of a host call; the status.
+fn call(c: HostCall, a: [u64; 4]) -> [u64; 4] {
+    let [a1, a2, a3, a4] = a;
+    hvc(c as u64, a1, a2, a3, a4)
+}
+
+fn ok(r: [u64; 4]) -> bool {
+    r[0] == Status::Success.raw()
+}
+
+/// A bump allocator of host pages in the bench's memory.
+struct Pages {
+    next: u64,
+}
+
+impl Pages {
+    /// `n` pages aligned to `align` bytes (a power of two).
+    fn take_aligned(&mut self, n: u64, align: u64) -> u64 {
+        let mask = align.wrapping_sub(1);
+        self.next = self.next.wrapping_add(mask) & !mask;
+        self.take(n)
+    }
+
+    fn take(&mut self, n: u64) -> u64 {
+        let pa = self.next;
+        self.next = self.next.wrapping_add(n.wrapping_mul(PAGE));
+        pa
+    }
+}
+
+/// Creates a VM with a fresh pool; its handle, or the failing status.
+fn vm_create(pages: &mut Pages, vcpus: u64) -> Result<u64, u64> {
+    // The pool starts with the VM's Stage-2 root (up to 16 concatenated
+    // tables), which must be aligned to its size.
+    let pool = pages.take_aligned(POOL_PAGES, 16 * PAGE);
+    let r = call(HostCall::VmCreate, [pool, POOL_PAGES, vcpus, 0]);
+    if ok(r) { Ok(r[1]) } else { Err(r[0]) }
+}
+
+// The bench guest: position-independent code the host copies into a page it
+// donates. Entered with x0 = 0: exit with `GuestCall::HostCall` forever;
+// x0 = an MMIO IPA: write to it forever. Every loop iteration is one exit.
+global_asm!(
+    r#"
+.section .rodata.bench_guest, "a"
+.balign 4
+.global bench_guest_start
+.global bench_guest_end
+bench_guest_start:
+    cbnz x0, 2f
+1:  movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    hvc #0
+    b 1b
+2:  mov x1, x0
+3:  str w2, [x1]
+    b 3b
+bench_guest_end:
+"#,
+    LO = const GuestCall::HostCall as u32 & 0xffff,
+    HI = const GuestCall::HostCall as u32 >> 16,
+);
+
+unsafe extern "C" {
+    static bench_guest_start: u8;
+    static bench_guest_end: u8;
+}
+
+/// Copies the bench guest's code to the host page `pa`.
+fn write_guest_code(pa: u64) {
+    let start = &raw const bench_guest_start as u64;
+    let end = &raw const bench_guest_end as u64;
+    let mut off = 0;
+    while start.wrapping_add(off) < end {
+        // SAFETY: `start..end` is the code above in the payload's rodata;
+        // `pa` is a host page of the bench's memory, identity-mapped and
+        // owned by the host until it is donated.
+        unsafe {
+            let w = core::ptr::read_volatile(start.wrapping_add(off) as *const u32);
+            core::ptr::write_volatile(pa.wrapping_add(off) as *mut u32, w);
+        }
+        off = off.wrapping_add(4);
+    }
+    // SAFETY: cleaning the written lines to the point of coherency so the
+    // guest (MMU off, non-cacheable fetches) sees the code.
+    unsafe {
+        asm!("dc cvac, {}", "dsb sy", in(reg) pa, options(nostack));
+    }
+}
+
+/// A VM with one vCPU that runs the bench guest with `x0 = arg`.
+fn guest_vm(pages: &mut Pages, arg: u64) -> Result<u64, (&'static str, &'static str)> {
+    let vm = vm_create(pages, 1).map_err(|s| ("VmCreate", status_name(s)))?;
+    let code = pages.take(1);
+    write_guest_code(code);
+    let r = call(HostCall::Donate, [vm, code, GUEST_IPA, perms::R | perms::X]);
+    if !ok(r) {
+        return Err(("Donate", status_name(r[0])));
+    }
+    let r = call(HostCall::VcpuCreate, [vm, 0, GUEST_IPA, arg]);
+    if !ok(r) {
+        return Err(("VcpuCreate", status_name(r[0])));
+    }
+    Ok(vm)
+}
+
+/// Runs vCPU 0 of `vm` once; whether it exited the way `want` says.
+fn run_once(vm: u64, want: fn(Exit) -> bool) -> bool {
+    let r = call(HostCall::VcpuRun, [vm, 0, 0, 0]);
+    ok(r) && Exit::decode([r[1], r[2], r[3]]).is_some_and(want)
+}
+
+/// Runs the whole benchmark and prints its lines.
+pub fn run() {
+    if pmu_setup().is_none() {
+        line(format_args!(
+            "bench skipped: the PMU has fewer than 3 event counters"
+        ));
+        return;
+    }
+    // The empty operation: what the readings themselves cost.
+    let mut b = Bench { overhead: 0 };
+    let mut empty = [0_u32; 64];
+    for e in &mut empty {
+        let x = read();
+        let y = read();
+        *e = u32::try_from(y.total.wrapping_sub(x.total)).unwrap_or(u32::MAX);
+    }
+    b.overhead = u64::from(stats(&mut empty).0);
+    // Is EL2 counted at all, and does total = EL2 + EL1 hold?
+    let x = read();
+    let r = hvc(0xC600_00FF, 0, 0, 0, 0);
+    let y = read();
+    let el2 = y.el2.wrapping_sub(x.el2);
+    let el1 = y.el1.wrapping_sub(x.el1);
+    let total = y.total.wrapping_sub(x.total);
+    line(format_args!(
+        "bench pmu check: null hypercall -> {}, el2 {el2} el1 {el1} total {total} (reading overhead {})",
+        status_name(r[0]),
+        b.overhead
+    ));
+    if el2 == 0 {
+        line(format_args!(
+            "bench skipped: the engine does not let the host count at EL2 (MDCR_EL2.HPMD)"
+        ));
+        return;
+    }
+
+    b.run("null-hypercall", SAMPLES, 1, |_| {
+        hvc(0xC600_00FF, 0, 0, 0, 0)[0] == Status::NotSupported.raw()
+    });
+    b.run("version", SAMPLES, 1, |_| {
+        ok(call(HostCall::Version, [0; 4]))
+    });
+
+    let mut pages = Pages { next: BENCH_BASE };
+    let vm = match vm_create(&mut pages, 1) {
+        Ok(vm) => vm,
+        Err(s) => {
+            Bench::skip("vm-ops", format_args!("VmCreate -> {}", status_name(s)));
+            return;
+        }
+    };
+
+    // Donate and map one page at a time, each into a fresh IPA page.
+    let single = pages.take(SAMPLES as u64);
+    b.run("donate-map-1", SAMPLES, 1, |i| {
+        let off = (i as u64).wrapping_mul(PAGE);
+        ok(call(
+            HostCall::Donate,
+            [
+                vm,
+                single.wrapping_add(off),
+                GUEST_IPA.wrapping_add(off),
+                perms::R | perms::W,
+            ],
+        ))
+    });
+    // Batches of 512 into a fresh 2 MiB of IPA each: per page.
+    let batches = 8;
+    let batch_pa = pages.take(BATCH.wrapping_mul(batches));
+    let batch_ipa = GUEST_IPA.wrapping_add(0x1000_0000);
+    b.run("donate-map-batch512", batches as usize, BATCH as u32, |i| {
+        let first = (i as u64).wrapping_mul(BATCH);
+        (first..first.wrapping_add(BATCH)).all(|p| {
+            let off = p.wrapping_mul(PAGE);
+            ok(call(
+                HostCall::Donate,
+                [
+                    vm,
+                    batch_pa.wrapping_add(off),
+                    batch_ipa.wrapping_add(off),
+                    perms::R | perms::W,
+                ],
+            ))
+        })
+    });
+
+    // Share a host page, then unshare it, the same page every sample; the
+    // other half of each pair runs outside the measured window.
+    let shared = pages.take(1);
+    let share_ipa = GUEST_IPA.wrapping_add(0x2000_0000);
+    let share = || {
+        ok(call(
+            HostCall::Share,
+            [vm, shared, share_ipa, perms::R | perms::W],
+        ))
+    };
+    let unshare = || ok(call(HostCall::Unshare, [vm, shared, 0, 0]));
+    b.run_with("share", SAMPLES, 1, |i| i == 0 || unshare(), |_| share());
+    b.run_with("unshare", SAMPLES, 1, |i| i == 0 || share(), |_| unshare());
+
+    // Teardown: destroy the VM, then reclaim each of its guest pages and
+    // touch it again from the host (the host Stage-2 lazy-map fault: the
+    // page was unmapped from the host when it was donated).
+    let x = read();
+    let r = call(HostCall::VmDestroy, [vm, 0, 0, 0]);
+    let y = read();
+    if ok(r) {
+        line(format_args!(
+            "bench vm-destroy el2 {0} {0} {0} total {1} {1} {1} samples 1 per 1",
+            y.el2.wrapping_sub(x.el2),
+            y.total.wrapping_sub(x.total).saturating_sub(b.overhead)
+        ));
+    }
+    if !ok(r) {
+        Bench::skip(
+            "teardown",
+            format_args!("VmDestroy -> {}", status_name(r[0])),
+        );
+    } else {
+        b.run("reclaim-page", SAMPLES, 1, |i| {
+            let pa = single.wrapping_add((i as u64).wrapping_mul(PAGE));
+            ok(call(HostCall::Reclaim, [pa, 0, 0, 0]))
+        });
+        let mut rest_ok = true;
+        for p in 0..BATCH.wrapping_mul(batches) {
+            rest_ok &= ok(call(
+                HostCall::Reclaim,
+                [batch_pa.wrapping_add(p.wrapping_mul(PAGE)), 0, 0, 0],
+            ));
+        }
+        if !rest_ok {
+            line(format_args!("bench reclaim of the batch pages failed"));
+        }
+    }
+
+    // Guest exits: a vCPU whose guest makes a hypercall at once; one whose
+    // guest writes to MMIO at once; two VMs run alternately on this CPU.
+    match guest_vm(&mut pages, 0) {
+        Err(s) => Bench::skip(
+            "vcpu-run-hypercall-exit",
+            format_args!("guest setup: {} -> {}", s.0, s.1),
+        ),
+        Ok(a) => {
+            b.run("vcpu-run-hypercall-exit", SAMPLES, 1, |_| {
+                run_once(a, |e| matches!(e, Exit::HostCall { .. }))
+            });
+            match guest_vm(&mut pages, 0) {
+                Err(s) => Bench::skip(
+                    "vcpu-switch-2vms",
+                    format_args!("guest setup: {} -> {}", s.0, s.1),
+                ),
+                Ok(c) => b.run("vcpu-switch-2vms", SAMPLES, 1, |i| {
+                    run_once(if i % 2 == 0 { a } else { c }, |e| {
+                        matches!(e, Exit::HostCall { .. })
+                    })
+                }),
+            }
+        }
+    }
+    match guest_vm(&mut pages, MMIO_IPA) {
+        Err(s) => Bench::skip("mmio-exit", format_args!("guest setup: {} -> {}", s.0, s.1)),
+        Ok(m) => b.run("mmio-exit", SAMPLES, 1, |_| {
+            run_once(m, |e| matches!(e, Exit::Mmio { write: true, .. }))
+        }),
+    }
+    // Host Stage-2 lazy-map faults: the first touch of each 2 MiB of host
+    // RAM the host never used. Guest VMs own pages in this GiB, so no 1 GiB
+    // block can be mapped and every touch below faults once.
+    b.run("host-lazy-map-fault", FAULTS, 1, |i| {
+        let pa = FAULT_BASE.wrapping_add((i as u64).wrapping_mul(BLOCK_2M));
+        // SAFETY: host RAM the bench never touched before (see
+        // `FAULT_BASE`); the engine maps it on this first access.
+        let _ = unsafe { core::ptr::read_volatile(pa as *const u64) };
+        true
+    });
+    line(format_args!("bench done"));
+}

@@ -1,0 +1,415 @@
+//! `cargo xtask bench`: isola's performance figures, in one command.
+//!
+//! 1. **Instruction counts on QEMU.** Builds the EL2 image with the
+//!    `bench-pmu` feature (the only image in which the host may count at
+//!    EL2) and the host payload, boots them with `-icount shift=0 -smp 1`
+//!    and `isola.test=bench`, and reads the host's `bench ...` lines
+//!    (payloads/host/src/bench.rs): per operation, the median, min and max
+//!    EL2 instructions and the total instructions, counted by the PMU.
+//!    Under `-icount shift=0` every guest instruction is one nanosecond of
+//!    virtual time, and QEMU's PMU instruction event is the icount itself,
+//!    so the figures are exact and repeat from boot to boot.
+//! 2. **Scaling on the host.** `cargo bench -p isola-perf --bench scaling`
+//!    (criterion), whose `scaling <variant> <threads> <ns> <speed-up>` lines
+//!    give the speed-up over one thread of the sharded engine and of the
+//!    same work under one global lock.
+//! 3. **Figures.** `docs/figures/icount.svg`, `docs/figures/icount.md` (the
+//!    table) and `docs/figures/scaling.svg`.
+//!
+//! `--icount` or `--scaling` runs one half; `--smoke` boots the QEMU half
+//! and checks that the null hypercall was measured, writing no figure (a
+//! quick check that the benchmark path still works).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use isola_perf::svg::{self, Bar, Series};
+
+/// How long the benchmark boot may take before QEMU is killed.
+const DEADLINE: Duration = Duration::from_secs(600);
+
+/// One measured operation, as the host payload printed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// Operation name.
+    pub name: String,
+    /// EL2 instructions: median, min, max (per operation).
+    pub el2: [u64; 3],
+    /// Total instructions (every EL, the host's measuring code removed):
+    /// median, min, max.
+    pub total: [u64; 3],
+    /// Samples taken.
+    pub samples: u64,
+    /// Operations per sample.
+    pub per: u64,
+}
+
+/// What the benchmark boot reported.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Measured operations, in the order measured.
+    pub rows: Vec<Row>,
+    /// Operations that could not be measured, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Other `bench` lines (the PMU check).
+    pub notes: Vec<String>,
+}
+
+/// The goal or anchor each operation is judged against (docs/perf.md).
+fn reference(name: &str) -> Option<(f64, &'static str)> {
+    Some(match name {
+        "null-hypercall" => (100.0, "goal <= 100 EL2 (pKVM: 81 total)"),
+        "version" => (100.0, "pKVM cheapest call: 100 total"),
+        "vcpu-run-hypercall-exit" | "vcpu-switch-2vms" => (600.0, "goal <= 600"),
+        "mmio-exit" => (1500.0, "goal <= 1,500"),
+        "donate-map-1" | "donate-map-batch512" => (300.0, "goal <= 300/page"),
+        _ => return None,
+    })
+}
+
+/// Speed-ups per variant: `(variant, [(threads, speed-up)])`.
+type Scaling = Vec<(String, Vec<(f64, f64)>)>;
+
+/// Parses `host: bench <name> el2 a b c total d e f samples n per p` and
+/// `host: bench <name> skipped: <why>` lines out of the console.
+pub fn parse(console: &str) -> Report {
+    let mut r = Report::default();
+    for line in console.lines() {
+        let Some(rest) = line.trim_end_matches('\r').strip_prefix("host: bench ") else {
+            continue;
+        };
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| w.get(i).and_then(|s| s.parse::<u64>().ok());
+        let shape = [(1, "el2"), (5, "total"), (9, "samples"), (11, "per")];
+        if w.len() == 13
+            && shape.iter().all(|&(i, k)| w.get(i) == Some(&k))
+            && let (Some(a), Some(b), Some(c), Some(d), Some(e), Some(f), Some(n), Some(p)) = (
+                num(2),
+                num(3),
+                num(4),
+                num(6),
+                num(7),
+                num(8),
+                num(10),
+                num(12),
+            )
+        {
+            r.rows.push(Row {
+                name: w.first().map_or_else(String::new, |s| (*s).to_string()),
+                el2: [a, b, c],
+                total: [d, e, f],
+                samples: n,
+                per: p,
+            });
+            continue;
+        }
+        if let Some((name, why)) = rest.split_once(" skipped: ") {
+            r.skipped.push((name.to_string(), why.to_string()));
+        } else {
+            r.notes.push(rest.to_string());
+        }
+    }
+    r
+}
+
+/// The table printed and written to `docs/figures/icount.md`.
+pub fn table(r: &Report) -> String {
+    let mut s = String::from(
+        "| operation | EL2 instr. median | min | max | total instr. median | samples x ops | goal / anchor |\n\
+         |---|---:|---:|---:|---:|---:|---|\n",
+    );
+    for row in &r.rows {
+        let goal = reference(&row.name).map_or("", |g| g.1);
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} x {} | {} |\n",
+            row.name, row.el2[0], row.el2[1], row.el2[2], row.total[0], row.samples, row.per, goal
+        ));
+    }
+    for (name, why) in &r.skipped {
+        s.push_str(&format!("| {name} | not measured: {why} | | | | | |\n"));
+    }
+    s
+}
+
+/// Entry point: `cargo xtask bench [--icount | --scaling | --smoke]`.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let (icount, scaling, smoke) = match args.first().map(String::as_str) {
+        None => (true, true, false),
+        Some("--icount") => (true, false, false),
+        Some("--scaling") => (false, true, false),
+        Some("--smoke") => (true, false, true),
+        Some(a) => {
+            return Err(format!(
+                "bench: unknown argument {a:?} (--icount, --scaling, --smoke)"
+            ));
+        }
+    };
+    let figures = crate::root().join("docs").join("figures");
+    if icount {
+        let console = boot_bench()?;
+        let r = parse(&console);
+        for n in &r.notes {
+            println!("note: {n}");
+        }
+        let t = table(&r);
+        println!("\n{t}");
+        let null = r.rows.iter().find(|row| row.name == "null-hypercall");
+        if null.is_none_or(|row| row.el2[0] == 0) {
+            return Err("the null hypercall was not measured (see the console above)".into());
+        }
+        if !smoke {
+            std::fs::create_dir_all(&figures).map_err(|e| format!("{}: {e}", figures.display()))?;
+            write(&figures.join("icount.md"), &t)?;
+            write(&figures.join("icount.svg"), &icount_svg(&r))?;
+        }
+    }
+    if scaling {
+        let points = run_scaling()?;
+        std::fs::create_dir_all(&figures).map_err(|e| format!("{}: {e}", figures.display()))?;
+        write(&figures.join("scaling.svg"), &scaling_svg(&points))?;
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Builds the benchmark images; their paths (engine, host payload).
+fn build_images() -> Result<(PathBuf, PathBuf), String> {
+    // Its own target directory: the `bench-pmu` engine must never be mistaken
+    // for the test image, and building it must not invalidate that one.
+    let target = crate::root().join("target").join("aarch64-bench");
+    let mut c = crate::cargo();
+    c.args(["build", "--release", "--target", "aarch64-unknown-none"])
+        .args([
+            "-p",
+            "isola-boot",
+            "-p",
+            "isola-host-payload",
+            "--features",
+            "isola-boot/bench-pmu",
+        ])
+        .env("CARGO_TARGET_DIR", &target);
+    crate::run(c)?;
+    let dir = target.join("aarch64-unknown-none").join("release");
+    Ok((dir.join("isola"), dir.join("isola-host")))
+}
+
+/// Boots the benchmark and returns its console; fails on a timeout or a
+/// boot that does not end with the engine's clean power-off.
+fn boot_bench() -> Result<String, String> {
+    let (engine, host) = build_images()?;
+    let mut cmd = Command::new("qemu-system-aarch64");
+    cmd.args(["-machine", "virt,virtualization=on,gic-version=3"])
+        .args(["-cpu", "max,pauth-impdef=on", "-smp", "1", "-m", "2G"])
+        .args(["-icount", "shift=0", "-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&engine)
+        .arg("-device")
+        .arg(format!("loader,file={}", host.display()))
+        .args(["-append", "isola.test=bench"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    println!("booting: {cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("could not start qemu-system-aarch64: {e}"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let out = child.stdout.take().ok_or("no QEMU stdout")?;
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = child.stderr.take().ok_or("no QEMU stderr")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut console = String::new();
+    let timed_out = loop {
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        match rx.recv_timeout(left.max(Duration::from_millis(1))) {
+            Ok(line) => {
+                println!("{line}");
+                console.push_str(&line);
+                console.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+            Err(mpsc::RecvTimeoutError::Timeout) => break true,
+        }
+    };
+    if timed_out {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+    println!(
+        "benchmark boot took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if timed_out {
+        return Err(format!(
+            "QEMU did not finish within {} s",
+            DEADLINE.as_secs()
+        ));
+    }
+    if !status.success() || !console.contains("exit status: ok") {
+        return Err(format!(
+            "the benchmark boot failed ({status}); QEMU stderr: {stderr}"
+        ));
+    }
+    Ok(console)
+}
+
+/// Runs the criterion scaling bench; `(variant, [(threads, speed-up)])`.
+fn run_scaling() -> Result<Scaling, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::root().join("target").join("perf"), PathBuf::from);
+    let mut c = crate::cargo();
+    c.args(["bench", "-p", "isola-perf", "--bench", "scaling"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CRITERION_HOME", target.join("criterion"))
+        .stdout(Stdio::piped());
+    println!("running: {c:?}");
+    let out = c.output().map_err(|e| format!("cargo bench: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    if !out.status.success() {
+        return Err(format!("cargo bench exited with {}", out.status));
+    }
+    let series = parse_scaling(&text);
+    if series.is_empty() {
+        return Err("the scaling bench printed no speed-ups".into());
+    }
+    Ok(series)
+}
+
+/// `scaling <variant> <threads> <ns> <speed-up>` lines, grouped by variant.
+pub fn parse_scaling(text: &str) -> Scaling {
+    let mut out: Scaling = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let [tag, variant, n, _ns, speedup] = w.as_slice() else {
+            continue;
+        };
+        let (Ok(n), Ok(s)) = (n.parse::<f64>(), speedup.parse::<f64>()) else {
+            continue;
+        };
+        if *tag != "scaling" {
+            continue;
+        }
+        match out.iter_mut().find(|(v, _)| v == variant) {
+            Some((_, pts)) => pts.push((n, s)),
+            None => out.push(((*variant).to_string(), vec![(n, s)])),
+        }
+    }
+    out
+}
+
+fn icount_svg(r: &Report) -> String {
+    let bars: Vec<Bar> = r
+        .rows
+        .iter()
+        .map(|row| Bar {
+            label: row.name.clone(),
+            value: row.el2[0] as f64,
+            reference: reference(&row.name).map(|(v, s)| (v, s.to_string())),
+        })
+        .collect();
+    svg::log_bars(
+        "isola on QEMU 7.2 TCG, -icount shift=0 -smp 1: EL2 instructions per operation (median)",
+        "EL2 instructions (log scale)",
+        &bars,
+    )
+}
+
+fn scaling_svg(series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let colors = ["#4878b0", "#c07020", "#30a040", "#903090"];
+    let s: Vec<Series> = series
+        .iter()
+        .zip(colors.iter().cycle())
+        .map(|((name, pts), c)| Series {
+            name: name.clone(),
+            color: (*c).to_string(),
+            points: pts.clone(),
+        })
+        .collect();
+    let n = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.0))
+        .fold(1.0, f64::max);
+    svg::lines(
+        "Mixed ownership work, threads on distinct VMs: speed-up over one thread",
+        "threads",
+        "speed-up (n x t(1) / t(n))",
+        &s,
+        Some((n, "ideal at the most threads")),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_rows_skips_and_notes() {
+        let console = "isola: boot\n\
+            host: bench pmu check: null hypercall -> NotSupported, el2 149 el1 5 total 154\r\n\
+            host: bench null-hypercall el2 149 149 150 total 152 152 153 samples 1001 per 1\n\
+            host: bench mmio-exit skipped: guest setup: VmCreate -> NoMemory\n\
+            host: bench broken el2 x 1 2 total 1 2 3 samples 1 per 1\n";
+        let r = parse(console);
+        assert_eq!(
+            r.rows,
+            vec![Row {
+                name: "null-hypercall".into(),
+                el2: [149, 149, 150],
+                total: [152, 152, 153],
+                samples: 1001,
+                per: 1
+            }]
+        );
+        assert_eq!(
+            r.skipped,
+            vec![(
+                "mmio-exit".to_string(),
+                "guest setup: VmCreate -> NoMemory".to_string()
+            )]
+        );
+        assert_eq!(
+            r.notes.len(),
+            2,
+            "the PMU check and the malformed line are kept as notes"
+        );
+        let t = table(&r);
+        assert!(
+            t.contains("| null-hypercall | 149 | 149 | 150 | 152 | 1001 x 1 | goal <= 100 EL2")
+        );
+        assert!(t.contains("| mmio-exit | not measured"));
+    }
+
+    #[test]
+    fn parses_scaling_lines() {
+        let s = "noise\nscaling sharded 1 1000 1.000\nscaling sharded 2 1100 1.818\nscaling global-lock 1 900 1.000\nscaling x 2: no estimate\n";
+        let p = parse_scaling(s);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0],
+            ("sharded".to_string(), vec![(1.0, 1.0), (2.0, 1.818)])
+        );
+        assert_eq!(p[1].1, vec![(1.0, 1.0)]);
+    }
+}
