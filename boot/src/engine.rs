@@ -34,8 +34,10 @@ use crate::world::{self, GuestStage2, Vector};
 const PAGE: u64 = 4096;
 /// Ownership shards of 2 MiB: fine-grained locks for many CPUs.
 const SHARD_SHIFT: u32 = 21;
-/// Most VMs (live or awaiting reclaim).
-const VM_SLOTS: usize = 32;
+/// Most VMs (live or awaiting reclaim): the core's limit (`vm::MAX_SLOTS`,
+/// one 8-bit VMID per slot), so the VM test can run 64 VMs on 32 CPUs and
+/// over 1000 vCPUs on 512.
+const VM_SLOTS: usize = isola::vm::MAX_SLOTS;
 /// Guest IPAs at and above 3 GiB up to 4 GiB are the guests' MMIO window.
 const GUEST_MMIO: (u64, u64) = (0xC000_0000, 0x1_0000_0000);
 /// Shape of the host's and every VM's Stage-2 (one VTCR_EL2 for all).

@@ -404,7 +404,7 @@ fn badcall_story(smp: u32) -> Vec<Expect> {
 /// least 4, at most what the engine's VM table (`VM_SLOTS` in
 /// boot/src/engine.rs) holds beside the attacker and the two power VMs.
 fn vms_count(smp: u32) -> u32 {
-    const ENGINE_VM_SLOTS: u32 = 32;
+    const ENGINE_VM_SLOTS: u32 = 255;
     (2 * smp).clamp(4, ENGINE_VM_SLOTS - 3)
 }
 

@@ -427,6 +427,10 @@ static FAILURES: AtomicU32 = AtomicU32::new(0);
 static CHECKS: AtomicU32 = AtomicU32::new(0);
 /// Ordinary VMs in use (records `0..VM_COUNT`).
 static VM_COUNT: AtomicUsize = AtomicUsize::new(0);
+/// The vCPUs the general scheduler runs, as `vm << 8 | index`, written by
+/// CPU 0 during setup (before the first barrier).
+static RUN_LIST: [AtomicU32; (MAX_VMS + 3) * MAX_VCPUS] =
+    [const { AtomicU32::new(0) }; (MAX_VMS + 3) * MAX_VCPUS];
 /// vCPUs the general scheduler runs, and how many of them are done.
 static RUNNABLE: AtomicUsize = AtomicUsize::new(0);
 static FINISHED: AtomicUsize = AtomicUsize::new(0);
@@ -973,7 +977,10 @@ fn fill_vm(
         d.role = *role;
         let state = if *role == Role::Spin { RESERVED } else { READY };
         if state == READY {
-            RUNNABLE.fetch_add(1, Ordering::Relaxed);
+            let at = RUNNABLE.fetch_add(1, Ordering::Relaxed);
+            if let Some(e) = RUN_LIST.get(at) {
+                e.store((k << 8 | i) as u32, Ordering::Relaxed);
+            }
         }
         slot.state.store(state, Ordering::Release);
     }
@@ -1076,22 +1083,27 @@ fn host_attacks(print: Print) {
 /// Every CPU: runs claimed vCPUs one exit at a time and makes its share of
 /// the host-call storm, until every runnable vCPU is done.
 fn run_vcpus(cpu: usize, cpus: usize, print: Print) {
-    let total = RUNNABLE.load(Ordering::Relaxed);
+    let total = RUNNABLE.load(Ordering::Relaxed).min(RUN_LIST.len());
     let mut cursor = cpu.wrapping_mul(7);
     let mut storm_left = STORM_PER_CPU;
     let mut rng = guest::splitmix64(cpu as u64 ^ 0x5707_3000);
-    let span = WORLD.vms.len().saturating_mul(MAX_VCPUS);
     while FINISHED.load(Ordering::Acquire) < total {
-        for _ in 0..span {
-            cursor = cursor.wrapping_add(1).checked_rem(span).unwrap_or(0);
-            let (k, i) = (cursor / MAX_VCPUS, cursor % MAX_VCPUS);
+        for _ in 0..total {
+            cursor = cursor.wrapping_add(1).checked_rem(total).unwrap_or(0);
+            let Some(entry) = RUN_LIST.get(cursor) else {
+                continue;
+            };
+            let e = entry.load(Ordering::Relaxed) as usize;
+            let (k, i) = (e >> 8, e & 0xff);
             let Some(slot) = WORLD.vms.get(k).and_then(|vm| vm.slot(i)) else {
                 continue;
             };
-            if slot
-                .state
-                .compare_exchange(READY, RUNNING, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+            // Look before claiming: most vCPUs are busy or done.
+            if slot.state.load(Ordering::Relaxed) == READY
+                && slot
+                    .state
+                    .compare_exchange(READY, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
             {
                 let done = run_once(print, k, i, slot, cpus);
                 slot.state
