@@ -432,7 +432,14 @@ fn mmio_reads_and_writes_carry_exactly_one_register() {
 fn records_are_four_bytes_and_vm_slots_small() {
     assert_eq!(std::mem::size_of::<PageRecord>(), 4);
     let slot = std::mem::size_of::<isola::vm::VmSlot>();
-    println!("PageRecord: 4 bytes/page; VmSlot: {slot} bytes/VM; vCPU context: 1 pool page");
+    let shard = std::mem::size_of::<isola::ownership::Shard>();
+    println!(
+        "PageRecord: 4 bytes/page; Shard: {shard} bytes/shard; VmSlot: {slot} bytes/VM; vCPU context: 1 pool page"
+    );
+    assert!(
+        shard <= 512,
+        "shard is {shard} bytes (lock padded to cache lines)"
+    );
     assert!(slot <= 512, "VM slot is {slot} bytes");
 }
 
