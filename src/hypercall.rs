@@ -241,9 +241,11 @@ impl<A: Arch> Engine<A> {
             return Err(Status::NoMemory);
         }
         for (slot, s) in self.vms.iter().enumerate() {
-            let Some(mut g) = s.inner.try_lock().filter(|g| g.state == SlotState::Free) else {
+            // One slot at a time, holding nothing else (lock order).
+            let mut g = s.inner.lock();
+            if g.state != SlotState::Free {
                 continue;
-            };
+            }
             self.take_into_pool(slot, &mut g, pa, pages, root_pages)?;
             let generation = g.generation;
             g.s2 = Some(Stage2::new(pa, self.vm_s2, vmid_of(slot)));

@@ -486,3 +486,180 @@ fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
         Some(PageRecord::HOST)
     );
 }
+
+#[test]
+fn the_host_faults_in_only_what_it_may_touch() {
+    let host = Host::new();
+    let esr = isola::abort::data_abort_esr(8, true, 0, false, true, 0b000111);
+    let fault = |pa: u64| host.engine.host_abort(esr, pa, (pa >> 12) << 4);
+    // The engine's own pages (host Stage-2 tables) and memory that is neither
+    // RAM nor a device the host was given: an external abort.
+    assert_eq!(fault(host.page(0)), HostAbortAction::InjectSea);
+    assert_eq!(fault(host.page(7) + 0x10), HostAbortAction::InjectSea);
+    assert_eq!(fault(0x1_0000_0000), HostAbortAction::InjectSea);
+    assert_eq!(
+        fault(isola::testing::HOST_UART + 0x1000),
+        HostAbortAction::InjectSea
+    );
+    // Its device: mapped as Device memory, one page.
+    assert_eq!(
+        fault(isola::testing::HOST_UART + 0x18),
+        HostAbortAction::Retry
+    );
+    let t = host
+        .engine
+        .host_translate(PhysAddr::new(isola::testing::HOST_UART))
+        .unwrap();
+    assert_eq!(
+        (t.level, t.desc.mem_type()),
+        (3, isola::stage2::MemType::Device)
+    );
+    // A permission fault is never "fixed" by mapping more.
+    let perm = isola::abort::data_abort_esr(8, true, 0, false, true, 0b001111);
+    assert_eq!(
+        host.engine
+            .host_abort(perm, host.page(40), (host.page(40) >> 12) << 4),
+        HostAbortAction::InjectSea
+    );
+    // A VM's page: refused, before and after the VM is destroyed, until reclaimed.
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    host.ok(HostCall::Donate, [vm, host.page(40), GUEST_RAM, perms::R]);
+    assert_eq!(fault(host.page(40)), HostAbortAction::InjectSea);
+    assert_eq!(
+        fault(host.page(16)),
+        HostAbortAction::InjectSea,
+        "pool pages are the engine's"
+    );
+    host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
+    assert_eq!(fault(host.page(40)), HostAbortAction::InjectSea);
+    assert_eq!(
+        host.call(HostCall::Reclaim, [host.page(41), 0, 0, 0]).0,
+        Status::NotOwner
+    );
+    host.ok(HostCall::Reclaim, [host.page(40), 0, 0, 0]);
+    assert_eq!(fault(host.page(40)), HostAbortAction::Retry);
+}
+
+#[test]
+fn failures_roll_back_and_slots_are_reused_only_after_reclaim() {
+    let spec = MachineSpec {
+        vm_slots: 1,
+        ..MachineSpec::default()
+    };
+    let host = Host {
+        engine: spec.build(RecordingArch::new()),
+        spec,
+    };
+    let [a, ..] = host.ok(HostCall::VmCreate, [host.page(16), 4, 1, 0]);
+    // A run that crosses a VM's page: NotOwner, and the pages before it stay the host's.
+    host.ok(HostCall::Donate, [a, host.page(33), GUEST_RAM, perms::R]);
+    let before = host.totals();
+    assert_eq!(
+        host.call(HostCall::VmTopup, [a, host.page(30), 4, 0]).0,
+        Status::NotOwner
+    );
+    assert_eq!(host.totals(), before);
+    for i in 30..33 {
+        assert_eq!(
+            host.engine.page(PhysAddr::new(host.page(i))),
+            Some(PageRecord::HOST)
+        );
+    }
+    // The table is full while `a` lives, and while its page awaits reclaim.
+    assert_eq!(
+        host.call(HostCall::VmCreate, [host.page(20), 4, 1, 0]).0,
+        Status::NoMemory
+    );
+    assert_eq!(
+        host.call(HostCall::Reclaim, [host.page(33), 0, 0, 0]).0,
+        Status::Denied,
+        "live VM"
+    );
+    host.ok(HostCall::VmDestroy, [a, 0, 0, 0]);
+    assert_eq!(
+        host.call(HostCall::VmCreate, [host.page(20), 4, 1, 0]).0,
+        Status::NoMemory
+    );
+    host.ok(HostCall::Reclaim, [host.page(33), 0, 0, 0]);
+    let [b, ..] = host.ok(HostCall::VmCreate, [host.page(20), 4, 1, 0]);
+    assert_ne!(a, b, "same slot, new generation");
+    assert_eq!(b & 0xffff, a & 0xffff);
+    assert_eq!(
+        host.call(HostCall::VcpuCreate, [a, 0, 0, 0]).0,
+        Status::NotFound,
+        "stale handle"
+    );
+    host.ok(HostCall::VcpuCreate, [b, 0, 0, 0]);
+    // vCPU checks: index beyond max, twice, pool exhaustion.
+    assert_eq!(
+        host.call(HostCall::VcpuCreate, [b, 1, 0, 0]).0,
+        Status::NotFound
+    );
+    assert_eq!(
+        host.call(HostCall::VcpuCreate, [b, 0, 0, 0]).0,
+        Status::Denied
+    );
+    // Pool: 4 pages = root + context + 2 free; a donation needs 3 tables.
+    let before = host.totals();
+    assert_eq!(
+        host.call(HostCall::Donate, [b, host.page(40), GUEST_RAM, perms::R])
+            .0,
+        Status::NoMemory
+    );
+    assert_eq!(host.totals(), before);
+    assert_eq!(
+        host.engine.vm_usage(b).unwrap(),
+        [0, 0, 4, 2, 1],
+        "nothing allocated by the failure"
+    );
+    host.ok(HostCall::VmTopup, [b, host.page(30), 1, 0]);
+    host.ok(HostCall::Donate, [b, host.page(40), GUEST_RAM, perms::R]);
+    assert_eq!(host.engine.vm_usage(b).unwrap(), [1, 0, 5, 0, 4]);
+    assert_eq!(
+        host.call(HostCall::Donate, [b, host.page(41), GUEST_RAM, perms::R])
+            .0,
+        Status::AlreadyMapped
+    );
+    // Destroy returns every pool page: root, tables, context.
+    host.ok(HostCall::VmDestroy, [b, 0, 0, 0]);
+    assert_eq!(host.totals(), [spec.ram_pages - 8 - 1, 8, 1]);
+}
+
+#[test]
+fn the_host_stage2_reserve_covers_every_split() {
+    // 4 MiB: host pages in blocks, then every other page donated, so every
+    // block is split; the reserve is exactly what host_s2_pages_needed says.
+    let ram = [(PhysAddr::new(0x4000_0000), 1024)];
+    let needed = Engine::<RecordingArch>::host_s2_pages_needed(
+        isola::stage2::S2Config::DEFAULT,
+        &ram,
+        &[(PhysAddr::new(isola::testing::HOST_UART), 1)],
+    );
+    let spec = MachineSpec {
+        ram_pages: 1024,
+        engine_pages: needed,
+        ..MachineSpec::default()
+    };
+    let host = Host {
+        engine: spec.build(RecordingArch::new()),
+        spec,
+    };
+    let first = needed + 64;
+    for i in first..1024 {
+        assert!(host.host_reads(host.page(i)).is_some());
+    }
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(needed), 64, 1, 0]);
+    for (n, i) in (first..1024).step_by(2).enumerate() {
+        host.ok(
+            HostCall::Donate,
+            [vm, host.page(i), GUEST_RAM + n as u64 * 4096, perms::R],
+        );
+    }
+    for i in first..1024 {
+        let mapped = host
+            .engine
+            .host_translate(PhysAddr::new(host.page(i)))
+            .is_some();
+        assert_eq!(mapped, (i - first) % 2 == 1, "page {i}: split, not dropped");
+    }
+}
