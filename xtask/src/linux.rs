@@ -96,17 +96,51 @@ fn cache_dir() -> PathBuf {
     root().join("target").join("linux")
 }
 
-/// `cargo xtask linux [--smp N] [--bare]`: boots Debian's kernel on isola
-/// (or, with `--bare`, directly on QEMU at EL1 without the engine, for
-/// comparison) and streams the console; fails unless the run passes the same
-/// judgement as the test.
+/// How the init script ends the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum End {
+    /// `poweroff -f`: PSCI `SYSTEM_OFF` through the relay.
+    PowerOff,
+    /// `reboot -f`: PSCI `SYSTEM_RESET` through the relay (QEMU runs with
+    /// `-no-reboot`, so the reset ends it).
+    Reset,
+}
+
+/// One booted Linux scenario of the test command.
+struct Scenario {
+    name: &'static str,
+    smp: u32,
+    end: End,
+}
+
+/// The test command's Linux scenarios: the full story on 8 CPUs ending in
+/// a power-off, and on 2 CPUs ending in a reset.
+const SCENARIOS: [Scenario; 2] = [
+    Scenario {
+        name: "linux-host-smp8",
+        smp: 8,
+        end: End::PowerOff,
+    },
+    Scenario {
+        name: "linux-host-reset-smp2",
+        smp: 2,
+        end: End::Reset,
+    },
+];
+
+/// `cargo xtask linux [--smp N] [--reboot] [--bare]`: boots Debian's kernel
+/// on isola (or, with `--bare`, directly on QEMU at EL1 without the engine,
+/// for comparison) and streams the console; fails unless the run passes the
+/// same judgement as the test.
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut smp = 8_u32;
     let mut bare = false;
+    let mut end = End::PowerOff;
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--bare" => bare = true,
+            "--reboot" => end = End::Reset,
             "--smp" => {
                 smp = rest
                     .next()
@@ -126,7 +160,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
         bare_command(&assets, smp)
     } else {
         let images = crate::qemu::build_images()?;
-        isola_command(&images.engine, &assets, smp)?
+        isola_command(&images.engine, &assets, smp, end)?
     };
     let run = watch(cmd, RUN_DEADLINE, true)?;
     println!("linux run took {:.1} s", run.elapsed.as_secs_f64());
@@ -136,41 +170,50 @@ pub fn main(args: &[String]) -> Result<(), String> {
             _ => Err(format!("bare Linux run ended badly\n{}", run.log())),
         };
     }
-    judge(&run, smp).map_err(|e| format!("{e}\n(see the console above)"))
+    judge(&run, smp, end).map_err(|e| format!("{e}\n(see the console above)"))
 }
 
-/// The booted test: Debian's kernel on isola with 8 CPUs.
+/// The booted test: every [`SCENARIOS`] entry, each reported by name as
+/// PASS or FAIL (with its captured console), or all SKIPPED by name when
+/// the kernel cannot be fetched here.
 pub fn booted_test() -> Result<(), String> {
-    const SMP: u32 = 8;
     let assets = match fetch() {
         Ok(a) => a,
         Err(FetchError::Unavailable(why)) => {
+            let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
             return Err(format!(
-                "{}linux-host-smp8: Debian's kernel and busybox could not be fetched: {why}",
-                crate::SKIPPED
+                "{}{}: Debian's kernel and busybox could not be fetched: {why}",
+                crate::SKIPPED,
+                names.join(", ")
             ));
         }
         Err(FetchError::Broken(why)) => return Err(why),
     };
     let images = crate::qemu::build_images()?;
-    let run = watch(
-        isola_command(&images.engine, &assets, SMP)?,
-        TEST_DEADLINE,
-        false,
-    )?;
-    match judge(&run, SMP) {
-        Ok(()) => {
-            println!(
-                "linux-host-smp8 ({}): PASS ({:.1} s)",
+    let mut failures = Vec::new();
+    for s in &SCENARIOS {
+        let run = watch(
+            isola_command(&images.engine, &assets, s.smp, s.end)?,
+            TEST_DEADLINE,
+            false,
+        )?;
+        match judge(&run, s.smp, s.end) {
+            Ok(()) => println!(
+                "{} ({}): PASS ({:.1} s)",
+                s.name,
                 assets.kernel_package,
                 run.elapsed.as_secs_f64()
-            );
-            Ok(())
+            ),
+            Err(e) => {
+                println!("{}: FAIL: {e}", s.name);
+                failures.push(format!("{}: {e}\n{}", s.name, run.log()));
+            }
         }
-        Err(e) => {
-            println!("linux-host-smp8: FAIL");
-            Err(format!("linux-host-smp8: {e}\n{}", run.log()))
-        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n\n"))
     }
 }
 
@@ -687,12 +730,16 @@ fn initrd_placement(assets: &Assets) -> Result<(u64, u64), String> {
 /// Debian's kernel on isola: the engine at EL2 (`-kernel`), the `Image` at
 /// the host entry and the initramfs, both by QEMU's generic loader as raw
 /// bytes.
-fn isola_command(engine: &Path, assets: &Assets, smp: u32) -> Result<Command, String> {
+fn isola_command(engine: &Path, assets: &Assets, smp: u32, end: End) -> Result<Command, String> {
     let (initrd_base, initrd_size) = initrd_placement(assets)?;
     // Linux sees RAM from the end of the engine's carve-out (the engine's
     // device-tree edit) and is told to manage all but the probe margin.
     let shown = RAM_END - ENGINE_END;
-    let probes = format!("isola.probe_host={HOST_PROBE:#x} isola.probe_engine={ENGINE_PROBE:#x}");
+    let mut probes =
+        format!("isola.probe_host={HOST_PROBE:#x} isola.probe_engine={ENGINE_PROBE:#x}");
+    if end == End::Reset {
+        probes.push_str(" isola.end=reboot");
+    }
     // highmem=off: QEMU virt then puts the PCIe ECAM below RAM, inside the
     // one device range the engine gives the host (every non-RAM address
     // below RAM); with highmem the ECAM (at 256 GiB) and the 512 GiB 64-bit
@@ -824,7 +871,7 @@ fn untimed(line: &str) -> &str {
 /// What must appear, in this order: each entry's fragments must all be in
 /// one untimed console line, the first at its start, the others after it in
 /// order (so a PID may vary between them).
-fn story(smp: u32) -> Vec<Vec<String>> {
+fn story(smp: u32, end: End) -> Vec<Vec<String>> {
     // "0-7" for 8 CPUs, "0" for one.
     let online = |n: u32| match n {
         0 | 1 => "0".to_string(),
@@ -894,10 +941,19 @@ fn story(smp: u32) -> Vec<Vec<String>> {
         sea("0x0000000092000010"),
         sea("0x0000000092000050"),
         one("isola-linux: kernel still running: ".to_string()),
-        one("isola-linux: powering off".to_string()),
-        one("reboot: Power down".to_string()),
-        one("isola: power off (host called PSCI SYSTEM_OFF); exit status: ok".to_string()),
     ]);
+    story.extend(match end {
+        End::PowerOff => [
+            one("isola-linux: powering off".to_string()),
+            one("reboot: Power down".to_string()),
+            one("isola: power off (host called PSCI SYSTEM_OFF); exit status: ok".to_string()),
+        ],
+        End::Reset => [
+            one("isola-linux: rebooting".to_string()),
+            one("reboot: Restarting system".to_string()),
+            one("isola: host called PSCI SYSTEM_RESET".to_string()),
+        ],
+    });
     story
 }
 
@@ -936,7 +992,7 @@ const FORBIDDEN: &[&str] = &[
     "failed with status",
 ];
 
-fn judge(run: &Run, smp: u32) -> Result<(), String> {
+fn judge(run: &Run, smp: u32, end: End) -> Result<(), String> {
     if run.timed_out {
         return Err(format!(
             "killed at the {} s deadline",
@@ -949,7 +1005,7 @@ fn judge(run: &Run, smp: u32) -> Result<(), String> {
         }
     }
     let mut lines = run.lines.iter().map(|l| untimed(l));
-    for want in story(smp) {
+    for want in story(smp, end) {
         if !lines.any(|l| tells(l, &want)) {
             return Err(format!(
                 "missing (or out of order) console line: {}",
@@ -1042,21 +1098,30 @@ mod tests {
 
     #[test]
     fn the_judge_wants_the_whole_story_and_nothing_forbidden() {
-        let story: Vec<String> = story(2).iter().map(|f| f.join("136")).collect();
+        let story: Vec<String> = story(2, End::PowerOff)
+            .iter()
+            .map(|f| f.join("136"))
+            .collect();
         let good: Vec<&str> = story.iter().map(String::as_str).collect();
-        assert_eq!(judge(&run_of(&good), 2), Ok(()));
+        assert_eq!(judge(&run_of(&good), 2, End::PowerOff), Ok(()));
         let mut missing = good.clone();
         let read_probe = missing
             .iter()
             .position(|l| l.contains("devmem read killed by SIGBUS"))
             .unwrap();
         missing.remove(read_probe);
-        assert!(judge(&run_of(&missing), 2).unwrap_err().contains("SIGBUS"));
+        assert!(
+            judge(&run_of(&missing), 2, End::PowerOff)
+                .unwrap_err()
+                .contains("SIGBUS")
+        );
         let mut oops = good.clone();
         oops.insert(3, "[    2.000000] Internal error: Oops: 96000010 [#1] SMP");
-        assert!(judge(&run_of(&oops), 2).is_err());
+        assert!(judge(&run_of(&oops), 2, End::PowerOff).is_err());
+        // A reset run tells a different ending.
+        assert!(judge(&run_of(&good), 2, End::Reset).is_err());
         let mut swapped = good.clone();
         swapped.swap(0, 1);
-        assert!(judge(&run_of(&swapped), 2).is_err());
+        assert!(judge(&run_of(&swapped), 2, End::PowerOff).is_err());
     }
 }
