@@ -416,7 +416,7 @@ fn vms_story(smp: u32) -> Vec<Expect> {
     e.extend(host_start(smp, "vms"));
     e.push(line("host: vms: guest image found at 0x7ff00000"));
     e.push(line(format!(
-        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 6 vCPUs and two power VMs"
+        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 7 vCPUs and two power VMs"
     )));
     let refused = |name: &str, status: &str| format!("host: attack {name}: refused ({status})");
     for (name, status) in [
@@ -478,6 +478,7 @@ fn vms_story(smp: u32) -> Vec<Expect> {
         line("host: attack guest-write-engine-pa: contained (landed in its own fresh page at IPA 0x43800000)"),
         line("host: attack guest-access-beyond-ipa-space: contained (the engine stopped the vCPU (Exit::Error))"),
         line("host: attack guest-read-gic-distributor: contained (host did not back IPA 0x8000000)"),
+        line("host: vms: world switch: the guest kept x4-x30, v0-v31 and FPCR across a call handled at EL2 and one handled by the host"),
         line("host: vms: power VM: PSCI SYSTEM_OFF exit"),
         line("host: vms: reset VM: PSCI SYSTEM_RESET exit"),
         line(refused("run-vcpu-of-powered-off-vm", "Denied")),

@@ -97,7 +97,27 @@ pub enum Behaviour {
     /// unshare and report [`msg::SPUN`]. Keeps the vCPU loaded on one CPU for
     /// as long as the host needs (to attack a running vCPU).
     Spin = 9,
+    /// Fill `x4..x30`, `v0..v31` and FPCR with [`reg_pattern`] values, make
+    /// a guest call the engine answers itself (`Info`) and one that exits to
+    /// the host (`HostCall` with [`msg::REGS`]); after each, count the
+    /// registers that lost their value; report [`msg::REGS_RESULT`].
+    Registers = 10,
 }
+
+/// The value the register test puts in `x<n>` (guest side: `owner` 0x5ee0;
+/// host side: 0x4057).
+pub const fn reg_pattern(owner: u64, n: u64) -> u64 {
+    owner << 48 | 0x100 | (n & 0xff)
+}
+
+/// The byte the register test repeats through `v<n>` (guest: `base` 0x40;
+/// host: 0x80).
+pub const fn vreg_byte(base: u8, n: u8) -> u8 {
+    base.wrapping_add(n)
+}
+
+/// The FPCR the guest's register test sets (FZ | DN).
+pub const REGS_FPCR: u64 = 3 << 24;
 
 /// Word 0 of a [`Behaviour::Spin`] vCPU's shared page while it spins.
 pub const SPINNING: u64 = 0x5350_494e_4e49_4e47;
@@ -117,6 +137,7 @@ impl Behaviour {
             7 => Self::SystemOff,
             8 => Self::SystemReset,
             9 => Self::Spin,
+            10 => Self::Registers,
             _ => return None,
         })
     }
@@ -167,6 +188,10 @@ pub mod msg {
     pub const INFO: u64 = 0x1a;
     /// `[SPUN, status of the unshare]`: a spin ended.
     pub const SPUN: u64 = 0x1b;
+    /// `[REGS, 0]`: the register test's exit to the host (reply 0).
+    pub const REGS: u64 = 0x1c;
+    /// `[REGS_RESULT, lost after Info << 32 | lost after the exit]`.
+    pub const REGS_RESULT: u64 = 0x1d;
     /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
     pub const FATAL: u64 = 0x1f;
 }
@@ -308,6 +333,7 @@ mod tests {
             Behaviour::SystemOff,
             Behaviour::SystemReset,
             Behaviour::Spin,
+            Behaviour::Registers,
         ] {
             let x0 = b.x0(0x4000_1001);
             assert_eq!(Behaviour::from_x0(x0), Some(b));

@@ -59,13 +59,14 @@ const GICD_IPA: u64 = 0x0800_0000;
 const BEYOND_IPA: u64 = 1 << 46;
 
 /// The attacker VM's vCPUs, by index.
-const ATTACKER: [Role; 6] = [
+const ATTACKER: [Role; 7] = [
     Role::Attack,
     Role::ProbeOtherVm,
     Role::ProbeEngineWrite,
     Role::ProbeBeyond,
     Role::ProbeGic,
     Role::Spin,
+    Role::Registers,
 ];
 /// The attacker's vCPU that spins for the running-vCPU attacks.
 const SPIN_INDEX: usize = 5;
@@ -76,7 +77,7 @@ const RESET: [Role; 1] = [Role::SystemReset];
 /// An ordinary VM's vCPUs.
 const ORDINARY: [Role; VCPUS] = [Role::Checksum, Role::Mmio, Role::Share, Role::Demand];
 /// Most vCPUs any VM here has.
-const MAX_VCPUS: usize = 6;
+const MAX_VCPUS: usize = 7;
 /// Most demand-backed pages one VM may get.
 const MAX_DEMAND: usize = 16;
 
@@ -93,6 +94,7 @@ enum Role {
     ProbeBeyond,
     ProbeGic,
     Spin,
+    Registers,
     SystemOff,
     SystemReset,
 }
@@ -110,6 +112,7 @@ impl Role {
             Role::ProbeBeyond => "probe-beyond",
             Role::ProbeGic => "probe-gic",
             Role::Spin => "spin",
+            Role::Registers => "registers",
             Role::SystemOff => "system-off",
             Role::SystemReset => "system-reset",
         }
@@ -143,6 +146,119 @@ fn hvc(id: u64, args: [u64; 6]) -> [u64; 4] {
 
 fn call(c: HostCall, args: [u64; 6]) -> [u64; 4] {
     hvc(c as u64, args)
+}
+
+// vms_run_probe(x0 = function id, x1..x3 = arguments, x4 = buffer of 96
+// words): fills x5..x30 with reg_pattern(0x4057, n) (x4 too, after saving
+// the buffer pointer) and v0..v31 with the byte 0x80 + n, makes the `hvc`,
+// stores x0..x30 (words 0..30) and v0..v31 (words 32..95) into the buffer and
+// restores the callee-saved registers. Every `VcpuRun` goes through it, so
+// every guest exit checks that the host's registers came back untouched by
+// the world switch and carry nothing of the guest's.
+global_asm!(
+    r#"
+    .section .text.vms_run_probe, "ax"
+    .global vms_run_probe
+vms_run_probe:
+    sub sp, sp, #192
+    stp x19, x20, [sp, #0]
+    stp x21, x22, [sp, #16]
+    stp x23, x24, [sp, #32]
+    stp x25, x26, [sp, #48]
+    stp x27, x28, [sp, #64]
+    stp x29, x30, [sp, #80]
+    stp d8, d9, [sp, #96]
+    stp d10, d11, [sp, #112]
+    stp d12, d13, [sp, #128]
+    stp d14, d15, [sp, #144]
+    str x4, [sp, #160]
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    movi v\n\().16b, #(0x80 + \n)
+    .endr
+    .irp n, 4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30
+    movz x\n, #(0x100 + \n)
+    movk x\n, #0x4057, lsl #48
+    .endr
+    hvc #0
+    stp x0, x1, [sp, #176]
+    ldr x0, [sp, #160]
+    stp x2, x3, [x0, #16]
+    stp x4, x5, [x0, #32]
+    stp x6, x7, [x0, #48]
+    stp x8, x9, [x0, #64]
+    stp x10, x11, [x0, #80]
+    stp x12, x13, [x0, #96]
+    stp x14, x15, [x0, #112]
+    stp x16, x17, [x0, #128]
+    stp x18, x19, [x0, #144]
+    stp x20, x21, [x0, #160]
+    stp x22, x23, [x0, #176]
+    stp x24, x25, [x0, #192]
+    stp x26, x27, [x0, #208]
+    stp x28, x29, [x0, #224]
+    str x30, [x0, #240]
+    ldp x2, x3, [sp, #176]
+    stp x2, x3, [x0, #0]
+    add x1, x0, #256
+    stp q0, q1, [x1, #0]
+    stp q2, q3, [x1, #32]
+    stp q4, q5, [x1, #64]
+    stp q6, q7, [x1, #96]
+    stp q8, q9, [x1, #128]
+    stp q10, q11, [x1, #160]
+    stp q12, q13, [x1, #192]
+    stp q14, q15, [x1, #224]
+    stp q16, q17, [x1, #256]
+    stp q18, q19, [x1, #288]
+    stp q20, q21, [x1, #320]
+    stp q22, q23, [x1, #352]
+    stp q24, q25, [x1, #384]
+    stp q26, q27, [x1, #416]
+    stp q28, q29, [x1, #448]
+    stp q30, q31, [x1, #480]
+    ldp x19, x20, [sp, #0]
+    ldp x21, x22, [sp, #16]
+    ldp x23, x24, [sp, #32]
+    ldp x25, x26, [sp, #48]
+    ldp x27, x28, [sp, #64]
+    ldp x29, x30, [sp, #80]
+    ldp d8, d9, [sp, #96]
+    ldp d10, d11, [sp, #112]
+    ldp d12, d13, [sp, #128]
+    ldp d14, d15, [sp, #144]
+    add sp, sp, #192
+    ret
+"#
+);
+
+unsafe extern "C" {
+    fn vms_run_probe(id: u64, a1: u64, a2: u64, a3: u64, buf: *mut [u64; 96]);
+}
+
+/// `VcpuRun` through [`vms_run_probe`]: `x0..x3`, and how many of the host's
+/// `x4..x30` and `v0..v31` halves did not come back as the host left them.
+fn vcpu_run_checked(handle: u64, index: u64, value: u64) -> ([u64; 4], u64) {
+    let mut buf = [0u64; 96];
+    // SAFETY: the routine writes exactly the 96 words of `buf`, restores
+    // every callee-saved register and SP, and its `hvc` touches no memory
+    // Rust owns (as for `hvc`); every caller-saved register is clobbered,
+    // which the `extern "C"` call already assumes.
+    unsafe { vms_run_probe(HostCall::VcpuRun as u64, handle, index, value, &raw mut buf) };
+    let x_lost = (4..=30u64)
+        .filter(|&n| buf.get(n as usize).copied() != Some(guest::reg_pattern(0x4057, n)))
+        .count();
+    let v_lost = (0..32u8)
+        .filter(|&n| {
+            let want = u64::from_ne_bytes([guest::vreg_byte(0x80, n); 8]);
+            let at = 32usize.wrapping_add(usize::from(n).wrapping_mul(2));
+            buf.get(at) != Some(&want) || buf.get(at.wrapping_add(1)) != Some(&want)
+        })
+        .count();
+    let [r0, r1, r2, r3, ..] = buf;
+    (
+        [r0, r1, r2, r3],
+        (x_lost as u64).wrapping_add(v_lost as u64),
+    )
 }
 
 /// A call's status, `Err` with the raw `x0` if the ABI does not define it.
@@ -792,6 +908,7 @@ fn x0_for(role: Role, seed: u64) -> u64 {
         Role::ProbeBeyond => Behaviour::Probe.x0(BEYOND_IPA),
         Role::ProbeGic => Behaviour::Probe.x0(GICD_IPA),
         Role::Spin => Behaviour::Spin.x0(0),
+        Role::Registers => Behaviour::Registers.x0(0),
         Role::SystemOff => Behaviour::SystemOff.x0(0),
         Role::SystemReset => Behaviour::SystemReset.x0(0),
     }
@@ -1173,7 +1290,12 @@ fn run_once(print: Print, k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> b
     // alone touches the record until it releases it.
     let d = unsafe { &mut *slot.data.get() };
     let x3 = core::mem::take(&mut d.x3);
-    let r = call(HostCall::VcpuRun, [vm.handle(), i as u64, x3, 0, 0, 0]);
+    let (r, lost) = vcpu_run_checked(vm.handle(), i as u64, x3);
+    check(
+        print,
+        lost == 0,
+        format_args!("vm{k}.{i}: {lost} host registers changed across VcpuRun"),
+    );
     if r[0] != Status::Success.raw() {
         d.end = End::RunFailed(r[0]);
         return true;
@@ -1445,6 +1567,11 @@ fn host_call(
             0
         }
         msg::SPUN => {
+            d.value = value;
+            0
+        }
+        msg::REGS => 0,
+        msg::REGS_RESULT => {
             d.value = value;
             0
         }
@@ -1812,6 +1939,21 @@ fn report_vcpu(print: Print, k: usize, i: usize, d: &VcpuData) {
                 off && d.value == Status::Success.raw(),
                 format_args!("vm{k}.{i} {role}: ended {:?}", d.end),
             );
+        }
+        Role::Registers => {
+            let (at_el2, via_host) = (d.value >> 32, d.value & 0xffff_ffff);
+            if check(
+                print,
+                off && d.value == 0,
+                format_args!(
+                    "vm{k}.{i} {role}: ended {:?}, {at_el2} guest registers lost across a call the engine handled, {via_host} across an exit to the host",
+                    d.end
+                ),
+            ) {
+                print(format_args!(
+                    "vms: world switch: the guest kept x4-x30, v0-v31 and FPCR across a call handled at EL2 and one handled by the host"
+                ));
+            }
         }
         Role::SystemOff => {
             check(
