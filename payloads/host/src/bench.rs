@@ -374,6 +374,38 @@ pub fn run() {
     });
 
     let mut pages = Pages { next: BENCH_BASE };
+    // Guest exits first (they need only their own VMs, and a trace of the
+    // boot up to here stays small): a vCPU whose guest makes a hypercall at
+    // once; two such VMs run alternately on this CPU; one whose guest writes
+    // to MMIO at once.
+    match guest_vm(&mut pages, 0) {
+        Err(s) => Bench::skip(
+            "vcpu-run-hypercall-exit",
+            format_args!("guest setup: {} -> {}", s.0, s.1),
+        ),
+        Ok(a) => {
+            b.run("vcpu-run-hypercall-exit", SAMPLES, 1, |_| {
+                run_once(a, |e| matches!(e, Exit::HostCall { .. }))
+            });
+            match guest_vm(&mut pages, 0) {
+                Err(s) => Bench::skip(
+                    "vcpu-switch-2vms",
+                    format_args!("guest setup: {} -> {}", s.0, s.1),
+                ),
+                Ok(c) => b.run("vcpu-switch-2vms", SAMPLES, 1, |i| {
+                    run_once(if i % 2 == 0 { a } else { c }, |e| {
+                        matches!(e, Exit::HostCall { .. })
+                    })
+                }),
+            }
+        }
+    }
+    match guest_vm(&mut pages, MMIO_IPA) {
+        Err(s) => Bench::skip("mmio-exit", format_args!("guest setup: {} -> {}", s.0, s.1)),
+        Ok(m) => b.run("mmio-exit", SAMPLES, 1, |_| {
+            run_once(m, |e| matches!(e, Exit::Mmio { write: true, .. }))
+        }),
+    }
     let vm = match vm_create(&mut pages, 1) {
         Ok(vm) => vm,
         Err(s) => {
@@ -465,36 +497,6 @@ pub fn run() {
         }
     }
 
-    // Guest exits: a vCPU whose guest makes a hypercall at once; one whose
-    // guest writes to MMIO at once; two VMs run alternately on this CPU.
-    match guest_vm(&mut pages, 0) {
-        Err(s) => Bench::skip(
-            "vcpu-run-hypercall-exit",
-            format_args!("guest setup: {} -> {}", s.0, s.1),
-        ),
-        Ok(a) => {
-            b.run("vcpu-run-hypercall-exit", SAMPLES, 1, |_| {
-                run_once(a, |e| matches!(e, Exit::HostCall { .. }))
-            });
-            match guest_vm(&mut pages, 0) {
-                Err(s) => Bench::skip(
-                    "vcpu-switch-2vms",
-                    format_args!("guest setup: {} -> {}", s.0, s.1),
-                ),
-                Ok(c) => b.run("vcpu-switch-2vms", SAMPLES, 1, |i| {
-                    run_once(if i % 2 == 0 { a } else { c }, |e| {
-                        matches!(e, Exit::HostCall { .. })
-                    })
-                }),
-            }
-        }
-    }
-    match guest_vm(&mut pages, MMIO_IPA) {
-        Err(s) => Bench::skip("mmio-exit", format_args!("guest setup: {} -> {}", s.0, s.1)),
-        Ok(m) => b.run("mmio-exit", SAMPLES, 1, |_| {
-            run_once(m, |e| matches!(e, Exit::Mmio { write: true, .. }))
-        }),
-    }
     // Host Stage-2 lazy-map faults: the first touch of each 2 MiB of host
     // RAM the host never used. Guest VMs own pages in this GiB, so no 1 GiB
     // block can be mapped and every touch below faults once.
