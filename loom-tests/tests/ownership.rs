@@ -197,27 +197,34 @@ fn two_cpus_running_the_same_vcpu_one_wins_the_other_is_busy() {
         let e = machine();
         let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
         ok(e, HostCall::VcpuCreate, [a, 0, IPA, 0]);
+        // Each CPU tries to load the vCPU and keeps it loaded (the world
+        // switch would be running it) until both attempts are over.
         let run = move |cpu: u32| {
             let mut regs = [HostCall::VcpuRun as u64, a, 0, 0, 0, 0, 0];
             match e.host_call(cpu, &mut regs) {
                 HostCallOutcome::Run(l) => {
                     assert_eq!(l.cpu(), cpu);
-                    e.finish_run(l, Exit::Wfx, &mut regs);
-                    true
+                    Some(l)
                 }
                 HostCallOutcome::Done => {
                     assert_eq!(regs[0], Status::Busy.raw());
-                    false
+                    None
                 }
             }
         };
-        // Each thread loads and then unloads; a second load after the first
-        // unload is legitimate, so count overlaps by checking the loser saw Busy
-        // only while the winner held the vCPU: at least one run succeeds.
         let t = thread::spawn(move || run(1));
         let r2 = run(2);
         let r1 = t.join().unwrap();
-        assert!(r1 || r2);
+        let winner = match (r1, r2) {
+            (Some(l), None) | (None, Some(l)) => l,
+            (a, b) => panic!(
+                "both or neither loaded: {:?} {:?}",
+                a.is_some(),
+                b.is_some()
+            ),
+        };
+        let mut regs = [0; 7];
+        e.finish_run(winner, Exit::Wfx, &mut regs);
         let (state, _) = e.vcpu(a, 0).unwrap();
         assert_eq!(state, isola::vcpu::VcpuState::Idle);
     });
