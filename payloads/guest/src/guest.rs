@@ -288,10 +288,19 @@ fn host_call(tag: u64, value: u64) -> u64 {
     hvc(GuestCall::HostCall as u64, tag, value, 0)[1]
 }
 
-/// PSCI through the hypervisor conduit; never returns for the calls used.
+/// PSCI through the hypervisor conduit (`hvc`); never returns for the calls
+/// used.
 fn psci_off(id: u32) -> ! {
     loop {
         hvc(u64::from(id), 0, 0, 0);
+    }
+}
+
+/// PSCI through the firmware conduit (`smc`, which the engine traps for
+/// guests and handles like `hvc`); never returns for the calls used.
+fn psci_off_smc(id: u32) -> ! {
+    loop {
+        smc(u64::from(id));
     }
 }
 
@@ -406,7 +415,7 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::Attack) => attack(param),
         Some(Behaviour::Probe) => probe(param),
         Some(Behaviour::SystemOff) => psci_off(psci::SYSTEM_OFF),
-        Some(Behaviour::SystemReset) => psci_off(psci::SYSTEM_RESET),
+        Some(Behaviour::SystemReset) => psci_off_smc(psci::SYSTEM_RESET),
         Some(Behaviour::Spin) => spin(index),
         Some(Behaviour::Registers) => registers(),
         None => {

@@ -90,7 +90,7 @@ pub enum Behaviour {
     Probe = 6,
     /// PSCI `SYSTEM_OFF` at once.
     SystemOff = 7,
-    /// PSCI `SYSTEM_RESET` at once.
+    /// PSCI `SYSTEM_RESET` at once, through `smc` (the others use `hvc`).
     SystemReset = 8,
     /// Share this vCPU's share page, write [`SPINNING`] into word 0 and spin
     /// without exiting until the host writes [`STOP`] into word 1; then
