@@ -2,9 +2,10 @@
 //! is in docs/boot.md, "EL2 register configuration").
 //!
 //! Invariant: on every CPU, before the first `eret` to the host, HCR_EL2,
-//! MDCR_EL2, CPTR_EL2, CNTHCTL_EL2, CNTVOFF_EL2, VTCR_EL2/VTTBR_EL2 and
-//! SCTLR_EL1 hold the values below; nothing changes them while the host runs
-//! (a world switch to a guest will, and must restore them).
+//! MDCR_EL2, CPTR_EL2, CNTHCTL_EL2, CNTVOFF_EL2, ICC_SRE_EL2,
+//! VTCR_EL2/VTTBR_EL2 and SCTLR_EL1 hold the values below; nothing changes
+//! them while the host runs (a world switch to a guest will, and must
+//! restore them).
 
 use crate::cpu::{read_sysreg, write_sysreg_isb};
 
@@ -84,6 +85,14 @@ pub fn mdcr_host() -> u64 {
 /// bits of Armv8.0 (11, 20, 22, 23, 28, 29).
 pub const SCTLR_EL1_ENTRY: u64 = 1 << 11 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 28 | 1 << 29;
 
+/// ICC_SRE_EL2 for the host: SRE (EL2's own GIC accesses use system
+/// registers), DFB and DIB (no FIQ/IRQ bypass), and Enable (EL1 may use
+/// ICC_SRE_EL1, so the host reaches the physical CPU interface through
+/// system registers). Linux's arm64 boot protocol requires SRE and Enable
+/// when it is entered at EL1 on a GICv3; QEMU's register reads as this value
+/// whatever is written, hardware's resets to an UNKNOWN value.
+pub const ICC_SRE_HOST: u64 = 0b1111;
+
 /// Configures this CPU's EL2 controls for running the host.
 ///
 /// # Safety
@@ -101,6 +110,7 @@ pub unsafe fn configure(hcr: u64) {
         write_sysreg_isb!("cnthctl_el2", CNTHCTL_HOST);
         write_sysreg_isb!("cntvoff_el2", 0_u64);
         write_sysreg_isb!("sctlr_el1", SCTLR_EL1_ENTRY);
+        write_sysreg_isb!("icc_sre_el2", ICC_SRE_HOST);
         write_sysreg_isb!("hcr_el2", hcr);
     }
 }
