@@ -527,3 +527,92 @@ impl<A: Arch> Engine<A> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::NoopArch;
+    use crate::testing::{GUEST_MMIO, MachineSpec, VM_S2};
+
+    #[test]
+    fn host_reserve_counts_one_table_per_region_touched() {
+        // 4 MiB at 1 GiB: root (2 pages, level 1) + 1 L2 table + 2 L3 tables.
+        let ram = [(PhysAddr::new(0x4000_0000), 1024)];
+        assert_eq!(
+            Engine::<NoopArch>::host_s2_pages_needed(S2Config::DEFAULT, &ram, &[]),
+            2 + 1 + 2
+        );
+        // Straddling a 1 GiB boundary costs an extra L2 table.
+        let ram = [(PhysAddr::new(0x7ff0_0000), 512)];
+        assert_eq!(
+            Engine::<NoopArch>::host_s2_pages_needed(S2Config::DEFAULT, &ram, &[]),
+            2 + 2 + 2
+        );
+    }
+
+    #[test]
+    fn init_rejects_inconsistent_layouts() {
+        let spec = MachineSpec::default();
+        let build = |reserved: &[(PhysAddr, u64)],
+                     pool: (PhysAddr, u64),
+                     devices: &[(PhysAddr, u64)],
+                     mmio| {
+            let ram = [(spec.page(0), spec.ram_pages)];
+            let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
+            let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
+            let records = Vec::leak(vec![PageRecord::HOST; nr]);
+            let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
+            let cfg = EngineConfig {
+                ram: &ram,
+                reserved,
+                host_s2_pool: pool,
+                host_devices: devices,
+                shard_shift: 21,
+                vm_s2: VM_S2,
+                host_s2: S2Config::DEFAULT,
+                guest_mmio: mmio,
+            };
+            let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
+            Engine::new(
+                cfg,
+                NoopArch,
+                mem,
+                EngineStorage {
+                    shards,
+                    records,
+                    vms,
+                },
+            )
+            .err()
+        };
+        let pool = (spec.page(0), 8);
+        assert_eq!(build(&[], pool, &[], GUEST_MMIO), None);
+        assert_eq!(
+            build(&[], (spec.page(1), 8), &[], GUEST_MMIO),
+            Some(InitError::BadHostPool),
+            "root misaligned"
+        );
+        assert_eq!(
+            build(&[], (spec.page(0), 2), &[], GUEST_MMIO),
+            Some(InitError::BadHostPool),
+            "root only"
+        );
+        assert_eq!(
+            build(&[(spec.page(4), 1)], pool, &[], GUEST_MMIO),
+            Some(InitError::BadReserved),
+            "overlap"
+        );
+        assert_eq!(
+            build(&[(spec.page(200), 1)], pool, &[], GUEST_MMIO),
+            Some(InitError::BadReserved),
+            "not RAM"
+        );
+        assert_eq!(
+            build(&[], pool, &[(spec.page(20), 1)], GUEST_MMIO),
+            Some(InitError::BadDevices),
+            "device in RAM"
+        );
+        assert_eq!(build(&[], pool, &[], (5, 5)), Some(InitError::BadGuestMmio));
+        assert_eq!(build(&[(spec.page(9), 3)], pool, &[], GUEST_MMIO), None);
+    }
+}

@@ -774,3 +774,31 @@ fn write_result(regs: &mut [u64; 7], result: CallResult) {
         *dst = v;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_zero_the_results_and_keep_x4_to_x6() {
+        let mut regs = [9, 1, 2, 3, 4, 5, 6];
+        write_result(&mut regs, Err(Status::NotOwner));
+        assert_eq!(regs, [Status::NotOwner.raw(), 0, 0, 0, 4, 5, 6]);
+        write_result(&mut regs, Ok([7, 8, 9]));
+        assert_eq!(regs, [0, 7, 8, 9, 4, 5, 6]);
+    }
+
+    #[test]
+    fn generations_never_return_to_zero() {
+        assert_eq!(next_generation(1), 2);
+        assert_eq!(next_generation(u32::MAX), 1);
+    }
+
+    #[test]
+    fn stage2_errors_map_to_abi_statuses() {
+        assert_eq!(s2_status(S2Error::NoMemory), Status::NoMemory);
+        assert_eq!(s2_status(S2Error::AlreadyMapped), Status::AlreadyMapped);
+        assert_eq!(s2_status(S2Error::NotMapped), Status::NotMapped);
+        assert_eq!(s2_status(S2Error::OutOfRange), Status::InvalidArgument);
+    }
+}
