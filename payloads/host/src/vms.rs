@@ -4,17 +4,19 @@
 //! down and check every page came back zeroed and the engine's accounting
 //! is exact.
 //!
-//! [`run`] is called on every host CPU (index `cpu` of `cpus`). CPU 0 sets up
-//! and tears down; all CPUs run vCPUs, making a bounded storm of random host
-//! calls between runs; two CPUs together attack a running vCPU.
+//! [`main`] runs on the boot CPU: it sets up alone, starts every other host
+//! CPU into [`secondary`], and all of them run vCPUs, making a bounded storm
+//! of random host calls between runs; two CPUs together attack a running
+//! vCPU; the others turn off and the boot CPU tears down alone.
 //!
 //! Invariants:
 //! - A vCPU's host-side record is touched only by the CPU that claimed it
 //!   (state `READY -> RUNNING` by compare-exchange, Acquire; released with a
 //!   Release store), so each vCPU runs on at most one host CPU at a time by
 //!   the host's own choice — the engine's `Busy` is tested separately.
-//! - VM records are written by CPU 0 only before the first barrier and after
-//!   the last one; in between every CPU only reads them (or uses atomics).
+//! - VM records are written by CPU 0 only before it starts the other CPUs
+//!   and after they are off again; in between every CPU only reads them (or
+//!   uses atomics).
 //! - Pages come from `[POOL_BASE, POOL_END)`, host RAM no one else uses, by a
 //!   bump allocator; none is reused, so a page's history is simple.
 //! - Every access the host makes to a page it may not own (attacks, shared
@@ -556,8 +558,6 @@ static STORMED: AtomicUsize = AtomicUsize::new(0);
 static STORM_BAD: AtomicU32 = AtomicU32::new(0);
 /// Host CPUs taking part.
 static CPUS: AtomicUsize = AtomicUsize::new(1);
-/// Set when setup failed: every CPU skips to the end.
-static ABORTED: AtomicU32 = AtomicU32::new(0);
 /// The spin attack's handshake: 1 = CPU 1 runs the spinner, 2 = done.
 static SPIN_PHASE: AtomicU32 = AtomicU32::new(0);
 
@@ -702,38 +702,51 @@ fn psci(id: u32, a1: u64, a2: u64, a3: u64) -> i64 {
 /// PSCI `AFFINITY_INFO` (SMC64).
 const AFFINITY_INFO: u32 = 0xC400_0004;
 
-/// The boot CPU's part: starts every other CPU (`mpidrs[i]`, the boot CPU
-/// first) at the host's secondary `entry` with context id `i` through PSCI
-/// `CPU_ON`, runs the test on all of them, and waits until they are off
-/// again. Returns whether every check passed.
+/// The boot CPU's part. Sets up every VM alone, then starts every other CPU
+/// (`mpidrs[i]`, the boot CPU first) at the host's secondary `entry` with
+/// context id `i` through PSCI `CPU_ON`, runs the vCPUs on all of them, waits
+/// until the others are off again and tears down alone. (Other CPUs would
+/// only spin during setup and teardown, and under TCG a spinning CPU takes
+/// real time from the working one.) Returns whether every check passed.
 pub fn main(mpidrs: &[u64], entry: u64, print: Print) -> bool {
     let cpus = mpidrs.len().max(1);
     PRINT.store(print as *mut (), Ordering::Release);
+    CPUS.store(cpus, Ordering::Relaxed);
+    // Every line of the test goes through the lock from here on.
+    let print: Print = locked;
+    let host_vectors = install_vectors();
+    if setup(cpus, print).is_none() {
+        restore_vectors(host_vectors);
+        return false;
+    }
     JOIN.store(cpus, Ordering::Release);
     let mut started = true;
     for (i, &mpidr) in mpidrs.iter().enumerate().skip(1) {
         let r = psci(isola_abi::psci::CPU_ON, mpidr, entry, i as u64);
         if r != 0 {
-            locked(format_args!(
-                "vms: FAIL PSCI CPU_ON of cpu {i} returned {r}"
-            ));
+            check(
+                print,
+                false,
+                format_args!("PSCI CPU_ON of cpu {i} returned {r}"),
+            );
             started = false;
         }
     }
-    if !started {
-        FAILURES.fetch_add(1, Ordering::Relaxed);
-        GO.store(2, Ordering::Release);
-        return false;
+    GO.store(if started { 1 } else { 2 }, Ordering::Release);
+    if started {
+        run_phases(0, cpus, print);
     }
-    GO.store(1, Ordering::Release);
-    let ok = run(0, cpus, print);
     for &mpidr in mpidrs.iter().skip(1) {
         while psci(AFFINITY_INFO, mpidr, 0, 0) != 1 {
             core::hint::spin_loop();
         }
     }
     JOIN.store(0, Ordering::Release);
-    ok
+    if started {
+        teardown(print);
+    }
+    restore_vectors(host_vectors);
+    FAILURES.load(Ordering::Acquire) == 0
 }
 
 /// A secondary CPU's part, called first thing on every CPU the host starts.
@@ -744,6 +757,7 @@ pub fn secondary(index: usize, print: Print) {
     if cpus == 0 {
         return;
     }
+    let _ = print; // `main` stored the same printer.
     let go = loop {
         match GO.load(Ordering::Acquire) {
             0 => core::hint::spin_loop(),
@@ -751,7 +765,9 @@ pub fn secondary(index: usize, print: Print) {
         }
     };
     if go == 1 {
-        run(index, cpus, print);
+        let host_vectors = install_vectors();
+        run_phases(index, cpus, locked);
+        restore_vectors(host_vectors);
     }
     loop {
         psci(isola_abi::psci::CPU_OFF, 0, 0, 0);
@@ -782,47 +798,34 @@ fn locked(args: fmt::Arguments<'_>) {
     PRINT_LOCK.store(0, Ordering::Release);
 }
 
-/// Runs the VM test on this CPU; every host CPU calls it with the same
-/// `cpus` (through [`main`] and [`secondary`], or directly). Returns whether every check passed (the same answer on every CPU
-/// after the last barrier).
-pub fn run(cpu: usize, cpus: usize, print: Print) -> bool {
-    let cpus = cpus.max(1);
-    let saved_vbar: u64;
+/// Installs this module's probe vectors on this CPU; returns the host's.
+fn install_vectors() -> u64 {
+    let saved: u64;
     // SAFETY: reading VBAR_EL1 has no side effect.
-    unsafe {
-        asm!("mrs {}, vbar_el1", out(reg) saved_vbar, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("mrs {}, vbar_el1", out(reg) saved, options(nomem, nostack, preserves_flags)) };
     // SAFETY: this payload's own vectors (2 KiB aligned by the assembly)
     // replace the host's for the duration of the test; interrupts stay
     // masked, so only synchronous exceptions can arrive, which they handle.
     unsafe {
         asm!("msr vbar_el1, {}", "isb", in(reg) &raw const vms_vectors as u64, options(nostack, preserves_flags));
     }
-    PRINT.store(print as *mut (), Ordering::Release);
-    // Every line of the test goes through the lock from here on.
-    let print: Print = locked;
-    if cpu == 0 {
-        CPUS.store(cpus, Ordering::Relaxed);
-        if setup(cpus, print).is_none() {
-            ABORTED.store(1, Ordering::Release);
-        }
-    }
+    saved
+}
+
+/// Puts the host's vectors back.
+fn restore_vectors(saved: u64) {
+    // SAFETY: the host's own vectors, read by `install_vectors`.
+    unsafe { asm!("msr vbar_el1, {}", "isb", in(reg) saved, options(nostack, preserves_flags)) };
+}
+
+/// What every CPU does together: run the vCPUs, then the running-vCPU
+/// attacks.
+fn run_phases(cpu: usize, cpus: usize, print: Print) {
     BARRIER.wait(cpus);
-    if ABORTED.load(Ordering::Acquire) == 0 {
-        run_vcpus(cpu, cpus, print);
-        BARRIER.wait(cpus);
-        spin_attacks(cpu, cpus, print);
-        BARRIER.wait(cpus);
-        if cpu == 0 {
-            teardown(print);
-        }
-    }
+    run_vcpus(cpu, cpus, print);
     BARRIER.wait(cpus);
-    // SAFETY: the host's own vectors come back.
-    unsafe {
-        asm!("msr vbar_el1, {}", "isb", in(reg) saved_vbar, options(nostack, preserves_flags))
-    };
-    FAILURES.load(Ordering::Acquire) == 0 && ABORTED.load(Ordering::Acquire) == 0
+    spin_attacks(cpu, cpus, print);
+    BARRIER.wait(cpus);
 }
 
 /// Accounting totals: `(host, engine, guest)`.
