@@ -15,7 +15,8 @@
 //!   register is trusted or needed.
 //! - Every guest register the architecture lets EL1/EL0 read is either loaded
 //!   from the guest's context before the `eret` or trapped by the guest
-//!   `HCR_EL2`/`MDCR_EL2`/`CNTHCTL_EL2`: nothing of the host or another guest
+//!   `HCR_EL2`/`MDCR_EL2`/`CNTHCTL_EL2`/`CPTR_EL2` (docs/guests.md lists
+//!   both, with the reason for each trap): nothing of the host or another guest
 //!   is visible to a guest, and every guest register is saved back into its
 //!   context before the host's values return.
 //! - The guest FP/SIMD registers are loaded and saved inside the assembly, so
