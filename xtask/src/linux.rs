@@ -8,17 +8,18 @@
 //! 2. turn the package's `vmlinuz` into a raw arm64 `Image` (it is raw on
 //!    bookworm; gzip and EFI zboot are unpacked too) and check its header;
 //! 3. write an initramfs (cpio "newc", written here) holding busybox, a
-//!    `/dev/console` node and `linux/init`;
+//!    `/dev/console` node, the virtio-mmio and virtio-blk modules from the
+//!    same kernel package, and `linux/init`; and a small labelled disk;
 //! 4. boot QEMU virt with the engine as `-kernel`, the `Image` at the
 //!    engine's host entry and the initramfs after it (QEMU's generic
-//!    loader), the initramfs location and the probe addresses on the kernel
-//!    command line, and judge the console.
+//!    loader), the disk on a virtio-mmio slot, the initramfs location and
+//!    the probe addresses on the kernel command line, and judge the console.
 //!
 //! Invariants:
 //! - The addresses below agree with `boot/src/layout.rs`: the engine owns
 //!   `[ENGINE_BASE, ENGINE_END)` and enters the host at [`HOST_ENTRY`] with
 //!   `x0` = its edited device tree; everything else of the 2 GiB is host RAM.
-//! - A run passes only on the console lines in [`STORY`] (in that order), none
+//! - A run passes only on the console lines of [`story`] (in that order), none
 //!   of [`FORBIDDEN`], the engine's `exit status: ok` and QEMU's own exit 0
 //!   before the deadline. If the kernel or busybox cannot be fetched the test
 //!   reports itself skipped (see [`crate::SKIPPED`]), never passed.
@@ -57,8 +58,8 @@ const HOST_PROBE: u64 = RAM_END - 0x1000;
 /// carve-out, where QEMU's device tree lies (a leak would read its magic).
 const ENGINE_PROBE: u64 = ENGINE_BASE;
 
-/// Deadline of the booted Linux test: a passing run with 8 CPUs took 8 to
-/// 17 s of wall time on this 2-core machine (TCG), depending on load.
+/// Deadline of one booted Linux scenario: a passing run with 8 CPUs took 8
+/// to 22 s of wall time on this 2-core machine (TCG), depending on load.
 const TEST_DEADLINE: Duration = Duration::from_secs(180);
 /// Deadline of `cargo xtask linux`.
 const RUN_DEADLINE: Duration = Duration::from_secs(1800);
