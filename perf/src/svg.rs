@@ -67,7 +67,7 @@ fn decades(lo: f64, hi: f64) -> (i32, i32) {
 /// A horizontal bar chart with a log-10 x axis.
 pub fn log_bars(title: &str, x_label: &str, bars: &[Bar]) -> String {
     let row = 26.0;
-    let (left, right, top) = (250.0, 150.0, 40.0);
+    let (left, right, top) = (250.0, 230.0, 40.0);
     let plot_w = 560.0;
     let n = bars.len() as f64;
     let h = top + n * row + 60.0;
@@ -163,13 +163,15 @@ pub fn log_bars(title: &str, x_label: &str, bars: &[Bar]) -> String {
     out
 }
 
-/// A line chart with linear axes starting at zero.
+/// A line chart with linear axes starting at zero; `note` is printed small
+/// under the plot (the conditions of the measurement).
 pub fn lines(
     title: &str,
     x_label: &str,
     y_label: &str,
     series: &[Series],
     y_ref: Option<(f64, &str)>,
+    note: &str,
 ) -> String {
     let (left, right, top, bottom_pad) = (70.0, 200.0, 40.0, 60.0);
     let (plot_w, plot_h) = (480.0, 300.0);
@@ -291,6 +293,12 @@ pub fn lines(
             esc(&s.name)
         );
     }
+    let _ = writeln!(
+        out,
+        r##"<text x="{left}" y="{}" font-size="10" fill="#555">{}</text>"##,
+        h - 8.0,
+        esc(note)
+    );
     out.push_str("</svg>\n");
     out
 }
@@ -344,9 +352,10 @@ mod tests {
                 points: vec![(1.0, 1.0), (2.0, 1.9)],
             }],
             Some((2.0, "ideal")),
+            "load 0.5",
         );
         assert_eq!(s.matches("<circle").count(), 2);
-        assert!(s.contains("ideal"));
+        assert!(s.contains("ideal") && s.contains("load 0.5"));
     }
 
     #[test]

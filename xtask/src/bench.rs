@@ -167,11 +167,24 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
     }
     if scaling {
+        // Wall-clock scaling means little on a loaded machine: record the
+        // load around the run, print it and put it on the figure.
+        let before = load_average();
         let points = run_scaling()?;
+        let load = format!("load average {before} before, {} after", load_average());
+        println!("{load}");
         std::fs::create_dir_all(&figures).map_err(|e| format!("{}: {e}", figures.display()))?;
-        write(&figures.join("scaling.svg"), &scaling_svg(&points))?;
+        write(&figures.join("scaling.svg"), &scaling_svg(&points, &load))?;
     }
     Ok(())
+}
+
+/// The 1-minute load average (`/proc/loadavg`), or `unknown`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 fn write(path: &Path, text: &str) -> Result<(), String> {
@@ -336,7 +349,7 @@ fn icount_svg(r: &Report) -> String {
     )
 }
 
-fn scaling_svg(series: &[(String, Vec<(f64, f64)>)]) -> String {
+fn scaling_svg(series: &[(String, Vec<(f64, f64)>)], load: &str) -> String {
     let colors = ["#4878b0", "#c07020", "#30a040", "#903090"];
     let s: Vec<Series> = series
         .iter()
@@ -357,6 +370,10 @@ fn scaling_svg(series: &[(String, Vec<(f64, f64)>)]) -> String {
         "speed-up (n x t(1) / t(n))",
         &s,
         Some((n, "ideal at the most threads")),
+        &format!(
+            "{} CPUs; {load}",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
     )
 }
 

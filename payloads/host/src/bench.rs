@@ -330,6 +330,35 @@ fn run_once(vm: u64, want: fn(Exit) -> bool) -> bool {
     ok(r) && Exit::decode([r[1], r[2], r[3]]).is_some_and(want)
 }
 
+/// Relates the icount virtual clock to instructions: the generic timer's
+/// frequency and how many instructions (PMU, every EL) one `CNTVCT` tick
+/// is, over 1000 null hypercalls. Under `-icount shift=0` one instruction
+/// is 1 ns of virtual time, so a 62.5 MHz counter ticks every 16
+/// instructions: fine for long loops, too coarse for one operation.
+fn clock_check() {
+    let (frq, t0, t1): (u64, u64, u64);
+    // SAFETY: reading the counter frequency has no side effect.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) frq, options(nomem, nostack)) };
+    // SAFETY: reading the virtual counter has no side effect; the `isb`
+    // orders it after the instructions before it.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) t0, options(nostack)) };
+    let a = read();
+    for _ in 0..1000 {
+        hvc(0xC600_00FF, 0, 0, 0, 0);
+    }
+    let b = read();
+    // SAFETY: as above.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) t1, options(nostack)) };
+    let instr = b.total.wrapping_sub(a.total);
+    let ticks = t1.wrapping_sub(t0);
+    let per_100 = instr.saturating_mul(100).checked_div(ticks).unwrap_or(0);
+    line(format_args!(
+        "bench clock check: CNTFRQ {frq} Hz; 1000 null hypercalls = {instr} instructions (PMU) = {ticks} CNTVCT ticks: {}.{:02} instructions per tick",
+        per_100 / 100,
+        per_100 % 100
+    ));
+}
+
 /// Runs the whole benchmark and prints its lines.
 pub fn run() {
     if pmu_setup().is_none() {
@@ -359,6 +388,7 @@ pub fn run() {
         status_name(r[0]),
         b.overhead
     ));
+    clock_check();
     if el2 == 0 {
         line(format_args!(
             "bench skipped: the engine does not let the host count at EL2 (MDCR_EL2.HPMD)"
