@@ -15,8 +15,6 @@ use super::{Event, Model, Outcome, fail, ok};
 
 /// Data abort from a lower exception level (ESR_EL2.EC).
 const EC_DABT_LOW: u64 = 0x24;
-/// Fault status code: address size fault at level 0 (an IPA beyond the VM's space).
-pub const FSC_ADDR_SIZE_L0: u64 = 0x00;
 /// Fault status code: translation fault at level 3 (nothing mapped).
 pub const FSC_TRANS_L3: u64 = 0x07;
 /// Fault status code: permission fault at level 3 (mapped without that permission).
@@ -142,6 +140,7 @@ impl Model {
     /// A guest `hvc #0` with `x0..=x6 = args`.
     fn guest_call(&mut self, cpu: usize, h: Handle, index: u64, args: &[u64; 7]) -> Outcome {
         let [id, a, b, ..] = *args;
+        let id = id & 0xffff_ffff;
         let result = match GuestCall::from_id(id) {
             Some(GuestCall::Info) => {
                 let count = self.state.vms.get(&h).map_or(0, |vm| vm.max_vcpus);
@@ -238,7 +237,7 @@ impl Model {
     ) -> Outcome {
         let page_ipa = ipa & !(PAGE_SIZE - 1);
         if self.config.ipa_bits >= 64 || ipa >> self.config.ipa_bits != 0 {
-            let esr = data_abort_esr(size, write, reg, FSC_ADDR_SIZE_L0);
+            let esr = data_abort_esr(size, write, reg, FSC_TRANS_L3);
             return self.exit(cpu, h, index, RunState::Stopped, Exit::Error { esr });
         }
         let mapping = self
@@ -280,17 +279,11 @@ impl Model {
             );
         };
         let need = if write { perms::W } else { perms::R };
-        // ABI silent: a permission fault on guest RAM is reported like an
-        // unmapped page (`MemFault`), as the implementation does; the vCPU
-        // stays runnable.
+        // A permission fault is not "unmapped RAM" (`MemFault`): the
+        // engine does not handle it, so it is `Error` and the vCPU stops.
         if m.perms & need == 0 {
-            return self.exit(
-                cpu,
-                h,
-                index,
-                RunState::Ready,
-                Exit::MemFault { ipa: page_ipa },
-            );
+            let esr = data_abort_esr(size, write, reg, FSC_PERM_L3);
+            return self.exit(cpu, h, index, RunState::Stopped, Exit::Error { esr });
         }
         let offset = ipa % PAGE_SIZE;
         let word = u16::try_from(offset / 8).unwrap_or(0);
@@ -312,6 +305,8 @@ impl Model {
             let value = (old >> shift) & mask;
             self.update(h, index, |v| set_reg(&mut v.regs, reg, value));
         }
+        // The instruction completed: the guest goes on after it.
+        self.update(h, index, |v| v.pc = v.pc.wrapping_add(4));
         Outcome::GuestDone
     }
 }

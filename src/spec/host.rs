@@ -19,7 +19,8 @@ impl Model {
     /// A host `hvc` on `cpu`.
     pub(super) fn host_call(&mut self, cpu: usize, regs: &[u64; 7]) -> Outcome {
         let [id, a, b, c, d, _, _] = *regs;
-        let Some(call) = HostCall::from_id(id) else {
+        // SMCCC: the function id is `w0`; the upper half of `x0` is ignored.
+        let Some(call) = HostCall::from_id(id & 0xffff_ffff) else {
             return Outcome::HostReturn(fail(Status::NotSupported));
         };
         let result = match call {
@@ -155,10 +156,14 @@ impl Model {
             return Err(Status::InvalidArgument);
         }
         self.check_host_owned(pa, pages)?;
-        // ABI silent: a pool too small for the VM's own metadata is
-        // `NoMemory`, like a full VM table (both are resources).
+        // ABI silent: the first `vm_pages` pages of the run become the
+        // VM's Stage-2 root, which must be aligned to its size; a run too
+        // short or misaligned for it is `NoMemory`, like a full VM table.
         let free = self.slots.iter().position(|s| !s.taken);
-        let (Some(index), true) = (free, pages >= self.config.vm_pages) else {
+        let root_align = self.config.vm_pages.saturating_mul(PAGE_SIZE);
+        let root_fits =
+            pages >= self.config.vm_pages && root_align != 0 && pa.is_multiple_of(root_align);
+        let (Some(index), true) = (free, root_fits) else {
             return Err(Status::NoMemory);
         };
         let Some(slot) = self.slots.get_mut(index) else {

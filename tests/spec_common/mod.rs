@@ -10,6 +10,8 @@
 //! meaningful, and proptest still shrinks a failure to a short one.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use isola::spec::{Config, Cpu, Event, Model, Outcome, Owner, PageState, State};
 use isola_abi::{GuestCall, HostCall, PAGE_SIZE, perms, psci};
 use proptest::prelude::*;
@@ -23,6 +25,9 @@ pub trait System {
     /// Test backdoor for planting bugs: stores `value` at the 8-byte aligned
     /// `pa` of RAM, bypassing every check.
     fn poke(&mut self, pa: u64, value: u64);
+    /// The RAM pages the host's Stage-2 maps right now (the host can touch
+    /// them without a fault), in address order.
+    fn host_mapped(&self) -> Vec<u64>;
 }
 
 impl System for Model {
@@ -31,6 +36,14 @@ impl System for Model {
     }
     fn observe(&self) -> State {
         self.state.clone()
+    }
+    fn host_mapped(&self) -> Vec<u64> {
+        self.state
+            .pages
+            .keys()
+            .copied()
+            .filter(|&pa| self.state.host_may_access(pa))
+            .collect()
     }
     fn poke(&mut self, pa: u64, value: u64) {
         let page = pa & !(PAGE_SIZE - 1);
@@ -63,6 +76,31 @@ pub struct Op {
     pub raw: [u64; 3],
 }
 
+/// Proptest settings with `n` cases, or `PROPTEST_CASES` when set (for
+/// deeper runs), and bounded shrinking so a failure is reported in seconds.
+pub fn cases(n: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(n);
+    ProptestConfig {
+        cases,
+        max_shrink_iters: 256,
+        ..ProptestConfig::default()
+    }
+}
+
+/// Settings for the planted-bug tests: `n` cases, no shrinking (one
+/// counterexample is all they need to show).
+pub fn planted_cases(n: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: n,
+        max_shrink_iters: 0,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
 /// A strategy for sequences of `len` operations.
 pub fn ops(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
     let op = (
@@ -80,24 +118,9 @@ pub fn ops(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
     proptest::collection::vec(op, len)
 }
 
-/// The machine the spec tests use: small enough that random addresses hit
-/// interesting pages often, large enough for several VMs at once.
+/// The machine the spec tests use: the engine's test machine, as the model sees it.
 pub fn config() -> Config {
-    Config {
-        ram_base: 0x4000_0000,
-        ram_pages: 96,
-        engine_pages: 8,
-        cpus: 3,
-        max_vms: 4,
-        max_vcpus: 4,
-        features: 0,
-        ipa_bits: 40,
-        mmio_base: 0x0900_0000,
-        mmio_end: 0x0a00_0000,
-        vm_pages: 3,
-        vcpu_pages: 1,
-        table_shifts: vec![30, 21],
-    }
+    engine::config()
 }
 
 /// IPAs guests use: a handful, so that mappings collide and faults repeat.
@@ -400,7 +423,8 @@ pub fn warm_up(sys: &mut dyn System, c: &Config) {
     };
     for _ in 0..3 {
         let s = sys.observe();
-        let pool = free_host(&s, (c.vm_pages + 4) as usize);
+        // Root, two vCPU contexts and the tables for the first IPAs.
+        let pool = free_host(&s, (c.vm_pages + 2 + c.table_shifts.len() as u64) as usize);
         let out = sys.step(&hvc(
             0,
             HostCall::VmCreate,
@@ -436,13 +460,13 @@ pub fn warm_up(sys: &mut dyn System, c: &Config) {
 }
 
 /// Runs `ops` on `sys` after the warm-up, calling `check(before, event,
-/// outcome, after)` after every applicable step; the first `Err` is the
+/// outcome, after, sys)` after every applicable step; the first `Err` is the
 /// counterexample, with the step number.
 pub fn run(
     sys: &mut dyn System,
     c: &Config,
     ops: &[Op],
-    mut check: impl FnMut(&State, &Event, &Outcome, &State) -> Result<(), String>,
+    mut check: impl FnMut(&State, &Event, &Outcome, &State, &mut dyn System) -> Result<(), String>,
 ) -> Result<(), String> {
     warm_up(sys, c);
     let mut before = sys.observe();
@@ -453,8 +477,128 @@ pub fn run(
             continue;
         }
         let after = sys.observe();
-        check(&before, &e, &out, &after).map_err(|m| format!("step {n}: {e:?} -> {out:?}: {m}"))?;
+        check(&before, &e, &out, &after, &mut *sys)
+            .map_err(|m| format!("step {n}: {e:?} -> {out:?}: {m}"))?;
         before = after;
     }
     Ok(())
+}
+
+/// A bug planted on purpose, to show each property test can fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// Pages that pass from a VM to the host (reclaim, relinquish) keep
+    /// their contents instead of being zeroed.
+    SkipScrub,
+    /// `Donate` forgets to unmap the page from the host's Stage-2: the host
+    /// can still read and write it.
+    KeepHostMappingOnDonate,
+    /// `Wfx` and `Irq` exits carry the guest's `x9` in `x3`.
+    LeakRegisterIntoExit,
+}
+
+/// A system with a bug planted: every step goes to `inner`, then the bug
+/// corrupts the effect the way the real mistake in the engine would.
+pub struct Planted<S> {
+    /// The correct system.
+    pub inner: S,
+    /// The bug.
+    pub bug: Bug,
+    /// Pages donated while the host kept its mapping.
+    leaked: Vec<u64>,
+}
+
+impl<S: System> Planted<S> {
+    /// `inner` with `bug`.
+    pub fn new(inner: S, bug: Bug) -> Self {
+        Self {
+            inner,
+            bug,
+            leaked: Vec::new(),
+        }
+    }
+
+    fn word(s: &State, pa: u64) -> u64 {
+        let page = pa & !(PAGE_SIZE - 1);
+        s.page(page)
+            .and_then(|p| p.contents.as_ref())
+            .and_then(|c| c.get(&(((pa - page) / 8) as u16)).copied())
+            .unwrap_or(0)
+    }
+}
+
+impl<S: System> System for Planted<S> {
+    fn step(&mut self, event: &Event) -> Outcome {
+        let before = self.inner.observe();
+        if self.bug == Bug::KeepHostMappingOnDonate {
+            match *event {
+                Event::HostRead { pa, .. }
+                    if self.leaked.contains(&(pa & !(PAGE_SIZE - 1)))
+                        && before.cpus[event.cpu()] == Cpu::Host =>
+                {
+                    return Outcome::HostLoaded(Self::word(&before, pa));
+                }
+                Event::HostWrite { pa, value, .. }
+                    if self.leaked.contains(&(pa & !(PAGE_SIZE - 1)))
+                        && before.cpus[event.cpu()] == Cpu::Host =>
+                {
+                    self.inner.poke(pa, value);
+                    return Outcome::HostStored;
+                }
+                _ => {}
+            }
+        }
+        let out = self.inner.step(event);
+        match self.bug {
+            Bug::SkipScrub => {
+                let after = self.inner.observe();
+                for (&pa, p) in &before.pages {
+                    let to_host = after.page(pa).is_some_and(|q| q.owner == Owner::Host);
+                    if let (Owner::Vm(_), true, Some(c)) = (p.owner, to_host, &p.contents) {
+                        for (&w, &v) in c {
+                            self.inner.poke(pa + u64::from(w) * 8, v);
+                        }
+                    }
+                }
+            }
+            Bug::KeepHostMappingOnDonate => {
+                if let (Event::HostHvc { regs, .. }, Outcome::HostReturn([0, ..])) = (event, out)
+                    && regs[0] == HostCall::Donate as u64
+                {
+                    self.leaked.push(regs[2]);
+                }
+                let after = self.inner.observe();
+                self.leaked
+                    .retain(|&pa| after.page(pa).is_some_and(|p| p.owner != Owner::Host));
+            }
+            Bug::LeakRegisterIntoExit => {
+                if let (Outcome::Exit([w, 0, 0]), Cpu::Guest { vm, vcpu }) =
+                    (out, before.cpus[event.cpu()])
+                    && (w == 4 || w == 5)
+                {
+                    let after = self.inner.observe();
+                    let x9 = after
+                        .vms
+                        .get(&vm)
+                        .and_then(|v| v.vcpus.get(&vcpu))
+                        .map_or(0, |c| c.regs[9]);
+                    return Outcome::Exit([w, 0, x9]);
+                }
+            }
+        }
+        out
+    }
+    fn observe(&self) -> State {
+        self.inner.observe()
+    }
+    fn poke(&mut self, pa: u64, value: u64) {
+        self.inner.poke(pa, value);
+    }
+    fn host_mapped(&self) -> Vec<u64> {
+        let mut v = self.inner.host_mapped();
+        v.extend(self.leaked.iter().copied());
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
 }
