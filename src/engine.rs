@@ -73,7 +73,8 @@ pub enum InitError {
     /// A reserved or host Stage-2 range is not RAM, overlaps another, or is
     /// not page aligned.
     BadReserved,
-    /// The host Stage-2 pool is too small or misaligned for its root.
+    /// The host Stage-2 pool is too small or misaligned for its root, or the
+    /// host Stage-2 shape's IPA space does not cover all of RAM.
     BadHostPool,
     /// Too many device ranges, or a device range overlaps RAM.
     BadDevices,
@@ -166,6 +167,9 @@ impl<A: Arch> Engine<A> {
                 .ok_or(InitError::BadWindow)?;
             if pa < mem.pa_base() || last.raw() > window_end {
                 return Err(InitError::BadWindow);
+            }
+            if last.raw() > cfg.host_s2.ipa_limit() {
+                return Err(InitError::BadHostPool);
             }
         }
         if storage.vms.is_empty() || storage.vms.len() > MAX_SLOTS {
