@@ -478,7 +478,7 @@ fn vms_story(smp: u32) -> Vec<Expect> {
         line("host: attack guest-write-engine-pa: contained (landed in its own fresh page at IPA 0x43800000)"),
         line("host: attack guest-access-beyond-ipa-space: contained (the engine stopped the vCPU (Exit::Error))"),
         line("host: attack guest-read-gic-distributor: contained (host did not back IPA 0x8000000)"),
-        line("host: vms: world switch: the guest kept x4-x30, v0-v31 and FPCR across a call handled at EL2 and one handled by the host"),
+        line("host: vms: world switch: the guest saw none of the host's EL1 registers and kept x4-x30, v0-v31, FPCR and its EL1 registers across a call handled at EL2 and one handled by the host"),
         line("host: vms: power VM: PSCI SYSTEM_OFF exit"),
         line("host: vms: reset VM: PSCI SYSTEM_RESET exit"),
         line(refused("run-vcpu-of-powered-off-vm", "Denied")),

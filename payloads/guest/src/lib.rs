@@ -97,10 +97,12 @@ pub enum Behaviour {
     /// unshare and report [`msg::SPUN`]. Keeps the vCPU loaded on one CPU for
     /// as long as the host needs (to attack a running vCPU).
     Spin = 9,
-    /// Fill `x4..x30`, `v0..v31` and FPCR with [`reg_pattern`] values, make
-    /// a guest call the engine answers itself (`Info`) and one that exits to
-    /// the host (`HostCall` with [`msg::REGS`]); after each, count the
-    /// registers that lost their value; report [`msg::REGS_RESULT`].
+    /// Check that the fresh vCPU's EL1 registers (TPIDRs, CONTEXTIDR, MAIR,
+    /// AMAIR, TCR, TTBRs) are zero, not the host's; fill them, `x4..x30`,
+    /// `v0..v31` and FPCR with patterns, make a guest call the engine answers
+    /// itself (`Info`) and one that exits to the host (`HostCall` with
+    /// [`msg::REGS`]); after each, count the registers that lost their value;
+    /// report [`msg::REGS_RESULT`].
     Registers = 10,
 }
 
@@ -190,7 +192,10 @@ pub mod msg {
     pub const SPUN: u64 = 0x1b;
     /// `[REGS, 0]`: the register test's exit to the host (reply 0).
     pub const REGS: u64 = 0x1c;
-    /// `[REGS_RESULT, lost after Info << 32 | lost after the exit]`.
+    /// `[REGS_RESULT, leaked << 48 | lost after Info << 32 | lost after the
+    /// exit]`: `leaked` counts inspected EL1 registers that were not zero in
+    /// the fresh vCPU (they would be the host's), `lost` registers that did
+    /// not keep the test's value.
     pub const REGS_RESULT: u64 = 0x1d;
     /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
     pub const FATAL: u64 = 0x1f;

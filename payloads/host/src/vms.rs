@@ -1944,17 +1944,18 @@ fn report_vcpu(print: Print, k: usize, i: usize, d: &VcpuData) {
             );
         }
         Role::Registers => {
-            let (at_el2, via_host) = (d.value >> 32, d.value & 0xffff_ffff);
+            let (leaked, at_el2, via_host) =
+                (d.value >> 48, d.value >> 32 & 0xffff, d.value & 0xffff_ffff);
             if check(
                 print,
                 off && d.value == 0,
                 format_args!(
-                    "vm{k}.{i} {role}: ended {:?}, {at_el2} guest registers lost across a call the engine handled, {via_host} across an exit to the host",
+                    "vm{k}.{i} {role}: ended {:?}, {leaked} host EL1 registers visible, {at_el2} guest registers lost across a call the engine handled, {via_host} across an exit to the host",
                     d.end
                 ),
             ) {
                 print(format_args!(
-                    "vms: world switch: the guest kept x4-x30, v0-v31 and FPCR across a call handled at EL2 and one handled by the host"
+                    "vms: world switch: the guest saw none of the host's EL1 registers and kept x4-x30, v0-v31, FPCR and its EL1 registers across a call handled at EL2 and one handled by the host"
                 ));
             }
         }
