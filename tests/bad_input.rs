@@ -14,6 +14,7 @@ use isola::addr::PhysAddr;
 use isola::arch::NoopArch;
 use isola::engine::Engine;
 use isola::hypercall::{GuestExitAction, HostCallOutcome};
+use isola::ownership::{Owner, PageState};
 use isola::testing::MachineSpec;
 use isola_abi::{GuestCall, HostCall, Status};
 use proptest::prelude::*;
@@ -274,6 +275,23 @@ fn run_case(calls: Vec<Call>) -> Result<(), TestCaseError> {
             spec.ram_pages,
             "every page counted once"
         );
+        // The O(shards) counters agree with a scan of every record.
+        let (mut by_owner, mut shared) = ([0u64; 3], [0u64; 2]);
+        e.for_each_page(|_, r| {
+            let i = match r.owner() {
+                Owner::Host => 0,
+                Owner::Engine => 1,
+                Owner::Vm(_) => 2,
+            };
+            by_owner[i] += 1;
+            if r.state() == PageState::Shared {
+                shared[if i == 0 { 0 } else { 1 }] += 1;
+            }
+        });
+        prop_assert_eq!(&t[1..4], &by_owner[..]);
+        let mut s = [HostCall::Accounting as u64, 1, 0, 0, 0, 0, 0];
+        let _ = e.host_call(0, &mut s);
+        prop_assert_eq!(&s[1..3], &shared[..]);
     }
     Ok(())
 }
