@@ -30,7 +30,7 @@ fn reg() -> impl Strategy<Value = u64> {
         1 => 0u64..4,
         1 => Just(u64::MAX),
         1 => (0u64..8).prop_map(|g| g << 16 | 1),
-        1 => (c.ram_base..end),
+        1 => c.ram_base..end,
         1 => (0u64..16).prop_map(|i| 0x8000_0000 + i * 0x1000),
     ]
 }
