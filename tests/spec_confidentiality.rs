@@ -118,9 +118,10 @@ fn noninterferent(
         // Contents of a page the secret shares with the host are declassified.
         let declassified = match e {
             Event::HostRead { pa, .. } => {
-                s.page(pa & !(PAGE_SIZE - 1))
-                    .is_some_and(|p| p.owner == Owner::Vm(secret))
-                    && matches!((oa, ob), (Outcome::HostLoaded(_), Outcome::HostLoaded(_)))
+                s.page(pa & !(PAGE_SIZE - 1)).is_some_and(|p| {
+                    p.owner == Owner::Vm(secret)
+                        && p.state == PageState::Shared { with: Owner::Host }
+                }) && matches!((oa, ob), (Outcome::HostLoaded(_), Outcome::HostLoaded(_)))
             }
             _ => false,
         };
