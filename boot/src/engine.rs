@@ -43,8 +43,6 @@ const GUEST_MMIO: (u64, u64) = (0xC000_0000, 0x1_0000_0000);
 /// Shape of the host's and every VM's Stage-2 (one VTCR_EL2 for all).
 const S2: S2Config = S2Config::DEFAULT;
 
-static VMS: [VmSlot; VM_SLOTS] = [const { VmSlot::new() }; VM_SLOTS];
-
 struct EngineCell(UnsafeCell<MaybeUninit<Engine<El2Arch>>>);
 // SAFETY: written once by the boot CPU in `init` before `READY` is set and
 // before any other CPU starts; only shared references exist afterwards.
@@ -131,6 +129,18 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     )?;
     let pool_end = pool_at.wrapping_add(pool_pages.wrapping_mul(PAGE));
 
+    let vms_at = bump.take(
+        (core::mem::size_of::<VmSlot>() as u64).saturating_mul(VM_SLOTS as u64),
+        core::mem::align_of::<VmSlot>() as u64,
+    )?;
+    let vms_ptr = vms_at as *mut VmSlot;
+    for i in 0..VM_SLOTS {
+        // SAFETY: engine RAM just taken from the bump allocator, aligned for
+        // `VmSlot`, referenced by nothing else.
+        unsafe { vms_ptr.add(i).write(VmSlot::new()) };
+    }
+    // SAFETY: every element was initialised above; never freed.
+    let vms: &'static [VmSlot] = unsafe { core::slice::from_raw_parts(vms_ptr, VM_SLOTS) };
     let shards_ptr = shards_at as *mut Shard;
     for i in 0..nshards {
         // SAFETY: `[shards_at, shards_at + shard_bytes)` is engine RAM just
@@ -177,7 +187,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     let storage = EngineStorage {
         shards,
         records,
-        vms: &VMS,
+        vms,
     };
     let engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
         isola::engine::InitError::Db(_) => "page database rejected the RAM layout",

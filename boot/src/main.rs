@@ -546,10 +546,7 @@ extern "C" fn isola_secondary_main(index: u64) -> ! {
         let r = psci::cpu_off();
         fatal(format_args!("PSCI CPU_OFF after bring-up failed: {r}"));
     }
-    let pending = psci::HOST_BOOT
-        .get(index)
-        .and_then(|slot| slot.lock().take());
-    match pending {
+    match psci::take_pending(index) {
         Some(boot) => enter_host(index, boot.entry, boot.context),
         None => {
             say!("cpu {index} started with no host entry pending; turning it off");

@@ -99,10 +99,11 @@ const VA_LIMIT: u64 = 1 << 39;
 #[repr(C, align(4096))]
 struct Table([u64; ENTRIES]);
 
+/// The tables; all zero at load, so the pool lives in bss, not in the
+/// image file.
 #[repr(C)]
 struct Pool {
     tables: [Table; POOL_TABLES],
-    used: usize,
 }
 
 /// The pool behind an `UnsafeCell`, shared only as described in the module
@@ -116,7 +117,6 @@ unsafe impl Sync for PoolCell {}
 
 pub(crate) static POOL: PoolCell = PoolCell(UnsafeCell::new(Pool {
     tables: [const { Table([0; ENTRIES]) }; POOL_TABLES],
-    used: 1,
 }));
 
 /// Physical address of the root (level-1) table, for TTBR0_EL2.
@@ -126,7 +126,8 @@ pub fn root() -> u64 {
 
 /// The boot CPU's exclusive access to the tables during bring-up.
 pub struct Builder {
-    _private: (),
+    /// Tables handed out so far; table 0 is the root.
+    used: usize,
 }
 
 impl Builder {
@@ -135,7 +136,7 @@ impl Builder {
     /// before the tables are installed (TTBR0_EL2): the builder writes the
     /// tables without synchronisation.
     pub unsafe fn new() -> Self {
-        Self { _private: () }
+        Self { used: 1 }
     }
 
     fn pool(&mut self) -> &mut Pool {
@@ -216,12 +217,11 @@ impl Builder {
     }
 
     fn alloc(&mut self) -> Result<usize, MapError> {
-        let pool = self.pool();
-        let next = pool.used;
+        let next = self.used;
         if next >= POOL_TABLES {
             return Err(MapError::NoTables);
         }
-        pool.used = next.saturating_add(1);
+        self.used = next.saturating_add(1);
         Ok(next)
     }
 
@@ -238,7 +238,7 @@ impl Builder {
 
     /// Tables used so far (of the pool's capacity).
     pub fn tables_used(&mut self) -> (usize, usize) {
-        (self.pool().used, POOL_TABLES)
+        (self.used, POOL_TABLES)
     }
 }
 

@@ -48,8 +48,14 @@ pub struct HostBoot {
     pub context: u64,
 }
 
-/// Per-CPU pending host entry (see the module invariants).
-pub static HOST_BOOT: [Mutex<Option<HostBoot>>; MAX_CPUS] = [const { Mutex::new(None) }; MAX_CPUS];
+/// Per-CPU pending host entry (see the module invariants). One lock for
+/// all: it is taken only on the rare CPU_ON, suspend and warm entry.
+pub static HOST_BOOT: Mutex<[Option<HostBoot>; MAX_CPUS]> = Mutex::new([None; MAX_CPUS]);
+
+/// Takes CPU `index`'s pending host entry, if any.
+pub fn take_pending(index: usize) -> Option<HostBoot> {
+    HOST_BOOT.lock().get_mut(index).and_then(Option::take)
+}
 
 fn call(fid: u32, a1: u64, a2: u64, a3: u64) -> i64 {
     cpu::smc(u64::from(fid), a1, a2, a3)[0] as i64
@@ -116,22 +122,22 @@ pub fn relay(fid: u32, a: [u64; 3]) -> i64 {
             let Some(index) = platform.cpu_index(mpidr) else {
                 return status::INVALID_PARAMETERS;
             };
-            let Some(slot) = HOST_BOOT.get(index) else {
-                return status::INVALID_PARAMETERS;
-            };
             {
-                let mut pending = slot.lock();
-                if pending.is_some() {
+                let mut table = HOST_BOOT.lock();
+                let Some(slot) = table.get_mut(index) else {
+                    return status::INVALID_PARAMETERS;
+                };
+                if slot.is_some() {
                     return status::ON_PENDING;
                 }
-                *pending = Some(HostBoot { entry, context });
+                *slot = Some(HostBoot { entry, context });
             }
             let r = cpu_on(mpidr, index);
             if r != status::SUCCESS {
                 // The target will not run: take back what it would have
                 // consumed. (If it is already on, it consumed its own slot
                 // long ago, so this is ours.)
-                *slot.lock() = None;
+                let _ = take_pending(index);
             }
             r
         }
@@ -142,15 +148,18 @@ pub fn relay(fid: u32, a: [u64; 3]) -> i64 {
         psci::CPU_SUSPEND => {
             let [power_state, entry, context] = a;
             let index = cpu::cpu_index();
-            let Some(slot) = usize::try_from(index).ok().and_then(|i| HOST_BOOT.get(i)) else {
+            let Ok(i) = usize::try_from(index) else {
                 return status::DENIED;
             };
-            *slot.lock() = Some(HostBoot { entry, context });
+            match HOST_BOOT.lock().get_mut(i) {
+                Some(slot) => *slot = Some(HostBoot { entry, context }),
+                None => return status::DENIED,
+            }
             let r = call(psci::CPU_SUSPEND, power_state, warm_entry(), index);
             // A standby (or refused) suspend returns here: the slot is ours
             // to clear. A power-down suspend resumes in the warm entry,
             // which consumes it instead.
-            *slot.lock() = None;
+            let _ = take_pending(i);
             r
         }
         AFFINITY_INFO => call(AFFINITY_INFO, a[0], a[1], 0),
