@@ -18,7 +18,9 @@
 //!
 //! `--icount` or `--scaling` runs one half; `--smoke` boots the QEMU half
 //! and checks that the null hypercall was measured, writing no figure (a
-//! quick check that the benchmark path still works).
+//! quick check that the benchmark path still works). `--profile OP` traces
+//! the boot with QEMU's `-d in_asm,exec` and shows where one of OP's traps
+//! spent its EL2 instructions, function by function.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -141,9 +143,15 @@ pub fn run(args: &[String]) -> Result<(), String> {
         Some("--icount") => (true, false, false),
         Some("--scaling") => (false, true, false),
         Some("--smoke") => (true, false, true),
+        Some("--profile") => {
+            let op = args
+                .get(1)
+                .ok_or("bench --profile takes an operation name (see the table)")?;
+            return profile(op);
+        }
         Some(a) => {
             return Err(format!(
-                "bench: unknown argument {a:?} (--icount, --scaling, --smoke)"
+                "bench: unknown argument {a:?} (--icount, --scaling, --smoke, --profile OP)"
             ));
         }
     };
@@ -218,15 +226,28 @@ fn build_images() -> Result<(PathBuf, PathBuf), String> {
 /// boot that does not end with the engine's clean power-off.
 fn boot_bench() -> Result<String, String> {
     let (engine, host) = build_images()?;
+    boot(&engine, &host, &[], None)
+}
+
+/// Boots the benchmark images with `extra` QEMU arguments. With `stop`, QEMU
+/// is killed as soon as a console line starts with it (a traced run need not
+/// finish); otherwise the run must end with the engine's clean power-off.
+fn boot(
+    engine: &Path,
+    host: &Path,
+    extra: &[String],
+    stop: Option<&str>,
+) -> Result<String, String> {
     let mut cmd = Command::new("qemu-system-aarch64");
     cmd.args(["-machine", "virt,virtualization=on,gic-version=3"])
         .args(["-cpu", "max,pauth-impdef=on", "-smp", "1", "-m", "2G"])
         .args(["-icount", "shift=0", "-nographic", "-no-reboot"])
         .arg("-kernel")
-        .arg(&engine)
+        .arg(engine)
         .arg("-device")
         .arg(format!("loader,file={}", host.display()))
         .args(["-append", "isola.test=bench"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -251,6 +272,7 @@ fn boot_bench() -> Result<String, String> {
         s
     });
     let mut console = String::new();
+    let mut stopped = false;
     let timed_out = loop {
         let left = DEADLINE.saturating_sub(started.elapsed());
         match rx.recv_timeout(left.max(Duration::from_millis(1))) {
@@ -258,6 +280,12 @@ fn boot_bench() -> Result<String, String> {
                 println!("{line}");
                 console.push_str(&line);
                 console.push('\n');
+                if stop.is_some_and(|s| line.starts_with(s)) {
+                    stopped = true;
+                    // Our own child, by its handle.
+                    let _ = child.kill();
+                    break false;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break false,
             Err(mpsc::RecvTimeoutError::Timeout) => break true,
@@ -279,12 +307,223 @@ fn boot_bench() -> Result<String, String> {
             DEADLINE.as_secs()
         ));
     }
+    if stopped {
+        return Ok(console);
+    }
     if !status.success() || !console.contains("exit status: ok") {
         return Err(format!(
             "the benchmark boot failed ({status}); QEMU stderr: {stderr}"
         ));
     }
     Ok(console)
+}
+
+/// `llvm-nm` from the toolchain's llvm-tools component.
+fn llvm_nm() -> Result<PathBuf, String> {
+    let out = |args: &[&str]| {
+        Command::new("rustc")
+            .current_dir(crate::root())
+            .args(args)
+            .output()
+            .map_err(|e| format!("rustc: {e}"))
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let sysroot = out(&["--print", "sysroot"])?;
+    let host = out(&["-vV"])?
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .ok_or("rustc -vV names no host")?;
+    let nm = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/llvm-nm");
+    if nm.exists() {
+        Ok(nm)
+    } else {
+        Err(format!(
+            "{} not found (rustup component add llvm-tools)",
+            nm.display()
+        ))
+    }
+}
+
+/// The engine image's text symbols, ascending: `(address, name)`.
+fn symbols(engine: &Path) -> Result<Vec<(u64, String)>, String> {
+    let out = Command::new(llvm_nm()?)
+        .args(["-n", "-C"])
+        .arg(engine)
+        .output()
+        .map_err(|e| format!("llvm-nm: {e}"))?;
+    let mut v: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.splitn(3, ' ');
+            let addr = u64::from_str_radix(w.next()?, 16).ok()?;
+            let kind = w.next()?;
+            let name = w.next()?;
+            matches!(kind, "t" | "T").then(|| (addr, name.to_string()))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// The address of symbol `name` in `syms`.
+fn symbol(syms: &[(u64, String)], name: &str) -> Result<u64, String> {
+    syms.iter()
+        .find(|(_, n)| n == name)
+        .map(|(a, _)| *a)
+        .ok_or(format!("no symbol {name} in the engine image"))
+}
+
+/// A QEMU `-d in_asm,exec,nochain` log, reduced to what a profile needs:
+/// the instructions of every translation block, and for every trap from a
+/// lower EL (a run of blocks starting at the lower-EL synchronous vector)
+/// the blocks it executed.
+#[derive(Default)]
+pub struct Trace {
+    /// Block start → `(address, disassembly)` of each instruction.
+    pub blocks: std::collections::HashMap<u64, Vec<(u64, String)>>,
+    /// Per trap, the start addresses of the blocks executed, in order.
+    pub traps: Vec<Vec<u64>>,
+}
+
+impl Trace {
+    /// Parses the log; `entry` is the lower-EL synchronous vector.
+    pub fn parse(log: impl BufRead, entry: u64) -> Trace {
+        let mut t = Trace::default();
+        let mut block: Option<Vec<(u64, String)>> = None;
+        let flush = |t: &mut Trace, b: &mut Option<Vec<(u64, String)>>| {
+            if let Some(b) = b.take().filter(|b| !b.is_empty())
+                && let Some(&(start, _)) = b.first()
+            {
+                t.blocks.insert(start, b);
+            }
+        };
+        for line in log.lines().map_while(Result::ok) {
+            if line.starts_with("IN:") {
+                flush(&mut t, &mut block);
+                block = Some(Vec::new());
+            } else if let Some(rest) = line.strip_prefix("0x")
+                && let Some(b) = block.as_mut()
+            {
+                // `0x40201000:  d10c43ff  sub sp, sp, #0x310`
+                let (addr, rest) = rest.split_once(':').unwrap_or((rest, ""));
+                let addr = u64::from_str_radix(addr, 16).ok();
+                // Drop the encoding word; keep the disassembly.
+                let text = rest
+                    .trim()
+                    .split_once(char::is_whitespace)
+                    .map(|x| x.1.trim().to_string());
+                if let (Some(a), Some(x)) = (addr, text) {
+                    b.push((a, x));
+                }
+            } else if line.starts_with("Trace ") {
+                flush(&mut t, &mut block);
+                // `Trace 0: 0x7f.. [flags/00000000402010a0/...]`
+                let pc = line
+                    .split('[')
+                    .nth(1)
+                    .and_then(|r| r.split('/').nth(1))
+                    .and_then(|a| u64::from_str_radix(a, 16).ok());
+                if let Some(pc) = pc {
+                    if pc == entry {
+                        t.traps.push(Vec::new());
+                    }
+                    if let Some(cur) = t.traps.last_mut() {
+                        cur.push(pc);
+                    }
+                }
+            } else if line.trim().is_empty() {
+                flush(&mut t, &mut block);
+            }
+        }
+        flush(&mut t, &mut block);
+        t
+    }
+
+    /// Instructions a trap executed.
+    pub fn count(&self, trap: &[u64]) -> usize {
+        trap.iter()
+            .map(|pc| self.blocks.get(pc).map_or(0, Vec::len))
+            .sum()
+    }
+}
+
+/// `cargo xtask bench --profile OP`: boots the benchmark under QEMU's
+/// execution trace (EL2 text only), stops once OP is measured, finds a trap
+/// that executed exactly OP's median EL2 instruction count, and prints where
+/// its instructions went: runs of consecutive instructions per function, and
+/// the most frequent instructions.
+fn profile(op: &str) -> Result<(), String> {
+    let (engine, host) = build_images()?;
+    let syms = symbols(&engine)?;
+    let start = symbol(&syms, "__image_start")?;
+    let end = symbol(&syms, "__text_end")?;
+    let entry = symbol(&syms, "isola_vectors")?.wrapping_add(0x400);
+    let log = crate::root()
+        .join("target")
+        .join("aarch64-bench")
+        .join("trace.log");
+    let extra = [
+        "-d".to_string(),
+        "in_asm,exec,nochain".to_string(),
+        "-D".to_string(),
+        log.display().to_string(),
+        "-dfilter".to_string(),
+        format!("{start:#x}..{end:#x}"),
+    ];
+    let console = boot(&engine, &host, &extra, Some(&format!("host: bench {op} ")))?;
+    let report = parse(&console);
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.name == op)
+        .ok_or(format!("{op} was not measured"))?;
+    let want = usize::try_from(row.el2[0]).map_err(|e| e.to_string())?;
+    let file = std::fs::File::open(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let trace = Trace::parse(BufReader::new(file), entry);
+    let _ = std::fs::remove_file(&log);
+    let trap = trace
+        .traps
+        .iter()
+        .rev()
+        .find(|t| trace.count(t) == want)
+        .ok_or(format!(
+            "no traced trap of {want} instructions (traps: {})",
+            trace.traps.len()
+        ))?;
+    println!("\n{op}: one trap of {want} EL2 instructions, by function (consecutive runs):");
+    let name_of = |a: u64| {
+        let i = syms.partition_point(|(s, _)| *s <= a);
+        i.checked_sub(1)
+            .and_then(|i| syms.get(i))
+            .map_or("?", |(_, n)| n.as_str())
+    };
+    let mut runs: Vec<(usize, &str)> = Vec::new();
+    let mut mnemonics: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for insn in trap.iter().filter_map(|pc| trace.blocks.get(pc)).flatten() {
+        let f = name_of(insn.0);
+        match runs.last_mut() {
+            Some((n, g)) if *g == f => *n = n.saturating_add(1),
+            _ => runs.push((1, f)),
+        }
+        let m = insn.1.split_whitespace().next().unwrap_or("");
+        let e = mnemonics.entry(m).or_insert(0);
+        *e = e.saturating_add(1);
+    }
+    for (n, f) in &runs {
+        println!("{n:6}  {f}");
+    }
+    let mut top: Vec<_> = mnemonics.into_iter().collect();
+    top.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+    let top: Vec<String> = top
+        .iter()
+        .take(12)
+        .map(|(m, n)| format!("{m} {n}"))
+        .collect();
+    println!("most frequent: {}", top.join(", "));
+    Ok(())
 }
 
 /// Runs the criterion scaling bench; `(variant, [(threads, speed-up)])`.
@@ -416,6 +655,29 @@ mod tests {
             t.contains("| null-hypercall | 149 | 149 | 150 | 152 | 1001 x 1 | goal <= 100 EL2")
         );
         assert!(t.contains("| mmio-exit | not measured"));
+    }
+
+    #[test]
+    fn traces_split_into_traps_and_count_instructions() {
+        let log = "----------------\nIN: \n\
+            0x40200c00:  14000100  b        #0x40201000\n\n\
+            Trace 0: 0x7f00 [0000000000200008/0000000040200c00/00000061/ff020200] \n\
+            ----------------\nIN: \n\
+            0x40201000:  d10c43ff  sub      sp, sp, #0x310\n\
+            0x40201004:  a90007e0  stp      x0, x1, [sp]\n\n\
+            Trace 0: 0x7f10 [0000000000200008/0000000040201000/00000061/ff020200] \n\
+            Trace 0: 0x7f00 [0000000000200008/0000000040200c00/00000061/ff020200] \n";
+        let t = Trace::parse(log.as_bytes(), 0x4020_0c00);
+        assert_eq!(
+            t.traps,
+            vec![vec![0x4020_0c00, 0x4020_1000], vec![0x4020_0c00]]
+        );
+        assert_eq!(t.count(&t.traps[0]), 3);
+        assert_eq!(t.count(&t.traps[1]), 1);
+        assert_eq!(
+            t.blocks[&0x4020_1000][1],
+            (0x4020_1004, "stp      x0, x1, [sp]".to_string())
+        );
     }
 
     #[test]
