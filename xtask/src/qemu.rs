@@ -22,6 +22,15 @@ use std::time::{Duration, Instant};
 
 use crate::{cargo, root};
 
+/// The engine's device-tree reader, tested on the host (it is portable).
+#[cfg(test)]
+#[allow(dead_code, reason = "the engine's module; the tests use a subset")]
+#[path = "../../boot/src/fdt.rs"]
+mod boot_fdt;
+#[cfg(test)]
+#[path = "boot_fdt_tests.rs"]
+mod boot_fdt_tests;
+
 /// Deadline of one booted scenario.
 const SCENARIO_DEADLINE: Duration = Duration::from_secs(90);
 /// Deadline of `cargo xtask run` (many CPUs take long under TCG).
@@ -357,12 +366,17 @@ fn host_smp(smp: u32) -> Vec<Expect> {
     e
 }
 
+/// Makes a device tree file for a scenario.
+type MakeDtb = fn(&Images) -> Result<PathBuf, String>;
+
 /// A booted scenario.
 struct Scenario {
     name: &'static str,
     smp: u32,
     test: &'static str,
     expected: fn(u32) -> Vec<Expect>,
+    /// A device tree to boot on instead of QEMU's own.
+    dtb: Option<MakeDtb>,
 }
 
 fn smp_story(smp: u32) -> Vec<Expect> {
@@ -498,35 +512,110 @@ const SCENARIOS: &[Scenario] = &[
         smp: 8,
         test: "smp",
         expected: smp_story,
+        dtb: None,
     },
     Scenario {
         name: "probe: the host's read of engine memory is blocked (SEA)",
         smp: 2,
         test: "probe",
         expected: probe_story,
+        dtb: None,
     },
     Scenario {
         name: "badcall: bad hypercalls get their error status",
         smp: 1,
         test: "badcall",
         expected: badcall_story,
+        dtb: None,
     },
     Scenario {
         name: "vms8: 16 VMs of 4 vCPUs on 8 CPUs, host and guest attacks, teardown, exact accounting",
         smp: 8,
         test: "vms",
         expected: vms_story,
+        dtb: None,
+    },
+    Scenario {
+        name: "no-gicv3: a device tree the engine cannot use is reported, and the run fails cleanly",
+        smp: 1,
+        test: "smp",
+        expected: unusable_tree_story,
+        dtb: Some(unknown_gic_dtb),
     },
 ];
+
+/// QEMU virt's own tree, with the interrupt controller renamed to one the
+/// engine does not know (`arm,gic-v9`): without a GICv3 the host cannot be
+/// given one, so the engine must refuse to start. (QEMU rewrites `/psci`
+/// when it loads a tree, so PSCI's conduit cannot be broken this way.)
+fn unknown_gic_dtb(images: &Images) -> Result<PathBuf, String> {
+    let dir = images.engine.parent().ok_or("no image directory")?;
+    let path = dir.join("virt-unknown-gic.dtb");
+    let mut c = Command::new("qemu-system-aarch64");
+    c.args([
+        "-machine",
+        &format!(
+            "virt,virtualization=on,gic-version=3,dumpdtb={}",
+            path.display()
+        ),
+    ])
+    .args([
+        "-cpu",
+        "max,pauth-impdef=on",
+        "-m",
+        "2G",
+        "-smp",
+        "1",
+        "-nographic",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    crate::run(c)?;
+    let mut blob = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let at = blob
+        .windows(11)
+        .position(|w| w == b"arm,gic-v3\0")
+        .ok_or("QEMU's tree has no arm,gic-v3 node")?;
+    blob[at + 9] = b'9';
+    // QEMU's dump is padded to 1 MiB; QEMU doubles a -dtb file's size when
+    // it loads it, which would no longer fit below the engine. The strings
+    // block comes last, so the tree ends with it: trim the padding.
+    let be32 = |i: usize| {
+        blob.get(i..i + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let end = be32(12)
+        .zip(be32(32))
+        .map(|(off, len)| off + len)
+        .ok_or("QEMU's tree is truncated")?;
+    blob.truncate(end);
+    blob[4..8].copy_from_slice(&(end as u32).to_be_bytes());
+    std::fs::write(&path, blob).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The engine reads the tree, refuses it and powers off with a failure status
+/// (the host never runs).
+fn unusable_tree_story(_smp: u32) -> Vec<Expect> {
+    vec![
+        line("isola: EL2 engine starting on the boot CPU (mpidr 0x0, x0 0x0)"),
+        line(
+            "isola: the device tree describes a machine the engine cannot use: no GICv3 distributor and redistributors",
+        ),
+        line("isola: power off (unusable device tree); exit status: failure"),
+    ]
+}
 
 /// Runs one scenario and judges it.
 fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
     let append = format!("isola.test={}", s.test);
+    let dtb = s.dtb.map(|make| make(images)).transpose()?;
     let boot = Boot {
         images,
         smp: s.smp,
         append: &append,
-        dtb: None,
+        dtb,
     };
     let run = run_qemu(&boot, SCENARIO_DEADLINE, false)?;
     let verdict = if run.timed_out {
