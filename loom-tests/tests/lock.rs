@@ -52,8 +52,8 @@ fn mutex_two_threads_exclude_and_publish() {
 
 #[test]
 fn mutex_three_threads_exclude_and_publish() {
-    // Preemption bound 2: three threads' full state space is too large.
-    bounded(2, || mutex_counter(3));
+    // Preemption bound 3: three threads' full state space is too large.
+    bounded(3, || mutex_counter(3));
 }
 
 /// A thread that takes the raw lock and appends `id` to the log it guards.

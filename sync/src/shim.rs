@@ -32,7 +32,7 @@ pub fn spin_hint() {
 /// Under loom, how many fruitless iterations of one wait loop are explored
 /// before the rest of that execution is left unbranched (see [`SpinWait`]).
 #[cfg(loom)]
-pub const LOOM_SPIN_LIMIT: u32 = 2;
+pub const LOOM_SPIN_LIMIT: u32 = 3;
 
 /// The state of one busy-wait loop: call [`SpinWait::spin`] each time the
 /// awaited condition is found false.
