@@ -168,6 +168,22 @@ fn pick_pa(s: &State, c: &Config, pick: u16, raw: u64) -> u64 {
     }
 }
 
+/// Where the host touches memory: half the time a page it may not touch (a
+/// VM's, a pool's, the engine's), since that is where isolation is tested.
+fn pick_host_access(s: &State, c: &Config, pick: u16, raw: u64) -> u64 {
+    let forbidden: Vec<u64> = s
+        .pages
+        .keys()
+        .copied()
+        .filter(|&pa| !s.host_may_access(pa))
+        .collect();
+    let offset = u64::from(pick / 16 % 512) * 8;
+    match pick % 4 {
+        0 | 1 => choose(&forbidden, pick / 4, c.ram_base) + offset,
+        _ => pick_pa(s, c, pick, raw) & !7,
+    }
+}
+
 /// A VM handle argument: mostly live, sometimes stale or random.
 fn pick_handle(s: &State, pick: u16, raw: u64) -> u64 {
     let live: Vec<u64> = s.vms.keys().copied().collect();
@@ -327,11 +343,11 @@ fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Con
         }
         29 | 30 => Event::HostRead {
             cpu,
-            pa: pick_pa(s, c, p[1], r[1]) & !7,
+            pa: pick_host_access(s, c, p[1], r[1]),
         },
         _ => Event::HostWrite {
             cpu,
-            pa: pick_pa(s, c, p[1], r[1]) & !7,
+            pa: pick_host_access(s, c, p[1], r[1]),
             value: r[2],
         },
     }
