@@ -94,7 +94,7 @@ _start:
     mov x19, x0
     mrs x1, CurrentEL
     cmp x1, #8
-    b.ne 9f
+    b.ne 8f
     msr spsel, #1
     adrp x1, __stacks_start
     add x1, x1, :lo12:__stacks_start
@@ -122,6 +122,10 @@ _start:
     bl isola_boot_main
 9:  wfe
     b 9b
+8:  adr x0, 7f
+    b isola_early_fail
+7:  .asciz "isola: FATAL: not started at EL2 (QEMU needs -machine virt,virtualization=on); stopped\r\n"
+    .balign 4
 
 // Warm entry for every other CPU (PSCI CPU_ON / resume): x0 = CPU index.
 .global isola_secondary_entry
@@ -129,7 +133,7 @@ isola_secondary_entry:
     msr daifset, #0xf
     mov x19, x0
     cmp x0, #{MAX_CPUS}
-    b.hs 9b
+    b.hs 6f
     msr spsel, #1
     adrp x1, __stacks_start
     add x1, x1, :lo12:__stacks_start
@@ -149,6 +153,24 @@ isola_secondary_entry:
     mov x0, x19
     bl isola_secondary_main
     b 9b
+6:  adr x0, 5f
+    b isola_early_fail
+5:  .asciz "isola: FATAL: warm entry with a CPU index beyond the image's stacks; CPU stopped\r\n"
+    .balign 4
+
+// isola_early_fail(x0 = NUL-terminated message): for failures before the
+// engine has a stack or a map. Writes the message to QEMU virt's PL011 with
+// plain stores (MMU off: Device memory) and stops this CPU.
+isola_early_fail:
+    mov x1, #{EARLY_UART}
+1:  ldrb w2, [x0], #1
+    cbz w2, 3f
+2:  ldr w3, [x1, #0x18]
+    tbnz w3, #5, 2b
+    str w2, [x1]
+    b 1b
+3:  wfe
+    b 3b
 
 // isola_mmu_on(x0 = TTBR0_EL2, x1 = SCTLR_EL2): MAIR, TCR (PS from
 // ID_AA64MMFR0_EL1.PARange, capped at 48 bits), tables, TLB clean, MMU on.
@@ -176,6 +198,7 @@ isola_mmu_on:
 .ltorg
 "#,
     STACK_SLOT = const STACK_SLOT,
+    EARLY_UART = const console::EARLY_UART,
     MAX_CPUS = const MAX_CPUS,
     SCTLR_BOOT = const SCTLR_BOOT,
     SCTLR_ON = const mmu::SCTLR_ON,
