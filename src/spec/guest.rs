@@ -251,6 +251,8 @@ impl Model {
         let source = vcpu.regs.get(usize::from(reg)).copied().unwrap_or(0);
         let Some(m) = mapping else {
             if (self.config.mmio_base..self.config.mmio_end).contains(&ipa) {
+                // An MMIO store is done once the host has the value; a load
+                // finishes on the next `VcpuRun` (see `vcpu_run`).
                 let value = if write { truncate(source, size) } else { 0 };
                 if write {
                     self.update(h, index, |v| v.pc = v.pc.wrapping_add(4));

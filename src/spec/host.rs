@@ -284,6 +284,8 @@ impl Model {
         };
         match vcpu.pending {
             Pending::None => {}
+            // The load completes with the host's value and the guest goes
+            // on after it (re-executing it would only fault again).
             Pending::MmioRead { reg, size } => {
                 super::guest::set_reg(&mut vcpu.regs, reg, truncate(value, size));
                 vcpu.pc = vcpu.pc.wrapping_add(4);

@@ -66,7 +66,8 @@ pub struct Config {
     pub mmio_base: u64,
     /// End (exclusive) of the MMIO window.
     pub mmio_end: u64,
-    /// Pool pages `VmCreate` uses at once (metadata and Stage-2 root).
+    /// Pool pages `VmCreate` uses at once: the VM's Stage-2 root, which must
+    /// also be aligned to its size. (The VM table itself is the engine's.)
     pub vm_pages: u64,
     /// Pool pages each `VcpuCreate` uses (the context).
     pub vcpu_pages: u64,

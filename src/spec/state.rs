@@ -44,7 +44,7 @@ pub enum PageState {
     },
     /// Engine-owned page in the pool donated for VM `vm`.
     Pool {
-        /// The VM whose metadata, vCPU contexts and tables live here.
+        /// The VM whose Stage-2 tables and vCPU contexts live here.
         vm: Handle,
     },
 }
@@ -134,7 +134,7 @@ pub struct Vm {
     pub vcpus: BTreeMap<u64, Vcpu>,
     /// IPA (page aligned) → mapping.
     pub map: BTreeMap<u64, Mapping>,
-    /// Pool pages not yet used for metadata, contexts or tables.
+    /// Pool pages not yet used for Stage-2 tables or vCPU contexts.
     pub pool_free: u64,
     /// The guest called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`: no vCPU runs again.
     pub off: bool,
