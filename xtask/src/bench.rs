@@ -590,7 +590,7 @@ fn icount_svg(r: &Report) -> String {
 
 fn scaling_svg(series: &[(String, Vec<(f64, f64)>)], load: &str) -> String {
     let colors = ["#4878b0", "#c07020", "#30a040", "#903090"];
-    let s: Vec<Series> = series
+    let mut s: Vec<Series> = series
         .iter()
         .zip(colors.iter().cycle())
         .map(|((name, pts), c)| Series {
@@ -599,16 +599,22 @@ fn scaling_svg(series: &[(String, Vec<(f64, f64)>)], load: &str) -> String {
             points: pts.clone(),
         })
         .collect();
-    let n = series
-        .iter()
-        .flat_map(|(_, p)| p.iter().map(|q| q.0))
-        .fold(1.0, f64::max);
+    // The ideal: n threads, n times the work.
+    let threads: Vec<f64> = series
+        .first()
+        .map(|(_, p)| p.iter().map(|q| q.0).collect())
+        .unwrap_or_default();
+    s.push(Series {
+        name: "ideal (n)".to_string(),
+        color: "#999999".to_string(),
+        points: threads.iter().map(|&n| (n, n)).collect(),
+    });
     svg::lines(
         "Mixed ownership work, threads on distinct VMs: speed-up over one thread",
         "threads",
         "speed-up (n x t(1) / t(n))",
         &s,
-        Some((n, "ideal at the most threads")),
+        None,
         &format!(
             "{} CPUs; {load}",
             std::thread::available_parallelism().map_or(1, |n| n.get())
