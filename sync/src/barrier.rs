@@ -74,6 +74,11 @@ impl RendezvousBarrier {
     /// Every participant passes an action (usually the same one), since none
     /// knows in advance whether it will arrive last; the others' actions are
     /// dropped unrun. `action` must not wait on this barrier.
+    ///
+    /// Liveness rests on the callers: exactly `participants` CPUs must call
+    /// in each phase (a missing one, or an extra one in the same phase, leaves
+    /// the others spinning), and `action` must return (if it panicked, the
+    /// waiters would never be released; at EL2 a panic is fatal anyway).
     #[inline]
     pub fn wait_with(&self, action: impl FnOnce()) -> bool {
         // Relaxed: this participant's last contact with `generation` was
