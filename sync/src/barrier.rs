@@ -136,7 +136,7 @@ mod tests {
     #[test]
     fn phases_do_not_overlap_and_one_leader_per_phase() {
         const THREADS: usize = 4;
-        const PHASES: usize = if cfg!(miri) { 5 } else { 500 };
+        const PHASES: usize = if cfg!(miri) { 5 } else { 100 };
         struct Shared {
             barrier: RendezvousBarrier,
             // Arrivals in each phase, and the action count.

@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn no_increment_is_lost() {
         const THREADS: usize = 4;
-        const ROUNDS: usize = if cfg!(miri) { 50 } else { 10_000 };
+        const ROUNDS: usize = if cfg!(miri) { 50 } else { 2_000 };
         let m = Arc::new(Mutex::new(0_usize));
         let handles: Vec<_> = (0..THREADS)
             .map(|_| {

@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn threads_exclude_each_other() {
         const THREADS: usize = 4;
-        const ROUNDS: usize = if cfg!(miri) { 50 } else { 10_000 };
+        const ROUNDS: usize = if cfg!(miri) { 50 } else { 2_000 };
         struct Shared {
             lock: TicketLock,
             inside: AtomicU32,
