@@ -390,6 +390,12 @@ pub fn run() {
         b.overhead
     ));
     clock_check();
+    if total == 0 {
+        line(format_args!(
+            "bench skipped: the PMU counts no instructions (on QEMU TCG the event needs -icount)"
+        ));
+        return;
+    }
     if el2 == 0 {
         line(format_args!(
             "bench skipped: the engine does not let the host count at EL2 (MDCR_EL2.HPMD)"
