@@ -150,7 +150,7 @@ proptest! {
 }
 
 fn catches(bug: Bug) -> String {
-    let mut runner = proptest::test_runner::TestRunner::new(spec_common::planted_cases(12));
+    let mut runner = spec_common::planted_runner(12);
     let found = runner.run(&(ops(150..400), any::<u64>()), |(ops, salt)| {
         let mut a = Planted::new(engine::Engine::boot(), bug);
         let mut b = Planted::new(engine::Engine::boot(), bug);

@@ -43,7 +43,7 @@ proptest! {
 /// A planted bug breaks it: after `Donate` the host can still write the page.
 #[test]
 fn integrity_catches_host_writes_through_a_stale_mapping() {
-    let mut runner = proptest::test_runner::TestRunner::new(spec_common::planted_cases(16));
+    let mut runner = spec_common::planted_runner(16);
     let found = runner.run(&ops(150..400), |ops| {
         let r = holds(
             &mut Planted::new(engine::Engine::boot(), Bug::KeepHostMappingOnDonate),

@@ -80,7 +80,7 @@ proptest! {
 /// A planted bug breaks them: `Donate` that leaves the page in the host's Stage-2.
 #[test]
 fn invariants_catch_a_forgotten_unmap_on_donate() {
-    let mut runner = proptest::test_runner::TestRunner::new(spec_common::planted_cases(16));
+    let mut runner = spec_common::planted_runner(16);
     let found = runner.run(&ops(150..400), |ops| {
         let r = holds(
             &mut Planted::new(engine::Engine::boot(), Bug::KeepHostMappingOnDonate),

@@ -85,7 +85,7 @@ proptest! {
 /// The same check finds a planted bug: pages that reach the host unscrubbed.
 #[test]
 fn refinement_catches_a_skipped_scrub() {
-    let mut runner = proptest::test_runner::TestRunner::new(spec_common::planted_cases(24));
+    let mut runner = spec_common::planted_runner(24);
     let found = runner.run(&ops(150..400), |ops| {
         let r = refines(
             &mut Planted::new(engine::Engine::boot(), Bug::SkipScrub),

@@ -101,6 +101,16 @@ pub fn planted_cases(n: u32) -> ProptestConfig {
     }
 }
 
+/// The runner of a planted-bug test: [`planted_cases`] with a fixed seed,
+/// so whether the checker finds the bug does not vary from run to run.
+pub fn planted_runner(n: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    TestRunner::new_with_rng(
+        planted_cases(n),
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    )
+}
+
 /// A strategy for sequences of `len` operations.
 pub fn ops(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
     let op = (
