@@ -284,3 +284,36 @@ fn teeth_the_spawned_cpu_does_not_always_win() {
         assert_eq!(t.join().unwrap(), Status::Success);
     });
 }
+
+/// The host faulting a page in while another CPU donates it: whatever the
+/// order, once the donation succeeded the host's Stage-2 does not map the
+/// page (the shard lock orders the host-abort path against the record
+/// change and the host unmap). With the core's
+/// `planted-bug-donate-keeps-host-mapping` feature this model fails
+/// ("host still maps a donated page"), which shows it has teeth.
+#[test]
+fn host_fault_racing_donate_never_leaves_the_host_a_mapping() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        let pa = page(20);
+        let t = thread::spawn(move || {
+            let esr = isola::abort::data_abort_esr(8, true, 0, false, true, 0b000111);
+            e.host_abort(esr, pa, (pa >> 12) << 4)
+        });
+        let sd = call(e, 2, HostCall::Donate, [a, pa, IPA, perms::R]).0;
+        let fault = t.join().unwrap();
+        assert_eq!(sd, Status::Success);
+        // Either the fault came first (mapped, then unmapped by the donation)
+        // or second (refused): never a surviving mapping.
+        assert!(matches!(
+            fault,
+            isola::engine::HostAbortAction::Retry | isola::engine::HostAbortAction::InjectSea
+        ));
+        assert!(
+            e.host_translate(PhysAddr::new(pa)).is_none(),
+            "host still maps a donated page"
+        );
+        totals_exact(e);
+    });
+}
