@@ -64,14 +64,30 @@ static UART_BASE: AtomicU64 = AtomicU64::new(EARLY_UART);
 
 /// Switches the console to the UART the device tree names.
 pub fn set_uart(base: u64) {
-    let _guard = CONSOLE.lock();
+    let _guard = lock_console();
     // Relaxed: written under the console lock, read under it too.
     UART_BASE.store(base, Ordering::Relaxed);
 }
 
+/// Takes the console lock without joining its queue: spin until it is free
+/// and take it then. With many more vCPUs than host cores (QEMU TCG), a FIFO
+/// queue hands the lock to waiters that are not running and everyone waits a
+/// scheduler slice per line; whoever runs when the lock is free takes it
+/// instead. (Unfair in principle; a line is short and every CPU prints few.)
+fn lock_console() -> isola_sync::MutexGuard<'static, ()> {
+    loop {
+        if let Some(guard) = CONSOLE.try_lock() {
+            return guard;
+        }
+        while CONSOLE.is_locked() {
+            core::hint::spin_loop();
+        }
+    }
+}
+
 /// Writes one line (the arguments, then a newline) under the console lock.
 pub fn line(args: fmt::Arguments<'_>) {
-    let _guard = CONSOLE.lock();
+    let _guard = lock_console();
     let mut uart = Pl011 {
         base: UART_BASE.load(Ordering::Relaxed),
     };

@@ -323,7 +323,7 @@ fn engine_boot(smp: u32) -> Vec<Expect> {
 fn core_ready(smp: u32) -> Vec<Expect> {
     // More than 123 CPUs put a second redistributor region at 256 GiB, whose
     // 4 KiB mappings need tables of their own.
-    let pool = if smp > 123 { 1544 } else { 1541 };
+    let pool = if smp > 123 { 1574 } else { 1541 };
     vec![line(format!(
         "isola: core ready: 524288 pages of RAM in 1024 shards, host Stage-2 pool of {pool} pages"
     ))]
