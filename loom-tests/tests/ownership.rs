@@ -317,3 +317,42 @@ fn host_fault_racing_donate_never_leaves_the_host_a_mapping() {
         totals_exact(e);
     });
 }
+
+/// Three CPUs: one shares a page with a VM, one unshares it, one destroys
+/// the VM. Every order must end with the page plain host-owned, no sharing
+/// left in the accounting, and each call's status one the order allows.
+#[test]
+fn share_unshare_and_teardown_on_three_cpus() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        let pa = page(20);
+        let t1 = thread::spawn(move || call(e, 1, HostCall::Share, [a, pa, IPA, perms::R]).0);
+        let t2 = thread::spawn(move || call(e, 2, HostCall::Unshare, [a, pa, 0, 0]).0);
+        let sd = call(e, 3, HostCall::VmDestroy, [a, 0, 0, 0]).0;
+        let ss = t1.join().unwrap();
+        let su = t2.join().unwrap();
+        assert_eq!(sd, Status::Success);
+        assert!(
+            matches!(ss, Status::Success | Status::NotFound),
+            "share: {ss:?}"
+        );
+        assert!(
+            matches!(su, Status::Success | Status::NotOwner | Status::NotFound),
+            "unshare: {su:?}"
+        );
+        if su == Status::Success {
+            assert_eq!(ss, Status::Success, "only a share can be unshared");
+        }
+        assert_eq!(e.page(PhysAddr::new(pa)), Some(PageRecord::HOST));
+        assert_eq!(
+            ok(
+                e,
+                HostCall::Accounting,
+                [Accounting::Sharing as u64, 0, 0, 0]
+            ),
+            [0, 0, 0]
+        );
+        totals_exact(e);
+    });
+}
