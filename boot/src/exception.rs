@@ -82,10 +82,9 @@ isola_vectors:
     .balign 0x80
     mov x0, #{EL2_SERROR}
     b isola_fatal_entry
-    // Current EL with SP_EL2.
+    // Current EL with SP_EL2: a probe of the map's self-test, or fatal.
     .balign 0x80
-    mov x0, #{EL2_SYNC}
-    b isola_fatal_entry
+    b isola_el2_sync
     .balign 0x80
     mov x0, #{EL2_IRQ}
     b isola_fatal_entry
@@ -206,6 +205,69 @@ isola_lower_sync:
     dsb nsh
     isb
 
+// A synchronous exception at EL2. Only the map self-test's probes (below)
+// may fault, and they are recognised without touching memory or the stack
+// (the stack may be what faulted): a load or store probe by its address, an
+// execute probe by the marker it leaves in x12. Such a fault resumes after
+// the probe with x10 = 1; anything else is fatal. Clobbers x9, x10 only on
+// the fatal path or for a probe.
+.section .text.isola_el2_sync, "ax"
+isola_el2_sync:
+    mrs x9, elr_el2
+    adr x10, isola_probe_load_insn
+    cmp x9, x10
+    b.eq 1f
+    adr x10, isola_probe_store_insn
+    cmp x9, x10
+    b.eq 1f
+    mrs x9, esr_el2
+    lsr x9, x9, #26
+    cmp x9, #0x21
+    b.ne 2f
+    movz x10, #{EXEC_MARK_LO}
+    movk x10, #{EXEC_MARK_HI}, lsl #16
+    cmp x12, x10
+    b.ne 2f
+    msr elr_el2, x30
+    mov x10, #1
+    eret
+1:  add x9, x9, #4
+    msr elr_el2, x9
+    mov x10, #1
+    eret
+2:  mov x0, #{EL2_SYNC}
+    b isola_fatal_entry
+
+// The probes: x0 = address; return 1 if the access faulted, 0 if not.
+.section .text.isola_probes, "ax"
+.global isola_probe_load
+isola_probe_load:
+    mov x10, #0
+isola_probe_load_insn:
+    ldr x11, [x0]
+    mov x0, x10
+    ret
+.global isola_probe_store
+isola_probe_store:
+    mov x10, #0
+    ldr x11, [x0]
+isola_probe_store_insn:
+    str x11, [x0]
+    mov x0, x10
+    ret
+// Branches to x0 (which must hold a `ret` if it is executable at all).
+.global isola_probe_exec
+isola_probe_exec:
+    stp x29, x30, [sp, #-16]!
+    mov x10, #0
+    movz x12, #{EXEC_MARK_LO}
+    movk x12, #{EXEC_MARK_HI}, lsl #16
+    blr x0
+    mov x12, xzr
+    mov x0, x10
+    ldp x29, x30, [sp], #16
+    ret
+
 // x0 = FatalKind. Switch to this CPU's emergency stack, gather the syndrome
 // registers and report; never returns.
 .section .text.isola_fatal_entry, "ax"
@@ -312,7 +374,51 @@ isola_enter_el1:
     EL2_FIQ = const FatalKind::El2Fiq as u64,
     EL2_SERROR = const FatalKind::El2SError as u64,
     LOWER_ASYNC = const FatalKind::LowerAsync as u64,
+    EXEC_MARK_LO = const EXEC_MARK & 0xffff,
+    EXEC_MARK_HI = const EXEC_MARK >> 16,
 );
+
+/// The value an execute probe leaves in x12 while it branches.
+const EXEC_MARK: u64 = 0x150_1a7e;
+
+unsafe extern "C" {
+    fn isola_probe_load(addr: u64) -> u64;
+    fn isola_probe_store(addr: u64) -> u64;
+    fn isola_probe_exec(addr: u64) -> u64;
+}
+
+/// One access of the map self-test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Load 8 bytes.
+    Load,
+    /// Load 8 bytes and store them back (the value is unchanged if the
+    /// store is allowed).
+    Store,
+    /// Branch to the address (which must hold a `ret` instruction, or be
+    /// expected not to execute).
+    Exec,
+}
+
+/// Whether `probe` at `addr` faults at EL2.
+///
+/// # Safety
+/// Only on the boot CPU during bring-up (the vector recognises the probe by
+/// its address, not by CPU). `addr` must be 8-byte aligned; for `Store` no
+/// other agent may write it meanwhile (the probe writes back what it read);
+/// for `Exec` the address must either fault or hold a `ret`.
+pub unsafe fn probe_faults(probe: Probe, addr: u64) -> bool {
+    // SAFETY: forwarded from this function's contract; the probes touch only
+    // `addr` (and x9-x12, which they declare as scratch through the C ABI).
+    let r = unsafe {
+        match probe {
+            Probe::Load => isola_probe_load(addr),
+            Probe::Store => isola_probe_store(addr),
+            Probe::Exec => isola_probe_exec(addr),
+        }
+    };
+    r != 0
+}
 
 unsafe extern "C" {
     fn isola_enter_el1(entry: u64, x0: u64, stack_top: u64) -> !;

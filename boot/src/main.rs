@@ -54,7 +54,7 @@ use core::cell::UnsafeCell;
 use core::fmt;
 
 use isola_sync::RendezvousBarrier;
-use isola_sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use isola_sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use console::say;
 use fdt::{Fdt, Platform, PsciConduit};
@@ -403,6 +403,42 @@ fn build_map(p: &Platform, s: &Sections) -> Result<(usize, usize), mmu::MapError
     Ok(b.tables_used())
 }
 
+/// A `ret` (then a `nop`) in writable data: the map self-test branches to
+/// it, which must fault (data is XN); were it executable, the branch would
+/// simply return.
+static RET_IN_DATA: AtomicU64 = AtomicU64::new(0xd503_201f_d65f_03c0);
+
+/// Checks, by touching them, that the installed map enforces what `mmu`
+/// promises: each probe must fault (or not) as stated.
+fn map_self_test(s: &Sections) -> Result<(), &'static str> {
+    use exception::{Probe, probe_faults};
+    let data = &raw const RET_IN_DATA as u64;
+    let checks = [
+        (
+            Probe::Load,
+            s.stacks_start,
+            true,
+            "CPU 0's stack guard page is mapped",
+        ),
+        (Probe::Store, s.image_start, true, "text is writable"),
+        (Probe::Store, s.text_end, true, "rodata is writable"),
+        (Probe::Load, s.text_end, false, "rodata is not readable"),
+        (Probe::Exec, data, true, "data is executable"),
+        (Probe::Store, data, false, "data is not writable"),
+    ];
+    for (probe, addr, should_fault, wrong) in checks {
+        // SAFETY: the boot CPU, during bring-up, before any other CPU runs;
+        // every address is 8-byte aligned; the store probes write back what
+        // they read (text, rodata and `RET_IN_DATA` keep their contents and
+        // no other agent writes them); the execute probe's target holds a
+        // `ret`.
+        if unsafe { probe_faults(probe, addr) } != should_fault {
+            return Err(wrong);
+        }
+    }
+    Ok(())
+}
+
 /// The boot CPU's Rust entry, on CPU 0's stack with the bootstrap map on.
 #[unsafe(no_mangle)]
 extern "C" fn isola_boot_main(x0: u64) -> ! {
@@ -464,6 +500,10 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
     // CPU runs.
     unsafe { mmu::install() };
     say!("EL2 stage-1 map on: text RX, rodata R, data RW, stack guards unmapped");
+    if let Err(e) = map_self_test(&s) {
+        fatal(format_args!("EL2 map self-test: {e}"));
+    }
+    say!("EL2 map self-test: stack guard unmapped, text and rodata read-only, data not executable");
 
     engine::init(p, &s).unwrap_or_else(|e| fatal(format_args!("engine core: {e}")));
 

@@ -298,6 +298,9 @@ fn engine_boot(smp: u32) -> Vec<Expect> {
             "isola: device tree at 0x40000000 (1048576 bytes): {smp} CPUs, 2048 MiB RAM, PSCI via smc, GICv3, PL011 at 0x9000000"
         )),
         line("isola: EL2 stage-1 map on: text RX, rodata R, data RW, stack guards unmapped"),
+        line(
+            "isola: EL2 map self-test: stack guard unmapped, text and rodata read-only, data not executable",
+        ),
     ];
     e.extend(core_ready(smp));
     e.push(line("isola: cpu 0 up at EL2 (mpidr 0x0)"));
