@@ -96,8 +96,26 @@ macro_rules! from_id {
         }
     };
 }
-from_id!(HostCall { Version, VmCreate, VmDestroy, VmTopup, VcpuCreate, VcpuRun, Donate, Share, Unshare, Reclaim, Accounting });
-from_id!(GuestCall { Info, Share, Unshare, Relinquish, HostCall });
+from_id!(HostCall {
+    Version,
+    VmCreate,
+    VmDestroy,
+    VmTopup,
+    VcpuCreate,
+    VcpuRun,
+    Donate,
+    Share,
+    Unshare,
+    Reclaim,
+    Accounting
+});
+from_id!(GuestCall {
+    Info,
+    Share,
+    Unshare,
+    Relinquish,
+    HostCall
+});
 
 /// The status in `x0`. Negative values are errors; the values are part of the ABI.
 #[repr(i64)]
@@ -223,7 +241,12 @@ pub enum Exit {
     /// See [`ExitReason::HostCall`].
     HostCall { args: [u64; 2] },
     /// See [`ExitReason::Mmio`].
-    Mmio { ipa: u64, size: u8, write: bool, value: u64 },
+    Mmio {
+        ipa: u64,
+        size: u8,
+        write: bool,
+        value: u64,
+    },
     /// See [`ExitReason::MemFault`].
     MemFault { ipa: u64 },
     /// See [`ExitReason::Wfx`].
@@ -248,7 +271,12 @@ impl Exit {
     pub const fn encode(self) -> [u64; 3] {
         match self {
             Exit::HostCall { args } => [ExitReason::HostCall as u64, args[0], args[1]],
-            Exit::Mmio { ipa, size, write, value } => {
+            Exit::Mmio {
+                ipa,
+                size,
+                write,
+                value,
+            } => {
                 let word = ExitReason::Mmio as u64
                     | (size as u64) << MMIO_SIZE_SHIFT
                     | if write { MMIO_WRITE } else { 0 };
@@ -311,10 +339,17 @@ mod tests {
 
     #[test]
     fn ids_are_smccc_fast64_vendor_hyp() {
-        for id in [HostCall::Version as u32, HostCall::Accounting as u32, GuestCall::HostCall as u32] {
+        for id in [
+            HostCall::Version as u32,
+            HostCall::Accounting as u32,
+            GuestCall::HostCall as u32,
+        ] {
             assert_eq!(id >> 24, 0xC6, "fast call, SMC64, owning entity 6");
         }
-        assert_eq!(HostCall::from_id(HostCall::Donate as u64), Some(HostCall::Donate));
+        assert_eq!(
+            HostCall::from_id(HostCall::Donate as u64),
+            Some(HostCall::Donate)
+        );
         assert_eq!(HostCall::from_id(GuestCall::Share as u64), None);
         assert_eq!(GuestCall::from_id(HostCall::Share as u64), None);
         assert_eq!(HostCall::from_id(u64::MAX), None);
@@ -333,9 +368,21 @@ mod tests {
     #[test]
     fn exits_round_trip() {
         let exits = [
-            Exit::HostCall { args: [1, u64::MAX] },
-            Exit::Mmio { ipa: 0x900_0000, size: 4, write: true, value: 0xdead_beef },
-            Exit::Mmio { ipa: 0x900_0008, size: 8, write: false, value: 0 },
+            Exit::HostCall {
+                args: [1, u64::MAX],
+            },
+            Exit::Mmio {
+                ipa: 0x900_0000,
+                size: 4,
+                write: true,
+                value: 0xdead_beef,
+            },
+            Exit::Mmio {
+                ipa: 0x900_0008,
+                size: 8,
+                write: false,
+                value: 0,
+            },
             Exit::MemFault { ipa: 0x8000_0000 },
             Exit::Wfx,
             Exit::Irq,
