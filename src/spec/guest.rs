@@ -54,9 +54,18 @@ pub(super) fn set_reg(regs: &mut [u64; GPRS], reg: u8, value: u64) {
     }
 }
 
-/// Whether `size` is an access size and `ipa` is aligned to it.
+/// Widest intermediate physical address the architecture can produce: a
+/// guest's Stage-1 output is at most 52 bits, and HPFAR_EL2 reports no more.
+const IPA_MAX_BITS: u32 = 52;
+
+/// Whether a guest access can happen at all: `size` is an access size,
+/// `ipa` is aligned to it and fits the architecture's address size, and
+/// `reg` is a general-purpose register.
 fn well_formed(ipa: u64, size: u8, reg: u8) -> bool {
-    matches!(size, 1 | 2 | 4 | 8) && ipa.is_multiple_of(u64::from(size)) && usize::from(reg) < GPRS
+    matches!(size, 1 | 2 | 4 | 8)
+        && ipa.is_multiple_of(u64::from(size))
+        && ipa >> IPA_MAX_BITS == 0
+        && usize::from(reg) < GPRS
 }
 
 impl Model {
