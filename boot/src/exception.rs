@@ -4,9 +4,16 @@
 //! - `SP_EL2` is at the top of this CPU's stack whenever the CPU runs at EL1:
 //!   [`enter_el1`] sets it, and every trap from EL1 pops exactly what it
 //!   pushed before `eret`.
-//! - A trap from a lower EL saves all general-purpose and FP/SIMD registers
-//!   (the engine's Rust code may use SIMD registers) and restores them,
-//!   edited only where the handler means to (results, `x0..=x3`).
+//! - A trap from a lower EL saves the registers the AAPCS64 lets the Rust
+//!   handler clobber (`x0..=x18`, `x30`) and restores them, edited only where
+//!   the handler means to (results, `x0..=x6`); the callee-saved `x19..=x29`
+//!   are preserved by the handler itself.
+//! - The EL2 image is built for `aarch64-unknown-none-softfloat`, so no
+//!   engine code touches FP/SIMD registers: the host's `q0..=q31`, FPSR and
+//!   FPCR stay in the CPU across every trap. The only engine code that
+//!   touches them is assembly that says so with `.arch_extension`: the
+//!   world switch (which saves the host's before loading a guest's and
+//!   restores them after) and [`enter_el1`] (which zeroes them).
 //! - An exception taken *at* EL2 is a bug in the engine: the vector moves to
 //!   this CPU's emergency stack (the normal one may be the overflowed one),
 //!   reports, and powers the machine off.
@@ -15,31 +22,31 @@ use core::arch::global_asm;
 
 use crate::layout::{EMERGENCY_SLOT, MAX_CPUS};
 
-/// Registers of the interrupted lower EL, as saved on the EL2 stack.
+/// The registers of the interrupted lower EL that the Rust handler may
+/// clobber, as saved on the EL2 stack: `x0..=x18` and `x30`. The others
+/// (`x19..=x29`, `SP_EL1`, FP/SIMD) are never touched by the handler.
 #[repr(C)]
 pub struct TrapFrame {
-    /// `x0..=x30`.
-    pub x: [u64; 31],
-    _pad: u64,
-    /// `q0..=q31`.
-    pub q: [u128; 32],
-    /// FPSR.
-    pub fpsr: u64,
-    /// FPCR.
-    pub fpcr: u64,
+    /// `x0..=x18`.
+    pub x: [u64; 19],
+    /// `x30` (the link register).
+    pub lr: u64,
 }
 
-/// Bytes of a [`TrapFrame`] (the assembly below depends on it).
-pub const FRAME_SIZE: usize = 784;
+/// Bytes of a [`TrapFrame`] (the assembly below depends on it; a multiple
+/// of 16 keeps `SP_EL2` aligned).
+pub const FRAME_SIZE: usize = 160;
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == FRAME_SIZE);
+const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 impl TrapFrame {
-    /// Register `xN` (0 for an out-of-range `n`, like `xzr`).
+    /// Register `xN` for `n` in `0..=18` (0 otherwise: no host-trap path
+    /// reads a callee-saved register, and the frame does not hold them).
     pub fn reg(&self, n: usize) -> u64 {
         self.x.get(n).copied().unwrap_or(0)
     }
 
-    /// Sets register `xN` (ignored for an out-of-range `n`).
+    /// Sets register `xN` for `n` in `0..=18` (ignored otherwise).
     pub fn set_reg(&mut self, n: usize, v: u64) {
         if let Some(r) = self.x.get_mut(n) {
             *r = v;
@@ -122,6 +129,10 @@ isola_vectors:
 
 .section .text.isola_lower_sync, "ax"
 isola_lower_sync:
+    // Only what the AAPCS64 lets the handler clobber: x0..x18 and x30.
+    // x19..x29 are callee-saved (the Rust handler and the world switch
+    // preserve them), and the engine has no FP/SIMD code at all (the image
+    // is built softfloat), so q0..q31, FPSR and FPCR are never touched here.
     sub sp, sp, #{FRAME}
     stp x0, x1, [sp, #0]
     stp x2, x3, [sp, #16]
@@ -132,57 +143,9 @@ isola_lower_sync:
     stp x12, x13, [sp, #96]
     stp x14, x15, [sp, #112]
     stp x16, x17, [sp, #128]
-    stp x18, x19, [sp, #144]
-    stp x20, x21, [sp, #160]
-    stp x22, x23, [sp, #176]
-    stp x24, x25, [sp, #192]
-    stp x26, x27, [sp, #208]
-    stp x28, x29, [sp, #224]
-    str x30, [sp, #240]
-    add x0, sp, #256
-    stp q0, q1, [x0, #0]
-    stp q2, q3, [x0, #32]
-    stp q4, q5, [x0, #64]
-    stp q6, q7, [x0, #96]
-    stp q8, q9, [x0, #128]
-    stp q10, q11, [x0, #160]
-    stp q12, q13, [x0, #192]
-    stp q14, q15, [x0, #224]
-    stp q16, q17, [x0, #256]
-    stp q18, q19, [x0, #288]
-    stp q20, q21, [x0, #320]
-    stp q22, q23, [x0, #352]
-    stp q24, q25, [x0, #384]
-    stp q26, q27, [x0, #416]
-    stp q28, q29, [x0, #448]
-    stp q30, q31, [x0, #480]
-    mrs x1, fpsr
-    mrs x2, fpcr
-    add x3, sp, #768
-    stp x1, x2, [x3]
+    stp x18, x30, [sp, #144]
     mov x0, sp
     bl isola_handle_lower_sync
-    add x3, sp, #768
-    ldp x1, x2, [x3]
-    add x0, sp, #256
-    msr fpsr, x1
-    msr fpcr, x2
-    ldp q0, q1, [x0, #0]
-    ldp q2, q3, [x0, #32]
-    ldp q4, q5, [x0, #64]
-    ldp q6, q7, [x0, #96]
-    ldp q8, q9, [x0, #128]
-    ldp q10, q11, [x0, #160]
-    ldp q12, q13, [x0, #192]
-    ldp q14, q15, [x0, #224]
-    ldp q16, q17, [x0, #256]
-    ldp q18, q19, [x0, #288]
-    ldp q20, q21, [x0, #320]
-    ldp q22, q23, [x0, #352]
-    ldp q24, q25, [x0, #384]
-    ldp q26, q27, [x0, #416]
-    ldp q28, q29, [x0, #448]
-    ldp q30, q31, [x0, #480]
     ldp x0, x1, [sp, #0]
     ldp x2, x3, [sp, #16]
     ldp x4, x5, [sp, #32]
@@ -192,13 +155,7 @@ isola_lower_sync:
     ldp x12, x13, [sp, #96]
     ldp x14, x15, [sp, #112]
     ldp x16, x17, [sp, #128]
-    ldp x18, x19, [sp, #144]
-    ldp x20, x21, [sp, #160]
-    ldp x22, x23, [sp, #176]
-    ldp x24, x25, [sp, #192]
-    ldp x26, x27, [sp, #208]
-    ldp x28, x29, [sp, #224]
-    ldr x30, [sp, #240]
+    ldp x18, x30, [sp, #144]
     add sp, sp, #{FRAME}
     eret
     // Never reached: stops straight-line speculation past the eret.
@@ -330,6 +287,10 @@ isola_enter_el1:
     mov x28, xzr
     mov x29, xzr
     mov x30, xzr
+    // The image is built without FP/SIMD; these are the only vector
+    // instructions of this file.
+    .arch_extension fp
+    .arch_extension simd
     movi v0.2d, #0
     movi v1.2d, #0
     movi v2.2d, #0
@@ -362,6 +323,8 @@ isola_enter_el1:
     movi v29.2d, #0
     movi v30.2d, #0
     movi v31.2d, #0
+    .arch_extension nosimd
+    .arch_extension nofp
     eret
     dsb nsh
     isb

@@ -10,7 +10,8 @@
 //! Invariants:
 //! - While a guest runs, `VBAR_EL2` points at this module's guest-only
 //!   vectors and `SP_EL2` at the switch frame (the host-side callee-saved
-//!   registers, `d8..d15`, the host `VBAR_EL2` and the context pointer). The
+//!   registers, the host's `q0..q31`/FPSR/FPCR, the host `VBAR_EL2` and the
+//!   context pointer). The
 //!   guest's exception entry finds its context through that frame; no other
 //!   register is trusted or needed.
 //! - Every guest register the architecture lets EL1/EL0 read is either loaded
@@ -21,7 +22,12 @@
 //!   context before the host's values return.
 //! - The guest FP/SIMD registers are loaded and saved inside the assembly, so
 //!   no compiler-generated SIMD code can run between load and `eret` or
-//!   between exception and save.
+//!   between exception and save. The EL2 image is softfloat (no engine code
+//!   uses FP/SIMD and the host trap vector does not save them), so the host's
+//!   FP/SIMD state is live in the CPU when the switch is called: the switch
+//!   saves the host's `q0..q31`, FPSR and FPCR before loading the guest's and
+//!   restores them after saving the guest's, so the host never sees a
+//!   guest's FP/SIMD values and keeps its own.
 //! - The engine runs with every interrupt masked; the guest `HCR_EL2` routes
 //!   physical IRQ/FIQ/SError to EL2 (`IMO/FMO/AMO`), so an interrupt that
 //!   arrives while a guest runs exits to the host, which owns interrupts.
@@ -389,8 +395,9 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     }
     let raw: u64;
     // SAFETY: `isola_world_switch` saves the callee-saved registers it uses
-    // (x19..x30, d8..d15) and VBAR_EL2 in its frame and restores them before
-    // returning; every other register is declared clobbered. It reads and
+    // (x19..x30), the host's FP/SIMD state (q0..q31, FPSR, FPCR) and
+    // VBAR_EL2 in its frame and restores them before returning; every other
+    // general register is declared clobbered. It reads and
     // writes only the context page, which the caller guarantees is this
     // CPU's alone.
     unsafe {
@@ -425,12 +432,15 @@ const _: () =
 const _: () = assert!(OFF_V.is_multiple_of(16) && OFF_V < 4096 && OFF_X < 4096);
 const _: () = assert!(OFF_FPSR.is_multiple_of(8) && OFF_FPCR.is_multiple_of(8));
 
-/// The switch frame on the EL2 stack: x19..x30 (96 bytes), d8..d15 (64),
-/// the context pointer and the host's VBAR_EL2 (16).
-const FRAME: usize = 176;
-const F_D8: usize = 96;
-const F_CTX: usize = 160;
-const F_VBAR: usize = 168;
+/// The switch frame on the EL2 stack: x19..x30 (96 bytes), the context
+/// pointer and the host's VBAR_EL2 (16), the host's FPSR and FPCR (16), the
+/// host's q0..q31 (512, 16-byte aligned).
+const FRAME: usize = 640;
+const F_CTX: usize = 96;
+const F_VBAR: usize = 104;
+const F_FPSR: usize = 112;
+const F_Q: usize = 128;
+const _: () = assert!(F_Q.is_multiple_of(16) && F_Q.wrapping_add(512) == FRAME);
 
 global_asm!(
     r#"
@@ -446,13 +456,35 @@ isola_world_switch:
     stp x25, x26, [sp, #48]
     stp x27, x28, [sp, #64]
     stp x29, x30, [sp, #80]
-    stp d8, d9, [sp, #({F_D8} + 0)]
-    stp d10, d11, [sp, #({F_D8} + 16)]
-    stp d12, d13, [sp, #({F_D8} + 32)]
-    stp d14, d15, [sp, #({F_D8} + 48)]
     str x0, [sp, #{F_CTX}]
     mrs x1, vbar_el2
     str x1, [sp, #{F_VBAR}]
+
+    // The image is softfloat: FP/SIMD instructions only here, by name.
+    .arch_extension fp
+    .arch_extension simd
+
+    // Host FP/SIMD out of the way (the host trap vector leaves them live).
+    add x1, sp, #{F_Q}
+    stp q0, q1, [x1, #0]
+    stp q2, q3, [x1, #32]
+    stp q4, q5, [x1, #64]
+    stp q6, q7, [x1, #96]
+    stp q8, q9, [x1, #128]
+    stp q10, q11, [x1, #160]
+    stp q12, q13, [x1, #192]
+    stp q14, q15, [x1, #224]
+    stp q16, q17, [x1, #256]
+    stp q18, q19, [x1, #288]
+    stp q20, q21, [x1, #320]
+    stp q22, q23, [x1, #352]
+    stp q24, q25, [x1, #384]
+    stp q26, q27, [x1, #416]
+    stp q28, q29, [x1, #448]
+    stp q30, q31, [x1, #480]
+    mrs x2, fpsr
+    mrs x3, fpcr
+    stp x2, x3, [sp, #{F_FPSR}]
 
     // Guest FP/SIMD.
     add x1, x0, #{C_Q}
@@ -587,16 +619,36 @@ isola_guest_exit:
     mrs x3, fpcr
     str x3, [x0, #{C_FPCR}]
 
+    // Host FP/SIMD back: nothing of the guest's stays in a register.
+    add x2, sp, #{F_Q}
+    ldp q0, q1, [x2, #0]
+    ldp q2, q3, [x2, #32]
+    ldp q4, q5, [x2, #64]
+    ldp q6, q7, [x2, #96]
+    ldp q8, q9, [x2, #128]
+    ldp q10, q11, [x2, #160]
+    ldp q12, q13, [x2, #192]
+    ldp q14, q15, [x2, #224]
+    ldp q16, q17, [x2, #256]
+    ldp q18, q19, [x2, #288]
+    ldp q20, q21, [x2, #320]
+    ldp q22, q23, [x2, #352]
+    ldp q24, q25, [x2, #384]
+    ldp q26, q27, [x2, #416]
+    ldp q28, q29, [x2, #448]
+    ldp q30, q31, [x2, #480]
+    ldp x2, x3, [sp, #{F_FPSR}]
+    msr fpsr, x2
+    msr fpcr, x3
+    .arch_extension nosimd
+    .arch_extension nofp
+
     // Host side back: vectors first, so an engine fault from here on is
     // reported by the engine's own vectors.
     ldr x2, [sp, #{F_VBAR}]
     msr vbar_el2, x2
     isb
     mov x0, x1
-    ldp d8, d9, [sp, #({F_D8} + 0)]
-    ldp d10, d11, [sp, #({F_D8} + 16)]
-    ldp d12, d13, [sp, #({F_D8} + 32)]
-    ldp d14, d15, [sp, #({F_D8} + 48)]
     ldp x19, x20, [sp, #0]
     ldp x21, x22, [sp, #16]
     ldp x23, x24, [sp, #32]
@@ -617,7 +669,8 @@ isola_guest_vectors_el2:
     b 1b
 "#,
     FRAME = const FRAME,
-    F_D8 = const F_D8,
+    F_FPSR = const F_FPSR,
+    F_Q = const F_Q,
     F_CTX = const F_CTX,
     F_VBAR = const F_VBAR,
     C_X = const OFF_X,

@@ -206,20 +206,9 @@ fn build_images() -> Result<(PathBuf, PathBuf), String> {
     // Its own target directory: the `bench-pmu` engine must never be mistaken
     // for the test image, and building it must not invalidate that one.
     let target = crate::root().join("target").join("aarch64-bench");
-    let mut c = crate::cargo();
-    c.args(["build", "--release", "--target", "aarch64-unknown-none"])
-        .args([
-            "-p",
-            "isola-boot",
-            "-p",
-            "isola-host-payload",
-            "--features",
-            "isola-boot/bench-pmu",
-        ])
-        .env("CARGO_TARGET_DIR", &target);
-    crate::run(c)?;
-    let dir = target.join("aarch64-unknown-none").join("release");
-    Ok((dir.join("isola"), dir.join("isola-host")))
+    let (el2, payloads) =
+        crate::qemu::build_for_targets(&target, &["bench-pmu"], &["isola-host-payload"])?;
+    Ok((el2.join("isola"), payloads.join("isola-host")))
 }
 
 /// Boots the benchmark and returns its console; fails on a timeout or a

@@ -47,30 +47,59 @@ pub struct Images {
     pub guest: PathBuf,
 }
 
-/// Builds the engine and the host payload for `aarch64-unknown-none`, in a
-/// target directory of their own so host builds are not invalidated.
-pub fn build_images() -> Result<Images, String> {
-    let dir = root().join("target").join("aarch64");
+/// The target of the EL2 image (`isola-boot` and every crate it pulls in):
+/// softfloat, so no engine code can use the FP/SIMD registers, which the
+/// host trap vector therefore need not save (see boot/src/exception.rs).
+pub const EL2_TARGET: &str = "aarch64-unknown-none-softfloat";
+/// The target of the EL1 payloads (test host, guests): they use FP/SIMD.
+pub const PAYLOAD_TARGET: &str = "aarch64-unknown-none";
+
+/// Builds the engine (`isola-boot`, with `engine_features`) for
+/// [`EL2_TARGET`] and `payloads` for [`PAYLOAD_TARGET`] into `dir`; returns
+/// the two output directories (engine's, payloads').
+pub fn build_for_targets(
+    dir: &std::path::Path,
+    engine_features: &[&str],
+    payloads: &[&str],
+) -> Result<(PathBuf, PathBuf), String> {
     let mut c = cargo();
     c.args([
         "build",
         "--release",
         "--target",
-        "aarch64-unknown-none",
+        EL2_TARGET,
         "-p",
         "isola-boot",
-        "-p",
-        "isola-host-payload",
-        "-p",
-        "isola-guest-payload",
     ])
-    .env("CARGO_TARGET_DIR", &dir);
+    .env("CARGO_TARGET_DIR", dir);
+    for f in engine_features {
+        c.args(["--features", f]);
+    }
     crate::run(c)?;
-    let out = dir.join("aarch64-unknown-none").join("release");
+    let mut c = cargo();
+    c.args(["build", "--release", "--target", PAYLOAD_TARGET])
+        .env("CARGO_TARGET_DIR", dir);
+    for p in payloads {
+        c.args(["-p", p]);
+    }
+    crate::run(c)?;
+    Ok((
+        dir.join(EL2_TARGET).join("release"),
+        dir.join(PAYLOAD_TARGET).join("release"),
+    ))
+}
+
+/// Builds the engine for [`EL2_TARGET`] and the payloads for
+/// [`PAYLOAD_TARGET`], in a target directory of their own so host builds are
+/// not invalidated.
+pub fn build_images() -> Result<Images, String> {
+    let dir = root().join("target").join("aarch64");
+    let (el2, payloads) =
+        build_for_targets(&dir, &[], &["isola-host-payload", "isola-guest-payload"])?;
     let images = Images {
-        engine: out.join("isola"),
-        host: out.join("isola-host"),
-        guest: out.join("isola-guest"),
+        engine: el2.join("isola"),
+        host: payloads.join("isola-host"),
+        guest: payloads.join("isola-guest"),
     };
     for p in [&images.engine, &images.host, &images.guest] {
         if !p.is_file() {
