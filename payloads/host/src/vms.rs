@@ -152,17 +152,20 @@ fn call(c: HostCall, args: [u64; 6]) -> [u64; 4] {
 
 // vms_run_probe(x0 = function id, x1..x3 = arguments, x4 = buffer of 96
 // words): fills x5..x30 with reg_pattern(0x4057, n) (x4 too, after saving
-// the buffer pointer) and v0..v31 with the byte 0x80 + n, makes the `hvc`,
-// stores x0..x30 (words 0..30) and v0..v31 (words 32..95) into the buffer and
-// restores the callee-saved registers. Every `VcpuRun` goes through it, so
-// every guest exit checks that the host's registers came back untouched by
-// the world switch and carry nothing of the guest's.
+// the buffer pointer), v0..v31 with the byte 0x80 + n, FPCR with
+// PROBE_FPCR and FPSR with PROBE_FPSR, makes the `hvc`, stores x0..x30
+// (words 0..30), FPSR << 32 | FPCR (word 31) and v0..v31 (words 32..95) into
+// the buffer and restores the callee-saved registers, FPCR and FPSR. Every
+// `VcpuRun` goes through it, so every guest exit checks that the host's
+// registers came back untouched by the world switch and carry nothing of the
+// guest's (the engine does not save the host's FP/SIMD state on every trap,
+// only the world switch does).
 global_asm!(
     r#"
     .section .text.vms_run_probe, "ax"
     .global vms_run_probe
 vms_run_probe:
-    sub sp, sp, #192
+    sub sp, sp, #208
     stp x19, x20, [sp, #0]
     stp x21, x22, [sp, #16]
     stp x23, x24, [sp, #32]
@@ -174,6 +177,13 @@ vms_run_probe:
     stp d12, d13, [sp, #128]
     stp d14, d15, [sp, #144]
     str x4, [sp, #160]
+    mrs x5, fpcr
+    mrs x6, fpsr
+    stp x5, x6, [sp, #192]
+    ldr x5, ={fpcr}
+    msr fpcr, x5
+    ldr x6, ={fpsr}
+    msr fpsr, x6
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
     movi v\n\().16b, #(0x80 + \n)
     .endr
@@ -218,6 +228,13 @@ vms_run_probe:
     stp q26, q27, [x1, #416]
     stp q28, q29, [x1, #448]
     stp q30, q31, [x1, #480]
+    mrs x2, fpcr
+    mrs x3, fpsr
+    orr x2, x2, x3, lsl #32
+    str x2, [x0, #248]
+    ldp x5, x6, [sp, #192]
+    msr fpcr, x5
+    msr fpsr, x6
     ldp x19, x20, [sp, #0]
     ldp x21, x22, [sp, #16]
     ldp x23, x24, [sp, #32]
@@ -228,17 +245,28 @@ vms_run_probe:
     ldp d10, d11, [sp, #112]
     ldp d12, d13, [sp, #128]
     ldp d14, d15, [sp, #144]
-    add sp, sp, #192
+    add sp, sp, #208
     ret
-"#
+    .ltorg
+"#,
+    fpcr = const PROBE_FPCR,
+    fpsr = const PROBE_FPSR,
 );
+
+/// The FPCR the host holds across every `VcpuRun`: AHP | RMode = towards
+/// zero; differs from the guests' (`REGS_FPCR`) and from the reset value.
+const PROBE_FPCR: u64 = 1 << 26 | 3 << 22;
+/// The FPSR the host holds across every `VcpuRun`: QC and the IXC, OFC, IOC
+/// cumulative flags.
+const PROBE_FPSR: u64 = 1 << 27 | 1 << 4 | 1 << 2 | 1;
 
 unsafe extern "C" {
     fn vms_run_probe(id: u64, a1: u64, a2: u64, a3: u64, buf: *mut [u64; 96]);
 }
 
 /// `VcpuRun` through [`vms_run_probe`]: `x0..x3`, and how many of the host's
-/// `x4..x30` and `v0..v31` halves did not come back as the host left them.
+/// `x4..x30`, `v0..v31` halves and FPCR/FPSR (one, together) did not come
+/// back as the host left them.
 fn vcpu_run_checked(handle: u64, index: u64, value: u64) -> ([u64; 4], u64) {
     let mut buf = [0u64; 96];
     // SAFETY: the routine writes exactly the 96 words of `buf`, restores
@@ -256,10 +284,13 @@ fn vcpu_run_checked(handle: u64, index: u64, value: u64) -> ([u64; 4], u64) {
             buf.get(at) != Some(&want) || buf.get(at.wrapping_add(1)) != Some(&want)
         })
         .count();
+    let fp_lost = buf.get(31) != Some(&(PROBE_FPSR << 32 | PROBE_FPCR));
     let [r0, r1, r2, r3, ..] = buf;
     (
         [r0, r1, r2, r3],
-        (x_lost as u64).wrapping_add(v_lost as u64),
+        (x_lost as u64)
+            .wrapping_add(v_lost as u64)
+            .wrapping_add(u64::from(fp_lost)),
     )
 }
 
@@ -1176,7 +1207,7 @@ fn host_attacks(print: Print) {
     attack(
         print,
         "unshare-donated-page",
-        call(HostCall::Unshare, [h0, data0, 0, 0, 0, 0])[0],
+        call(HostCall::Unshare, [h0, data0, layout::DATA_IPA, 0, 0, 0])[0],
     );
     attack(
         print,
@@ -1682,7 +1713,14 @@ fn teardown(print: Print) {
         let h = vm.handle();
         let r = call(
             HostCall::Unshare,
-            [h, vm.borrow_pa.load(Ordering::Relaxed), 0, 0, 0, 0],
+            [
+                h,
+                vm.borrow_pa.load(Ordering::Relaxed),
+                layout::BORROW_IPA,
+                0,
+                0,
+                0,
+            ],
         );
         check(
             print,
