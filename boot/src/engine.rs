@@ -247,25 +247,24 @@ pub fn prepare_host_cpu() -> Result<u64, &'static str> {
 /// vCPU here through the world switch until the core says to go back to the
 /// host.
 pub fn host_hypercall(frame: &mut TrapFrame) {
-    let Some(e) = engine() else {
+    // The core reads and writes `x0..=x6` in place in the trap frame: no
+    // copy in or out on the hot path.
+    let (Some(e), Some(regs)) = (engine(), frame.x.first_chunk_mut::<7>()) else {
         frame.set_reg(0, isola_abi::Status::NotSupported.raw());
         return;
     };
-    let mut regs = [0_u64; 7];
-    for (i, r) in regs.iter_mut().enumerate() {
-        *r = frame.reg(i);
-    }
-    let cpu = u32::try_from(crate::cpu::cpu_index()).unwrap_or(u32::MAX);
-    match e.host_call(cpu, &mut regs) {
+    // Truncation is exact: TPIDR_EL2 is written only by bring-up, with an
+    // index below MAX_CPUS, and no lower EL can write it.
+    let cpu = crate::cpu::cpu_index() as u32;
+    match e.host_call(cpu, regs) {
         HostCallOutcome::Done => {}
-        HostCallOutcome::Run(vcpu) => run_vcpu(e, vcpu, &mut regs),
-    }
-    for (i, r) in regs.iter().enumerate() {
-        frame.set_reg(i, *r);
+        HostCallOutcome::Run(vcpu) => run_vcpu(e, vcpu, regs),
     }
 }
 
-/// Runs a loaded vCPU until an exit the core sends to the host.
+/// Runs a loaded vCPU until an exit the core sends to the host. Out of line:
+/// the world switch's state stays off the plain hypercall's path.
+#[inline(never)]
 fn run_vcpu(e: &Engine<El2Arch>, vcpu: LoadedVcpu, regs: &mut [u64; 7]) {
     let vttbr = vcpu.vttbr();
     let stage2 = GuestStage2::new(

@@ -133,8 +133,7 @@ isola_lower_sync:
     // x19..x29 are callee-saved (the Rust handler and the world switch
     // preserve them), and the engine has no FP/SIMD code at all (the image
     // is built softfloat), so q0..q31, FPSR and FPCR are never touched here.
-    sub sp, sp, #{FRAME}
-    stp x0, x1, [sp, #0]
+    stp x0, x1, [sp, #-{FRAME}]!
     stp x2, x3, [sp, #16]
     stp x4, x5, [sp, #32]
     stp x6, x7, [sp, #48]
@@ -146,7 +145,6 @@ isola_lower_sync:
     stp x18, x30, [sp, #144]
     mov x0, sp
     bl isola_handle_lower_sync
-    ldp x0, x1, [sp, #0]
     ldp x2, x3, [sp, #16]
     ldp x4, x5, [sp, #32]
     ldp x6, x7, [sp, #48]
@@ -156,7 +154,7 @@ isola_lower_sync:
     ldp x14, x15, [sp, #112]
     ldp x16, x17, [sp, #128]
     ldp x18, x30, [sp, #144]
-    add sp, sp, #{FRAME}
+    ldp x0, x1, [sp], #{FRAME}
     eret
     // Never reached: stops straight-line speculation past the eret.
     dsb nsh

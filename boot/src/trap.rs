@@ -36,33 +36,47 @@ const ISS_WNR: u64 = 1 << 6;
 const FSC_SEA: u64 = 0x10;
 
 /// Handles one synchronous trap from a lower EL.
+///
+/// Only the hypercall is on the hot path; the other kinds are out of line
+/// (`#[cold]`, never inlined), so their registers and stack do not weigh on
+/// every hypercall's prologue.
 pub fn handle(frame: &mut TrapFrame) {
     let esr = read_sysreg!("esr_el2");
     match esr >> 26 {
         ec::HVC64 => crate::engine::host_hypercall(frame),
-        ec::SMC64 => {
-            // A trapped `smc` returns to the instruction itself: skip it.
-            skip_instruction();
-            let fid = frame.reg(0);
-            let result = match u32::try_from(fid) {
-                Ok(f) if is_psci(f) => {
-                    crate::psci::relay(f, [frame.reg(1), frame.reg(2), frame.reg(3)])
-                }
-                _ => crate::psci::status::NOT_SUPPORTED,
-            };
-            frame.set_reg(0, result as u64);
-        }
-        class @ (ec::DABT_LOWER | ec::IABT_LOWER) => {
-            let far = read_sysreg!("far_el2");
-            let hpfar = read_sysreg!("hpfar_el2");
-            match crate::engine::host_abort(esr, far, hpfar) {
-                AbortAction::Retry => {}
-                AbortAction::InjectSea => inject_sea(class, esr, far),
-            }
-        }
+        ec::SMC64 => smc(frame),
+        class @ (ec::DABT_LOWER | ec::IABT_LOWER) => abort(class, esr),
         // Everything else the host can make trap (implementation-defined,
         // RAS or LOR registers, SVE/SME, anything unknown) is UNDEFINED to it.
         _ => inject_undef(),
+    }
+}
+
+/// A trapped host `smc`: PSCI goes to the relay, anything else is
+/// `NOT_SUPPORTED`.
+#[cold]
+#[inline(never)]
+fn smc(frame: &mut TrapFrame) {
+    // A trapped `smc` returns to the instruction itself: skip it.
+    skip_instruction();
+    let fid = frame.reg(0);
+    let result = match u32::try_from(fid) {
+        Ok(f) if is_psci(f) => crate::psci::relay(f, [frame.reg(1), frame.reg(2), frame.reg(3)]),
+        _ => crate::psci::status::NOT_SUPPORTED,
+    };
+    frame.set_reg(0, result as u64);
+}
+
+/// A host Stage-2 abort of kind `class`: the core maps the page, or the
+/// host gets a synchronous external abort.
+#[cold]
+#[inline(never)]
+fn abort(class: u64, esr: u64) {
+    let far = read_sysreg!("far_el2");
+    let hpfar = read_sysreg!("hpfar_el2");
+    match crate::engine::host_abort(esr, far, hpfar) {
+        AbortAction::Retry => {}
+        AbortAction::InjectSea => inject_sea(class, esr, far),
     }
 }
 
@@ -106,6 +120,8 @@ fn inject_sea(class: u64, esr: u64, far: u64) {
 }
 
 /// Injects an UNDEFINED exception for the trapped instruction.
+#[cold]
+#[inline(never)]
 pub fn inject_undef() {
     inject(ec::UNKNOWN << 26 | ESR_IL, None);
 }
