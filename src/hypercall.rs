@@ -136,7 +136,7 @@ impl<A: Arch> Engine<A> {
             },
             Some(HostCall::Donate) => self.lend(a, PhysAddr::new(b), Ipa::new(c), d, false),
             Some(HostCall::Share) => self.lend(a, PhysAddr::new(b), Ipa::new(c), d, true),
-            Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b)),
+            Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b), Ipa::new(c)),
             Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
             Some(HostCall::Accounting) => self.accounting(a, b),
         };
@@ -461,9 +461,12 @@ impl<A: Arch> Engine<A> {
         Ok(())
     }
 
-    /// `Unshare(handle, pa)`: ends a host `Share`.
-    fn host_unshare(&self, handle: u64, pa: PhysAddr) -> CallResult {
+    /// `Unshare(handle, pa, ipa)`: ends a host `Share`. One walk of the VM's
+    /// Stage-2 at `ipa` confirms the lent mapping (the record does not keep
+    /// the IPA; the host, which chose it, names it).
+    fn host_unshare(&self, handle: u64, pa: PhysAddr, ipa: Ipa) -> CallResult {
         self.check_run(pa, 1)?;
+        self.check_guest_ipa(ipa)?;
         let (slot, mut g) = self.lock_vm(handle)?;
         let me = Owner::Vm(slot as u16);
         let mut pg = self.db.lock_page(pa).ok_or(Status::InvalidArgument)?;
@@ -471,14 +474,12 @@ impl<A: Arch> Engine<A> {
             return Err(Status::NotOwner);
         }
         let s2 = g.s2.ok_or(Status::NotFound)?;
-        // The record does not keep the IPA: find the borrowed mapping of `pa`.
-        let mut at = None;
-        s2.for_each_leaf(&self.mem, &mut |ipa, d, _| {
-            if d.borrowed() && d.addr() == pa && at.is_none() {
-                at = Some(ipa);
-            }
-        });
-        let ipa = at.ok_or(Status::NotMapped)?;
+        // `Share` maps at level 3 only, so a borrowed leaf naming `pa` at
+        // `ipa` is exactly the mapping the share made.
+        match s2.translate(&self.mem, ipa) {
+            Some(t) if t.pa == pa && t.desc.borrowed() => {}
+            _ => return Err(Status::NotMapped),
+        }
         s2.unmap_page(&self.mem, &self.arch, &mut g.pool, ipa)
             .map_err(s2_status)?;
         pg.set(PageRecord::HOST);

@@ -87,7 +87,7 @@ fn natural(id: u64, pos: usize) -> u8 {
         Some(HostCall::VmTopup) => [1, 2, 9, 0],
         Some(HostCall::VcpuCreate | HostCall::VcpuRun) => [1, 11, 3, 0],
         Some(HostCall::Donate | HostCall::Share) => [1, 2, 3, 4],
-        Some(HostCall::Unshare) => [1, 10, 0, 0],
+        Some(HostCall::Unshare) => [1, 10, 3, 0],
         Some(HostCall::Reclaim) => [10, 0, 0, 0],
         Some(HostCall::Accounting) => [4, 1, 0, 0],
         Some(HostCall::VmDestroy) => [1, 0, 0, 0],
@@ -207,9 +207,16 @@ fn run_case(calls: Vec<Call>) -> Result<(), TestCaseError> {
         } else {
             HOST_IDS[which as usize % HOST_IDS.len()] as u64
         };
-        let args: Vec<u64> = (0..4)
+        let mut args: Vec<u64> = (0..4)
             .map(|i| pick(&spec, &handles, &lent, id, i, kinds[i], raws[i]))
             .collect();
+        // Unshare's IPA: mostly where that page was last lent, if it was.
+        if id == HostCall::Unshare as u64
+            && !kinds[2].is_multiple_of(4)
+            && let Some(i) = lent.iter().rposition(|&pa| pa == args[1])
+        {
+            args[2] = ipas[i];
+        }
         let before = snapshot(&e);
         let mut regs = [id, args[0], args[1], args[2], args[3], 0xa4, 0xa5];
         match e.host_call(0, &mut regs) {

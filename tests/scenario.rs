@@ -454,8 +454,18 @@ fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
         [0, 1, 8]
     );
     assert_eq!(
-        host.call(HostCall::Unshare, [vm, host.page(41), 0, 0]).0,
+        host.call(
+            HostCall::Unshare,
+            [vm, host.page(41), GUEST_RAM + 0x3000, 0]
+        )
+        .0,
         Status::NotOwner
+    );
+    assert_eq!(
+        host.call(HostCall::Unshare, [vm, page, GUEST_RAM + 0x4000, 0])
+            .0,
+        Status::NotMapped,
+        "the IPA must be where the page was lent"
     );
     assert_eq!(
         host.call(HostCall::Donate, [vm, page, GUEST_RAM, perms::R])
@@ -463,7 +473,7 @@ fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
         Status::NotOwner
     );
     host.engine.arch().clear();
-    host.ok(HostCall::Unshare, [vm, page, 0, 0]);
+    host.ok(HostCall::Unshare, [vm, page, GUEST_RAM + 0x3000, 0]);
     let mut ev = Vec::new();
     host.engine.arch().for_each(|e| ev.push(e));
     check_break_before_make(ev.iter().copied()).unwrap();

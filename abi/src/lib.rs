@@ -59,7 +59,10 @@ pub enum HostCall {
     /// `(x1 = handle, x2 = pa, x3 = ipa, x4 = perms) -> ()`: the host page is
     /// lent to the VM at `ipa`; the host keeps access.
     Share = VENDOR_HYP_FAST64 | 0x07,
-    /// `(x1 = handle, x2 = pa) -> ()`: ends a `Share`.
+    /// `(x1 = handle, x2 = pa, x3 = ipa) -> ()`: ends a `Share`. `ipa` is
+    /// where the page was lent: the engine checks that the VM maps `pa`
+    /// there as a borrowed page (`NotMapped` otherwise), so the call costs
+    /// one Stage-2 walk whatever the VM's size.
     Unshare = VENDOR_HYP_FAST64 | 0x08,
     /// `(x1 = pa) -> ()`: a page of a destroyed VM returns to the host, zeroed.
     Reclaim = VENDOR_HYP_FAST64 | 0x09,

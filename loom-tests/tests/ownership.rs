@@ -143,7 +143,7 @@ fn unshare_racing_teardown_returns_the_page_to_the_host_once() {
         let e = machine();
         let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
         ok(e, HostCall::Share, [a, page(20), IPA, perms::R]);
-        let t = thread::spawn(move || call(e, 1, HostCall::Unshare, [a, page(20), 0, 0]).0);
+        let t = thread::spawn(move || call(e, 1, HostCall::Unshare, [a, page(20), IPA, 0]).0);
         let sd = call(e, 2, HostCall::VmDestroy, [a, 0, 0, 0]).0;
         let su = t.join().unwrap();
         assert_eq!(
@@ -328,7 +328,7 @@ fn share_unshare_and_teardown_on_three_cpus() {
         let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
         let pa = page(20);
         let t1 = thread::spawn(move || call(e, 1, HostCall::Share, [a, pa, IPA, perms::R]).0);
-        let t2 = thread::spawn(move || call(e, 2, HostCall::Unshare, [a, pa, 0, 0]).0);
+        let t2 = thread::spawn(move || call(e, 2, HostCall::Unshare, [a, pa, IPA, 0]).0);
         let sd = call(e, 3, HostCall::VmDestroy, [a, 0, 0, 0]).0;
         let ss = t1.join().unwrap();
         let su = t2.join().unwrap();

@@ -113,7 +113,7 @@ fn round(m: &Machine, t: usize, lock: Option<&Mutex<()>>) {
     let shared = m.page(t, POOL + DONATED);
     for _ in 0..SHARES {
         go(HostCall::Share, [vm, shared, 0x9000_0000, perms::R]);
-        go(HostCall::Unshare, [vm, shared, 0, 0]);
+        go(HostCall::Unshare, [vm, shared, 0x9000_0000, 0]);
     }
     go(HostCall::VmDestroy, [vm, 0, 0, 0]);
     for i in 0..DONATED {

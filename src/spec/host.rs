@@ -35,7 +35,7 @@ impl Model {
             },
             HostCall::Donate => self.lend(a, b, c, d, false),
             HostCall::Share => self.lend(a, b, c, d, true),
-            HostCall::Unshare => self.host_unshare(a, b),
+            HostCall::Unshare => self.host_unshare(a, b, c),
             HostCall::Reclaim => self.reclaim(a),
             HostCall::Accounting => self.accounting(a, b),
         };
@@ -351,18 +351,23 @@ impl Model {
             .collect()
     }
 
-    /// `Unshare(h, pa)`: ends a host share.
-    fn host_unshare(&mut self, h: Handle, pa: u64) -> CallResult {
+    /// `Unshare(h, pa, ipa)`: ends a host share; `ipa` must be where `h`
+    /// maps the lent page (`NotMapped` otherwise).
+    fn host_unshare(&mut self, h: Handle, pa: u64, ipa: u64) -> CallResult {
         self.check_pages(pa, 1)?;
-        self.vm(h)?;
+        self.check_ipa(ipa)?;
+        let vm = self.vm(h)?;
         let shared = self.state.page(pa).is_some_and(|p| {
             p.owner == Owner::Host && p.state == PageState::Shared { with: Owner::Vm(h) }
         });
         if !shared {
             return Err(Status::NotOwner);
         }
+        if vm.map.get(&ipa).is_none_or(|m| m.pa != pa) {
+            return Err(Status::NotMapped);
+        }
         if let Some(vm) = self.state.vms.get_mut(&h) {
-            vm.map.retain(|_, m| m.pa != pa);
+            vm.map.remove(&ipa);
         }
         if let Some(page) = self.state.pages.get_mut(&pa) {
             page.state = PageState::Owned;

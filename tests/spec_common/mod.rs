@@ -321,7 +321,16 @@ fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Con
             } else {
                 choose(&lent, p[1], c.ram_base)
             };
-            hvc(cpu, HostCall::Unshare, [h, pa, 0, 0])
+            // Mostly where `h` maps that page (if it does), else any IPA.
+            let at = s
+                .vms
+                .get(&h)
+                .and_then(|vm| vm.map.iter().find(|(_, m)| m.pa == pa).map(|(&ipa, _)| ipa));
+            let ipa = match at {
+                Some(ipa) if !p[3].is_multiple_of(5) => ipa,
+                _ => pick_ipa(s, c, h, p[3], r[2]),
+            };
+            hvc(cpu, HostCall::Unshare, [h, pa, ipa, 0])
         }
         20 | 21 => {
             let dead: Vec<u64> = s

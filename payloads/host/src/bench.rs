@@ -495,7 +495,7 @@ pub fn run() {
             [vm, shared, share_ipa, perms::R | perms::W],
         ))
     };
-    let unshare = || ok(call(HostCall::Unshare, [vm, shared, 0, 0]));
+    let unshare = || ok(call(HostCall::Unshare, [vm, shared, share_ipa, 0]));
     b.run_with("share", SAMPLES, 1, |i| i == 0 || unshare(), |_| share());
     b.run_with("unshare", SAMPLES, 1, |i| i == 0 || share(), |_| unshare());
 
