@@ -320,6 +320,23 @@ impl<A: Arch> Engine<A> {
         }
     }
 
+    /// Removes the `pages` pages from `first` from the host Stage-2, under
+    /// one host Stage-2 lock. The caller holds the lock of the shard they
+    /// all live in (see [`Engine::host_unmap`]).
+    pub(crate) fn host_unmap_run(&self, first: Pfn, pages: u64) {
+        let mut h = self.host.lock();
+        let s2 = h.s2;
+        for i in 0..pages {
+            let Some(pa) = Pfn::new(first.raw().wrapping_add(i)).checked_addr() else {
+                continue;
+            };
+            let ipa = Ipa::new(pa.raw());
+            if s2.unmap_page(&self.mem, &self.arch, &mut h.pool, ipa) == Err(S2Error::NoMemory) {
+                let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
+            }
+        }
+    }
+
     fn host_device(&self, pa: PhysAddr) -> bool {
         self.devices
             .iter()

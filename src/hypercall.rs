@@ -28,14 +28,16 @@
 #![deny(unsafe_code)]
 
 use crate::abort::{self, Esr, GuestAbort, ec};
-use crate::addr::{Ipa, PAGE_SIZE, PhysAddr};
+use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
 use crate::arch::Arch;
 use crate::engine::Engine;
-use crate::ownership::{Owner, PageRecord};
+use crate::ownership::{Owner, PageRecord, ShardGuard};
 use crate::stage2::{MemType, Perms, S2Error, Stage2, desc};
 use crate::vcpu::{Context, MAX_VCPUS, Pending, VcpuState};
 use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
-use isola_abi::{ABI_VERSION, Accounting, Exit, GuestCall, HostCall, Status, psci};
+use isola_abi::{
+    ABI_VERSION, Accounting, DONATE_MAX_PAGES, Exit, GuestCall, HostCall, Status, psci,
+};
 use isola_sync::MutexGuard;
 
 /// Feature bits reported by `Version` (none yet).
@@ -122,7 +124,7 @@ impl<A: Arch> Engine<A> {
     /// A host `hvc #0`: `regs` are `x0..=x6` on entry and hold the result on
     /// return (for `Done`).
     pub fn host_call(&self, cpu: u32, regs: &mut [u64; 7]) -> HostCallOutcome {
-        let [id, a, b, c, d, _, _] = *regs;
+        let [id, a, b, c, d, e, _] = *regs;
         let result = match HostCall::from_id(id & 0xffff_ffff) {
             None => Err(Status::NotSupported),
             Some(HostCall::Version) => Ok([ABI_VERSION, FEATURES, MAX_VCPUS as u64]),
@@ -134,8 +136,8 @@ impl<A: Arch> Engine<A> {
                 Ok(l) => return HostCallOutcome::Run(l),
                 Err(s) => Err(s),
             },
-            Some(HostCall::Donate) => self.lend(a, PhysAddr::new(b), Ipa::new(c), d, false),
-            Some(HostCall::Share) => self.lend(a, PhysAddr::new(b), Ipa::new(c), d, true),
+            Some(HostCall::Donate) => self.donate(a, PhysAddr::new(b), Ipa::new(c), d, e),
+            Some(HostCall::Share) => self.share(a, PhysAddr::new(b), Ipa::new(c), d),
             Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b), Ipa::new(c)),
             Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
             Some(HostCall::Accounting) => self.accounting(a, b),
@@ -161,13 +163,40 @@ impl<A: Arch> Engine<A> {
     }
 
     /// `NotOwner` unless every page of the run is the host's, unshared.
+    /// One shard lock per shard the run crosses, not one per page.
     fn check_host_owned(&self, pa: PhysAddr, pages: u64) -> Result<(), Status> {
-        let mut p = pa;
-        for _ in 0..pages {
-            if self.db.record(p) != Some(PageRecord::HOST) {
-                return Err(Status::NotOwner);
+        self.for_each_shard_run(pa, pages, &mut |sg, first, n| {
+            if all_host(sg, first, n) {
+                Ok(())
+            } else {
+                Err(Status::NotOwner)
             }
-            p = p.wrapping_add_bytes(PAGE_SIZE);
+        })
+    }
+
+    /// Calls `f(shard, first, n)` for each part of the RAM run `[pa, pa +
+    /// pages)` that lies in one shard, in ascending order, holding that
+    /// shard's lock (one at a time: lock order), and stops at the first
+    /// error. A page that is not RAM is `InvalidArgument`.
+    fn for_each_shard_run(
+        &self,
+        pa: PhysAddr,
+        pages: u64,
+        f: &mut dyn FnMut(&mut ShardGuard<'_>, Pfn, u64) -> Result<(), Status>,
+    ) -> Result<(), Status> {
+        let mut pfn = Pfn::from_aligned(pa).ok_or(Status::InvalidArgument)?;
+        let mut left = pages;
+        while left > 0 {
+            let (shard, idx) = self.db.locate(pfn).ok_or(Status::InvalidArgument)?;
+            let mut sg = self.db.lock_shard(shard).ok_or(Status::InvalidArgument)?;
+            let n = sg.pages().saturating_sub(idx as u64).min(left);
+            if n == 0 {
+                return Err(Status::InvalidArgument);
+            }
+            f(&mut sg, pfn, n)?;
+            drop(sg);
+            left = left.wrapping_sub(n);
+            pfn = Pfn::new(pfn.raw().wrapping_add(n));
         }
         Ok(())
     }
@@ -416,8 +445,8 @@ impl<A: Arch> Engine<A> {
         write_result(regs, Ok(exit.encode()));
     }
 
-    /// `Donate` (`share == false`) or `Share` (`share == true`).
-    fn lend(&self, handle: u64, pa: PhysAddr, ipa: Ipa, perms: u64, share: bool) -> CallResult {
+    /// `Share(handle, pa, ipa, perms)`: the host page is lent to the VM.
+    fn share(&self, handle: u64, pa: PhysAddr, ipa: Ipa, perms: u64) -> CallResult {
         self.check_run(pa, 1)?;
         self.check_guest_ipa(ipa)?;
         let perms = Perms::from_abi(perms).ok_or(Status::InvalidArgument)?;
@@ -431,25 +460,148 @@ impl<A: Arch> Engine<A> {
         let entry = s2
             .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
             .map_err(s2_status)?;
-        let sw = if share {
-            pg.set(PageRecord::shared(Owner::Host, me));
-            g.borrowed = g.borrowed.wrapping_add(1);
-            desc::SW_BORROWED
-        } else {
-            pg.set(PageRecord::owned(me));
-            // The host loses the page before the guest gets it.
-            #[cfg(not(feature = "planted-bug-donate-keeps-host-mapping"))]
-            self.host_unmap(&pg, pa);
-            g.owned = g.owned.wrapping_add(1);
-            0
-        };
+        pg.set(PageRecord::shared(Owner::Host, me));
+        g.borrowed = g.borrowed.wrapping_add(1);
         s2.install_leaf(
             &self.mem,
             &self.arch,
             entry,
-            desc::Desc::leaf(pa, 3, perms, MemType::Normal, sw),
+            desc::Desc::leaf(pa, 3, perms, MemType::Normal, desc::SW_BORROWED),
         );
         Ok([0; 3])
+    }
+
+    /// `Donate(handle, pa, ipa, perms, pages)`: `pages` (0 meaning 1) host
+    /// pages from `pa` become the VM's, mapped from `ipa`.
+    ///
+    /// All or nothing. Under the VM's lock (which alone guards its Stage-2
+    /// and pool) every page is checked in the documented order: format, the
+    /// handle, ownership (one shard lock per shard crossed), every IPA
+    /// unmapped and the pool holding the tables needed. Then, shard by
+    /// shard, the records change and the host loses its mappings (shard lock
+    /// → host Stage-2 lock: the lock order); last the VM's Stage-2 gets the
+    /// whole run with one barrier. Between the ownership check and the
+    /// commit the shard locks are dropped, so a page another CPU took in
+    /// between (a host racing its own calls on the same pages) undoes the
+    /// pages already moved and fails `NotOwner`, as `VmCreate` does.
+    fn donate(&self, handle: u64, pa: PhysAddr, ipa: Ipa, perms: u64, pages: u64) -> CallResult {
+        let n = pages.max(1);
+        if n > DONATE_MAX_PAGES {
+            return Err(Status::InvalidArgument);
+        }
+        self.check_run(pa, n)?;
+        self.check_guest_ipa_run(ipa, n)?;
+        let perms = Perms::from_abi(perms).ok_or(Status::InvalidArgument)?;
+        let (slot, mut g) = self.lock_vm(handle)?;
+        let me = PageRecord::owned(Owner::Vm(slot as u16));
+        let s2 = g.s2.ok_or(Status::NotFound)?;
+        let mt = MemType::Normal;
+        let leaf = |i: u64| {
+            desc::Desc::leaf(
+                pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE)),
+                3,
+                perms,
+                mt,
+                0,
+            )
+        };
+        let first = Pfn::from_aligned(pa).ok_or(Status::InvalidArgument)?;
+        let (shard, idx) = self.db.locate(first).ok_or(Status::InvalidArgument)?;
+        let mut sg = self.db.lock_shard(shard).ok_or(Status::InvalidArgument)?;
+        if sg.pages().saturating_sub(idx as u64) >= n {
+            // The run lies in one shard (always so for one page): its lock
+            // is held from the ownership check to the commit, so nothing
+            // can change in between and there is nothing to undo.
+            if !all_host(&sg, first, n) {
+                return Err(Status::NotOwner);
+            }
+            if n == 1 {
+                // `prepare_leaf` checks the mapping, then the tables, and
+                // changes nothing unless both pass.
+                let entry = s2
+                    .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
+                    .map_err(s2_status)?;
+                self.take_from_host(&mut sg, first, 1, me);
+                s2.install_leaf(&self.mem, &self.arch, entry, leaf(0));
+            } else {
+                let tables = s2
+                    .check_run_unmapped(&self.mem, ipa, n)
+                    .map_err(s2_status)?;
+                if tables > g.pool.free() {
+                    return Err(Status::NoMemory);
+                }
+                self.take_from_host(&mut sg, first, n, me);
+                s2.map_run(&self.mem, &self.arch, &mut g.pool, ipa, n, &mut |i| leaf(i))
+                    .map_err(s2_status)?;
+            }
+            g.owned = g.owned.wrapping_add(n);
+            return Ok([0; 3]);
+        }
+        drop(sg);
+        // The run crosses shards: check every page one shard at a time,
+        // then the mapping and tables, then move the pages shard by shard.
+        self.check_host_owned(pa, n)?;
+        let tables = s2
+            .check_run_unmapped(&self.mem, ipa, n)
+            .map_err(s2_status)?;
+        if tables > g.pool.free() {
+            return Err(Status::NoMemory);
+        }
+        let mut moved = 0u64;
+        let taken = self.for_each_shard_run(pa, n, &mut |sg, first, k| {
+            if !all_host(sg, first, k) {
+                return Err(Status::NotOwner);
+            }
+            self.take_from_host(sg, first, k, me);
+            moved = moved.wrapping_add(k);
+            Ok(())
+        });
+        if let Err(e) = taken {
+            // Only the first `moved` pages changed; nobody saw them mapped
+            // in the VM, and the host refaults the ones it lost.
+            let _ = self.for_each_shard_run(pa, moved, &mut |sg, first, k| {
+                for i in 0..k {
+                    sg.set(Pfn::new(first.raw().wrapping_add(i)), PageRecord::HOST);
+                }
+                Ok(())
+            });
+            return Err(e);
+        }
+        s2.map_run(&self.mem, &self.arch, &mut g.pool, ipa, n, &mut |i| leaf(i))
+            .map_err(s2_status)?;
+        g.owned = g.owned.wrapping_add(n);
+        Ok([0; 3])
+    }
+
+    /// Gives the `k` pages from `first` (all in `sg`'s shard, all checked
+    /// host-owned under this same lock hold) the record `to`, and removes
+    /// them from the host Stage-2 if the host may have mapped them: the host
+    /// loses the pages before the guest gets them.
+    fn take_from_host(&self, sg: &mut ShardGuard<'_>, first: Pfn, k: u64, to: PageRecord) {
+        for i in 0..k {
+            sg.set(Pfn::new(first.raw().wrapping_add(i)), to);
+        }
+        #[cfg(not(feature = "planted-bug-donate-keeps-host-mapping"))]
+        if sg.host_mapped() {
+            self.host_unmap_run(first, k);
+        }
+    }
+
+    /// `InvalidArgument` unless `[ipa, ipa + pages)` are page-aligned guest
+    /// RAM IPAs (inside the IPA space, none in the guest MMIO window).
+    fn check_guest_ipa_run(&self, ipa: Ipa, pages: u64) -> Result<(), Status> {
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| ipa.raw().checked_add(len))
+            .ok_or(Status::InvalidArgument)?;
+        let (mmio_start, mmio_end) = self.guest_mmio;
+        if !ipa.is_page_aligned()
+            || end > self.vm_s2.ipa_limit()
+            || (ipa.raw() < mmio_end && end > mmio_start)
+        {
+            return Err(Status::InvalidArgument);
+        }
+        Ok(())
     }
 
     /// `InvalidArgument` unless `ipa` is a page-aligned guest RAM IPA.
@@ -768,6 +920,12 @@ impl<A: Arch> Engine<A> {
             },
         )
     }
+}
+
+/// Whether the `n` pages from `first` (in `sg`'s shard) are all the host's, unshared.
+fn all_host(sg: &ShardGuard<'_>, first: Pfn, n: u64) -> bool {
+    sg.records(first, n)
+        .is_some_and(|r| r.iter().all(|&r| r == PageRecord::HOST))
 }
 
 fn vcpu_index(g: &MutexGuard<'_, VmInner>, index: u64) -> Result<usize, Status> {

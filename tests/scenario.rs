@@ -16,7 +16,7 @@ use isola::engine::{Engine, HostAbortAction};
 use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
 use isola::ownership::{Owner, PageRecord, PageState};
 use isola::stage2::Perms;
-use isola::testing::MachineSpec;
+use isola::testing::{GUEST_MMIO, MachineSpec};
 use isola_abi::{Accounting, Exit, GuestCall, HostCall, Status, perms};
 
 struct Host {
@@ -672,4 +672,157 @@ fn the_host_stage2_reserve_covers_every_split() {
             .is_some();
         assert_eq!(mapped, (i - first) % 2 == 1, "page {i}: split, not dropped");
     }
+}
+
+#[test]
+fn a_batched_donate_maps_every_page_or_none() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    let donate = |pa: u64, ipa: u64, pages: u64| {
+        let mut regs = [HostCall::Donate as u64, vm, pa, ipa, perms::R, pages, 0];
+        assert_eq!(host.engine.host_call(0, &mut regs), HostCallOutcome::Done);
+        Status::from_raw(regs[0] as i64).unwrap()
+    };
+    let usage = || host.engine.vm_usage(vm).unwrap();
+    // Root 1 page, 7 free; the share builds the level-1, -2 and -3 tables.
+    host.ok(
+        HostCall::Share,
+        [vm, host.page(43), GUEST_RAM + 0x10_0000, perms::R],
+    );
+    assert_eq!(usage(), [0, 1, 8, 4, 4]);
+    let before = (host.totals(), usage());
+    let unchanged = |what: &str| assert_eq!((host.totals(), usage()), before, "{what}");
+    assert_eq!(
+        donate(host.page(44), GUEST_RAM, isola_abi::DONATE_MAX_PAGES + 1),
+        Status::InvalidArgument
+    );
+    assert_eq!(
+        donate(host.page(44), GUEST_MMIO.0 - 0x1000, 2),
+        Status::InvalidArgument,
+        "the run's second page is in the guest MMIO window"
+    );
+    assert_eq!(
+        donate(host.page(40), GUEST_RAM, 4),
+        Status::NotOwner,
+        "its last page is lent"
+    );
+    unchanged("NotOwner");
+    assert_eq!(
+        donate(host.page(44), GUEST_RAM + 0x10_0000 - 0x2000, 4),
+        Status::AlreadyMapped,
+        "its third IPA is mapped"
+    );
+    unchanged("AlreadyMapped");
+    for i in 44..48 {
+        assert_eq!(
+            host.engine.page(PhysAddr::new(host.page(i))),
+            Some(PageRecord::HOST)
+        );
+    }
+
+    // Four pages across a 2 MiB IPA boundary: the second level-3 table is
+    // built; the VM's entries go from invalid to valid, so no TLBI for it.
+    let base = GUEST_RAM + 0x20_0000 - 0x2000;
+    host.engine.arch().clear();
+    assert_eq!(donate(host.page(44), base, 4), Status::Success);
+    let mut ev = Vec::new();
+    host.engine.arch().for_each(|e| ev.push(e));
+    check_break_before_make(ev.iter().copied()).unwrap();
+    assert!(
+        !ev.iter().any(|e| matches!(
+            e,
+            ArchEvent::TlbiIpa { vmid: Vmid(1), .. } | ArchEvent::TlbiVmid(Vmid(1))
+        )),
+        "{ev:?}"
+    );
+    for i in 0..4 {
+        let t = host
+            .engine
+            .vm_translate(vm, Ipa::new(base + i * 0x1000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.pa.raw(), host.page(44 + i));
+        assert_eq!(
+            host.engine.page(PhysAddr::new(host.page(44 + i))),
+            Some(PageRecord::owned(Owner::Vm(0)))
+        );
+    }
+    assert_eq!(usage(), [4, 1, 8, 3, 5]);
+
+    // Across a 1 GiB boundary: a level-3 table on one side, a level-2 and a
+    // level-3 table on the other: exactly the 3 pages left. Then nothing is
+    // left for another region, and that fails whole.
+    assert_eq!(
+        donate(host.page(50), 0xc000_0000 - 0x1000, 2),
+        Status::Success
+    );
+    assert_eq!(usage(), [6, 1, 8, 0, 8]);
+    let before = (host.totals(), usage());
+    assert_eq!(donate(host.page(52), 0x1_0000_0000, 2), Status::NoMemory);
+    assert_eq!((host.totals(), usage()), before, "NoMemory");
+    // `pages == 0` is one page.
+    assert_eq!(donate(host.page(52), base + 0x4000, 0), Status::Success);
+    assert_eq!(usage()[0], 7);
+}
+
+#[test]
+fn a_batched_donate_across_two_shards_moves_both_parts_or_neither() {
+    // RAM starts 48 pages below a 2 MiB boundary: pages 0..48 are one
+    // shard, 48.. the next.
+    let spec = MachineSpec {
+        ram_base: 0x4020_0000 - 48 * 0x1000,
+        ..MachineSpec::default()
+    };
+    let host = Host {
+        engine: spec.build(RecordingArch::new()),
+        spec,
+    };
+    assert_eq!(host.engine.db().shard_count(), 2);
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    let donate = |pa: u64, ipa: u64, pages: u64| {
+        let mut regs = [HostCall::Donate as u64, vm, pa, ipa, perms::R, pages, 0];
+        assert_eq!(host.engine.host_call(0, &mut regs), HostCallOutcome::Done);
+        Status::from_raw(regs[0] as i64).unwrap()
+    };
+    // The host touches pages on both sides, so both shards are host-mapped.
+    for i in [44, 50, 53] {
+        assert!(host.host_reads(host.page(i)).is_some());
+    }
+    host.ok(
+        HostCall::Share,
+        [vm, host.page(51), GUEST_RAM + 0x10_0000, perms::R],
+    );
+    let before = (host.totals(), host.engine.vm_usage(vm).unwrap());
+    assert_eq!(
+        donate(host.page(44), GUEST_RAM, 8),
+        Status::NotOwner,
+        "page 51, in the second shard, is lent"
+    );
+    assert_eq!((host.totals(), host.engine.vm_usage(vm).unwrap()), before);
+    assert!(
+        host.host_reads(host.page(44)).is_some(),
+        "the host keeps its pages"
+    );
+
+    host.engine.arch().clear();
+    assert_eq!(donate(host.page(44), GUEST_RAM, 7), Status::Success);
+    let mut ev = Vec::new();
+    host.engine.arch().for_each(|e| ev.push(e));
+    check_break_before_make(ev.iter().copied()).unwrap();
+    for i in 0..7 {
+        let pa = host.page(44 + i);
+        assert_eq!(host.engine.host_translate(PhysAddr::new(pa)), None);
+        assert_eq!(host.host_reads(pa), None, "page {i} of the run");
+        let t = host
+            .engine
+            .vm_translate(vm, Ipa::new(GUEST_RAM + i * 0x1000))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.pa.raw(), pa);
+    }
+    assert!(
+        host.host_reads(host.page(53)).is_some(),
+        "the rest stays the host's"
+    );
+    assert_eq!(host.engine.vm_usage(vm).unwrap()[0], 7);
 }

@@ -392,6 +392,9 @@ fn generator_covers_the_abi() {
         run(&mut m, &c, &ops, |_, e, out, _, _| {
             let what = match (e, out) {
                 (Event::HostHvc { regs, .. }, Outcome::HostReturn(r)) => {
+                    if regs[0] == HostCall::Donate as u64 && regs[5] > 1 && r[0] == 0 {
+                        *seen.entry("host Donate run Success".into()).or_default() += 1;
+                    }
                     format!(
                         "host {:?} {:?}",
                         HostCall::from_id(regs[0]),
@@ -457,6 +460,7 @@ fn generator_covers_the_abi() {
     want.extend((1..=9).map(|k| format!("exit {k}")));
     want.extend(["host fault", "host access", "guest access GuestDone"].map(String::from));
     want.push("host Some(VcpuRun) Entered".into());
+    want.push("host Donate run Success".into());
     for s in [
         "NotSupported",
         "InvalidArgument",

@@ -33,6 +33,10 @@ pub const ABI_VERSION: u64 = 1 << 16;
 /// Size of a page, the unit of ownership and of every address argument.
 pub const PAGE_SIZE: u64 = 4096;
 
+/// The most pages one [`HostCall::Donate`] moves: 2 MiB, one level-3
+/// table's worth, which bounds how long the engine holds the VM's lock.
+pub const DONATE_MAX_PAGES: u64 = 512;
+
 /// Calls the host makes.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,8 +57,12 @@ pub enum HostCall {
     /// `(x1 = handle, x2 = vcpu index, x3 = value for a pending MMIO read)
     /// -> (x1 = exit word, x2, x3)`; see [`Exit`].
     VcpuRun = VENDOR_HYP_FAST64 | 0x05,
-    /// `(x1 = handle, x2 = pa, x3 = ipa, x4 = perms) -> ()`: the host page
-    /// becomes the VM's, mapped at `ipa`. The host loses all access.
+    /// `(x1 = handle, x2 = pa, x3 = ipa, x4 = perms, x5 = pages) -> ()`: the
+    /// `pages` host pages from `pa` become the VM's, mapped at the same
+    /// offsets from `ipa`. The host loses all access. `pages == 0` means 1;
+    /// more than [`DONATE_MAX_PAGES`] is `InvalidArgument`. All or nothing:
+    /// every page is checked (format, ownership, mapping, tables) before any
+    /// changes hands.
     Donate = VENDOR_HYP_FAST64 | 0x06,
     /// `(x1 = handle, x2 = pa, x3 = ipa, x4 = perms) -> ()`: the host page is
     /// lent to the VM at `ipa`; the host keeps access.

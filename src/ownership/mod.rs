@@ -244,6 +244,33 @@ impl ShardGuard<'_> {
         self.guard.records.get(off..end)
     }
 
+    /// Changes the record of page `pfn` (inside the shard), keeping the
+    /// counts exact; `false` (and no change) if `pfn` is not in the shard.
+    pub fn set(&mut self, pfn: Pfn, new: PageRecord) -> bool {
+        let g = &mut *self.guard;
+        let Some(off) = pfn
+            .raw()
+            .checked_sub(g.base.raw())
+            .and_then(|o| usize::try_from(o).ok())
+        else {
+            return false;
+        };
+        match g.records.get_mut(off) {
+            Some(r) => {
+                g.counts.apply(*r, false);
+                g.counts.apply(new, true);
+                *r = new;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the host Stage-2 may hold mappings in this shard.
+    pub fn host_mapped(&self) -> bool {
+        self.guard.host_mapped
+    }
+
     /// Marks the shard as possibly mapped in the host Stage-2.
     pub fn set_host_mapped(&mut self) {
         self.guard.host_mapped = true;

@@ -7,7 +7,7 @@
 //! mapping (`AlreadyMapped`, `NotMapped`); resources (`NoMemory`). Only then
 //! does anything change: a failed call leaves the state exactly as it was.
 
-use isola_abi::{ABI_VERSION, Accounting, HostCall, PAGE_SIZE, Status, perms};
+use isola_abi::{ABI_VERSION, Accounting, DONATE_MAX_PAGES, HostCall, PAGE_SIZE, Status, perms};
 
 use super::state::{Contents, Cpu, Handle, Mapping, Owner, PageState, Pending, RunState, Vcpu, Vm};
 use super::{Model, Outcome, fail, ok};
@@ -18,7 +18,7 @@ type CallResult = Result<[u64; 3], Status>;
 impl Model {
     /// A host `hvc` on `cpu`.
     pub(super) fn host_call(&mut self, cpu: usize, regs: &[u64; 7]) -> Outcome {
-        let [id, a, b, c, d, _, _] = *regs;
+        let [id, a, b, c, d, e, _] = *regs;
         // SMCCC: the function id is `w0`; the upper half of `x0` is ignored.
         let Some(call) = HostCall::from_id(id & 0xffff_ffff) else {
             return Outcome::HostReturn(fail(Status::NotSupported));
@@ -33,8 +33,8 @@ impl Model {
                 Ok(()) => return Outcome::Entered,
                 Err(e) => Err(e),
             },
-            HostCall::Donate => self.lend(a, b, c, d, false),
-            HostCall::Share => self.lend(a, b, c, d, true),
+            HostCall::Donate => self.donate(a, b, c, d, e),
+            HostCall::Share => self.share(a, b, c, d),
             HostCall::Unshare => self.host_unshare(a, b, c),
             HostCall::Reclaim => self.reclaim(a),
             HostCall::Accounting => self.accounting(a, b),
@@ -305,20 +305,45 @@ impl Model {
         Ok(())
     }
 
-    /// `Donate` (`share == false`) or `Share` (`share == true`) of host page
-    /// `pa` to VM `h` at `ipa`.
-    fn lend(&mut self, h: Handle, pa: u64, ipa: u64, p: u64, share: bool) -> CallResult {
-        self.check_pages(pa, 1)?;
-        self.check_ipa(ipa)?;
+    /// `Share` of host page `pa` to VM `h` at `ipa`.
+    fn share(&mut self, h: Handle, pa: u64, ipa: u64, p: u64) -> CallResult {
+        self.lend(h, pa, ipa, p, 1, true)
+    }
+
+    /// `Donate` of the `pages` host pages from `pa` (0 meaning 1) to VM `h`
+    /// from `ipa`: all of them or none.
+    fn donate(&mut self, h: Handle, pa: u64, ipa: u64, p: u64, pages: u64) -> CallResult {
+        let n = pages.max(1);
+        if n > DONATE_MAX_PAGES {
+            return Err(Status::InvalidArgument);
+        }
+        self.lend(h, pa, ipa, p, n, false)
+    }
+
+    /// `Donate` (`share == false`) or `Share` (`share == true`) of the `n`
+    /// host pages from `pa` to VM `h`, page `i` at `ipa + i * PAGE_SIZE`.
+    fn lend(&mut self, h: Handle, pa: u64, ipa: u64, p: u64, n: u64, share: bool) -> CallResult {
+        self.check_pages(pa, n)?;
+        for i in 0..n {
+            self.check_ipa(page_addr(ipa, i).ok_or(Status::InvalidArgument)?)?;
+        }
         if p & !perms::ALL != 0 || p == 0 {
             return Err(Status::InvalidArgument);
         }
         let vm = self.vm(h)?;
-        self.check_host_owned(pa, 1)?;
-        if vm.map.contains_key(&ipa) {
+        self.check_host_owned(pa, n)?;
+        let ipas = (0..n).filter_map(|i| page_addr(ipa, i));
+        if ipas.clone().any(|ipa| vm.map.contains_key(&ipa)) {
             return Err(Status::AlreadyMapped);
         }
-        let new_tables = self.missing_tables(h, ipa);
+        let mut new_tables = super::alloc::vec::Vec::new();
+        for ipa in ipas.clone() {
+            for t in self.missing_tables(h, ipa) {
+                if !new_tables.contains(&t) {
+                    new_tables.push(t);
+                }
+            }
+        }
         let pool_free = vm
             .pool_free
             .checked_sub(len(&new_tables))
@@ -326,16 +351,21 @@ impl Model {
         if let Some(t) = self.tables.get_mut(&h) {
             t.extend(new_tables);
         }
+        for (i, ipa) in ipas.enumerate() {
+            let pa = super::page_addr(pa, i as u64);
+            if let Some(vm) = self.state.vms.get_mut(&h) {
+                vm.map.insert(ipa, Mapping { pa, perms: p });
+            }
+            if let Some(page) = self.state.pages.get_mut(&pa) {
+                if share {
+                    page.state = PageState::Shared { with: Owner::Vm(h) };
+                } else {
+                    page.owner = Owner::Vm(h);
+                }
+            }
+        }
         if let Some(vm) = self.state.vms.get_mut(&h) {
             vm.pool_free = pool_free;
-            vm.map.insert(ipa, Mapping { pa, perms: p });
-        }
-        if let Some(page) = self.state.pages.get_mut(&pa) {
-            if share {
-                page.state = PageState::Shared { with: Owner::Vm(h) };
-            } else {
-                page.owner = Owner::Vm(h);
-            }
         }
         Ok([0; 3])
     }
@@ -439,6 +469,12 @@ impl Model {
 /// The VM-table slot a handle names (its low 16 bits).
 fn slot_index(h: Handle) -> usize {
     usize::from(h as u16)
+}
+
+/// The address of page `i` of a run from `base`, if it fits in 64 bits.
+fn page_addr(base: u64, i: u64) -> Option<u64> {
+    i.checked_mul(PAGE_SIZE)
+        .and_then(|off| base.checked_add(off))
 }
 
 /// Number of items, as `u64`.

@@ -177,14 +177,23 @@ pub fn integrity(before: &State, after: &State, event: &Event) -> Result<(), Str
                 ));
             }
         }
-        // New mappings only by the host's `Donate` or `Share` to it, one at a time.
+        // New mappings only by the host's `Donate` (its `x5` pages, 0
+        // meaning 1) or `Share` (one) to it.
         let added = vm_after
             .map
             .keys()
             .filter(|ipa| !vm.map.contains_key(ipa))
             .count();
-        let gives = matches!(host_call, Some((HostCall::Donate | HostCall::Share, h, _)) if h == v);
-        if added > usize::from(gives) {
+        let run = match event {
+            Event::HostHvc { regs, .. } => usize::try_from(regs[5].max(1)).unwrap_or(usize::MAX),
+            _ => 0,
+        };
+        let gives = match host_call {
+            Some((HostCall::Donate, h, _)) if h == v => run,
+            Some((HostCall::Share, h, _)) if h == v => 1,
+            _ => 0,
+        };
+        if added > gives {
             return Err(format!(
                 "{actor:?} added {added} mappings to VM {v} on {event:?}"
             ));

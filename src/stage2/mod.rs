@@ -31,6 +31,11 @@ pub use desc::{Desc, MemType, Perms};
 /// Entries per table.
 const ENTRIES: u64 = 512;
 
+/// The longest run [`Stage2::check_run_unmapped`] checks: one level-3
+/// table's worth (2 MiB), which bounds the time a caller spends holding
+/// locks and means the run touches at most two level-3 tables.
+pub const MAX_RUN_PAGES: u64 = ENTRIES;
+
 /// Address bits resolved below `level` (the size of what one entry maps).
 pub const fn level_shift(level: u8) -> u32 {
     // `level <= 3` for every caller; wrapping keeps an invalid level harmless.
@@ -386,6 +391,135 @@ impl Stage2 {
     /// the same lock, so it is still invalid) and publishes it.
     pub fn install_leaf<A: Arch>(&self, mem: &PhysMem, arch: &A, entry: PhysAddr, desc: Desc) {
         Self::install(mem, arch, entry, desc);
+    }
+
+    /// Checks that none of the `pages` level-3 pages from `ipa` (page
+    /// aligned) is mapped, and counts the tables a [`Stage2::map_run`] of
+    /// them would build. Reads only.
+    ///
+    /// `AlreadyMapped` if a leaf covers any of them (a block on the path
+    /// counts, as in [`Stage2::prepare_leaf`]); `OutOfRange` if the run is
+    /// empty, longer than [`MAX_RUN_PAGES`] or leaves the address space.
+    pub fn check_run_unmapped(&self, mem: &PhysMem, ipa: Ipa, pages: u64) -> Result<u64, S2Error> {
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| ipa.raw().checked_add(len))
+            .ok_or(S2Error::OutOfRange)?;
+        if !ipa.is_page_aligned()
+            || pages == 0
+            || pages > MAX_RUN_PAGES
+            || end > self.cfg.ipa_limit()
+        {
+            return Err(S2Error::OutOfRange);
+        }
+        // Tables this run would build, as (level, ipa >> level_shift(level - 1)):
+        // a table the first level-3 chunk builds is not counted again by the
+        // next. A run of at most 512 pages touches at most two level-3
+        // tables, so at most two paths of three tables.
+        let mut counted = [(0u8, 0u64); 6];
+        let mut ncounted = 0usize;
+        let mut missing = 0u64;
+        let mut cur = ipa.raw();
+        while cur < end {
+            let chunk_end = cur
+                .checked_add(block_size(2))
+                .map_or(end, |c| (c & !block_size(2).wrapping_sub(1)).min(end));
+            let at = Ipa::new(cur);
+            let mut table = Some(self.root);
+            let mut level = self.cfg.start_level;
+            while level < 3 {
+                let Some(t) = table else {
+                    // The table at `level` does not exist yet: it is built.
+                    let id = (level, cur >> level_shift(level.wrapping_sub(1)));
+                    let seen = counted.iter().take(ncounted).any(|&c| c == id);
+                    if !seen {
+                        *counted.get_mut(ncounted).ok_or(S2Error::OutOfRange)? = id;
+                        ncounted = ncounted.wrapping_add(1);
+                        missing = missing.wrapping_add(1);
+                    }
+                    level = level.wrapping_add(1);
+                    continue;
+                };
+                let d = Self::read(mem, self.entry(t, at, level).ok_or(S2Error::OutOfRange)?);
+                if d.is_valid() && !d.is_table(level) {
+                    return Err(S2Error::AlreadyMapped);
+                }
+                table = d.is_valid().then(|| d.addr());
+                level = level.wrapping_add(1);
+            }
+            match table {
+                Some(t) => {
+                    let mut e = self.entry(t, at, 3).ok_or(S2Error::OutOfRange)?;
+                    let mut p = cur;
+                    while p < chunk_end {
+                        if Self::read(mem, e).is_valid() {
+                            return Err(S2Error::AlreadyMapped);
+                        }
+                        e = e.wrapping_add_bytes(8);
+                        p = p.wrapping_add(PAGE_SIZE);
+                    }
+                }
+                None => {
+                    let id = (3u8, cur >> level_shift(2));
+                    if !counted.iter().take(ncounted).any(|&c| c == id) {
+                        *counted.get_mut(ncounted).ok_or(S2Error::OutOfRange)? = id;
+                        ncounted = ncounted.wrapping_add(1);
+                        missing = missing.wrapping_add(1);
+                    }
+                }
+            }
+            cur = chunk_end;
+        }
+        Ok(missing)
+    }
+
+    /// Maps the `pages` level-3 pages from `ipa` with `leaf(i)` for the
+    /// `i`-th, building missing tables. Each level-3 table is found once and
+    /// its entries written in a row; one `dsb ish` publishes them all (an
+    /// invalid entry is never held in a TLB, so making it valid needs no
+    /// invalidation).
+    ///
+    /// The caller holds the lock of this Stage-2 and has checked the run with
+    /// [`Stage2::check_run_unmapped`] under it, and `alloc` holds at least the
+    /// tables that returned: then this cannot fail. If it does anyway
+    /// (`AlreadyMapped`, `NoMemory`), the pages before the failing one stay
+    /// mapped.
+    pub fn map_run<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        pages: u64,
+        leaf: &mut dyn FnMut(u64) -> Desc,
+    ) -> Result<(), S2Error> {
+        let mut i = 0u64;
+        let mut result = Ok(());
+        'chunks: while i < pages {
+            let at = Ipa::new(ipa.raw().wrapping_add(i.wrapping_mul(PAGE_SIZE)));
+            let mut e = match self.prepare_leaf(mem, arch, alloc, at, 3) {
+                Ok(e) => e,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            };
+            // Entries left in this level-3 table from `at` on.
+            let idx = (at.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1);
+            let n = ENTRIES.wrapping_sub(idx).min(pages.wrapping_sub(i));
+            for _ in 0..n {
+                let old = Self::read(mem, e);
+                if old.is_valid() {
+                    result = Err(S2Error::AlreadyMapped);
+                    break 'chunks;
+                }
+                Self::write(mem, arch, e, old, leaf(i));
+                e = e.wrapping_add_bytes(8);
+                i = i.wrapping_add(1);
+            }
+        }
+        arch.dsb_ish();
+        result
     }
 
     /// The largest-block identity map of the host: maps the block of `level`

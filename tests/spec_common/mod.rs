@@ -293,11 +293,23 @@ fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Con
         }
         12..=15 => {
             let ipa = pick_ipa(s, c, h, p[2], r[2]);
-            hvc(
+            // x5, the page count: mostly one page (0 or 1), sometimes a
+            // short run, rarely one past the limit.
+            let pages = match p[3] / 16 % 16 {
+                0..=4 => 0,
+                5..=9 => 1,
+                10..=14 => u64::from(p[3] / 256 % 6) + 2,
+                _ => isola_abi::DONATE_MAX_PAGES + 1,
+            };
+            let mut e = hvc(
                 cpu,
                 HostCall::Donate,
                 [h, pick_pa(s, c, p[1], r[1]), ipa, pick_perms(p[3], r[0])],
-            )
+            );
+            if let Event::HostHvc { regs, .. } = &mut e {
+                regs[5] = pages;
+            }
+            e
         }
         16..=18 => {
             let ipa = pick_ipa(s, c, h, p[2], r[2]);
@@ -600,7 +612,9 @@ impl<S: System> System for Planted<S> {
                 if let (Event::HostHvc { regs, .. }, Outcome::HostReturn([0, ..])) = (event, out)
                     && regs[0] == HostCall::Donate as u64
                 {
-                    self.leaked.push(regs[2]);
+                    for i in 0..regs[5].max(1) {
+                        self.leaked.push(regs[2] + i * PAGE_SIZE);
+                    }
                 }
                 let after = self.inner.observe();
                 self.leaked

@@ -246,14 +246,21 @@ macro_rules! say {
     ($($arg:tt)*) => { line(format_args!($($arg)*)) };
 }
 
-/// `hvc #0` with `x0..=x4`; returns `x0..=x3`.
+/// `hvc #0` with `x0..=x4` (`x5` zero, so `Donate` moves one page);
+/// returns `x0..=x3`.
 fn hvc(fid: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> [u64; 4] {
+    hvc5(fid, [a1, a2, a3, a4, 0])
+}
+
+/// `hvc #0` with `x0..=x5`; returns `x0..=x3`.
+fn hvc5(fid: u64, a: [u64; 5]) -> [u64; 4] {
+    let [a1, a2, a3, a4, a5] = a;
     let (mut r0, mut r1, mut r2, mut r3) = (fid, a1, a2, a3);
     // SAFETY: a hypercall to the engine; SMCCC lets it clobber x4..x17.
     unsafe {
         asm!("hvc #0",
             inout("x0") r0, inout("x1") r1, inout("x2") r2, inout("x3") r3,
-            inout("x4") a4 => _, out("x5") _, out("x6") _, out("x7") _,
+            inout("x4") a4 => _, inout("x5") a5 => _, out("x6") _, out("x7") _,
             out("x8") _, out("x9") _, out("x10") _, out("x11") _,
             out("x12") _, out("x13") _, out("x14") _, out("x15") _,
             out("x16") _, out("x17") _, options(nostack));

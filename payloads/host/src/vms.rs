@@ -952,7 +952,8 @@ fn seed_of(k: usize) -> u64 {
     guest::splitmix64(k as u64 ^ 0x1501_a5ee_d000_0000)
 }
 
-/// Donates `pages` pages from `pa` at `ipa` onwards; checks each succeeds.
+/// Donates `pages` pages from `pa` at `ipa` onwards, as few `Donate`s of
+/// up to `DONATE_MAX_PAGES` pages each; checks each succeeds.
 fn donate_run(
     print: Print,
     k: usize,
@@ -962,23 +963,26 @@ fn donate_run(
     pages: u64,
     p: u64,
 ) -> Option<()> {
-    for i in 0..pages {
-        let off = i.wrapping_mul(PAGE_SIZE);
+    let mut done = 0u64;
+    while done < pages {
+        let n = pages.wrapping_sub(done).min(isola_abi::DONATE_MAX_PAGES);
+        let off = done.wrapping_mul(PAGE_SIZE);
         let r = call(
             HostCall::Donate,
-            [handle, pa.wrapping_add(off), ipa.wrapping_add(off), p, 0, 0],
+            [handle, pa.wrapping_add(off), ipa.wrapping_add(off), p, n, 0],
         );
         if !check(
             print,
             r[0] == Status::Success.raw(),
             format_args!(
-                "vm{k}: donate at {:#x}: {}",
+                "vm{k}: donate of {n} pages at {:#x}: {}",
                 ipa.wrapping_add(off),
                 St(r[0])
             ),
         ) {
             return None;
         }
+        done = done.wrapping_add(n);
     }
     Some(())
 }
