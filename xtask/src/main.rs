@@ -223,7 +223,12 @@ fn host_tests() -> Result<(), String> {
     let mut c = cargo();
     c.arg("test");
     excluding_target_only(&mut c);
-    run(c)
+    run(c)?;
+    // The guest image's library half (its memory layout and the host/guest
+    // message contract) is plain Rust: test it on the host too.
+    let mut guest = cargo();
+    guest.args(["test", "-p", "isola-guest-payload", "--lib"]);
+    run(guest)
 }
 
 /// The loom suite builds everything with `--cfg loom`, so it gets its own
