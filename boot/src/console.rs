@@ -38,7 +38,7 @@ impl Pl011 {
         // console lock (or by the fatal path, which owns the machine).
         unsafe {
             while core::ptr::read_volatile(fr) & FR_TXFF != 0 {
-                core::hint::spin_loop();
+                isola_sync::spin_hint();
             }
             core::ptr::write_volatile(dr, u32::from(byte));
         }
@@ -80,7 +80,7 @@ fn lock_console() -> isola_sync::MutexGuard<'static, ()> {
             return guard;
         }
         while CONSOLE.is_locked() {
-            core::hint::spin_loop();
+            isola_sync::spin_hint();
         }
     }
 }
@@ -105,7 +105,7 @@ pub fn emergency_line(args: fmt::Arguments<'_>) {
         if guard.is_some() {
             break;
         }
-        core::hint::spin_loop();
+        isola_sync::spin_hint();
     }
     let mut uart = Pl011 {
         base: UART_BASE.load(Ordering::Relaxed),

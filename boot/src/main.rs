@@ -524,7 +524,7 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
     // them again through the relay, so wait until they really are off.
     for &mpidr in p.cpus().iter().skip(1) {
         while psci::affinity_info(mpidr) != psci::AFFINITY_OFF {
-            core::hint::spin_loop();
+            isola_sync::spin_hint();
         }
     }
     HOST_PHASE.store(true, Ordering::Release);
