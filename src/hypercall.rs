@@ -33,7 +33,7 @@ use crate::arch::Arch;
 use crate::engine::Engine;
 use crate::ownership::{Owner, PageRecord, ShardGuard};
 use crate::stage2::{MemType, Perms, S2Error, Stage2, desc};
-use crate::vcpu::{Context, MAX_VCPUS, Pending, VcpuState};
+use crate::vcpu::{Context, MAX_VCPUS, Pending, Regs, VcpuState};
 use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
 use isola_abi::{
     ABI_VERSION, Accounting, DONATE_MAX_PAGES, Exit, GuestCall, HostCall, Status, psci,
@@ -414,7 +414,9 @@ impl<A: Arch> Engine<A> {
             VcpuState::Idle => {}
         }
         let ctx = Context::new(PhysAddr::new(v.ctx));
-        ctx.complete_pending(&self.mem, value);
+        if let Some(r) = ctx.regs(&self.mem) {
+            r.complete_pending(value);
+        }
         if let Some(v) = g.vcpus.get_mut(i) {
             v.state = VcpuState::Loaded(cpu);
         }
@@ -693,17 +695,19 @@ impl<A: Arch> Engine<A> {
             Trap::Sync { esr, far, hpfar } => (esr, far, hpfar),
         };
         let e = Esr(esr);
-        let ctx = vcpu.ctx;
-        let mem = &self.mem;
+        // The context page is checked once per exit, not per register.
+        let Some(ctx) = vcpu.ctx.regs(&self.mem) else {
+            return GuestExitAction::ExitToHost(Exit::Error { esr });
+        };
         match e.ec() {
-            ec::HVC64 => self.guest_call(vcpu),
+            ec::HVC64 => self.guest_call(vcpu, ctx),
             ec::SMC64 => {
                 // The preferred return of a trapped SMC is the SMC itself.
-                ctx.set_pc(mem, ctx.pc(mem).wrapping_add(4));
-                self.guest_call(vcpu)
+                ctx.set_pc(ctx.pc().wrapping_add(4));
+                self.guest_call(vcpu, ctx)
             }
             ec::WFX => {
-                ctx.set_pc(mem, ctx.pc(mem).wrapping_add(4));
+                ctx.set_pc(ctx.pc().wrapping_add(4));
                 GuestExitAction::ExitToHost(Exit::Wfx)
             }
             ec::DABT_LOW | ec::IABT_LOW => {
@@ -722,9 +726,8 @@ impl<A: Arch> Engine<A> {
                         reg,
                         ..
                     } => {
-                        let value =
-                            crate::vcpu::mmio_read_value(ctx.x(mem, reg), size, false, true);
-                        ctx.set_pc(mem, ctx.pc(mem).wrapping_add(4));
+                        let value = crate::vcpu::mmio_read_value(ctx.x(reg), size, false, true);
+                        ctx.set_pc(ctx.pc().wrapping_add(4));
                         GuestExitAction::ExitToHost(Exit::Mmio {
                             ipa: ipa.raw(),
                             size,
@@ -740,15 +743,12 @@ impl<A: Arch> Engine<A> {
                         sign,
                         sf,
                     } => {
-                        ctx.set_pending(
-                            mem,
-                            Pending::MmioRead {
-                                reg,
-                                size,
-                                sign,
-                                sf,
-                            },
-                        );
+                        ctx.set_pending(Pending::MmioRead {
+                            reg,
+                            size,
+                            sign,
+                            sf,
+                        });
                         GuestExitAction::ExitToHost(Exit::Mmio {
                             ipa: ipa.raw(),
                             size,
@@ -767,10 +767,8 @@ impl<A: Arch> Engine<A> {
     }
 
     /// A guest `hvc #0` (or trapped `smc`): `x0..=x6` are in the context.
-    fn guest_call(&self, vcpu: &LoadedVcpu) -> GuestExitAction {
-        let ctx = vcpu.ctx;
-        let mem = &self.mem;
-        let x = |n| ctx.x(mem, n);
+    fn guest_call(&self, vcpu: &LoadedVcpu, ctx: Regs<'_>) -> GuestExitAction {
+        let x = |n| ctx.x(n);
         let id = x(0) & 0xffff_ffff;
         let result = match GuestCall::from_id(id) {
             Some(GuestCall::Info) => {
@@ -786,7 +784,7 @@ impl<A: Arch> Engine<A> {
                 self.guest_page_op(vcpu, Ipa::new(x(1)), PageOp::Relinquish)
             }
             Some(GuestCall::HostCall) => {
-                ctx.set_pending(mem, Pending::HostReply);
+                ctx.set_pending(Pending::HostReply);
                 return GuestExitAction::ExitToHost(Exit::HostCall { args: [x(1), x(2)] });
             }
             None if id == u64::from(psci::CPU_OFF) => {
@@ -810,7 +808,7 @@ impl<A: Arch> Engine<A> {
             Err(s) => [s.raw(), 0, 0, 0],
         };
         for (n, v) in (0u8..).zip(r) {
-            ctx.set_x(mem, n, v);
+            ctx.set_x(n, v);
         }
         GuestExitAction::Resume
     }

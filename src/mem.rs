@@ -187,6 +187,17 @@ impl PhysMem {
         true
     }
 
+    /// The page at `pa`, checked once to lie in the window (and be page
+    /// aligned), for many word accesses without a check each: the vCPU
+    /// context on the run path. `None` if not a page in the window.
+    pub fn page(&self, pa: PhysAddr) -> Option<Page<'_>> {
+        let base = self.ptr(pa, PAGE_SIZE, PAGE_SIZE)?;
+        Some(Page {
+            base,
+            _window: core::marker::PhantomData,
+        })
+    }
+
     /// Whether every byte of the page at `pa` is zero; `None` if not a page.
     pub fn page_is_zero(&self, pa: PhysAddr) -> Option<bool> {
         let p = self.ptr(pa, PAGE_SIZE, PAGE_SIZE)?.cast::<u64>();
@@ -227,6 +238,41 @@ impl PhysMem {
     }
 }
 
+/// One page of the window, bounds-checked when made ([`PhysMem::page`]).
+/// Word offsets are masked into the page (`off & 0xff8`), so no access can
+/// leave it whatever the offset; the callers pass constant, aligned offsets.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    base: *mut u8,
+    _window: core::marker::PhantomData<&'a PhysMem>,
+}
+
+impl Page<'_> {
+    /// Pointer to the 8-byte word at `off` (rounded down to 8, taken modulo
+    /// the page size).
+    fn word(&self, off: u64) -> *mut u64 {
+        let off = (off & (PAGE_SIZE - 8)) as usize;
+        self.base.wrapping_add(off).cast::<u64>()
+    }
+
+    /// Reads the word at `off` (see [`Page`] for how `off` is taken).
+    pub fn read_u64(&self, off: u64) -> u64 {
+        // SAFETY: `PhysMem::page` checked that the whole page lies in the
+        // window (valid memory by `PhysMem::new`'s contract) and is page
+        // aligned; `word` keeps the 8-aligned offset below `PAGE_SIZE`. The
+        // caller reads a word it may read per the module invariants.
+        unsafe { self.word(off).read_volatile() }
+    }
+
+    /// Writes the word at `off` (see [`Page`] for how `off` is taken).
+    pub fn write_u64(&self, off: u64, v: u64) {
+        // SAFETY: inside the checked page and aligned, as in `read_u64`; the
+        // caller writes a word it owns per the module invariants (a vCPU
+        // context of the vCPU loaded on this CPU).
+        unsafe { self.word(off).write_volatile(v) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +288,21 @@ mod tests {
         assert_eq!(m.read_u64(PhysAddr::new(0x4000_1ff8)), Some(7));
         assert!(!m.write_bytes(PhysAddr::new(0x4000_1fff), &[1, 2]));
         assert!(!m.zero_page(PhysAddr::new(0x4000_0800)));
+    }
+
+    #[test]
+    fn a_checked_page_keeps_every_offset_inside_it() {
+        let m = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 2);
+        assert!(m.page(PhysAddr::new(0x4000_0800)).is_none());
+        assert!(m.page(PhysAddr::new(0x4000_2000)).is_none());
+        let p = m.page(PhysAddr::new(0x4000_1000)).unwrap();
+        p.write_u64(0xff8, 5);
+        p.write_u64(0x1008, 6); // wraps to offset 8 of the same page
+        p.write_u64(0x13, 7); // rounds down to offset 0x10
+        assert_eq!(m.read_u64(PhysAddr::new(0x4000_1ff8)), Some(5));
+        assert_eq!(m.read_u64(PhysAddr::new(0x4000_1008)), Some(6));
+        assert_eq!(p.read_u64(0x10), 7);
+        assert_eq!(m.page_is_zero(PhysAddr::new(0x4000_0000)), Some(true));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 #![deny(unsafe_code)]
 
 use crate::addr::PhysAddr;
-use crate::mem::PhysMem;
+use crate::mem::{Page, PhysMem};
 
 /// The most vCPUs a VM may have (reported by `HostCall::Version` in `x3`).
 pub const MAX_VCPUS: usize = 8;
@@ -254,13 +254,74 @@ impl Context {
     /// Completes a pending action with the host's `value` (from `VcpuRun`'s
     /// `x3`) and clears it.
     pub fn complete_pending(&self, mem: &PhysMem, value: u64) {
-        match self.pending(mem) {
+        if let Some(r) = self.regs(mem) {
+            r.complete_pending(value);
+        }
+    }
+
+    /// The context with its page checked once, for the run path's many
+    /// register accesses; `None` if the page is not in the window (never
+    /// for a context the engine made: it comes from a VM's pool).
+    pub fn regs<'a>(&self, mem: &'a PhysMem) -> Option<Regs<'a>> {
+        mem.page(self.page).map(|page| Regs { page })
+    }
+}
+
+/// A vCPU context whose page was checked once ([`Context::regs`]): the same
+/// registers as [`Context`], each access a single load or store.
+#[derive(Clone, Copy, Debug)]
+pub struct Regs<'a> {
+    page: Page<'a>,
+}
+
+impl Regs<'_> {
+    /// `x[n]`; `n == 31` reads as zero (XZR), larger `n` too.
+    pub fn x(&self, n: u8) -> u64 {
+        if n >= 31 {
+            0
+        } else {
+            self.page
+                .read_u64(OFF_X.wrapping_add(u64::from(n).wrapping_mul(8)))
+        }
+    }
+
+    /// Sets `x[n]`; writes to `n >= 31` (XZR) are discarded.
+    pub fn set_x(&self, n: u8, v: u64) {
+        if n < 31 {
+            self.page
+                .write_u64(OFF_X.wrapping_add(u64::from(n).wrapping_mul(8)), v);
+        }
+    }
+
+    /// The PC.
+    pub fn pc(&self) -> u64 {
+        self.page.read_u64(OFF_PC)
+    }
+
+    /// Sets the PC.
+    pub fn set_pc(&self, v: u64) {
+        self.page.write_u64(OFF_PC, v);
+    }
+
+    /// Sets the pending resume action.
+    pub fn set_pending(&self, p: Pending) {
+        self.page.write_u64(OFF_PENDING, p.encode());
+    }
+
+    /// Completes a pending action with the host's `value` and clears it
+    /// (nothing to write when nothing is pending).
+    pub fn complete_pending(&self, value: u64) {
+        let word = self.page.read_u64(OFF_PENDING);
+        if word == 0 {
+            return;
+        }
+        match Pending::decode(word) {
             Pending::None => {}
             Pending::HostReply => {
-                self.set_x(mem, 0, isola_abi::Status::Success.raw());
-                self.set_x(mem, 1, value);
-                self.set_x(mem, 2, 0);
-                self.set_x(mem, 3, 0);
+                self.set_x(0, isola_abi::Status::Success.raw());
+                self.set_x(1, value);
+                self.set_x(2, 0);
+                self.set_x(3, 0);
             }
             Pending::MmioRead {
                 reg,
@@ -268,12 +329,12 @@ impl Context {
                 sign,
                 sf,
             } => {
-                self.set_x(mem, reg, mmio_read_value(value, size, sign, sf));
+                self.set_x(reg, mmio_read_value(value, size, sign, sf));
                 // The load is complete only now: step over it.
-                self.set_pc(mem, self.pc(mem).wrapping_add(4));
+                self.set_pc(self.pc().wrapping_add(4));
             }
         }
-        self.set_pending(mem, Pending::None);
+        self.set_pending(Pending::None);
     }
 }
 
