@@ -407,11 +407,17 @@ impl<A: Arch> Engine<A> {
                 continue;
             }
             let bs = stage2::block_size(l);
-            let base = pa.align_down(bs);
+            let base = Pfn::containing(pa.align_down(bs));
             let n = bs / PAGE_SIZE;
-            let all = sg
-                .records(Pfn::containing(base), n)
-                .is_some_and(|r| r.iter().all(|r| r.host_accessible()));
+            // A block that is the whole shard is decided by the shard's
+            // counts (kept exact by every record change) in O(1); a block
+            // smaller than its shard by its records.
+            let all = if sg.base() == base && sg.pages() == n {
+                sg.counts().host_accessible == n
+            } else {
+                sg.records(base, n)
+                    .is_some_and(|r| r.iter().all(|r| r.host_accessible()))
+            };
             if all {
                 level = l;
                 break;

@@ -826,3 +826,56 @@ fn a_batched_donate_across_two_shards_moves_both_parts_or_neither() {
     );
     assert_eq!(host.engine.vm_usage(vm).unwrap()[0], 7);
 }
+
+#[test]
+fn a_host_fault_maps_a_whole_shard_block_only_while_every_page_is_the_hosts() {
+    // Pages 512..1024 are one 2 MiB shard: the fault decides the block from
+    // the shard's counts.
+    let spec = MachineSpec {
+        ram_pages: 1024,
+        ..MachineSpec::default()
+    };
+    let big = Host {
+        engine: spec.build(RecordingArch::new()),
+        spec,
+    };
+    let [vm, ..] = big.ok(HostCall::VmCreate, [big.page(16), 8, 1, 0]);
+    big.ok(HostCall::Donate, [vm, big.page(1000), GUEST_RAM, perms::R]);
+    assert_eq!(big.host_reads(big.page(700)), Some(0));
+    let t = big
+        .engine
+        .host_translate(PhysAddr::new(big.page(700)))
+        .unwrap();
+    assert_eq!(t.level, 3, "page 1000 is the VM's: no block over it");
+    assert_eq!(big.host_reads(big.page(1000)), None);
+    // Once the VM is gone and the page reclaimed, the shard is all the
+    // host's again and a fault elsewhere in it maps the 2 MiB block.
+    big.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
+    big.ok(HostCall::Reclaim, [big.page(1000), 0, 0, 0]);
+    assert_eq!(big.host_reads(big.page(1000)), Some(0));
+    let t = big
+        .engine
+        .host_translate(PhysAddr::new(big.page(1000)))
+        .unwrap();
+    assert_eq!(
+        t.level, 3,
+        "the table made for page 700 stays: the page maps alone"
+    );
+    let fresh = MachineSpec {
+        ram_pages: 1024,
+        ..MachineSpec::default()
+    };
+    let clean = Host {
+        engine: fresh.build(RecordingArch::new()),
+        spec: fresh,
+    };
+    assert_eq!(clean.host_reads(clean.page(700)), Some(0));
+    let t = clean
+        .engine
+        .host_translate(PhysAddr::new(clean.page(700)))
+        .unwrap();
+    assert_eq!(
+        t.level, 2,
+        "an untouched shard all the host's: one 2 MiB block"
+    );
+}
