@@ -299,6 +299,7 @@ impl<A: Arch> Engine<A> {
                 g.vcpus = [VcpuSlot::default(); MAX_VCPUS];
                 g.owned = 0;
                 g.borrowed = 0;
+                g.guest_shared = 0;
                 g.off = false;
                 return Ok([VmHandle::new(slot as u16, generation).0, 0, 0]);
             }
@@ -320,20 +321,34 @@ impl<A: Arch> Engine<A> {
         };
         let me = Owner::Vm(slot as u16);
         let mut borrowed = 0u64;
-        s2.for_each_leaf(&self.mem, &mut |_, d, _| {
-            let pa = d.addr();
-            let Some(mut pg) = self.db.lock_page(pa) else {
-                return;
-            };
-            let r = pg.get();
-            if r == PageRecord::shared(Owner::Host, me) {
-                pg.set(PageRecord::HOST);
-                borrowed = borrowed.wrapping_add(1);
-            } else if r == PageRecord::shared(me, Owner::Host) {
-                pg.set(PageRecord::owned(me));
-                self.host_unmap(&pg, pa);
-            }
-        });
+        // Only lent pages (marked in their descriptor) and pages the guest
+        // shared need their records changed; the counts say how many are
+        // left, so the pages are locked only while some are, and a VM with
+        // none skips the walk.
+        let mut lent_left = g.borrowed;
+        let mut shared_left = g.guest_shared;
+        if lent_left > 0 || shared_left > 0 {
+            s2.for_each_leaf(&self.mem, &mut |_, d, _| {
+                if (d.borrowed() && lent_left == 0) || (!d.borrowed() && shared_left == 0) {
+                    return;
+                }
+                let pa = d.addr();
+                let Some(mut pg) = self.db.lock_page(pa) else {
+                    return;
+                };
+                let r = pg.get();
+                if r == PageRecord::shared(Owner::Host, me) {
+                    pg.set(PageRecord::HOST);
+                    borrowed = borrowed.wrapping_add(1);
+                    lent_left = lent_left.saturating_sub(1);
+                } else if r == PageRecord::shared(me, Owner::Host) {
+                    pg.set(PageRecord::owned(me));
+                    self.host_unmap(&pg, pa);
+                    shared_left = shared_left.saturating_sub(1);
+                }
+            });
+        }
+        g.guest_shared = 0;
         // No vCPU is loaded, so no CPU runs with this VMID: invalidate it all
         // before the tables are reused and before the VMID can be reused.
         self.arch.dsb_ish();
@@ -832,11 +847,13 @@ impl<A: Arch> Engine<A> {
         let rec = pg.get();
         match op {
             PageOp::Share if rec == PageRecord::owned(me) => {
-                pg.set(PageRecord::shared(me, Owner::Host))
+                pg.set(PageRecord::shared(me, Owner::Host));
+                g.guest_shared = g.guest_shared.wrapping_add(1);
             }
             PageOp::Unshare if rec == PageRecord::shared(me, Owner::Host) => {
                 pg.set(PageRecord::owned(me));
                 self.host_unmap(&pg, pa);
+                g.guest_shared = g.guest_shared.wrapping_sub(1);
             }
             PageOp::Relinquish if rec == PageRecord::owned(me) => {
                 s2.unmap_page(&self.mem, &self.arch, &mut g.pool, ipa)

@@ -87,6 +87,10 @@ pub struct VmInner {
     pub owned: u64,
     /// Host pages shared with the VM.
     pub borrowed: u64,
+    /// Pages the VM owns and has shared with the host (guest `Share`):
+    /// with `borrowed`, tells `VmDestroy` whether any mapping needs its
+    /// record changed, so a VM with neither skips that walk.
+    pub guest_shared: u64,
     /// The VM called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`: no vCPU runs again.
     pub off: bool,
 }
@@ -104,6 +108,7 @@ impl VmInner {
         }; MAX_VCPUS],
         owned: 0,
         borrowed: 0,
+        guest_shared: 0,
         off: false,
     };
 
