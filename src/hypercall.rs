@@ -152,6 +152,9 @@ impl<A: Arch> Engine<A> {
         if pages == 0 || !pa.is_page_aligned() {
             return Err(Status::InvalidArgument);
         }
+        if self.db.in_one_range(pa, pages) {
+            return Ok(());
+        }
         let mut p = pa;
         for _ in 0..pages {
             if !self.db.is_ram(p) {

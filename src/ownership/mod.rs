@@ -428,6 +428,22 @@ impl PageDb {
         None
     }
 
+    /// Whether the `pages` pages from `pa` (page aligned) all lie in one RAM
+    /// range: one comparison per range instead of a lookup per page. A run
+    /// across two adjacent ranges is RAM too but answers `false` here.
+    pub fn in_one_range(&self, pa: PhysAddr, pages: u64) -> bool {
+        let Some(first) = Pfn::from_aligned(pa) else {
+            return false;
+        };
+        self.ranges.iter().take(self.nranges).any(|r| {
+            first
+                .raw()
+                .checked_sub(r.base.raw())
+                .and_then(|off| off.checked_add(pages))
+                .is_some_and(|end| end <= r.pages)
+        })
+    }
+
     /// Whether `pa` is a page of RAM.
     pub fn is_ram(&self, pa: PhysAddr) -> bool {
         self.locate(Pfn::containing(pa)).is_some()
@@ -522,6 +538,13 @@ mod tests {
             n += 1
         });
         assert_eq!(n, 769);
+        assert!(d.in_one_range(PhysAddr::new(0x4010_0000), 768));
+        assert!(!d.in_one_range(PhysAddr::new(0x4010_0000), 769));
+        assert!(!d.in_one_range(PhysAddr::new(0x400f_f000), 2));
+        assert!(d.in_one_range(PhysAddr::new(0x8000_0000), 1));
+        assert!(!d.in_one_range(PhysAddr::new(0x8000_0000), 2));
+        assert!(!d.in_one_range(PhysAddr::new(0x8000_0008), 1));
+        assert!(!d.in_one_range(PhysAddr::new(0x4010_0000), u64::MAX));
     }
 
     #[test]
