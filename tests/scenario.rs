@@ -879,3 +879,96 @@ fn a_host_fault_maps_a_whole_shard_block_only_while_every_page_is_the_hosts() {
         "an untouched shard all the host's: one 2 MiB block"
     );
 }
+
+/// Two CPUs donate overlapping runs that cross a shard boundary to two VMs,
+/// on real threads, many times: both runs move their pages shard by shard in
+/// ascending order, so whoever takes the shared pages of the first shard
+/// wins and the other fails `NotOwner` having changed nothing (its undo, if
+/// it got that far, put every page back). Not a model check (loom cannot
+/// run this many pages); it checks the outcome of whatever interleavings the
+/// scheduler produces.
+#[test]
+fn racing_batched_donations_across_shards_leave_exactly_one_winner() {
+    use isola::arch::NoopArch;
+    use std::sync::Barrier;
+    let spec = MachineSpec {
+        ram_base: 0x4020_0000 - 48 * 0x1000,
+        ..MachineSpec::default()
+    };
+    let mut wins = [0u32; 2];
+    for _ in 0..200 {
+        let e = spec.build(NoopArch);
+        let call = |cpu: u32, regs: [u64; 7]| {
+            let mut r = regs;
+            assert_eq!(e.host_call(cpu, &mut r), HostCallOutcome::Done);
+            (Status::from_raw(r[0] as i64).unwrap(), r[1])
+        };
+        let create = |pool: u64| {
+            let (s, h) = call(
+                0,
+                [
+                    HostCall::VmCreate as u64,
+                    spec.page(pool).raw(),
+                    8,
+                    1,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            assert_eq!(s, Status::Success);
+            h
+        };
+        let (a, b) = (create(16), create(24));
+        let totals = |e: &Engine<NoopArch>| {
+            let mut r = [HostCall::Accounting as u64, 0, 0, 0, 0, 0, 0];
+            let _ = e.host_call(0, &mut r);
+            [r[1], r[2], r[3]]
+        };
+        let before = totals(&e);
+        let go = Barrier::new(2);
+        let donate = |cpu: u32, vm: u64, first: u64| {
+            go.wait();
+            let regs = [
+                HostCall::Donate as u64,
+                vm,
+                spec.page(first).raw(),
+                GUEST_RAM,
+                perms::R,
+                8,
+                0,
+            ];
+            call(cpu, regs).0
+        };
+        let (sa, sb) = std::thread::scope(|s| {
+            let t = s.spawn(|| donate(1, a, 44));
+            let sb = donate(2, b, 46);
+            (t.join().unwrap(), sb)
+        });
+        let (winner, first) = match (sa, sb) {
+            (Status::Success, Status::NotOwner) => {
+                wins[0] += 1;
+                (0u16, 44)
+            }
+            (Status::NotOwner, Status::Success) => {
+                wins[1] += 1;
+                (1u16, 46)
+            }
+            other => panic!("not exactly one winner: {other:?}"),
+        };
+        for i in 40..60 {
+            let want = if (first..first + 8).contains(&i) {
+                PageRecord::owned(Owner::Vm(winner))
+            } else {
+                PageRecord::HOST
+            };
+            assert_eq!(e.page(spec.page(i)), Some(want), "page {i}");
+        }
+        let after = totals(&e);
+        assert_eq!(after, [before[0] - 8, before[1], before[2] + 8]);
+        assert_eq!(e.vm_usage(a).unwrap()[0], if winner == 0 { 8 } else { 0 });
+        assert_eq!(e.vm_usage(b).unwrap()[0], if winner == 1 { 8 } else { 0 });
+    }
+    println!("wins (a, b): {wins:?}");
+    assert_eq!(wins[0] + wins[1], 200, "{wins:?}");
+}
