@@ -351,14 +351,14 @@ impl Stage2 {
             table = d.addr();
             cur = cur.wrapping_add(1);
         }
-        if missing == 0
-            && Self::read(
-                mem,
-                self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?,
-            )
-            .is_valid()
-        {
-            return Err(S2Error::AlreadyMapped);
+        if missing == 0 {
+            // Every table exists (the common case): the first pass already
+            // reached the entry, so there is nothing to build or re-walk.
+            let entry = self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?;
+            if Self::read(mem, entry).is_valid() {
+                return Err(S2Error::AlreadyMapped);
+            }
+            return Ok(entry);
         }
         if missing > alloc.available() {
             return Err(S2Error::NoMemory);
