@@ -360,6 +360,69 @@ fn clock_check() {
     ));
 }
 
+/// The anchors' own method (`ANCHORS.md`): 100,000 iterations of a loop
+/// around `hvc #0` with an unknown function id, minus the same loop with
+/// `nop` in its place, timed by the icount virtual clock (one instruction is
+/// one nanosecond under `-icount shift=0`). The difference is the round
+/// trip's instructions beyond the `nop`'s; it is printed beside the PMU
+/// figures so isola and pKVM compare on exactly the same footing.
+fn anchor_method() {
+    const ITERATIONS: u64 = 100_000;
+    let frq: u64;
+    // SAFETY: reading the counter frequency has no side effect.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) frq, options(nomem, nostack)) };
+    let hvc_ticks = timed_loop::<true>(ITERATIONS);
+    let nop_ticks = timed_loop::<false>(ITERATIONS);
+    // Nanoseconds of virtual time, i.e. instructions, per tick.
+    let ns_per_tick = 1_000_000_000_u64.checked_div(frq).unwrap_or(0);
+    let diff = hvc_ticks
+        .saturating_sub(nop_ticks)
+        .saturating_mul(ns_per_tick);
+    let per_100 = diff.saturating_mul(100) / ITERATIONS;
+    line(format_args!(
+        "bench anchor method: {ITERATIONS} x (hvc loop - nop loop) = {diff} instructions by the icount clock: {}.{:02} per null hypercall round trip (pKVM: 81)",
+        per_100 / 100,
+        per_100 % 100
+    ));
+}
+
+/// CNTVCT ticks taken by `n` iterations of `mov x0, id; hvc #0` (or `nop`
+/// in place of the `hvc`); the loop body is otherwise identical.
+fn timed_loop<const HVC: bool>(n: u64) -> u64 {
+    let (t0, t1): (u64, u64);
+    let id: u64 = 0xC600_00FF;
+    // SAFETY: reading the virtual counter has no side effect; the `isb`
+    // orders it after the instructions before it.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) t0, options(nostack)) };
+    if HVC {
+        // SAFETY: a null hypercall, repeated; SMCCC lets the engine clobber
+        // x0..x17, all declared (as `out`, so `id` and `n` live elsewhere).
+        unsafe {
+            asm!("2:", "mov x0, {id}", "hvc #0", "subs {n}, {n}, #1", "b.ne 2b",
+                id = in(reg) id, n = inout(reg) n => _,
+                out("x0") _, out("x1") _, out("x2") _, out("x3") _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _, options(nostack));
+        }
+    } else {
+        // SAFETY: the same loop with `nop`: it touches only declared registers.
+        unsafe {
+            asm!("2:", "mov x0, {id}", "nop", "subs {n}, {n}, #1", "b.ne 2b",
+                id = in(reg) id, n = inout(reg) n => _,
+                out("x0") _, out("x1") _, out("x2") _, out("x3") _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _,
+                out("x8") _, out("x9") _, out("x10") _, out("x11") _,
+                out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+                out("x16") _, out("x17") _, options(nostack));
+        }
+    }
+    // SAFETY: as above.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", out(reg) t1, options(nostack)) };
+    t1.wrapping_sub(t0)
+}
+
 /// Runs the whole benchmark and prints its lines.
 pub fn run() {
     if pmu_setup().is_none() {
@@ -390,6 +453,7 @@ pub fn run() {
         b.overhead
     ));
     clock_check();
+    anchor_method();
     if total == 0 {
         line(format_args!(
             "bench skipped: the PMU counts no instructions (on QEMU TCG the event needs -icount)"
