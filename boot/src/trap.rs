@@ -42,7 +42,9 @@ const FSC_SEA: u64 = 0x10;
 /// every hypercall's prologue.
 pub fn handle(frame: &mut TrapFrame) {
     let esr = read_sysreg!("esr_el2");
-    match esr >> 26 {
+    // EC is ESR_EL2[31:26]; bits 63:32 hold ISS2 (FEAT_LS64, FEAT_THE...),
+    // which must not leak into the class.
+    match (esr >> 26) & 0x3f {
         ec::HVC64 => crate::engine::host_hypercall(frame),
         ec::SMC64 => smc(frame),
         class @ (ec::DABT_LOWER | ec::IABT_LOWER) => abort(class, esr),
