@@ -61,24 +61,46 @@ const MDCR_HPMD: u64 = 1 << 17;
 const MDCR_TPMS: u64 = 1 << 14;
 /// MDCR_EL2.TTRF: trace-filter control registers trap.
 const MDCR_TTRF: u64 = 1 << 19;
+/// MDCR_EL2.HCCD: the cycle counter does not count at EL2 (PMUv3p5).
+const MDCR_HCCD: u64 = 1 << 23;
+
+/// ID_AA64DFR0_EL1.PMUVer: 0 = no PMU, 1 = PMUv3, 4 = PMUv3p1, 6 = PMUv3p5,
+/// 0xf = an IMPLEMENTATION DEFINED PMU (none of the architected controls).
+pub fn pmu_version() -> u64 {
+    (read_sysreg!("id_aa64dfr0_el1") >> 8) & 0xf
+}
+
+/// Whether this CPU has an architected PMUv3 (its `PMCNTEN*_EL0` exist).
+pub fn pmu_v3() -> bool {
+    (1..0xf).contains(&pmu_version())
+}
 
 /// MDCR_EL2 for the host: every PMU counter (HPMN = PMCR_EL0.N) belongs to
-/// the host, counting at EL2 is prohibited, SPE and trace filtering trap.
+/// the host, event counting at EL2 is prohibited (HPMD) and so is cycle
+/// counting where the PMU can say so (HCCD), SPE and trace filtering trap.
+/// A guest run keeps all of these and adds its own traps
+/// (`world::MDCR_GUEST_TRAPS`).
 pub fn mdcr_host() -> u64 {
     let n = (read_sysreg!("pmcr_el0") >> 11) & 0x1f;
-    let pmuver = (read_sysreg!("id_aa64dfr0_el1") >> 8) & 0xf;
-    // PMUVer 4 is PMUv3p1 (HPMD exists); 0xf is IMPLEMENTATION DEFINED.
+    let pmuver = pmu_version();
+    // PMUVer 4 is PMUv3p1 (HPMD exists), 6 is PMUv3p5 (HCCD exists); 0xf is
+    // IMPLEMENTATION DEFINED (neither). Before PMUv3p5 the cycle counter
+    // still counts at EL2 unless the host sets PMCR_EL0.DP: the engine's
+    // cycles are no secret (the host can time a hypercall with its own
+    // physical counter), its events are.
     // `bench-pmu` (only `cargo xtask bench` builds it) leaves EL2 countable
     // so the host can measure the engine's instruction counts; a production
     // image never lets the host observe the engine through the PMU.
-    let hpmd = if cfg!(feature = "bench-pmu") {
+    let prohibit = if cfg!(feature = "bench-pmu") || pmuver == 0xf {
         0
-    } else if (4..0xf).contains(&pmuver) {
+    } else if pmuver >= 6 {
+        MDCR_HPMD | MDCR_HCCD
+    } else if pmuver >= 4 {
         MDCR_HPMD
     } else {
         0
     };
-    n | hpmd | MDCR_TPMS | MDCR_TTRF
+    n | prohibit | MDCR_TPMS | MDCR_TTRF
 }
 
 /// SCTLR_EL1 at the host's entry: MMU and caches off, little-endian; the RES1

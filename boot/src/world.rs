@@ -148,12 +148,20 @@ pub const HCR_GUEST: u64 = 1 << 0
     | 1 << 35
     | 1 << 36;
 
-/// `MDCR_EL2` trap bits while a guest runs (the host's `HPMN` field is kept):
+/// `MDCR_EL2` trap bits added to the host's `MDCR_EL2` while a guest runs
+/// (the host's `HPMN`, `HPMD`, `HCCD`, `TPMS` and `TTRF` are kept, so the
+/// engine's exit handling is no more countable than its hypercalls):
 /// `TPMCR` (5) and `TPM` (6), PMU access traps, so a guest can neither read
 /// the host's counters nor reprogram them; `TDA` (9), `TDOSA` (10), `TDRA`
 /// (11), debug register, OS-lock and debug-ROM accesses trap, so a guest
 /// cannot set breakpoints or watchpoints that fire in the host.
 pub const MDCR_GUEST_TRAPS: u64 = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10 | 1 << 11;
+
+/// Whether a guest run stops the host's PMU counters (see [`HostEl2`]).
+/// The `bench-pmu` image, in which the host deliberately counts the
+/// engine's EL2 instructions, leaves them running so `cargo xtask bench`
+/// still measures the whole run path; every other image stops them.
+const STOP_HOST_PMU: bool = !cfg!(feature = "bench-pmu");
 
 /// `CPTR_EL2` (non-VHE) trap bits forced on while a guest runs, whatever
 /// the host's configuration: `TZ` (8) and `TSM` (12), SVE and SME, because
@@ -294,6 +302,11 @@ struct HostEl2 {
     mdcr_el2: u64,
     cptr_el2: u64,
     vmpidr_el2: u64,
+    /// The host's `PMCNTENSET_EL0` when the run stopped its counters: every
+    /// counter the host had enabled is disabled for the guest's run (so they
+    /// count neither the guest's events nor the switch) and re-enabled on
+    /// the way back. `None` without a PMUv3 or in the `bench-pmu` image.
+    pmcnten: Option<u64>,
 }
 
 macro_rules! mrs {
@@ -325,6 +338,21 @@ impl HostEl2 {
             mdcr_el2: mrs!("mdcr_el2"),
             cptr_el2: mrs!("cptr_el2"),
             vmpidr_el2: mrs!("vmpidr_el2"),
+            pmcnten: (STOP_HOST_PMU && crate::host::pmu_v3()).then(|| mrs!("pmcntenset_el0")),
+        }
+    }
+
+    /// Stops the host's enabled PMU counters for the guest's run.
+    ///
+    /// # Safety
+    /// Only between [`HostEl2::save`] and [`HostEl2::restore`] on this CPU.
+    unsafe fn stop_pmu(&self) {
+        if let Some(enabled) = self.pmcnten {
+            // SAFETY: disables exactly the counters the host had enabled
+            // (PMUv3 exists: `save` checked); `restore` re-enables them
+            // before the host runs again. The `isb` before the guest's
+            // `eret` (and the `eret`) put it in force.
+            unsafe { msr!("pmcntenclr_el0", enabled) };
         }
     }
 
@@ -342,6 +370,9 @@ impl HostEl2 {
             msr!("mdcr_el2", self.mdcr_el2);
             msr!("cptr_el2", self.cptr_el2);
             msr!("vmpidr_el2", self.vmpidr_el2);
+            if let Some(enabled) = self.pmcnten {
+                msr!("pmcntenset_el0", enabled);
+            }
             msr!("elr_el2", self.elr_el2);
             msr!("spsr_el2", self.spsr_el2);
             asm!("isb", options(nostack, preserves_flags));
@@ -374,8 +405,10 @@ pub const CNTVOFF_GUEST: u64 = 0;
 pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     let page = core::ptr::with_exposed_provenance_mut::<u8>(ctx.page().raw() as usize);
     let host = HostEl2::save();
+    // SAFETY: `restore` below re-enables the counters.
+    unsafe { host.stop_pmu() };
     let host_el1 = El1State::read();
-    let mdcr = (host.mdcr_el2 & 0x1f) | MDCR_GUEST_TRAPS;
+    let mdcr = host.mdcr_el2 | MDCR_GUEST_TRAPS;
     // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
     // at the `eret` inside the switch. The offset goes first so the guest's
