@@ -133,6 +133,8 @@ pub unsafe fn configure(hcr: u64) {
         write_sysreg_isb!("cntvoff_el2", 0_u64);
         write_sysreg_isb!("sctlr_el1", SCTLR_EL1_ENTRY);
         write_sysreg_isb!("icc_sre_el2", ICC_SRE_HOST);
+        // After ICC_SRE_EL2.SRE: the ICH_* registers need it.
+        crate::world::reset_virtual_gic();
         write_sysreg_isb!("hcr_el2", hcr);
     }
 }

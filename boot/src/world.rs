@@ -28,6 +28,10 @@
 //!   saves the host's `q0..q31`, FPSR and FPCR before loading the guest's and
 //!   restores them after saving the guest's, so the host never sees a
 //!   guest's FP/SIMD values and keeps its own.
+//! - The GICv3 virtual CPU interface (`ICH_HCR_EL2`, `ICH_VMCR_EL2`,
+//!   `ICH_AP<m>R<n>_EL2`), which a guest's `ICC_*_EL1` accesses reach under
+//!   `IMO`/`FMO`, is reset to 0 before every guest entry
+//!   ([`reset_virtual_gic`]): no guest reads what another left there.
 //! - The engine runs with every interrupt masked; the guest `HCR_EL2` routes
 //!   physical IRQ/FIQ/SError to EL2 (`IMO/FMO/AMO`), so an interrupt that
 //!   arrives while a guest runs exits to the host, which owns interrupts.
@@ -380,6 +384,52 @@ impl HostEl2 {
     }
 }
 
+/// Resets the GICv3 virtual CPU interface: `ICH_HCR_EL2` (virtual
+/// interface off), `ICH_VMCR_EL2` and every implemented
+/// `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` to 0.
+///
+/// With `IMO`/`FMO` set a guest's `ICC_PMR_EL1`, `ICC_BPR<n>_EL1`,
+/// `ICC_IGRPEN<n>_EL1` and `ICC_AP<m>R<n>_EL1` accesses reach these
+/// registers instead of the physical interface. There is no virtual GIC
+/// yet, so no guest needs them to persist: resetting them before every
+/// guest entry means a guest reads only what it wrote during this run,
+/// never what another guest (or an earlier run) left. Called at boot too,
+/// so the first guest sees zeros rather than reset-UNKNOWN values. Does
+/// nothing without the GIC system-register interface
+/// (`ID_AA64PFR0_EL1.GIC` = 0).
+///
+/// # Safety
+/// At EL2 with interrupts masked, while no guest runs on this CPU (these
+/// registers take effect at the next `eret` to a guest).
+pub unsafe fn reset_virtual_gic() {
+    if (mrs!("id_aa64pfr0_el1") >> 24) & 0xf == 0 {
+        return;
+    }
+    // ICH_VTR_EL2.PRIbits (31:29) is the number of priority bits minus one:
+    // 5 bits need AP<m>R0, 6 bits AP<m>R0..1, 7 bits AP<m>R0..3.
+    let pri_bits = ((mrs!("ich_vtr_el2") >> 29) & 0x7).wrapping_add(1);
+    // SAFETY: the GICv3 system-register interface exists (checked above) and
+    // ICC_SRE_EL2.SRE is set at boot; the registers written exist for this
+    // PRIbits; they affect only a guest's virtual CPU interface, and no guest
+    // runs here (the caller's contract).
+    unsafe {
+        msr!("ich_hcr_el2", 0_u64);
+        msr!("ich_vmcr_el2", 0_u64);
+        msr!("ich_ap0r0_el2", 0_u64);
+        msr!("ich_ap1r0_el2", 0_u64);
+        if pri_bits >= 6 {
+            msr!("ich_ap0r1_el2", 0_u64);
+            msr!("ich_ap1r1_el2", 0_u64);
+        }
+        if pri_bits >= 7 {
+            msr!("ich_ap0r2_el2", 0_u64);
+            msr!("ich_ap0r3_el2", 0_u64);
+            msr!("ich_ap1r2_el2", 0_u64);
+            msr!("ich_ap1r3_el2", 0_u64);
+        }
+    }
+}
+
 /// `CNTVOFF_EL2` while a guest runs. The core's context has no per-vCPU
 /// offset yet, so a guest's virtual counter reads the physical count; what
 /// matters for isolation is that the host's own offset is never shown.
@@ -417,6 +467,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // this CPU's.
     unsafe {
         msr!("cntvoff_el2", CNTVOFF_GUEST);
+        reset_virtual_gic();
         El1State::load_from(page).write();
         msr!("vttbr_el2", stage2.vttbr);
         msr!("vmpidr_el2", stage2.vmpidr);
