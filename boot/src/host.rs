@@ -3,9 +3,13 @@
 //!
 //! Invariant: on every CPU, before the first `eret` to the host, HCR_EL2,
 //! MDCR_EL2, CPTR_EL2, CNTHCTL_EL2, CNTVOFF_EL2, ICC_SRE_EL2,
-//! VTCR_EL2/VTTBR_EL2 and SCTLR_EL1 hold the values below; nothing changes
-//! them while the host runs (a world switch to a guest will, and must
-//! restore them).
+//! VTCR_EL2/VTTBR_EL2 and SCTLR_EL1 hold the values below, and every other
+//! EL2 register that shapes what EL1 sees or traps has a defined value
+//! rather than its reset-UNKNOWN one: VPIDR_EL2/VMPIDR_EL2 = this CPU's
+//! MIDR_EL1/MPIDR_EL1, HSTR_EL2 = 0, the GICv3 virtual interface reset, and
+//! where they exist HCRX_EL2 and the fine-grained trap registers = 0. Nothing
+//! changes them while the host runs (a world switch to a guest will, and
+//! must restore them).
 
 use crate::cpu::{read_sysreg, write_sysreg_isb};
 
@@ -115,6 +119,16 @@ pub const SCTLR_EL1_ENTRY: u64 = 1 << 11 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 28
 /// whatever is written, hardware's resets to an UNKNOWN value.
 pub const ICC_SRE_HOST: u64 = 0b1111;
 
+/// ID_AA64MMFR1_EL1.HCX (43:40): HCRX_EL2 exists.
+fn has_hcx() -> bool {
+    (read_sysreg!("id_aa64mmfr1_el1") >> 40) & 0xf != 0
+}
+
+/// ID_AA64MMFR0_EL1.FGT (59:56): the fine-grained trap registers exist.
+fn has_fgt() -> bool {
+    (read_sysreg!("id_aa64mmfr0_el1") >> 56) & 0xf != 0
+}
+
 /// Configures this CPU's EL2 controls for running the host.
 ///
 /// # Safety
@@ -123,6 +137,10 @@ pub const ICC_SRE_HOST: u64 = 0b1111;
 /// `hcr` includes `VM`.
 pub unsafe fn configure(hcr: u64) {
     let mdcr = mdcr_host();
+    let midr = read_sysreg!("midr_el1");
+    let mpidr = read_sysreg!("mpidr_el1");
+    let hcx = has_hcx();
+    let fgt = has_fgt();
     // SAFETY: these registers control only lower ELs (and EL2's own PMU
     // counting); the caller guarantees we are about to enter the host and
     // that the Stage-2 tables named by VTTBR_EL2 are valid.
@@ -135,6 +153,26 @@ pub unsafe fn configure(hcr: u64) {
         write_sysreg_isb!("icc_sre_el2", ICC_SRE_HOST);
         // After ICC_SRE_EL2.SRE: the ICH_* registers need it.
         crate::world::reset_virtual_gic();
+        // The host reads its own CPU's identity (a guest run swaps in its
+        // VMPIDR_EL2 and restores this one).
+        write_sysreg_isb!("vpidr_el2", midr);
+        write_sysreg_isb!("vmpidr_el2", mpidr);
+        // No AArch32 CP15 traps (EL1 is AArch64 only).
+        write_sysreg_isb!("hstr_el2", 0_u64);
+        // By encoding, so the assembler needs no feature flag: HCRX_EL2
+        // (FEAT_HCX) = 0 leaves every feature it enables for EL1 off.
+        if hcx {
+            write_sysreg_isb!("s3_4_c1_c2_2", 0_u64);
+        }
+        // FEAT_FGT: HFGRTR_EL2, HFGWTR_EL2, HFGITR_EL2, HDFGRTR_EL2,
+        // HDFGWTR_EL2 = 0, no fine-grained traps beyond the coarse ones.
+        if fgt {
+            write_sysreg_isb!("s3_4_c1_c1_4", 0_u64);
+            write_sysreg_isb!("s3_4_c1_c1_5", 0_u64);
+            write_sysreg_isb!("s3_4_c1_c1_6", 0_u64);
+            write_sysreg_isb!("s3_4_c3_c1_4", 0_u64);
+            write_sysreg_isb!("s3_4_c3_c1_5", 0_u64);
+        }
         write_sysreg_isb!("hcr_el2", hcr);
     }
 }
