@@ -10,6 +10,11 @@
 //!   suspending CPU itself) before the firmware call, and consumed (taken) by
 //!   the target CPU in its warm entry; a slot that is still full makes a
 //!   second `CPU_ON` fail with `ON_PENDING` rather than overwrite it.
+//! - `CPU_SUSPEND` writes its own CPU's slot whatever it holds (a `CPU_ON`
+//!   racing it will get `ALREADY_ON`). So whoever clears a slot after a
+//!   failed or returned firmware call clears it only if it still holds that
+//!   call's own entry ([`take_if`]; each entry names the CPU that wrote it):
+//!   a `CPU_ON` rolling back never removes a suspending CPU's resume entry.
 
 use isola_abi::psci;
 use isola_sync::Mutex;
@@ -46,6 +51,11 @@ pub struct HostBoot {
     pub entry: u64,
     /// The host's context id, passed in `x0`.
     pub context: u64,
+    /// Index of the CPU that wrote the entry (the one relaying `CPU_ON`,
+    /// or the suspending CPU itself): two calls that pass the same entry
+    /// and context still write different values, so [`take_if`] cannot
+    /// mistake one for the other.
+    pub writer: u64,
 }
 
 /// Per-CPU pending host entry (see the module invariants). One lock for
@@ -55,6 +65,20 @@ pub static HOST_BOOT: Mutex<[Option<HostBoot>; MAX_CPUS]> = Mutex::new([None; MA
 /// Takes CPU `index`'s pending host entry, if any.
 pub fn take_pending(index: usize) -> Option<HostBoot> {
     HOST_BOOT.lock().get_mut(index).and_then(Option::take)
+}
+
+/// Clears CPU `index`'s pending host entry only if it is still `expected`
+/// (the entry this caller wrote): a compare-exchange under the lock.
+/// Returns whether it did.
+pub fn take_if(index: usize, expected: HostBoot) -> bool {
+    let mut table = HOST_BOOT.lock();
+    match table.get_mut(index) {
+        Some(slot) if *slot == Some(expected) => {
+            *slot = None;
+            true
+        }
+        _ => false,
+    }
 }
 
 fn call(fid: u32, a1: u64, a2: u64, a3: u64) -> i64 {
@@ -122,6 +146,11 @@ pub fn relay(fid: u32, a: [u64; 3]) -> i64 {
             let Some(index) = platform.cpu_index(mpidr) else {
                 return status::INVALID_PARAMETERS;
             };
+            let ours = HostBoot {
+                entry,
+                context,
+                writer: cpu::cpu_index(),
+            };
             {
                 let mut table = HOST_BOOT.lock();
                 let Some(slot) = table.get_mut(index) else {
@@ -130,14 +159,15 @@ pub fn relay(fid: u32, a: [u64; 3]) -> i64 {
                 if slot.is_some() {
                     return status::ON_PENDING;
                 }
-                *slot = Some(HostBoot { entry, context });
+                *slot = Some(ours);
             }
             let r = cpu_on(mpidr, index);
             if r != status::SUCCESS {
                 // The target will not run: take back what it would have
-                // consumed. (If it is already on, it consumed its own slot
-                // long ago, so this is ours.)
-                let _ = take_pending(index);
+                // consumed, but only if it is still ours. A target that is
+                // already on may meanwhile have entered CPU_SUSPEND and put
+                // its own resume entry in the slot: that one must stay.
+                let _ = take_if(index, ours);
             }
             r
         }
@@ -151,15 +181,20 @@ pub fn relay(fid: u32, a: [u64; 3]) -> i64 {
             let Ok(i) = usize::try_from(index) else {
                 return status::DENIED;
             };
+            let ours = HostBoot {
+                entry,
+                context,
+                writer: index,
+            };
             match HOST_BOOT.lock().get_mut(i) {
-                Some(slot) => *slot = Some(HostBoot { entry, context }),
+                Some(slot) => *slot = Some(ours),
                 None => return status::DENIED,
             }
             let r = call(psci::CPU_SUSPEND, power_state, warm_entry(), index);
-            // A standby (or refused) suspend returns here: the slot is ours
-            // to clear. A power-down suspend resumes in the warm entry,
-            // which consumes it instead.
-            let _ = take_pending(i);
+            // A standby (or refused) suspend returns here: our entry is ours
+            // to clear (and only ours). A power-down suspend resumes in the
+            // warm entry, which consumes it instead.
+            let _ = take_if(i, ours);
             r
         }
         AFFINITY_INFO => call(AFFINITY_INFO, a[0], a[1], 0),
