@@ -32,6 +32,9 @@
 //!   `ICH_AP<m>R<n>_EL2`), which a guest's `ICC_*_EL1` accesses reach under
 //!   `IMO`/`FMO`, is reset to 0 before every guest entry
 //!   ([`reset_virtual_gic`]): no guest reads what another left there.
+//! - Where SME exists, `TPIDR2_EL0` (not trapped by `CPTR_EL2.TSM`) is 0
+//!   while a guest runs and the host's value on return; a guest's own value
+//!   is not kept across exits (the context has no slot for it).
 //! - The engine runs with every interrupt masked; the guest `HCR_EL2` routes
 //!   physical IRQ/FIQ/SError to EL2 (`IMO/FMO/AMO`), so an interrupt that
 //!   arrives while a guest runs exits to the host, which owns interrupts.
@@ -311,6 +314,13 @@ struct HostEl2 {
     /// count neither the guest's events nor the switch) and re-enabled on
     /// the way back. `None` without a PMUv3 or in the `bench-pmu` image.
     pmcnten: Option<u64>,
+    /// The host's `TPIDR2_EL0` where SME exists (`ID_AA64PFR1_EL1.SME` != 0).
+    /// `CPTR_EL2.TSM` does not trap it, so a guest runs with 0 there and the
+    /// host's value returns on exit. The core's context has no slot for it:
+    /// a guest's own value is not kept across exits (a functional limit,
+    /// docs/guests.md), and never shown to the host or another guest.
+    /// Accessed as `s3_3_c13_c0_5`, so the assembler needs no SME feature.
+    tpidr2_el0: Option<u64>,
 }
 
 macro_rules! mrs {
@@ -343,6 +353,7 @@ impl HostEl2 {
             cptr_el2: mrs!("cptr_el2"),
             vmpidr_el2: mrs!("vmpidr_el2"),
             pmcnten: (STOP_HOST_PMU && crate::host::pmu_v3()).then(|| mrs!("pmcntenset_el0")),
+            tpidr2_el0: ((mrs!("id_aa64pfr1_el1") >> 24) & 0xf != 0).then(|| mrs!("s3_3_c13_c0_5")),
         }
     }
 
@@ -376,6 +387,9 @@ impl HostEl2 {
             msr!("vmpidr_el2", self.vmpidr_el2);
             if let Some(enabled) = self.pmcnten {
                 msr!("pmcntenset_el0", enabled);
+            }
+            if let Some(tpidr2) = self.tpidr2_el0 {
+                msr!("s3_3_c13_c0_5", tpidr2);
             }
             msr!("elr_el2", self.elr_el2);
             msr!("spsr_el2", self.spsr_el2);
@@ -468,6 +482,9 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     unsafe {
         msr!("cntvoff_el2", CNTVOFF_GUEST);
         reset_virtual_gic();
+        if host.tpidr2_el0.is_some() {
+            msr!("s3_3_c13_c0_5", 0_u64);
+        }
         El1State::load_from(page).write();
         msr!("vttbr_el2", stage2.vttbr);
         msr!("vmpidr_el2", stage2.vmpidr);
