@@ -17,9 +17,14 @@
 //! - [`Arch::tlbi_all`]: every guest entry of every VMID (`tlbi alle1is`).
 //! - [`Arch::dsb_ish`], [`Arch::isb`]: the barriers of the same name.
 //! - [`Arch::clean_dcache_page`]: clean (and invalidate) a page to the point
-//!   of coherency (`dc civac` per line), used after scrubbing a page that
-//!   changes hands, so a non-cacheable mapping in the new owner cannot see
-//!   stale lines.
+//!   of coherency (`dc civac` per line). It issues the maintenance only: the
+//!   caller's next [`Arch::dsb_ish`] is what waits for it to complete, so a
+//!   run of pages is cleaned with one barrier. Used on every page that leaves
+//!   an owner whose lines may be dirty (a donated host page, after the host's
+//!   mapping is gone; a scrubbed page), because with `HCR_EL2.FWB = 0` the
+//!   new owner may access it non-cacheably (a guest with its MMU off): a
+//!   stale line left dirty by the old owner must be neither seen by it nor
+//!   evicted later over what it wrote.
 #![deny(unsafe_code)]
 
 use crate::addr::{Ipa, PhysAddr};
@@ -47,7 +52,8 @@ pub trait Arch: Sync {
     fn dsb_ish(&self);
     /// Instruction synchronisation barrier.
     fn isb(&self);
-    /// Clean and invalidate the data cache lines of a page to the PoC.
+    /// Clean and invalidate the data cache lines of a page to the PoC
+    /// (complete only after the caller's next [`Arch::dsb_ish`]).
     fn clean_dcache_page(&self, pa: PhysAddr);
     /// Hook: the core just wrote the Stage-2 descriptor at `entry` (the
     /// physical address of the 8-byte entry) from `old` to `new`. Hardware

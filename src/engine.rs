@@ -301,6 +301,21 @@ impl<A: Arch> Engine<A> {
         #[cfg(not(feature = "planted-bug-skip-scrub"))]
         let _ = self.mem.zero_page(pa);
         self.arch.clean_dcache_page(pa);
+        self.arch.dsb_ish();
+    }
+
+    /// Cleans and invalidates the `pages` pages from `pa` to the PoC, then
+    /// one `dsb ish` waits for them all. Called on a run the host just lost
+    /// (records changed, host Stage-2 entries invalidated and their TLBI
+    /// complete), before any other owner's mapping of it is written: the
+    /// host can dirty no line of it any more, and no line it left dirty can
+    /// later be written back over what a non-cacheable new owner wrote.
+    pub(crate) fn clean_run(&self, pa: PhysAddr, pages: u64) {
+        for i in 0..pages {
+            self.arch
+                .clean_dcache_page(pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE)));
+        }
+        self.arch.dsb_ish();
     }
 
     /// Removes `pa` from the host Stage-2, if the host may have it mapped.

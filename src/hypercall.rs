@@ -499,11 +499,17 @@ impl<A: Arch> Engine<A> {
     /// handle, ownership (one shard lock per shard crossed), every IPA
     /// unmapped and the pool holding the tables needed. Then, shard by
     /// shard, the records change and the host loses its mappings (shard lock
-    /// → host Stage-2 lock: the lock order); last the VM's Stage-2 gets the
+    /// → host Stage-2 lock: the lock order; the unmap ends with its TLBI and
+    /// `dsb ish`); then every page is cleaned to the PoC with one `dsb ish`
+    /// for the run ([`Engine::clean_run`]); last the VM's Stage-2 gets the
     /// whole run with one barrier. Between the ownership check and the
-    /// commit the shard locks are dropped, so a page another CPU took in
-    /// between (a host racing its own calls on the same pages) undoes the
-    /// pages already moved and fails `NotOwner`, as `VmCreate` does.
+    /// commit of a run crossing shards the shard locks are dropped, so a
+    /// page another CPU took in between (a host racing its own calls on the
+    /// same pages) undoes the pages already moved and fails `NotOwner`, as
+    /// `VmCreate` does. If the mapping step fails after all (it cannot while
+    /// [`Stage2::check_run_unmapped`] counts exactly), [`Engine::undo_donate`]
+    /// puts every page back, so no error leaves a page the VM's records name
+    /// but its count does not.
     fn donate(&self, handle: u64, pa: PhysAddr, ipa: Ipa, perms: u64, pages: u64) -> CallResult {
         let n = pages.max(1);
         if n > DONATE_MAX_PAGES {
@@ -537,60 +543,129 @@ impl<A: Arch> Engine<A> {
             }
             if n == 1 {
                 // `prepare_leaf` checks the mapping, then the tables, and
-                // changes nothing unless both pass.
+                // changes nothing unless both pass; after it nothing fails.
                 let entry = s2
                     .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
                     .map_err(s2_status)?;
                 self.take_from_host(&mut sg, first, 1, me);
+                self.clean_run(pa, 1);
                 s2.install_leaf(&self.mem, &self.arch, entry, leaf(0));
-            } else {
-                let tables = s2
-                    .check_run_unmapped(&self.mem, ipa, n)
-                    .map_err(s2_status)?;
-                if tables > g.pool.free() {
-                    return Err(Status::NoMemory);
-                }
-                self.take_from_host(&mut sg, first, n, me);
-                s2.map_run(&self.mem, &self.arch, &mut g.pool, ipa, n, &mut |i| leaf(i))
-                    .map_err(s2_status)?;
+                g.owned = g.owned.wrapping_add(1);
+                return Ok([0; 3]);
             }
-            g.owned = g.owned.wrapping_add(n);
-            return Ok([0; 3]);
-        }
-        drop(sg);
-        // The run crosses shards: check every page one shard at a time,
-        // then the mapping and tables, then move the pages shard by shard.
-        self.check_host_owned(pa, n)?;
-        let tables = s2
-            .check_run_unmapped(&self.mem, ipa, n)
-            .map_err(s2_status)?;
-        if tables > g.pool.free() {
-            return Err(Status::NoMemory);
-        }
-        let mut moved = 0u64;
-        let taken = self.for_each_shard_run(pa, n, &mut |sg, first, k| {
-            if !all_host(sg, first, k) {
-                return Err(Status::NotOwner);
+            let tables = s2
+                .check_run_unmapped(&self.mem, ipa, n)
+                .map_err(s2_status)?;
+            if tables > g.pool.free() {
+                return Err(Status::NoMemory);
             }
-            self.take_from_host(sg, first, k, me);
-            moved = moved.wrapping_add(k);
-            Ok(())
-        });
-        if let Err(e) = taken {
-            // Only the first `moved` pages changed; nobody saw them mapped
-            // in the VM, and the host refaults the ones it lost.
-            let _ = self.for_each_shard_run(pa, moved, &mut |sg, first, k| {
-                for i in 0..k {
-                    sg.set(Pfn::new(first.raw().wrapping_add(i)), PageRecord::HOST);
+            self.take_from_host(&mut sg, first, n, me);
+            // The records are committed; the clean and the mapping need no
+            // shard lock, and an undo takes it again.
+            drop(sg);
+        } else {
+            drop(sg);
+            // The run crosses shards: check every page one shard at a time,
+            // then the mapping and tables, then move the pages shard by shard.
+            self.check_host_owned(pa, n)?;
+            let tables = s2
+                .check_run_unmapped(&self.mem, ipa, n)
+                .map_err(s2_status)?;
+            if tables > g.pool.free() {
+                return Err(Status::NoMemory);
+            }
+            let mut moved = 0u64;
+            let taken = self.for_each_shard_run(pa, n, &mut |sg, first, k| {
+                if !all_host(sg, first, k) {
+                    return Err(Status::NotOwner);
                 }
+                self.take_from_host(sg, first, k, me);
+                moved = moved.wrapping_add(k);
                 Ok(())
             });
-            return Err(e);
+            if let Err(e) = taken {
+                // Only the first `moved` pages changed; nobody saw them
+                // mapped in the VM, and the host refaults the ones it lost.
+                self.give_back_run(pa, moved);
+                return Err(e);
+            }
         }
-        s2.map_run(&self.mem, &self.arch, &mut g.pool, ipa, n, &mut |i| leaf(i))
-            .map_err(s2_status)?;
+        self.clean_run(pa, n);
+        if let Err(e) = self.map_donated_run(s2, &mut g, ipa, n, &mut |i| leaf(i)) {
+            let kept = self.undo_donate(s2, pa, ipa, n);
+            g.owned = g.owned.wrapping_add(kept);
+            return Err(s2_status(e));
+        }
         g.owned = g.owned.wrapping_add(n);
         Ok([0; 3])
+    }
+
+    /// The mapping step of a batched `Donate`: [`Stage2::map_run`]. In unit
+    /// tests a one-shot hook makes it map only a prefix of the run and fail,
+    /// which no reachable state does, so [`Engine::undo_donate`] can be
+    /// exercised.
+    fn map_donated_run(
+        &self,
+        s2: Stage2,
+        g: &mut VmInner,
+        ipa: Ipa,
+        n: u64,
+        leaf: &mut dyn FnMut(u64) -> desc::Desc,
+    ) -> Result<(), S2Error> {
+        #[cfg(test)]
+        if let Some(k) = tests::FAIL_MAP_AFTER.take() {
+            s2.map_run(&self.mem, &self.arch, &mut g.pool, ipa, k.min(n), leaf)?;
+            return Err(S2Error::NoMemory);
+        }
+        s2.map_run(&self.mem, &self.arch, &mut g.pool, ipa, n, leaf)
+    }
+
+    /// Undoes a `Donate` of the `n` pages from `pa` to `ipa` whose records
+    /// are already the VM's but whose mapping failed part way (the caller
+    /// holds the VM's lock; the VM's count does not include the run yet).
+    ///
+    /// Every page the VM's Stage-2 maps at its IPA is unmapped (break-before-
+    /// make, with the VM's TLBI) and scrubbed, since a running vCPU may have
+    /// written it; then the pages go back to the host, which refaults them,
+    /// so ownership is as before the call. Two traces stay, neither of them
+    /// ownership: the scrubbed pages lost the host's data (a guest may have
+    /// replaced it), and tables `map_run` built stay in the VM's Stage-2,
+    /// empty, for its next mapping. A page whose leaf cannot be
+    /// removed (none can fail: `map_run` writes level-3 leaves only) stays
+    /// the VM's; the count of those is returned for the caller to add to
+    /// the VM's owned pages, so Reclaim finds them after `VmDestroy`.
+    pub(crate) fn undo_donate(&self, s2: Stage2, pa: PhysAddr, ipa: Ipa, n: u64) -> u64 {
+        let mut kept = 0u64;
+        for i in 0..n {
+            let off = i.wrapping_mul(PAGE_SIZE);
+            let p = pa.wrapping_add_bytes(off);
+            let at = Ipa::new(ipa.raw().wrapping_add(off));
+            let mapped = |s2: &Stage2| s2.translate(&self.mem, at).is_some_and(|t| t.pa == p);
+            if mapped(&s2) {
+                let _ = s2.unmap_leaf(&self.mem, &self.arch, at);
+                if mapped(&s2) {
+                    kept = kept.wrapping_add(1);
+                    continue;
+                }
+                self.scrub(p);
+            }
+            if let Some(mut pg) = self.db.lock_page(p) {
+                pg.set(PageRecord::HOST);
+            }
+        }
+        kept
+    }
+
+    /// Gives the first `n` pages of the run from `pa` back to the host, one
+    /// shard lock at a time: the undo of a `Donate` that moved them but
+    /// never mapped them anywhere.
+    fn give_back_run(&self, pa: PhysAddr, n: u64) {
+        let _ = self.for_each_shard_run(pa, n, &mut |sg, first, k| {
+            for i in 0..k {
+                sg.set(Pfn::new(first.raw().wrapping_add(i)), PageRecord::HOST);
+            }
+            Ok(())
+        });
     }
 
     /// Gives the `k` pages from `first` (all in `sg`'s shard, all checked
@@ -975,6 +1050,126 @@ fn write_result(regs: &mut [u64; 7], result: CallResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::{RecordingArch, check_break_before_make};
+    use crate::testing::MachineSpec;
+    use core::cell::Cell;
+    use isola_abi::{Accounting, HostCall, perms};
+    use std::vec::Vec;
+
+    std::thread_local! {
+        /// One-shot fault injection for [`Engine::map_donated_run`]: the next
+        /// batched `Donate` on this thread maps only this many pages of its
+        /// run, then fails `NoMemory`. Thread-local, so parallel tests do
+        /// not see each other's.
+        pub(super) static FAIL_MAP_AFTER: Cell<Option<u64>> = const { Cell::new(None) };
+    }
+
+    const GUEST_RAM: u64 = 0x8000_0000;
+
+    fn call(e: &Engine<RecordingArch>, call: HostCall, args: [u64; 4]) -> (Status, [u64; 3]) {
+        let mut regs = [call as u64, args[0], args[1], args[2], args[3], 0, 0];
+        assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+        (
+            Status::from_raw(regs[0] as i64).unwrap(),
+            [regs[1], regs[2], regs[3]],
+        )
+    }
+
+    /// A batched donate whose mapping step fails after `mapped` of its 4
+    /// pages are in the VM's Stage-2 leaves records, counts and the host's
+    /// access exactly as before; the pages the guest could have seen are
+    /// unmapped (with the VM's TLBI) and scrubbed, the others keep the
+    /// host's data. The run can then be donated for real, and after
+    /// `VmDestroy` every page is reclaimed: nothing is left naming the slot.
+    fn failed_map_step_loses_nothing(mapped: u64) {
+        let spec = MachineSpec::default();
+        let e = spec.build(RecordingArch::new());
+        let totals = |e: &Engine<RecordingArch>| {
+            let (s, t) = call(
+                e,
+                HostCall::Accounting,
+                [Accounting::Totals as u64, 0, 0, 0],
+            );
+            assert_eq!(s, Status::Success);
+            t
+        };
+        let at_start = totals(&e);
+        let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 8, 1, 0]);
+        assert_eq!(s, Status::Success);
+        let run = |i: u64| spec.page(44u64.wrapping_add(i));
+        let ipa = |i: u64| Ipa::new(GUEST_RAM.wrapping_add(i.wrapping_mul(PAGE_SIZE)));
+        for i in 0..4 {
+            assert!(e.mem().write_u64(run(i), 0x5eed + i));
+        }
+        let before = (totals(&e), e.vm_usage(vm).unwrap()[..3].to_vec());
+        let donate = || {
+            let args = [vm, run(0).raw(), GUEST_RAM, perms::R, 4];
+            let mut regs = [
+                HostCall::Donate as u64,
+                args[0],
+                args[1],
+                args[2],
+                args[3],
+                args[4],
+                0,
+            ];
+            assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+            Status::from_raw(regs[0] as i64).unwrap()
+        };
+        e.arch().clear();
+        FAIL_MAP_AFTER.set(Some(mapped));
+        assert_eq!(donate(), Status::NoMemory);
+        assert_eq!(FAIL_MAP_AFTER.get(), None, "the hook fired");
+        assert_eq!(
+            (totals(&e), e.vm_usage(vm).unwrap()[..3].to_vec()),
+            before,
+            "records and counts as before ({mapped} mapped)"
+        );
+        let mut ev = Vec::new();
+        e.arch().for_each(|x| ev.push(x));
+        assert!(!e.arch().overflowed());
+        check_break_before_make(ev.iter().copied()).unwrap();
+        for i in 0..4 {
+            assert_eq!(e.vm_translate(vm, ipa(i)).unwrap(), None, "page {i}");
+            assert_eq!(e.page(run(i)), Some(PageRecord::HOST), "page {i}");
+            let data = e.mem().read_u64(run(i)).unwrap();
+            let vm_tlbi = ev.iter().any(|x| {
+                *x == crate::arch::ArchEvent::TlbiIpa {
+                    vmid: vmid_of(0),
+                    ipa: ipa(i),
+                }
+            });
+            if i < mapped {
+                assert_eq!((data, vm_tlbi), (0, true), "page {i} was in the VM");
+            } else {
+                assert_eq!((data, vm_tlbi), (0x5eed + i, false), "page {i} was not");
+            }
+        }
+        assert_eq!(donate(), Status::Success, "the run is whole again");
+        assert_eq!(e.vm_usage(vm).unwrap()[0], 4);
+        assert_eq!(
+            call(&e, HostCall::VmDestroy, [vm, 0, 0, 0]).0,
+            Status::Success
+        );
+        for i in 0..4 {
+            let (s, _) = call(&e, HostCall::Reclaim, [run(i).raw(), 0, 0, 0]);
+            assert_eq!(s, Status::Success, "page {i}");
+        }
+        assert_eq!(totals(&e), at_start);
+        let (s, [.., waiting]) = call(
+            &e,
+            HostCall::Accounting,
+            [Accounting::Sharing as u64, 0, 0, 0],
+        );
+        assert_eq!((s, waiting), (Status::Success, 0));
+    }
+
+    #[test]
+    fn a_failed_batched_map_step_undoes_every_page() {
+        for mapped in [0, 1, 3] {
+            failed_map_step_loses_nothing(mapped);
+        }
+    }
 
     #[test]
     fn failures_zero_the_results_and_keep_x4_to_x6() {

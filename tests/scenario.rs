@@ -972,3 +972,112 @@ fn racing_batched_donations_across_shards_leave_exactly_one_winner() {
     println!("wins (a, b): {wins:?}");
     assert_eq!(wins[0] + wins[1], 200, "{wins:?}");
 }
+
+/// Checks a donate's log for the cache maintenance its pages need (HCR_EL2.FWB
+/// is 0, so the guest may read them non-cacheably): every page of `pas`
+/// leaves the host Stage-2 (its entry invalidated, then its TLBI, then a DSB)
+/// before any is cleaned; the cleans of the run come in a row with no barrier
+/// between them; exactly one DSB follows them; and only then does the VM's
+/// Stage-2 get a leaf naming any of the pages.
+fn check_donate_cleans(ev: &[ArchEvent], pas: &[u64]) {
+    let addr = |d: u64| d & 0x0000_ffff_ffff_f000;
+    let clean_at: Vec<usize> = pas
+        .iter()
+        .map(|&p| {
+            let hits: Vec<usize> = ev
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| **e == ArchEvent::CleanDcache(PhysAddr::new(p)))
+                .map(|(i, _)| i)
+                .collect();
+            assert_eq!(hits.len(), 1, "page {p:#x} cleaned once: {ev:?}");
+            hits[0]
+        })
+        .collect();
+    let first = *clean_at.iter().min().unwrap();
+    let last = *clean_at.iter().max().unwrap();
+    assert_eq!(
+        last - first + 1,
+        pas.len(),
+        "the cleans come in a row: {ev:?}"
+    );
+    assert_eq!(
+        ev.get(last + 1),
+        Some(&ArchEvent::DsbIsh),
+        "one DSB ends them"
+    );
+    for &p in pas {
+        let unmap = ev
+            .iter()
+            .position(|e| matches!(*e, ArchEvent::PteWrite { old, new, .. } if old & 1 == 1 && new & 1 == 0 && addr(old) == p))
+            .unwrap_or_else(|| panic!("host entry of {p:#x} invalidated: {ev:?}"));
+        let tlbi = ev
+            .iter()
+            .position(|e| {
+                *e == ArchEvent::TlbiIpa {
+                    vmid: Vmid::HOST,
+                    ipa: Ipa::new(p),
+                }
+            })
+            .unwrap();
+        assert!(
+            unmap < tlbi && tlbi < first,
+            "{p:#x}: unmap, TLBI, then clean"
+        );
+        assert!(
+            ev[tlbi..first].contains(&ArchEvent::DsbIsh),
+            "{p:#x}: the host's TLBI completes before the clean"
+        );
+        let map = ev
+            .iter()
+            .rposition(|e| matches!(*e, ArchEvent::PteWrite { old, new, .. } if old & 1 == 0 && new & 1 == 1 && addr(new) == p))
+            .unwrap();
+        assert!(
+            map > last + 1,
+            "{p:#x}: mapped in the VM after the clean's DSB"
+        );
+        assert_eq!(
+            ev[first..map]
+                .iter()
+                .filter(|e| **e == ArchEvent::DsbIsh)
+                .count(),
+            1,
+            "one DSB for the whole run"
+        );
+    }
+}
+
+#[test]
+fn donated_pages_are_cleaned_to_poc_after_the_host_loses_them_and_before_the_vm_maps_them() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    let pas: Vec<u64> = (40..45).map(|i| host.page(i)).collect();
+    for &p in &pas {
+        assert_eq!(host.host_reads(p), Some(0), "the host maps {p:#x} first");
+    }
+    // One page: the unbatched path.
+    host.engine.arch().clear();
+    host.ok(HostCall::Donate, [vm, pas[0], GUEST_RAM, perms::R]);
+    let mut ev = Vec::new();
+    host.engine.arch().for_each(|e| ev.push(e));
+    check_break_before_make(ev.iter().copied()).unwrap();
+    check_donate_cleans(&ev, &pas[..1]);
+    // Four pages: one run, one DSB after its cleans.
+    host.engine.arch().clear();
+    let mut regs = [
+        HostCall::Donate as u64,
+        vm,
+        pas[1],
+        GUEST_RAM + 0x1000,
+        perms::R,
+        4,
+        0,
+    ];
+    assert_eq!(host.engine.host_call(0, &mut regs), HostCallOutcome::Done);
+    assert_eq!(regs[0], Status::Success.raw());
+    let mut ev = Vec::new();
+    host.engine.arch().for_each(|e| ev.push(e));
+    assert!(!host.engine.arch().overflowed());
+    check_break_before_make(ev.iter().copied()).unwrap();
+    check_donate_cleans(&ev, &pas[1..]);
+}

@@ -62,7 +62,9 @@ pub fn dcache_line() -> u64 {
     4_u64 << ((read_sysreg!("ctr_el0") >> 16) & 0xf)
 }
 
-/// Cleans and invalidates `[start, start + len)` to the point of coherency.
+/// Issues clean-and-invalidate to the point of coherency for every line of
+/// `[start, start + len)`. No barrier: the maintenance is complete only after
+/// the caller's next `dsb ish` (so a run of pages pays for one).
 pub fn clean_inval_dcache(start: u64, len: u64) {
     let line = dcache_line();
     let end = start.saturating_add(len);
@@ -73,7 +75,6 @@ pub fn clean_inval_dcache(start: u64, len: u64) {
         unsafe { asm!("dc civac, {}", in(reg) va, options(nostack, preserves_flags)) };
         va = va.saturating_add(line);
     }
-    dsb_ish();
 }
 
 /// Waits for an event (low-power spin).
@@ -188,6 +189,8 @@ impl isola::arch::Arch for El2Arch {
     }
 
     fn clean_dcache_page(&self, pa: isola::addr::PhysAddr) {
+        // No barrier: the trait leaves completion to the caller's next
+        // `dsb_ish`, so a batched Donate waits once for a whole run.
         clean_inval_dcache(pa.raw() & !0xfff, 4096);
     }
 }
