@@ -106,7 +106,7 @@ struct Log {
 }
 
 /// An `Arch` for host tests: logs every request, in order, into a fixed
-/// buffer (no allocator needed). Tests read it with [`RecordingArch::events`]
+/// buffer (no allocator needed). Tests read it with [`RecordingArch::for_each`]
 /// and empty it with [`RecordingArch::clear`]. If more than
 /// [`RECORD_CAPACITY`] events arrive between clears, the excess is dropped and
 /// [`RecordingArch::overflowed`] turns true, so a test cannot silently check a

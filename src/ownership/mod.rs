@@ -98,7 +98,7 @@ pub struct ShardInner {
 }
 
 /// One shard: the records of one physical window, behind a mutex. The caller
-/// of [`crate::Engine::new`] provides the shards (a static array at EL2,
+/// of [`crate::engine::Engine::new`] provides the shards (a static array at EL2,
 /// `Vec::leak` in tests), since the core has no allocator.
 #[derive(Debug)]
 pub struct Shard {
