@@ -69,6 +69,38 @@ pub fn clean_inval_dcache(start: u64, len: u64) {
     let line = dcache_line();
     let end = start.saturating_add(len);
     let mut va = start & !(line.wrapping_sub(1));
+    // Eight lines a step while eight whole lines remain: a 4 KiB page of
+    // 64-byte lines pays the loop's compare and branch 8 times, not 64
+    // (donate cleans every page it moves, so this is on its hot path).
+    let eight = line.wrapping_mul(8);
+    while end.saturating_sub(va) >= eight {
+        // SAFETY: as below, for the eight lines from `va`; the adds stay
+        // below `end` because eight whole lines remain.
+        unsafe {
+            asm!(
+                "dc civac, {va}",
+                "add {t}, {va}, {line}",
+                "dc civac, {t}",
+                "add {t}, {t}, {line}",
+                "dc civac, {t}",
+                "add {t}, {t}, {line}",
+                "dc civac, {t}",
+                "add {t}, {t}, {line}",
+                "dc civac, {t}",
+                "add {t}, {t}, {line}",
+                "dc civac, {t}",
+                "add {t}, {t}, {line}",
+                "dc civac, {t}",
+                "add {t}, {t}, {line}",
+                "dc civac, {t}",
+                va = in(reg) va,
+                line = in(reg) line,
+                t = out(reg) _,
+                options(nostack, preserves_flags)
+            )
+        };
+        va = va.wrapping_add(eight);
+    }
     while va < end {
         // SAFETY: `dc civac` writes dirty lines back and drops them; it
         // changes no memory contents as seen by any observer.
