@@ -19,6 +19,9 @@ pub const HCR_VM: u64 = 1 << 0;
 pub const HCR_SWIO: u64 = 1 << 1;
 /// HCR_EL2.PTW: a Stage-1 walk that hits Device memory at Stage-2 faults.
 pub const HCR_PTW: u64 = 1 << 2;
+/// HCR_EL2.TID3: EL1/EL0 reads of the ID group-3 registers trap, so the
+/// engine can hide SVE and SME, which it traps (see `trap::sysreg`).
+pub const HCR_TID3: u64 = 1 << 18;
 /// HCR_EL2.TSC: `smc` from EL1 traps to EL2 (the PSCI relay).
 pub const HCR_TSC: u64 = 1 << 19;
 /// HCR_EL2.TIDCP: implementation-defined system registers trap.
@@ -37,8 +40,16 @@ pub const HCR_API: u64 = 1 << 41;
 /// HCR_EL2 while the host runs, without Stage-2 (`VM`), which the core turns
 /// on with the host's tables. IMO/FMO/AMO stay clear: the host owns the GIC
 /// and physical interrupts go straight to EL1.
-pub const HCR_HOST: u64 =
-    HCR_SWIO | HCR_PTW | HCR_TSC | HCR_TIDCP | HCR_RW | HCR_TLOR | HCR_TERR | HCR_APK | HCR_API;
+pub const HCR_HOST: u64 = HCR_SWIO
+    | HCR_PTW
+    | HCR_TID3
+    | HCR_TSC
+    | HCR_TIDCP
+    | HCR_RW
+    | HCR_TLOR
+    | HCR_TERR
+    | HCR_APK
+    | HCR_API;
 
 /// CPTR_EL2 (non-VHE) RES1 bits: 13, 9, 7..0.
 const CPTR_RES1: u64 = 1 << 13 | 1 << 9 | 0xff;
