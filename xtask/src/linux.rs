@@ -697,11 +697,11 @@ fn cmdline(initrd_base: u64, initrd_size: u64, linux_ram: u64, probes: &str) -> 
 
 fn qemu_base(machine: &str, smp: u32, disk: &Path) -> Command {
     let mut c = Command::new("qemu-system-aarch64");
-    // SVE and SME are off: the engine traps them for the host (CPTR_EL2.TZ,
-    // TSM) and does not emulate them, and Linux uses them whenever the ID
-    // registers advertise them (docs/linux-host.md).
+    // SVE and SME stay on in the CPU model: the engine traps them for the
+    // host (CPTR_EL2.TZ/TSM) and hides them from its ID registers
+    // (HCR_EL2.TID3), so the kernel never enables them (docs/linux-host.md).
     c.args(["-machine", machine])
-        .args(["-cpu", "max,pauth-impdef=on,sve=off,sme=off"])
+        .args(["-cpu", "max,pauth-impdef=on"])
         .args(["-m", &format!("{RAM_MIB}M")])
         .args(["-smp", &smp.to_string()])
         .args(["-nographic", "-no-reboot"])
