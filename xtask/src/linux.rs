@@ -24,13 +24,11 @@
 //!   before the deadline. If the kernel or busybox cannot be fetched the test
 //!   reports itself skipped (see [`crate::SKIPPED`]), never passed.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::qemu::Run;
+use crate::qemu::{Run, watch};
 use crate::root;
 
 /// First byte of the engine's carve-out (`layout::CARVEOUT_BASE`).
@@ -792,66 +790,6 @@ fn bare_command(assets: &Assets, smp: u32) -> Command {
             ),
         ]);
     c
-}
-
-/// Runs QEMU to its end or the deadline, collecting the console.
-fn watch(mut cmd: Command, deadline: Duration, echo: bool) -> Result<Run, String> {
-    let started = Instant::now();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("could not start qemu-system-aarch64: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-    let mut stderr = child.stderr.take().ok_or("no stderr pipe")?;
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(bytes) = line else { break };
-            let text = String::from_utf8_lossy(&bytes)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send(text).is_err() {
-                break;
-            }
-        }
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut lines = Vec::new();
-    let mut timed_out = false;
-    loop {
-        match rx.recv_timeout(deadline.saturating_sub(started.elapsed())) {
-            Ok(line) => {
-                if echo {
-                    println!("{line}");
-                }
-                lines.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                // Our own child, by its handle.
-                let _ = child.kill();
-                break;
-            }
-        }
-    }
-    let status = child.wait().map_err(|e| format!("waiting for qemu: {e}"))?;
-    let _ = reader.join();
-    lines.extend(rx.try_iter());
-    let stderr = err_reader.join().unwrap_or_default();
-    Ok(Run {
-        lines,
-        stderr,
-        code: status.code(),
-        timed_out,
-        elapsed: started.elapsed(),
-    })
 }
 
 // ---------------------------------------------------------------------------

@@ -197,9 +197,18 @@ impl Run {
 /// Runs QEMU to completion or to `deadline`, collecting the console; with
 /// `echo`, each line is also printed as it arrives.
 pub fn run_qemu(boot: &Boot<'_>, deadline: Duration, echo: bool) -> Result<Run, String> {
+    watch(boot.command(), deadline, echo)
+}
+
+/// Runs a QEMU command line (any image: isola's, or Linux on bare QEMU) to
+/// its end or to `deadline`, collecting the console and QEMU's stderr; with
+/// `echo`, each console line is also printed as it arrives.
+pub fn watch(mut cmd: Command, deadline: Duration, echo: bool) -> Result<Run, String> {
     let started = Instant::now();
-    let mut child: Child = boot
-        .command()
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child: Child = cmd
         .spawn()
         .map_err(|e| format!("could not start qemu-system-aarch64: {e}"))?;
     let stdout = child.stdout.take().ok_or("no stdout pipe")?;
