@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::qemu::{Run, watch};
-use crate::root;
+use crate::{is_root, root};
 
 /// First byte of the engine's carve-out (`layout::CARVEOUT_BASE`).
 const ENGINE_BASE: u64 = 0x4000_0000;
@@ -275,14 +275,6 @@ fn output(mut c: Command, on_fail: fn(String) -> FetchError) -> Result<String, F
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
 }
 
 /// The versioned kernel package Debian's `linux-image-arm64` depends on.

@@ -254,6 +254,15 @@ fn miri_tests() -> Result<(), String> {
     run(c)
 }
 
+/// Whether we run as root, and so may install Debian packages ourselves.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
 /// QEMU is the one tool outside the toolchain. Install it where we can
 /// (root with apt-get), otherwise say exactly what to install.
 pub fn ensure_qemu() -> Result<(), String> {
@@ -267,12 +276,7 @@ pub fn ensure_qemu() -> Result<(), String> {
     if have("qemu-system-aarch64") {
         return Ok(());
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false);
-    if is_root && have("apt-get") {
+    if is_root() && have("apt-get") {
         println!("qemu-system-aarch64 not found: installing Debian's qemu-system-arm");
         let mut update = Command::new("apt-get");
         update.args(["update", "-q"]);
