@@ -227,10 +227,8 @@ fn boot(
     extra: &[String],
     stop: Option<&str>,
 ) -> Result<String, String> {
-    let mut cmd = Command::new("qemu-system-aarch64");
-    cmd.args(["-machine", "virt,virtualization=on,gic-version=3"])
-        .args(["-cpu", "max,pauth-impdef=on", "-smp", "1", "-m", "2G"])
-        .args(["-icount", "shift=0", "-nographic", "-no-reboot"])
+    let mut cmd = crate::machine::virt("", 1, "2G");
+    cmd.args(["-icount", "shift=0"])
         .arg("-kernel")
         .arg(engine)
         .arg("-device")

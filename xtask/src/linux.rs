@@ -191,8 +191,14 @@ pub fn booted_test() -> Result<(), String> {
     let images = crate::qemu::build_images()?;
     let mut failures = Vec::new();
     for s in &SCENARIOS {
+        // Guarded: a run that needs any QEMU data file fails here.
         let run = watch(
-            isola_command(&images.engine, &assets, s.smp, s.end)?,
+            crate::machine::without_data_files(&isola_command(
+                &images.engine,
+                &assets,
+                s.smp,
+                s.end,
+            )?),
             TEST_DEADLINE,
             false,
         )?;
@@ -685,20 +691,15 @@ fn cmdline(initrd_base: u64, initrd_size: u64, linux_ram: u64, probes: &str) -> 
     )
 }
 
-fn qemu_base(machine: &str, smp: u32, disk: &Path) -> Command {
-    let mut c = Command::new("qemu-system-aarch64");
+fn qemu_base(extra: &str, smp: u32, disk: &Path) -> Command {
     // SVE and SME stay on in the CPU model: the engine traps them for the
     // host (CPTR_EL2.TZ/TSM) and hides them from its ID registers
     // (HCR_EL2.TID3), so the kernel never enables them (docs/linux-host.md).
-    c.args(["-machine", machine])
-        .args(["-cpu", "max,pauth-impdef=on"])
-        .args(["-m", &format!("{RAM_MIB}M")])
-        .args(["-smp", &smp.to_string()])
-        .args(["-nographic", "-no-reboot"])
-        // A read-only disk on QEMU virt's first virtio-mmio transport: the
-        // host drives a device (MMIO, its interrupt, its DMA into host RAM)
-        // with the engine beneath.
-        .arg("-drive")
+    let mut c = crate::machine::virt(extra, smp, &format!("{RAM_MIB}M"));
+    // A read-only disk on QEMU virt's first virtio-mmio transport: the
+    // host drives a device (MMIO, its interrupt, its DMA into host RAM)
+    // with the engine beneath.
+    c.arg("-drive")
         .arg(format!(
             "if=none,id=disk0,format=raw,readonly=on,file={}",
             disk.display()
@@ -735,11 +736,7 @@ fn isola_command(engine: &Path, assets: &Assets, smp: u32, end: End) -> Result<C
     // one device range the engine gives the host (every non-RAM address
     // below RAM); with highmem the ECAM (at 256 GiB) and the 512 GiB 64-bit
     // PCIe window lie above RAM, where the engine maps nothing for the host.
-    let mut c = qemu_base(
-        "virt,virtualization=on,gic-version=3,highmem=off",
-        smp,
-        &assets.disk,
-    );
+    let mut c = qemu_base(",highmem=off", smp, &assets.disk);
     c.arg("-kernel")
         .arg(engine)
         .arg("-device")
@@ -769,7 +766,9 @@ fn isola_command(engine: &Path, assets: &Assets, smp: u32, end: End) -> Result<C
 /// names it in the device tree (`-initrd`); there is no engine memory to probe.
 fn bare_command(assets: &Assets, smp: u32) -> Command {
     let linux_ram = (RAM_MIB << 20) - HOST_RAM_PROBE_MARGIN;
-    let mut c = qemu_base("virt,gic-version=3,highmem=off", smp, &assets.disk);
+    // The same machine without EL2: Linux is entered at EL1 directly.
+    let mut c = qemu_base(",highmem=off", smp, &assets.disk);
+    c.args(["-machine", "virtualization=off"]);
     c.arg("-kernel")
         .arg(&assets.image)
         .arg("-initrd")

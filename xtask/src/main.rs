@@ -8,6 +8,7 @@
 
 mod bench;
 mod linux;
+mod machine;
 mod qemu;
 
 use std::process::{Command, ExitCode};
@@ -32,12 +33,12 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("run") => smp_arg(&args[1..]).and_then(|smp| {
-            ensure_qemu()?;
+            machine::ensure_qemu()?;
             qemu::run_main_job(smp)
         }),
-        Some("linux") => ensure_qemu().and_then(|()| linux::main(&args[1..])),
+        Some("linux") => machine::ensure_qemu().and_then(|()| linux::main(&args[1..])),
         Some("test") => test_all(),
-        Some("bench") => ensure_qemu().and_then(|()| bench::run(&args[1..])),
+        Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
         _ => Err(
             "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke]"
                 .to_string(),
@@ -79,7 +80,7 @@ fn test_all() -> Result<(), String> {
     let steps = [
         Step {
             name: "qemu installed",
-            run: ensure_qemu,
+            run: machine::ensure_qemu,
         },
         Step {
             name: "rustfmt --check",
@@ -261,45 +262,4 @@ pub fn is_root() -> bool {
         .output()
         .map(|o| o.stdout.trim_ascii() == b"0")
         .unwrap_or(false)
-}
-
-/// QEMU is the one tool outside the toolchain. Install it where we can
-/// (root with apt-get), otherwise say exactly what to install.
-pub fn ensure_qemu() -> Result<(), String> {
-    let have = |bin: &str| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if have("qemu-system-aarch64") {
-        return Ok(());
-    }
-    if is_root() && have("apt-get") {
-        println!("qemu-system-aarch64 not found: installing Debian's qemu-system-arm");
-        let mut update = Command::new("apt-get");
-        update.args(["update", "-q"]);
-        run(update)?;
-        let mut install = Command::new("apt-get");
-        install
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "qemu-system-arm",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        run(install)?;
-        if have("qemu-system-aarch64") {
-            return Ok(());
-        }
-    }
-    Err(
-        "qemu-system-aarch64 (QEMU >= 7.2) is required and could not be installed here: \
-         install it with `sudo apt-get install qemu-system-arm` (Debian/Ubuntu) or \
-         `sudo dnf install qemu-system-aarch64` (Fedora), then run again"
-            .to_string(),
-    )
 }

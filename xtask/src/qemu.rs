@@ -122,22 +122,12 @@ pub struct Boot<'a> {
 }
 
 impl Boot<'_> {
-    /// The command line: QEMU virt with EL2 (`virtualization=on`) and GICv3,
+    /// The command line: QEMU virt as [`crate::machine::virt`] makes it,
     /// the engine as `-kernel` (QEMU puts its device tree at the start of
-    /// RAM), the host payload by the generic loader, no reboot on reset.
+    /// RAM), the host payload and the guest image by the generic loader.
     pub fn command(&self) -> Command {
-        let mut c = Command::new("qemu-system-aarch64");
-        c.args(["-machine", "virt,virtualization=on,gic-version=3"])
-            .args([
-                "-cpu",
-                "max,pauth-impdef=on",
-                "-m",
-                "2G",
-                "-nographic",
-                "-no-reboot",
-            ])
-            .args(["-smp", &self.smp.to_string()])
-            .arg("-kernel")
+        let mut c = crate::machine::virt("", self.smp, "2G");
+        c.arg("-kernel")
             .arg(&self.images.engine)
             .arg("-device")
             .arg(format!("loader,file={}", self.images.host.display()))
@@ -147,9 +137,6 @@ impl Boot<'_> {
         if let Some(dtb) = &self.dtb {
             c.arg("-dtb").arg(dtb);
         }
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         c
     }
 }
@@ -592,26 +579,10 @@ const SCENARIOS: &[Scenario] = &[
 fn unknown_gic_dtb(images: &Images) -> Result<PathBuf, String> {
     let dir = images.engine.parent().ok_or("no image directory")?;
     let path = dir.join("virt-unknown-gic.dtb");
-    let mut c = Command::new("qemu-system-aarch64");
-    c.args([
-        "-machine",
-        &format!(
-            "virt,virtualization=on,gic-version=3,dumpdtb={}",
-            path.display()
-        ),
-    ])
-    .args([
-        "-cpu",
-        "max,pauth-impdef=on",
-        "-m",
-        "2G",
-        "-smp",
-        "1",
-        "-nographic",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    let mut c = crate::machine::virt(&format!(",dumpdtb={}", path.display()), 1, "2G");
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     crate::run(c)?;
     let mut blob = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let at = blob
@@ -658,7 +629,12 @@ fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
         append: &append,
         dtb,
     };
-    let run = run_qemu(&boot, SCENARIO_DEADLINE, false)?;
+    // Guarded: a scenario that needs any QEMU data file fails here.
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
     let verdict = if run.timed_out {
         Err(format!(
             "no power-off within {} s",
@@ -677,7 +653,10 @@ fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
 /// Every booted scenario: prints each one's name and PASS/FAIL (with the
 /// captured log on failure).
 pub fn booted_tests() -> Result<(), String> {
+    crate::machine::guard_available()?;
     let images = build_images()?;
+    guard_has_teeth(&images)?;
+    println!("PASS  guard: without -nodefaults QEMU cannot start under the data-file guard");
     let mut failed = 0_usize;
     for s in SCENARIOS {
         match judge(&images, s) {
@@ -696,6 +675,36 @@ pub fn booted_tests() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} booted scenario(s) failed"))
+    }
+}
+
+/// The data-file guard can fail: the `smp` scenario's command line with
+/// `-nodefaults` taken out (so QEMU virt adds its default network card,
+/// whose boot ROM `efi-virtio.rom` comes from `ipxe-qemu`) must not start
+/// under [`crate::machine::without_data_files`], and must say why.
+fn guard_has_teeth(images: &Images) -> Result<(), String> {
+    let boot = Boot {
+        images,
+        smp: 1,
+        append: "isola.test=smp",
+        dtb: None,
+    };
+    let with_defaults = boot.command();
+    let mut c = Command::new(with_defaults.get_program());
+    c.args(with_defaults.get_args().filter(|a| *a != "-nodefaults"));
+    let run = watch(
+        crate::machine::without_data_files(&c),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    if run.code != Some(0) && run.stderr.contains("efi-virtio.rom") {
+        Ok(())
+    } else {
+        Err(format!(
+            "the data-file guard has no teeth: QEMU with its default devices \
+             ran without efi-virtio.rom\n{}",
+            run.log()
+        ))
     }
 }
 
