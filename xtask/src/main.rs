@@ -1,12 +1,14 @@
 //! isola's task runner: `cargo xtask run` boots the engine on QEMU virt,
 //! `cargo xtask test` runs every test suite, in the order a failure is cheapest
-//! to find (format, lints, host tests, model checks, Miri, booted runs).
+//! to find (format, lints, host tests, the exhaustive exploration, model
+//! checks, Miri, booted runs).
 //!
 //! It calls nothing the README does not name: the only tools are the pinned
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
 //! when it can.
 
 mod bench;
+mod explore;
 mod linux;
 mod machine;
 mod qemu;
@@ -39,8 +41,9 @@ fn main() -> ExitCode {
         Some("linux") => machine::ensure_qemu().and_then(|()| linux::main(&args[1..])),
         Some("test") => test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
+        Some("explore") => explore::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke] | cargo xtask explore [--depth N] [--planted]"
                 .to_string(),
         ),
     };
@@ -97,6 +100,10 @@ fn test_all() -> Result<(), String> {
         Step {
             name: "host unit and property tests",
             run: host_tests,
+        },
+        Step {
+            name: "exhaustive exploration against the spec (release)",
+            run: explore::test_step,
         },
         Step {
             name: "loom model checks",
