@@ -20,8 +20,12 @@ pub mod model {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Explore every interleaving (no preemption bound). Used for the
-    /// two-thread models. Returns how many executions loom explored.
+    /// Explore every interleaving (no preemption bound; the spin-loop
+    /// reduction of `isola_sync::SpinWait` still applies). Returns how many
+    /// executions loom explored: the number loom itself reports as
+    /// "Completed in N iterations" under `LOOM_LOG=info` when a model runs
+    /// through `loom::model` (these helpers use `Builder::check` to set the
+    /// bound in code, which installs no logger, so they count themselves).
     pub fn exhaustive<F>(f: F) -> usize
     where
         F: Fn() + Sync + Send + 'static,
@@ -30,9 +34,9 @@ pub mod model {
     }
 
     /// Explore every interleaving with at most `bound` preemptions per
-    /// execution. Used for the three-thread models, whose full state space
-    /// is too large for the suite's time budget. Returns how many executions
-    /// loom explored.
+    /// execution. Used for the models of three threads spinning on one
+    /// lock or barrier, whose full state space is too large for the suite's
+    /// time budget. Returns how many executions loom explored.
     pub fn bounded<F>(bound: usize, f: F) -> usize
     where
         F: Fn() + Sync + Send + 'static,
