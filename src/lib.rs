@@ -14,7 +14,7 @@
 //! | [`stage2`] | VMSAv8-64 Stage-2 tables, break-before-make |
 //! | [`vm`], [`vcpu`] | the VM table, handles, vCPU contexts |
 //! | [`engine`] | construction, host aborts, observation |
-//! | [`hypercall`] | every host and guest call, guest exits, check order |
+//! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
 //! | [`abort`] | ESR decoding and the abort policy |
 //! | [`testing`] | building a test machine on the host |
 //!
