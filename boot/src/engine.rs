@@ -25,10 +25,10 @@ use isola_sync::atomic::{AtomicBool, Ordering};
 
 use crate::cpu::{El2Arch, read_sysreg, write_sysreg_isb};
 use crate::exception::TrapFrame;
-use crate::fdt::Platform;
 use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
 use crate::trap::AbortAction;
 use crate::world::{self, GuestStage2, Vector};
+use isola_fdt::Platform;
 
 /// Page size.
 const PAGE: u64 = 4096;
@@ -85,7 +85,7 @@ impl Bump {
 
 /// Builds the core from the platform: RAM, the carve-out, the host's devices.
 pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
-    let mut ram = [(PhysAddr::new(0), 0_u64); crate::fdt::MAX_RAM];
+    let mut ram = [(PhysAddr::new(0), 0_u64); isola_fdt::MAX_RAM];
     for (slot, r) in ram.iter_mut().zip(p.ram()) {
         *slot = (PhysAddr::new(r.base), r.size / PAGE);
     }
@@ -93,7 +93,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     // The host may touch every non-RAM address below RAM (QEMU virt's
     // devices: GIC, UART, RTC, virtio, PCIe windows) and the redistributor
     // regions above it.
-    let mut devices = [(PhysAddr::new(0), 0_u64); 1 + crate::fdt::MAX_GICR];
+    let mut devices = [(PhysAddr::new(0), 0_u64); 1 + isola_fdt::MAX_GICR];
     let mut ndev = 0_usize;
     let low_end = p.ram().iter().map(|r| r.base).min().unwrap_or(0);
     if let Some(slot) = devices.get_mut(ndev) {

@@ -37,11 +37,6 @@ mod console;
 mod cpu;
 mod engine;
 mod exception;
-#[allow(
-    dead_code,
-    reason = "shared with the host payload, which uses a different subset"
-)]
-mod fdt;
 mod host;
 mod layout;
 mod mmu;
@@ -57,7 +52,7 @@ use isola_sync::RendezvousBarrier;
 use isola_sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use console::say;
-use fdt::{Fdt, Platform, PsciConduit};
+use isola_fdt::{self as fdt, Fdt, Platform, PsciConduit};
 use layout::{
     CARVEOUT_BASE, CARVEOUT_END, HOST_DTB, HOST_DTB_MAX, HOST_ENTRY, MAX_CPUS, STACK_SLOT, Sections,
 };
@@ -74,10 +69,13 @@ const BOOT_DEVICE_BLOCK: u64 = 0x1 | 1 << 10 | 1 << 6 | 1 << 54;
 /// AP[1]; writable and executable (WXN is off in the bootstrap SCTLR).
 const BOOT_NORMAL_BLOCK: u64 = 0x1 | 1 << 2 | 0b11 << 8 | 1 << 10 | 1 << 6;
 
+// Entry 1 of the level-1 table is the second GiB: RAM.
+const _: () = assert!(isola_layout::RAM_BASE == 1 << 30);
+
 static BOOT_TABLE: BootTable = {
     let mut t = [0_u64; 512];
     t[0] = BOOT_DEVICE_BLOCK;
-    t[1] = 0x4000_0000 | BOOT_NORMAL_BLOCK;
+    t[1] = isola_layout::RAM_BASE | BOOT_NORMAL_BLOCK;
     BootTable(t)
 };
 
@@ -448,9 +446,6 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
         cpu::mpidr(),
         x0
     );
-    if let Err(e) = s.check() {
-        fatal(format_args!("image layout: {e}"));
-    }
     let dtb = find_dtb(x0).unwrap_or_else(|e| fatal(format_args!("device tree: {e}")));
     let tree = Fdt::new(dtb).unwrap_or_else(|e| {
         fatal(format_args!(

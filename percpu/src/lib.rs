@@ -50,8 +50,9 @@ use core::fmt;
 use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use isola_sync::cell::UnsafeCell;
 
-/// The most CPUs the EL2 image supports.
-pub const MAX_CPUS: usize = 512;
+/// The most CPUs the EL2 image supports (`isola_layout::MAX_CPUS`): the
+/// default capacity of [`PerCpu`] and [`PerCpuCounter`].
+pub const MAX_CPUS: usize = isola_layout::MAX_CPUS;
 
 /// Why a per-CPU access was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@
 //!    the probe addresses on the kernel command line, and judge the console.
 //!
 //! Invariants:
-//! - The addresses below agree with `boot/src/layout.rs`: the engine owns
+//! - The addresses below are the engine's own (`isola_layout`): it owns
 //!   `[ENGINE_BASE, ENGINE_END)` and enters the host at [`HOST_ENTRY`] with
 //!   `x0` = its edited device tree; everything else of the 2 GiB is host RAM.
 //! - A run passes only on the console lines of [`story`] (in that order), none
@@ -31,14 +31,14 @@ use std::time::Duration;
 use crate::qemu::{Run, watch};
 use crate::{is_root, root};
 
-/// First byte of the engine's carve-out (`layout::CARVEOUT_BASE`).
-const ENGINE_BASE: u64 = 0x4000_0000;
-/// End of the engine's carve-out (`layout::CARVEOUT_END`): the host's RAM
-/// starts here in the device tree the engine passes on.
-const ENGINE_END: u64 = 0x4400_0000;
-/// Where the engine enters the host (`layout::HOST_ENTRY`): the `Image` is
-/// loaded here, which is 2 MiB aligned, so `text_offset` must be 0.
-const HOST_ENTRY: u64 = 0x4800_0000;
+/// First byte of the engine's carve-out.
+const ENGINE_BASE: u64 = isola_layout::CARVEOUT_BASE;
+/// End of the engine's carve-out: the host's RAM starts here in the device
+/// tree the engine passes on.
+const ENGINE_END: u64 = isola_layout::CARVEOUT_END;
+/// Where the engine enters the host: the `Image` is loaded here, which is
+/// 2 MiB aligned, so `text_offset` must be 0.
+const HOST_ENTRY: u64 = isola_layout::HOST_ENTRY;
 /// Where the initramfs is loaded (if the kernel's `image_size` leaves room).
 const INITRD_BASE: u64 = 0x5000_0000;
 /// RAM given to QEMU (`-m`); it ends at `RAM_END`.

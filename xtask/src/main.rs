@@ -21,13 +21,22 @@ const TARGET_ONLY: &[&str] = &["isola-boot", "isola-host-payload", "isola-guest-
 const EL2_CRATES: &[&str] = &[
     "isola",
     "isola-abi",
+    "isola-layout",
+    "isola-fdt",
     "isola-sync",
     "isola-percpu",
     "isola-boot",
 ];
 /// Crates of the EL1 payloads: they must build (and lint clean) for
-/// `aarch64-unknown-none` ([`qemu::PAYLOAD_TARGET`]); `isola-abi` is shared.
-const EL1_CRATES: &[&str] = &["isola-abi", "isola-host-payload", "isola-guest-payload"];
+/// `aarch64-unknown-none` ([`qemu::PAYLOAD_TARGET`]); the portable crates
+/// they share with the engine are linted for both.
+const EL1_CRATES: &[&str] = &[
+    "isola-abi",
+    "isola-layout",
+    "isola-fdt",
+    "isola-host-payload",
+    "isola-guest-payload",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

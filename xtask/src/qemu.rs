@@ -22,15 +22,6 @@ use std::time::{Duration, Instant};
 
 use crate::{cargo, root};
 
-/// The engine's device-tree reader, tested on the host (it is portable).
-#[cfg(test)]
-#[allow(dead_code, reason = "the engine's module; the tests use a subset")]
-#[path = "../../boot/src/fdt.rs"]
-mod boot_fdt;
-#[cfg(test)]
-#[path = "boot_fdt_tests.rs"]
-mod boot_fdt_tests;
-
 /// Deadline of one booted scenario.
 const SCENARIO_DEADLINE: Duration = Duration::from_secs(90);
 /// Deadline of `cargo xtask run` (many CPUs take long under TCG).

@@ -15,13 +15,6 @@
 #![no_std]
 #![no_main]
 
-#[allow(
-    dead_code,
-    reason = "shared with the engine, which uses a different subset"
-)]
-#[path = "../../../boot/src/fdt.rs"]
-mod fdt;
-
 /// Benchmark mode (`isola.test=bench`), run by `cargo xtask bench`.
 mod bench;
 
@@ -34,12 +27,13 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use isola_abi::{HostCall, Status, psci};
+use isola_fdt as fdt;
 
 /// The engine's image (its load address, in the carve-out the host's device
 /// tree no longer shows): what the probe tries to read.
-const ENGINE_PROBE: u64 = 0x4020_0000;
-const MAX_CPUS: usize = fdt::MAX_CPUS;
-const STACK: u64 = 0x4000;
+const ENGINE_PROBE: u64 = isola_layout::ENGINE_IMAGE_BASE;
+const MAX_CPUS: usize = isola_layout::MAX_CPUS;
+const STACK: u64 = isola_layout::HOST_PAYLOAD_STACK;
 
 /// MAIR_EL1: attribute 0 Device-nGnRE, attribute 1 Normal write-back.
 const MAIR: u64 = 0x04 | 0xff << 8;
@@ -58,7 +52,7 @@ static TABLE: Table = {
     let device = 1 | 1 << 10 | 1 << 53 | 1 << 54;
     let normal = 1 | 1 << 2 | 0b11 << 8 | 1 << 10;
     t[0] = device;
-    t[1] = 0x4000_0000 | normal;
+    t[1] = isola_layout::RAM_BASE | normal;
     t[2] = 0x8000_0000 | normal;
     Table(t)
 };
@@ -212,7 +206,7 @@ macro_rules! sysreg {
 }
 
 /// The PL011 the device tree names (QEMU virt's until it is read).
-static UART: AtomicU64 = AtomicU64::new(0x0900_0000);
+static UART: AtomicU64 = AtomicU64::new(isola_layout::VIRT_UART);
 
 struct Console;
 

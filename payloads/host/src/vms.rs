@@ -53,8 +53,9 @@ const RESET_VM: usize = MAX_VMS + 2;
 const POOL_PAGES: u64 = 32;
 /// Random host calls each CPU makes while guests run.
 const STORM_PER_CPU: u32 = 64;
-/// A physical address inside the engine's carve-out (docs/boot.md).
-const ENGINE_PA: u64 = 0x4380_0000;
+/// A physical address inside the engine's carve-out (docs/boot.md): 8 MiB
+/// below its end.
+const ENGINE_PA: u64 = isola_layout::CARVEOUT_END - 0x80_0000;
 /// Where the host's GIC distributor is: a guest access there is only MMIO.
 const GICD_IPA: u64 = 0x0800_0000;
 /// An IPA far beyond any guest's IPA space.
