@@ -2,24 +2,49 @@
 //! stage-1 map, the console, PSCI, and the host deprivileged to EL1.
 //!
 //! Boot sequence (docs/boot.md has the whole story and the memory map):
-//! 1. `_start` (boot CPU, EL2, MMU off): stack of CPU 0, `TPIDR_EL2 = 0`,
-//!    vectors, bss zeroed, a bootstrap map (1 GiB blocks) so Rust runs with
-//!    caches on, then [`boot_main`].
-//! 2. [`boot_main`]: read QEMU's device tree, build and install the real map,
-//!    initialise the core, start every other CPU with PSCI `CPU_ON` at
-//!    `isola_secondary_entry`, meet them at the bring-up barrier, wait until
-//!    they are off again, hand the host a device tree without the engine's
-//!    memory, and enter the host at EL1.
+//! 1. `_start` (`entry.rs`; boot CPU, EL2, MMU off): stack of CPU 0,
+//!    `TPIDR_EL2 = 0`, vectors, bss zeroed, a bootstrap map (1 GiB blocks)
+//!    so Rust runs with caches on, then [`isola_boot_main`].
+//! 2. [`isola_boot_main`]: read QEMU's device tree, build and install the
+//!    real map, initialise the core, start every other CPU with PSCI
+//!    `CPU_ON` at `isola_secondary_entry`, meet them at the bring-up
+//!    barrier, wait until they are off again, hand the host a device tree
+//!    without the engine's memory, and enter the host at EL1.
 //! 3. `isola_secondary_entry` (any other CPU, `x0` = its index): stack,
-//!    `TPIDR_EL2`, vectors, the real map, then [`secondary_main`]: during
-//!    bring-up it reports in, waits at the barrier and turns itself off;
-//!    afterwards (a host `CPU_ON` or a resume) it enters the host at EL1.
+//!    `TPIDR_EL2`, vectors, the real map, then [`isola_secondary_main`]:
+//!    during bring-up it reports in, waits at the barrier and turns itself
+//!    off; afterwards (a host `CPU_ON` or a resume) it enters the host at
+//!    EL1.
 //!
 //! Invariants:
 //! - Nothing but the boot CPU runs until the map, the platform description and
 //!   the core are set up; those are read-only afterwards.
 //! - Every CPU's `TPIDR_EL2` holds its dense index (the boot CPU is 0) before
 //!   any Rust code runs on it (the `isola-percpu` contract).
+//!
+//! # Layers
+//!
+//! A module imports only modules on a lower row of this table (and the
+//! crates below the image), never its own row or a higher one, so boot/ has
+//! no import circle. Assembly names a symbol above it only by its linker
+//! name (the vector's `bl isola_handle_lower_sync`, the entry's
+//! `bl isola_boot_main`), never by a Rust import. xtask's tests check every
+//! `crate::` path of boot/src against this table (`cargo test -p xtask
+//! layers`).
+//!
+//! | row | modules | what they do |
+//! |---|---|---|
+//! | 7 | `main`, `dispatch` | bring-up (this file); the dispatch of every host trap into the core |
+//! | 6 | `relay` | the host's PSCI calls |
+//! | 5 | `world`, `vectors`, `platform` | the world switch; the trap entry; the machine's description |
+//! | 4 | `engine`, `entry`, `stop` | the core built at boot; the first instructions; reporting and powering off |
+//! | 3 | `host`, `idregs`, `arch`, `mmu`, `psci` | the host's EL2 controls; ID-register emulation; the core's architecture boundary; the EL2 map; firmware calls |
+//! | 2 | `gic`, `pmu`, `timer`, `inject`, `cpu` | the hardware blocks; carrying a result to the host; plain instructions |
+//! | 1 | `sysreg`, `cpu_state`, `frame`, `layout`, `console` | typed registers; per-CPU records; the trap frame; the memory plan; the UART |
+//!
+//! A new hardware block (an SMMU) is a file of its own on row 2 (or higher,
+//! if it needs `stop` or `psci`); what the host or a guest may do with it is
+//! the core's decision, reached through `engine` and `dispatch`.
 #![no_std]
 #![no_main]
 #![cfg_attr(
@@ -33,243 +58,39 @@
     )
 )]
 
+mod arch;
 mod console;
 mod cpu;
+mod cpu_state;
+mod dispatch;
 mod engine;
-mod exception;
+mod entry;
+mod frame;
+mod gic;
 mod host;
+mod idregs;
+mod inject;
 mod layout;
 mod mmu;
+mod platform;
+mod pmu;
 mod psci;
-mod trap;
+mod relay;
+mod stop;
+mod sysreg;
+mod timer;
+mod vectors;
 mod world;
 
-use core::arch::global_asm;
 use core::cell::UnsafeCell;
-use core::fmt;
 
+use isola_fdt::{self as fdt, Fdt, Platform, PsciConduit};
 use isola_sync::RendezvousBarrier;
 use isola_sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use console::say;
-use isola_fdt::{self as fdt, Fdt, Platform, PsciConduit};
-use layout::{
-    CARVEOUT_BASE, CARVEOUT_END, HOST_DTB, HOST_DTB_MAX, HOST_ENTRY, MAX_CPUS, STACK_SLOT, Sections,
-};
-
-/// The bootstrap map's level-1 table: 0..1 GiB device, 1..2 GiB normal
-/// read-write-execute (the image, its stacks and QEMU's device tree). Only
-/// the boot CPU uses it, only until [`mmu::install`].
-#[repr(C, align(4096))]
-struct BootTable([u64; 512]);
-
-/// Block descriptor bits: valid, AttrIndx 0 (device), AF, AP[1], XN.
-const BOOT_DEVICE_BLOCK: u64 = 0x1 | 1 << 10 | 1 << 6 | 1 << 54;
-/// Block descriptor bits: valid, AttrIndx 1 (normal), inner shareable, AF,
-/// AP[1]; writable and executable (WXN is off in the bootstrap SCTLR).
-const BOOT_NORMAL_BLOCK: u64 = 0x1 | 1 << 2 | 0b11 << 8 | 1 << 10 | 1 << 6;
-
-// Entry 1 of the level-1 table is the second GiB: RAM.
-const _: () = assert!(isola_layout::RAM_BASE == 1 << 30);
-
-static BOOT_TABLE: BootTable = {
-    let mut t = [0_u64; 512];
-    t[0] = BOOT_DEVICE_BLOCK;
-    t[1] = isola_layout::RAM_BASE | BOOT_NORMAL_BLOCK;
-    BootTable(t)
-};
-
-/// SCTLR_EL2 for the bootstrap map: MMU, caches and SP alignment check on,
-/// but not WXN (the bootstrap blocks are writable and executable).
-const SCTLR_BOOT: u64 = mmu::SCTLR_ON & !(1 << 19);
-
-global_asm!(
-    r#"
-.section .text.entry, "ax"
-.global _start
-_start:
-    msr daifset, #0xf
-    mov x19, x0
-    mrs x1, CurrentEL
-    cmp x1, #8
-    b.ne 8f
-    msr spsel, #1
-    adrp x1, __stacks_start
-    add x1, x1, :lo12:__stacks_start
-    mov x2, #{STACK_SLOT}
-    add x1, x1, x2
-    mov sp, x1
-    msr tpidr_el2, xzr
-    adrp x1, isola_vectors
-    add x1, x1, :lo12:isola_vectors
-    msr vbar_el2, x1
-    isb
-    adrp x1, __bss_start
-    add x1, x1, :lo12:__bss_start
-    adrp x2, __bss_end
-    add x2, x2, :lo12:__bss_end
-1:  cmp x1, x2
-    b.hs 2f
-    stp xzr, xzr, [x1], #16
-    b 1b
-2:  adrp x0, {BOOT_TABLE}
-    add x0, x0, :lo12:{BOOT_TABLE}
-    ldr x1, ={SCTLR_BOOT}
-    bl isola_mmu_on
-    mov x0, x19
-    bl isola_boot_main
-9:  wfe
-    b 9b
-8:  adr x0, 7f
-    b isola_early_fail
-7:  .asciz "isola: FATAL: not started at EL2 (QEMU needs -machine virt,virtualization=on); stopped\r\n"
-    .balign 4
-
-// Warm entry for every other CPU (PSCI CPU_ON / resume): x0 = CPU index.
-.global isola_secondary_entry
-isola_secondary_entry:
-    msr daifset, #0xf
-    mov x19, x0
-    cmp x0, #{MAX_CPUS}
-    b.hs 6f
-    msr spsel, #1
-    adrp x1, __stacks_start
-    add x1, x1, :lo12:__stacks_start
-    add x2, x0, #1
-    mov x3, #{STACK_SLOT}
-    madd x1, x2, x3, x1
-    mov sp, x1
-    msr tpidr_el2, x0
-    adrp x1, isola_vectors
-    add x1, x1, :lo12:isola_vectors
-    msr vbar_el2, x1
-    isb
-    adrp x0, {ROOT}
-    add x0, x0, :lo12:{ROOT}
-    ldr x1, ={SCTLR_ON}
-    bl isola_mmu_on
-    mov x0, x19
-    bl isola_secondary_main
-    b 9b
-6:  adr x0, 5f
-    b isola_early_fail
-5:  .asciz "isola: FATAL: warm entry with a CPU index beyond the image's stacks; CPU stopped\r\n"
-    .balign 4
-
-// isola_early_fail(x0 = NUL-terminated message): for failures before the
-// engine has a stack or a map. Writes the message to QEMU virt's PL011 with
-// plain stores (MMU off: Device memory) and stops this CPU.
-isola_early_fail:
-    mov x1, #{EARLY_UART}
-1:  ldrb w2, [x0], #1
-    cbz w2, 3f
-2:  ldr w3, [x1, #0x18]
-    tbnz w3, #5, 2b
-    str w2, [x1]
-    b 1b
-3:  wfe
-    b 3b
-
-// isola_mmu_on(x0 = TTBR0_EL2, x1 = SCTLR_EL2): MAIR, TCR (PS from
-// ID_AA64MMFR0_EL1.PARange, capped at 48 bits), tables, TLB clean, MMU on.
-// Leaf function, uses x0-x3 only.
-isola_mmu_on:
-    ldr x2, ={MAIR}
-    msr mair_el2, x2
-    mrs x2, id_aa64mmfr0_el1
-    and x2, x2, #0xf
-    mov x3, #5
-    cmp x2, x3
-    csel x2, x2, x3, ls
-    lsl x2, x2, #16
-    ldr x3, ={TCR_BASE}
-    orr x2, x2, x3
-    msr tcr_el2, x2
-    msr ttbr0_el2, x0
-    isb
-    tlbi alle2
-    dsb nsh
-    isb
-    msr sctlr_el2, x1
-    isb
-    ret
-.ltorg
-"#,
-    STACK_SLOT = const STACK_SLOT,
-    EARLY_UART = const console::EARLY_UART,
-    MAX_CPUS = const MAX_CPUS,
-    SCTLR_BOOT = const SCTLR_BOOT,
-    SCTLR_ON = const mmu::SCTLR_ON,
-    MAIR = const mmu::MAIR,
-    TCR_BASE = const mmu::TCR_BASE,
-    ROOT = sym mmu::POOL,
-    BOOT_TABLE = sym BOOT_TABLE,
-);
-
-/// How the run ended, as the final console line states it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// The host powered the machine off, the engine saw nothing wrong.
-    Ok,
-    /// The engine stopped on an error.
-    Failure,
-}
-
-/// Prints the final status line and powers the machine off. The harness
-/// (xtask/src/qemu.rs) reads that line as the run's exit status.
-pub fn power_off(verdict: Verdict, why: &str) -> ! {
-    let status = match verdict {
-        Verdict::Ok => "ok",
-        Verdict::Failure => "failure",
-    };
-    console::line(format_args!(
-        "isola: power off ({why}); exit status: {status}"
-    ));
-    psci::system_off();
-    // The firmware refused: nothing else can stop the machine.
-    cpu::halt()
-}
-
-/// Reports a fatal engine error and powers the machine off with a failure
-/// status. Usable from any state (it does not need the console lock).
-pub fn fatal(args: fmt::Arguments<'_>) -> ! {
-    cpu::mask_all();
-    console::emergency_line(format_args!(
-        "isola: FATAL on cpu {}: {args}",
-        cpu::cpu_index()
-    ));
-    console::emergency_line(format_args!(
-        "isola: power off (fatal error); exit status: failure"
-    ));
-    psci::system_off();
-    cpu::halt()
-}
-
-#[panic_handler]
-fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    fatal(format_args!("panic: {info}"))
-}
-
-/// The platform description, written once by the boot CPU before any other
-/// CPU runs.
-struct PlatformCell(UnsafeCell<Platform>);
-
-// SAFETY: mutated only by the boot CPU in `boot_main` before `PLATFORM_READY`
-// is set and before any other CPU is started; read-only afterwards.
-unsafe impl Sync for PlatformCell {}
-
-static PLATFORM: PlatformCell = PlatformCell(UnsafeCell::new(Platform::empty()));
-static PLATFORM_READY: AtomicBool = AtomicBool::new(false);
-
-/// The machine as the device tree describes it (after bring-up).
-pub fn platform() -> &'static Platform {
-    // Acquire: pairs with the Release in `boot_main`.
-    if !PLATFORM_READY.load(Ordering::Acquire) {
-        fatal(format_args!("platform description used before it was read"));
-    }
-    // SAFETY: once `PLATFORM_READY` is set nobody writes `PLATFORM` again.
-    unsafe { &*PLATFORM.0.get() }
-}
+use layout::{CARVEOUT_BASE, CARVEOUT_END, HOST_DTB, HOST_DTB_MAX, HOST_ENTRY, MAX_CPUS, Sections};
+use stop::{Verdict, fatal, power_off};
 
 /// Set once bring-up is over: a CPU entering the warm entry afterwards was
 /// started for the host.
@@ -409,7 +230,7 @@ static RET_IN_DATA: AtomicU64 = AtomicU64::new(0xd503_201f_d65f_03c0);
 /// Checks, by touching them, that the installed map enforces what `mmu`
 /// promises: each probe must fault (or not) as stated.
 fn map_self_test(s: &Sections) -> Result<(), &'static str> {
-    use exception::{Probe, probe_faults};
+    use vectors::{Probe, probe_faults};
     let data = &raw const RET_IN_DATA as u64;
     let checks = [
         (
@@ -453,30 +274,27 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
             dtb.as_ptr() as u64
         ))
     });
-    {
-        // SAFETY: only this CPU runs, and `PLATFORM_READY` is still clear, so
-        // no reference to the platform exists yet.
-        let p = unsafe { &mut *PLATFORM.0.get() };
-        if let Err(e) = fdt::parse_platform(&tree, p) {
-            fatal(format_args!("device tree: {e}"));
-        }
-        if let Err(e) = check_platform(p) {
-            say!("the device tree describes a machine the engine cannot use: {e}");
-            power_off(Verdict::Failure, "unusable device tree");
-        }
-        // The boot CPU is index 0 (the percpu contract).
-        match p.cpu_index(cpu::mpidr()) {
-            Some(0) => {}
-            Some(i) => p.cpus.swap(0, i),
-            None => fatal(format_args!("the boot CPU is not in /cpus")),
-        }
-        if let Some(uart) = p.uart {
-            console::set_uart(uart.base);
-        }
-    }
-    // Release: pairs with `platform()`'s Acquire.
-    PLATFORM_READY.store(true, Ordering::Release);
-    let p = platform();
+    // SAFETY: the boot CPU, before any other CPU runs.
+    let p = unsafe {
+        platform::set_up(|p| {
+            if let Err(e) = fdt::parse_platform(&tree, p) {
+                fatal(format_args!("device tree: {e}"));
+            }
+            if let Err(e) = check_platform(p) {
+                say!("the device tree describes a machine the engine cannot use: {e}");
+                power_off(Verdict::Failure, "unusable device tree");
+            }
+            // The boot CPU is index 0 (the percpu contract).
+            match p.cpu_index(cpu::mpidr()).and_then(|i| p.cpus.get_mut(..=i)) {
+                Some([first, .., found]) => core::mem::swap(first, found),
+                Some(_) => {}
+                None => fatal(format_args!("the boot CPU is not in /cpus")),
+            }
+            if let Some(uart) = p.uart {
+                console::set_uart(uart.base);
+            }
+        })
+    };
     let ram: u64 = p.ram().iter().map(|r| r.size).fold(0, u64::saturating_add);
     say!(
         "device tree at {:#x} ({} bytes): {} CPUs, {} MiB RAM, PSCI via smc, GICv3, PL011 at {:#x}",
@@ -573,8 +391,9 @@ fn enter_host(index: usize, entry: u64, arg: u64) -> ! {
     let top = s
         .stack_top(index)
         .unwrap_or_else(|| fatal(format_args!("no stack for cpu {index}")));
-    let hcr =
-        engine::prepare_host_cpu().unwrap_or_else(|e| fatal(format_args!("host Stage-2: {e}")));
+    if let Err(e) = engine::install_host_stage2() {
+        fatal(format_args!("host Stage-2: {e}"));
+    }
     if index == 0 {
         // SAFETY: HOST_ENTRY is host RAM, mapped at EL2; reading it does not
         // change it.
@@ -586,11 +405,11 @@ fn enter_host(index: usize, entry: u64, arg: u64) -> ! {
         say!("entering the host at {entry:#x} on cpu 0 at EL1");
     }
     // SAFETY: interrupts are masked, the core installed the host's Stage-2
-    // for this CPU (`prepare_host_cpu`), and we are about to leave EL2.
-    unsafe { host::configure(hcr) };
+    // for this CPU (`install_host_stage2`), and we are about to leave EL2.
+    unsafe { host::configure(host::HCR_HOST_STAGE2) };
     // SAFETY: EL2 is configured for the host; `top` is this CPU's stack top
     // and nothing on the stack is needed again.
-    unsafe { exception::enter_el1(entry, arg, top) }
+    unsafe { vectors::enter_el1(entry, arg, top) }
 }
 
 /// Every other CPU's Rust entry, on its own stack with the real map on.
@@ -604,7 +423,7 @@ extern "C" fn isola_secondary_main(index: u64) -> ! {
         let r = psci::cpu_off();
         fatal(format_args!("PSCI CPU_OFF after bring-up failed: {r}"));
     }
-    match psci::take_pending(index) {
+    match relay::take_pending(index) {
         Some(boot) => enter_host(index, boot.entry, boot.context),
         None => {
             say!("cpu {index} started with no host entry pending; turning it off");

@@ -143,7 +143,10 @@ pub fn clear_current_cpu() {
 }
 
 /// One CPU's slot: its value and the flag that proves nobody is using it.
-#[repr(align(64))]
+///
+/// `repr(C)`, so [`PerCpu::SLOT_STRIDE`] and [`PerCpu::VALUE_OFFSET`] locate
+/// a CPU's value for code that cannot call Rust (EL2 assembly).
+#[repr(C, align(64))]
 pub struct Slot<T> {
     busy: AtomicBool,
     value: UnsafeCell<T>,
@@ -197,6 +200,13 @@ pub struct PerCpu<T, const N: usize = MAX_CPUS> {
 unsafe impl<T: Send, const N: usize> Sync for PerCpu<T, N> {}
 
 impl<T, const N: usize> PerCpu<T, N> {
+    /// Bytes from one CPU's slot to the next: CPU `i`'s value is at
+    /// `table + i * SLOT_STRIDE + VALUE_OFFSET`.
+    pub const SLOT_STRIDE: usize = core::mem::size_of::<Slot<T>>();
+    /// Where a slot's value starts within the slot (outside loom, whose cells
+    /// are not laid out like the value).
+    pub const VALUE_OFFSET: usize = core::mem::offset_of!(Slot<T>, value);
+
     /// Build from ready slots (`const`, for statics).
     #[must_use]
     pub const fn from_slots(slots: [Slot<T>; N]) -> Self {
@@ -414,6 +424,22 @@ mod tests {
         }));
         assert!(r.is_err());
         assert_eq!(p.with_mut(|v| *v), Ok(0));
+    }
+
+    #[test]
+    fn assembly_finds_each_cpus_value_where_the_layout_says() {
+        type Table = PerCpu<[u64; 3], 4>;
+        let t: Table = PerCpu::from_fn(|cpu| [cpu as u64; 3]);
+        let base = core::ptr::from_ref(&t).cast::<u8>();
+        for cpu in 0..4 {
+            let at = base.wrapping_add(cpu * Table::SLOT_STRIDE + Table::VALUE_OFFSET);
+            // SAFETY: within `t`, aligned for the value (slots are 64-byte
+            // aligned and the value follows the flag at its alignment); no
+            // `&mut` to the value exists.
+            let v = unsafe { at.cast::<[u64; 3]>().read() };
+            assert_eq!(v, [cpu as u64; 3]);
+        }
+        assert_eq!(Table::SLOT_STRIDE % 64, 0);
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! when it can.
 
 mod bench;
+#[cfg(test)]
+mod layers;
 mod linux;
 mod machine;
 mod qemu;
