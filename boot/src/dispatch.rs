@@ -33,10 +33,7 @@ extern "C" fn isola_handle_lower_sync(frame: &mut TrapFrame) {
     match esr.ec() {
         ec::HVC64 => host_hypercall(frame),
         ec::SMC64 => smc(frame),
-        ec::SYSREG => match esr.sysreg() {
-            Some(access) => idregs::trapped(frame, access),
-            None => inject::undefined(),
-        },
+        ec::SYSREG => idregs::trapped(frame, esr),
         ec::DABT_LOW | ec::IABT_LOW => host_abort(esr),
         // Everything else the host can make trap (RAS or LOR registers,
         // SVE/SME, anything unknown) is UNDEFINED to it.

@@ -14,7 +14,7 @@
 
 use core::arch::global_asm;
 
-use isola::abort::SysRegAccess;
+use isola::abort::{Esr, SysRegAccess};
 use isola_percpu::PerCpu;
 
 use crate::cpu_state::{self, CalleeSavedWrite, CpuState};
@@ -25,11 +25,11 @@ use crate::sysreg::{
     read_encoded, write_batched,
 };
 
-/// Handles a trapped `msr`/`mrs`/`sys` of the host.
+/// Handles a trapped `msr`/`mrs`/`sys` of the host (syndrome `esr`).
 #[cold]
 #[inline(never)]
-pub fn trapped(frame: &mut TrapFrame, access: SysRegAccess) {
-    let SysRegAccess {
+pub fn trapped(frame: &mut TrapFrame, esr: Esr) {
+    let Some(SysRegAccess {
         op0,
         op1,
         crn,
@@ -37,7 +37,11 @@ pub fn trapped(frame: &mut TrapFrame, access: SysRegAccess) {
         op2,
         rt,
         read,
-    } = access;
+    }) = esr.sysreg()
+    else {
+        inject::undefined();
+        return;
+    };
     if !(read && op0 == 3 && op1 == 0 && crn == 0 && (1..=7).contains(&crm)) {
         inject::undefined();
         return;

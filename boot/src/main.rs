@@ -295,6 +295,8 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
             }
         })
     };
+    #[cfg(feature = "planted-bug-panic-path")]
+    planted_panic_path(p);
     let ram: u64 = p.ram().iter().map(|r| r.size).fold(0, u64::saturating_add);
     say!(
         "device tree at {:#x} ({} bytes): {} CPUs, {} MiB RAM, PSCI via smc, GICv3, PL011 at {:#x}",
@@ -343,6 +345,17 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
     HOST_PHASE.store(true, Ordering::Release);
     prepare_host_dtb(dtb);
     enter_host(0, HOST_ENTRY, HOST_DTB)
+}
+
+/// `planted-bug-panic-path` (never a real build): a bounds-checked index the
+/// compiler cannot prove in bounds, which `cargo xtask test`'s disassembly
+/// of the image must find.
+#[cfg(feature = "planted-bug-panic-path")]
+#[inline(never)]
+fn planted_panic_path(p: &Platform) {
+    #[expect(clippy::indexing_slicing, reason = "the planted panic path")]
+    let mpidr = p.cpus[core::hint::black_box(p.cpu_count)];
+    say!("planted: cpu {mpidr:#x}");
 }
 
 fn report_in(index: usize) {

@@ -207,7 +207,7 @@ fn build_images() -> Result<(PathBuf, PathBuf), String> {
     // for the test image, and building it must not invalidate that one.
     let target = crate::root().join("target").join("aarch64-bench");
     let (el2, payloads) =
-        crate::qemu::build_for_targets(&target, &["bench-pmu"], &["isola-host-payload"])?;
+        crate::build::build_for_targets(&target, &["bench-pmu"], &["isola-host-payload"])?;
     Ok((el2.join("isola"), payloads.join("isola-host")))
 }
 
@@ -305,38 +305,9 @@ fn boot(
     Ok(console)
 }
 
-/// `llvm-nm` from the toolchain's llvm-tools component.
-fn llvm_nm() -> Result<PathBuf, String> {
-    let out = |args: &[&str]| {
-        Command::new("rustc")
-            .current_dir(crate::root())
-            .args(args)
-            .output()
-            .map_err(|e| format!("rustc: {e}"))
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    };
-    let sysroot = out(&["--print", "sysroot"])?;
-    let host = out(&["-vV"])?
-        .lines()
-        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
-        .ok_or("rustc -vV names no host")?;
-    let nm = Path::new(sysroot.trim())
-        .join("lib/rustlib")
-        .join(host)
-        .join("bin/llvm-nm");
-    if nm.exists() {
-        Ok(nm)
-    } else {
-        Err(format!(
-            "{} not found (rustup component add llvm-tools)",
-            nm.display()
-        ))
-    }
-}
-
 /// The engine image's text symbols, ascending: `(address, name)`.
 fn symbols(engine: &Path) -> Result<Vec<(u64, String)>, String> {
-    let out = Command::new(llvm_nm()?)
+    let out = Command::new(crate::build::llvm_tool("llvm-nm")?)
         .args(["-n", "-C"])
         .arg(engine)
         .output()

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::qemu::{Run, watch};
+use crate::watch::{Run, watch};
 use crate::{is_root, root};
 
 /// First byte of the engine's carve-out.
@@ -158,7 +158,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let cmd = if bare {
         bare_command(&assets, smp)
     } else {
-        let images = crate::qemu::build_images()?;
+        let images = crate::build::build_images()?;
         isola_command(&images.engine, &assets, smp, end)?
     };
     let run = watch(cmd, RUN_DEADLINE, true)?;
@@ -188,7 +188,7 @@ pub fn booted_test() -> Result<(), String> {
         }
         Err(FetchError::Broken(why)) => return Err(why),
     };
-    let images = crate::qemu::build_images()?;
+    let images = crate::build::build_images()?;
     let mut failures = Vec::new();
     for s in &SCENARIOS {
         // Guarded: a run that needs any QEMU data file fails here.

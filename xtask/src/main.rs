@@ -7,11 +7,17 @@
 //! when it can.
 
 mod bench;
+mod build;
+mod check;
+mod dtb;
 #[cfg(test)]
 mod layers;
 mod linux;
 mod machine;
+mod panic_free;
 mod qemu;
+mod stories;
+mod watch;
 
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -19,7 +25,7 @@ use std::time::Instant;
 /// Crates that only build for the bare-metal targets.
 const TARGET_ONLY: &[&str] = &["isola-boot", "isola-host-payload", "isola-guest-payload"];
 /// Crates of the EL2 image: they must build (and lint clean) for
-/// `aarch64-unknown-none-softfloat` ([`qemu::EL2_TARGET`]).
+/// `aarch64-unknown-none-softfloat` ([`build::EL2_TARGET`]).
 const EL2_CRATES: &[&str] = &[
     "isola",
     "isola-abi",
@@ -30,7 +36,7 @@ const EL2_CRATES: &[&str] = &[
     "isola-boot",
 ];
 /// Crates of the EL1 payloads: they must build (and lint clean) for
-/// `aarch64-unknown-none` ([`qemu::PAYLOAD_TARGET`]); the portable crates
+/// `aarch64-unknown-none` ([`build::PAYLOAD_TARGET`]); the portable crates
 /// they share with the engine are linted for both.
 const EL1_CRATES: &[&str] = &[
     "isola-abi",
@@ -116,6 +122,10 @@ fn test_all() -> Result<(), String> {
         Step {
             name: "miri (sync, percpu)",
             run: miri_tests,
+        },
+        Step {
+            name: "no panic path in the EL2 image (disassembled, and a planted one caught)",
+            run: panic_free::step,
         },
         Step {
             name: "booted QEMU tests",
@@ -216,14 +226,14 @@ fn clippy_host() -> Result<(), String> {
 /// (and the portable crates they share) for theirs.
 fn clippy_target() -> Result<(), String> {
     let mut c = cargo();
-    c.args(["clippy", "--release", "--target", qemu::EL2_TARGET]);
+    c.args(["clippy", "--release", "--target", build::EL2_TARGET]);
     for p in EL2_CRATES {
         c.args(["-p", p]);
     }
     c.args(["--", "-D", "warnings"]);
     run(c)?;
     let mut c = cargo();
-    c.args(["clippy", "--release", "--target", qemu::PAYLOAD_TARGET]);
+    c.args(["clippy", "--release", "--target", build::PAYLOAD_TARGET]);
     for p in EL1_CRATES {
         c.args(["-p", p]);
     }
