@@ -136,7 +136,7 @@ fn vms_count(smp: u32) -> u32 {
     (2 * smp).clamp(4, ENGINE_VM_SLOTS - 3)
 }
 
-/// The VM test (payloads/host/src/vms.rs, docs/guests.md): VMs on every CPU,
+/// The VM test (payloads/host/src/vms/, docs/guests.md): VMs on every CPU,
 /// the host's and the guests' attacks, teardown and accounting.
 pub fn vms_story(smp: u32) -> Vec<Expect> {
     let n = vms_count(smp);
