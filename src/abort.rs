@@ -15,7 +15,6 @@
 //!   everything else (no ISV for MMIO, instruction fetch from MMIO, a
 //!   permission fault on a mapped page, external aborts, address size
 //!   faults...) is `Exit::Error` and stops the vCPU.
-#![forbid(unsafe_code)]
 
 use crate::addr::Ipa;
 use bitflags::bitflags;

@@ -11,7 +11,6 @@
 //! - A page that changes hands away from a world is first removed from that
 //!   world's Stage-2 (break-before-make, TLBI), and scrubbed before it reaches
 //!   a world that did not own it, except on `Share` (whose point is access).
-#![deny(unsafe_code)]
 
 use crate::abort::{self, Esr, HostAbort, HostPage};
 use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};

@@ -26,16 +26,6 @@
 //! - Portable: no `unsafe`, no CPU access; tested on the build machine.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
 
 pub mod blob;
 pub mod edit;

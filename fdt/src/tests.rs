@@ -60,8 +60,8 @@ fn build(root: &Node) -> Vec<u8> {
     st.extend(9u32.to_be_bytes());
     let off_rsv = 40u32;
     let off_struct = off_rsv + 16;
-    let off_strings = off_struct + st.len() as u32;
-    let total = off_strings + strings.len() as u32;
+    let off_strings = off_struct.wrapping_add(st.len() as u32);
+    let total = off_strings.wrapping_add(strings.len() as u32);
     let mut b = Vec::new();
     for v in [
         0xd00d_feed,

@@ -31,16 +31,7 @@
 //! line another CPU is using. The cost is 64 bytes per CPU per `PerCpu`
 //! (32 KiB at [`MAX_CPUS`]).
 #![no_std]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+#![deny(unsafe_code)]
 
 #[cfg(not(target_os = "none"))]
 extern crate std;
@@ -85,6 +76,7 @@ impl fmt::Display for PerCpuError {
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[inline(always)]
 #[must_use]
+#[allow(unsafe_code, reason = "reading TPIDR_EL2 is an instruction")]
 pub fn current_cpu() -> Option<usize> {
     let value: u64;
     // SAFETY: reading TPIDR_EL2 has no side effects and touches no memory
@@ -192,6 +184,10 @@ pub struct PerCpu<T, const N: usize = MAX_CPUS> {
     slots: [Slot<T>; N],
 }
 
+#[allow(
+    unsafe_code,
+    reason = "the slot flags make sharing sound, which the type system cannot see"
+)]
 // SAFETY: a `&PerCpu` shared between threads only ever gives a thread `&mut T`
 // to one slot while that slot's `busy` flag is claimed by it (see the module
 // doc), so no `T` is ever accessed by two threads at once; a `T` may however
@@ -235,6 +231,10 @@ impl<T, const N: usize> PerCpu<T, N> {
     /// there is no slot for the current CPU; [`PerCpuError::SlotBusy`] if the
     /// slot is already borrowed (a nested `with_mut` on the same `PerCpu`).
     #[inline]
+    #[allow(
+        unsafe_code,
+        reason = "the `&mut T` a claimed flag makes unique, which the type system cannot see"
+    )]
     pub fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, PerCpuError> {
         let cpu = current_cpu().ok_or(PerCpuError::NoCurrentCpu)?;
         let slot = self.slots.get(cpu).ok_or(PerCpuError::CpuOutOfRange)?;
@@ -427,6 +427,10 @@ mod tests {
     }
 
     #[test]
+    #[allow(
+        unsafe_code,
+        reason = "reads a value by address, as the assembly the layout constants serve does"
+    )]
     fn assembly_finds_each_cpus_value_where_the_layout_says() {
         type Table = PerCpu<[u64; 3], 4>;
         let t: Table = PerCpu::from_fn(|cpu| [cpu as u64; 3]);

@@ -36,8 +36,6 @@
 //! | `run.rs` | `VcpuRun`: loading a vCPU, guest exits, guest calls, the simulated guest of tests |
 //! | `accounting.rs` | `Accounting` |
 
-#![deny(unsafe_code)]
-
 mod accounting;
 mod lifecycle;
 mod memory;

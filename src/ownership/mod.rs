@@ -22,7 +22,6 @@
 //!
 //! Lock order (engine-wide): VM slot → shard (at most one at a time) → host
 //! Stage-2. See `docs/ownership.md` for why this cannot deadlock.
-#![deny(unsafe_code)]
 
 pub mod record;
 

@@ -233,7 +233,10 @@ impl Model {
     }
 
     /// A guest load (`write == false`) into, or store from, register `reg`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the access as the trap reports it, part by part; a struct would only rename them"
+    )]
     fn guest_access(
         &mut self,
         cpu: usize,

@@ -25,7 +25,6 @@
 //! This module is compiled for hosted targets only: it uses `alloc`, and the
 //! EL2 image (`aarch64-unknown-none`) has no allocator and no need of it.
 #![cfg(not(target_os = "none"))]
-#![forbid(unsafe_code)]
 
 extern crate alloc;
 

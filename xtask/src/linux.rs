@@ -951,7 +951,6 @@ fn judge(run: &Run, smp: u32, end: End) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

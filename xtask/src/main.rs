@@ -6,6 +6,8 @@
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
 //! when it can.
 
+#![forbid(unsafe_code)]
+
 mod bench;
 mod build;
 mod check;

@@ -9,16 +9,7 @@
 //! Everything here is plain data and pure functions, so the host payload
 //! depends on it and it is tested on the build machine.
 #![cfg_attr(not(test), no_std)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+#![forbid(unsafe_code)]
 
 /// Guest memory layout (IPAs), the image's load address, the console.
 pub mod layout {

@@ -19,14 +19,30 @@
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 #![no_std]
 #![no_main]
+#![deny(unsafe_code)]
 
+#[allow(unsafe_code, reason = "the probe of engine memory is a raw read")]
 mod basic;
 /// Benchmark mode (`isola.test=bench`), run by `cargo xtask bench`.
+#[allow(
+    unsafe_code,
+    reason = "PMU registers, the benchmark guest's code, its sample buffers"
+)]
 mod bench;
+#[allow(unsafe_code, reason = "`hvc` and `smc` are instructions")]
 mod calls;
+#[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
+#[allow(
+    unsafe_code,
+    reason = "the first instructions, the stage-1 map, the exception vectors"
+)]
 mod entry;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
+#[allow(
+    unsafe_code,
+    reason = "its probes, the register probe, cache maintenance, and the vCPU records only the claiming CPU touches"
+)]
 mod vms;
 
 use core::cell::UnsafeCell;
@@ -38,12 +54,17 @@ use calls::power_off;
 use console::{fail, say};
 
 struct PlatformCell(UnsafeCell<fdt::Platform>);
+#[allow(unsafe_code, reason = "one writer before any reader, by construction")]
 // SAFETY: written only by the boot CPU in `host_main` before it starts any
 // other CPU; the secondaries never read it.
 unsafe impl Sync for PlatformCell {}
 static PLATFORM: PlatformCell = PlatformCell(UnsafeCell::new(fdt::Platform::empty()));
 
 #[unsafe(no_mangle)]
+#[allow(
+    unsafe_code,
+    reason = "the entry the assembly calls by name; reads the device tree the engine handed over"
+)]
 extern "C" fn host_main(dtb: u64) -> ! {
     // SAFETY: the engine hands over a device tree in host RAM; its header
     // says how long it is (bounded below), and nothing else writes it.
@@ -107,6 +128,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
 }
 
 #[unsafe(no_mangle)]
+#[allow(unsafe_code, reason = "the entry the assembly calls by name")]
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
     vms::secondary(i);

@@ -161,7 +161,13 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
     };
     match exit {
         Exit::HostCall { args: [tag, value] } => {
-            d.x3 = host_call(k, i, vm, d, tag, value, cpus);
+            let at = Exiting {
+                k,
+                i,
+                vm,
+                d: &mut *d,
+            };
+            d.x3 = host_call(at, tag, value, cpus);
             false
         }
         Exit::Mmio {
@@ -170,7 +176,7 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
             write,
             value,
         } => {
-            mmio(k, i, vm, d, ipa, size, write, value);
+            mmio(Exiting { k, i, vm, d }, ipa, size, write, value);
             false
         }
         Exit::MemFault { ipa } => memfault(k, i, vm, d, ipa),
@@ -194,19 +200,19 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
     }
 }
 
-/// Emulates the console (data and counter registers); anything else in the
-/// MMIO window reads as zero and ignores writes.
-#[allow(clippy::too_many_arguments)]
-fn mmio(
+/// The vCPU whose exit this CPU answers: VM record `k`, vCPU `i`, and their
+/// records (the vCPU's claimed by this CPU).
+struct Exiting<'a> {
     k: usize,
     i: usize,
-    vm: &Vm,
-    d: &mut VcpuData,
-    ipa: u64,
-    size: u8,
-    write: bool,
-    value: u64,
-) {
+    vm: &'a Vm,
+    d: &'a mut VcpuData,
+}
+
+/// Emulates the console (data and counter registers); anything else in the
+/// MMIO window reads as zero and ignores writes.
+fn mmio(at: Exiting<'_>, ipa: u64, size: u8, write: bool, value: u64) {
+    let Exiting { k, i, vm, d } = at;
     let data = layout::CONSOLE_IPA.wrapping_add(layout::CONSOLE_DATA);
     let counter = layout::CONSOLE_IPA.wrapping_add(layout::CONSOLE_COUNTER);
     match (ipa, write) {
@@ -272,16 +278,8 @@ fn memfault(k: usize, i: usize, vm: &Vm, d: &mut VcpuData, ipa: u64) -> bool {
 }
 
 /// Answers a guest's `HostCall`; the reply goes to its `x1` on resume.
-#[allow(clippy::too_many_arguments)]
-fn host_call(
-    k: usize,
-    i: usize,
-    vm: &Vm,
-    d: &mut VcpuData,
-    tag: u64,
-    value: u64,
-    cpus: usize,
-) -> u64 {
+fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
+    let Exiting { k, i, vm, d } = at;
     let share_page = vm
         .share_pa
         .load(Ordering::Relaxed)
