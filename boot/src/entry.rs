@@ -1,7 +1,7 @@
 //! The image's first instructions: the boot CPU's cold entry (`_start`),
 //! every other CPU's warm entry (`isola_secondary_entry`), the report of a
 //! failure before Rust can run, and turning the MMU on. Each hands over to
-//! Rust in `main.rs` (`isola_boot_main`, `isola_secondary_main`), named here
+//! Rust in `bringup.rs` (`isola_boot_main`, `isola_secondary_main`), named here
 //! only in assembly.
 //!
 //! Invariants:

@@ -155,7 +155,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ));
         }
     };
-    let figures = crate::root().join("docs").join("figures");
+    let figures = crate::cmd::root().join("docs").join("figures");
     if icount {
         let console = boot_bench()?;
         let r = parse(&console);
@@ -205,7 +205,7 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 fn build_images() -> Result<(PathBuf, PathBuf), String> {
     // Its own target directory: the `bench-pmu` engine must never be mistaken
     // for the test image, and building it must not invalidate that one.
-    let target = crate::root().join("target").join("aarch64-bench");
+    let target = crate::cmd::root().join("target").join("aarch64-bench");
     let (el2, payloads) =
         crate::build::build_for_targets(&target, &["bench-pmu"], &["isola-host-payload"])?;
     Ok((el2.join("isola"), payloads.join("isola-host")))
@@ -419,7 +419,7 @@ fn profile(op: &str) -> Result<(), String> {
     let start = symbol(&syms, "__image_start")?;
     let end = symbol(&syms, "__text_end")?;
     let entry = symbol(&syms, "isola_vectors")?.wrapping_add(0x400);
-    let log = crate::root()
+    let log = crate::cmd::root()
         .join("target")
         .join("aarch64-bench")
         .join("trace.log");
@@ -486,9 +486,11 @@ fn profile(op: &str) -> Result<(), String> {
 
 /// Runs the criterion scaling bench; `(variant, [(threads, speed-up)])`.
 fn run_scaling() -> Result<Scaling, String> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::root().join("target").join("perf"), PathBuf::from);
-    let mut c = crate::cargo();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || crate::cmd::root().join("target").join("perf"),
+        PathBuf::from,
+    );
+    let mut c = crate::cmd::cargo();
     c.args(["bench", "-p", "isola-perf", "--bench", "scaling"])
         .env("CARGO_TARGET_DIR", &target)
         .env("CRITERION_HOME", target.join("criterion"))

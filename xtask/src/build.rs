@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::{cargo, root};
+use crate::cmd::{cargo, root};
 
 /// The two ELF images a boot needs.
 pub struct Images {
@@ -21,7 +21,7 @@ pub struct Images {
 
 /// The target of the EL2 image (`isola-boot` and every crate it pulls in):
 /// softfloat, so no engine code can use the FP/SIMD registers, which the
-/// host trap vector therefore need not save (see boot/src/exception.rs).
+/// host trap vector therefore need not save (see boot/src/vectors.rs).
 pub const EL2_TARGET: &str = "aarch64-unknown-none-softfloat";
 /// The target of the EL1 payloads (test host, guests): they use FP/SIMD.
 pub const PAYLOAD_TARGET: &str = "aarch64-unknown-none";
@@ -47,7 +47,7 @@ pub fn build_for_targets(
     for f in engine_features {
         c.args(["--features", f]);
     }
-    crate::run(c)?;
+    crate::cmd::run(c)?;
     if !payloads.is_empty() {
         let mut c = cargo();
         c.args(["build", "--release", "--target", PAYLOAD_TARGET])
@@ -55,7 +55,7 @@ pub fn build_for_targets(
         for p in payloads {
             c.args(["-p", p]);
         }
-        crate::run(c)?;
+        crate::cmd::run(c)?;
     }
     Ok((
         dir.join(EL2_TARGET).join("release"),

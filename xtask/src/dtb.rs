@@ -17,7 +17,7 @@ pub fn unknown_gic(images: &Images) -> Result<PathBuf, String> {
     c.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    crate::run(c)?;
+    crate::cmd::run(c)?;
     let mut blob = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let at = blob
         .windows(11)

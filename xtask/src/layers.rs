@@ -197,7 +197,7 @@ mod tests {
     /// The EL2 image keeps its own table.
     #[test]
     fn boot_imports_point_down() {
-        let wrong = violations(&crate::root().join("boot/src")).unwrap();
+        let wrong = violations(&crate::cmd::root().join("boot/src")).unwrap();
         assert!(
             wrong.is_empty(),
             "boot/src breaks its layering:\n{}",

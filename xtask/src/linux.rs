@@ -22,14 +22,14 @@
 //! - A run passes only on the console lines of [`story`] (in that order), none
 //!   of [`FORBIDDEN`], the engine's `exit status: ok` and QEMU's own exit 0
 //!   before the deadline. If the kernel or busybox cannot be fetched the test
-//!   reports itself skipped (see [`crate::SKIPPED`]), never passed.
+//!   reports itself skipped (see [`crate::cmd::SKIPPED`]), never passed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::cmd::{is_root, root};
 use crate::watch::{Run, watch};
-use crate::{is_root, root};
 
 /// First byte of the engine's carve-out.
 const ENGINE_BASE: u64 = isola_layout::CARVEOUT_BASE;
@@ -182,7 +182,7 @@ pub fn booted_test() -> Result<(), String> {
             let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
             return Err(format!(
                 "{}{}: Debian's kernel and busybox could not be fetched: {why}",
-                crate::SKIPPED,
+                crate::cmd::SKIPPED,
                 names.join(", ")
             ));
         }

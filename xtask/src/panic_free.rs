@@ -184,7 +184,7 @@ pub fn step() -> Result<(), String> {
 /// The EL2 image with `planted-bug-panic-path`, in a target directory of its
 /// own (never booted).
 fn planted_image() -> Result<PathBuf, String> {
-    let dir = crate::root().join("target").join("aarch64-planted");
+    let dir = crate::cmd::root().join("target").join("aarch64-planted");
     let (el2, _) = build_for_targets(&dir, &["planted-bug-panic-path"], &[])?;
     let image = el2.join("isola");
     if image.is_file() {

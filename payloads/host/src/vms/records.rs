@@ -138,3 +138,8 @@ unsafe impl Sync for World {}
 pub(super) static WORLD: World = World {
     vms: [const { Vm::new() }; MAX_VMS + 3],
 };
+
+/// VM record `k`'s seed: its data pattern and its messages derive from it.
+pub(super) fn seed_of(k: usize) -> u64 {
+    isola_guest_payload::splitmix64(k as u64 ^ 0x1501_a5ee_d000_0000)
+}

@@ -9,8 +9,7 @@ use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::pages::{alloc, fill};
 use super::probe::{clean_page, invalidate_page, probe_read, probe_write, vcpu_run_checked};
-use super::records::{DONE, End, READY, RUNNING, VcpuData, VcpuSlot, Vm, WORLD};
-use super::setup::seed_of;
+use super::records::{DONE, End, READY, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
 use super::tally::{attack, attack_probe, check};
 use super::{ATTACKER_VM, MAX_VCPUS, MAX_VMS, SPIN_INDEX, STORM_PER_CPU, call};
 use crate::calls::{St, hvc6, status};

@@ -7,7 +7,7 @@ use isola_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::pages::{POOL_ALIGN, alloc, alloc_aligned, fill};
 use super::probe::{probe_exec, probe_read, probe_write};
-use super::records::{READY, RESERVED, Vm, WORLD};
+use super::records::{READY, RESERVED, Vm, WORLD, seed_of};
 use super::run::enlist;
 use super::tally::{attack, attack_probe, check, count_failure};
 use super::{
@@ -104,10 +104,6 @@ fn x0_for(role: Role, seed: u64) -> u64 {
         Role::SystemOff => Behaviour::SystemOff.x0(0),
         Role::SystemReset => Behaviour::SystemReset.x0(0),
     }
-}
-
-pub(super) fn seed_of(k: usize) -> u64 {
-    guest::splitmix64(k as u64 ^ 0x1501_a5ee_d000_0000)
 }
 
 /// Donates `pages` pages from `pa` at `ipa` onwards, as few `Donate`s of
