@@ -279,10 +279,6 @@ fn memfault(k: usize, i: usize, vm: &Vm, d: &mut VcpuData, ipa: u64) -> bool {
 /// Answers a guest's `HostCall`; the reply goes to its `x1` on resume.
 fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
     let Exiting { k, i, vm, d } = at;
-    let share_page = vm
-        .share_pa
-        .load(Ordering::Relaxed)
-        .wrapping_add((i as u64).wrapping_mul(PAGE_SIZE));
     match tag {
         msg::INFO => {
             let count = vm.vcpus.load(Ordering::Relaxed) as u64;
@@ -293,21 +289,7 @@ fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
             );
             0
         }
-        msg::CHECKSUM => {
-            let storm_over = SCHEDULE.stormed.load(Ordering::Acquire) >= cpus;
-            d.reports = d.reports.saturating_add(1);
-            if storm_over {
-                d.reports_after_storm = d.reports_after_storm.saturating_add(1);
-            }
-            let good = value == guest::expected_checksum(seed_of(k));
-            if !check(
-                good,
-                format_args!("vm{k}.{i}: checksum {value:#x} is wrong"),
-            ) {
-                d.checks_failed = d.checks_failed.saturating_add(1);
-            }
-            u64::from(!storm_over)
-        }
+        msg::CHECKSUM => checksum(Exiting { k, i, vm, d }, value, cpus),
         msg::COUNTER => {
             d.value = value;
             check(
@@ -316,46 +298,8 @@ fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
             );
             0
         }
-        msg::SHARED => {
-            if check(
-                value == Status::Success.raw(),
-                format_args!("vm{k}.{i}: guest share: {}", St(value)),
-            ) {
-                d.message = guest::splitmix64(seed_of(k) ^ i as u64);
-                let wrote = probe_write(share_page, d.message);
-                clean_page(share_page);
-                check(
-                    wrote.is_ok(),
-                    format_args!("vm{k}.{i}: host cannot write the page the guest shared"),
-                );
-            }
-            0
-        }
-        msg::ANSWERED => {
-            invalidate_page(share_page);
-            let answer = probe_read(share_page.wrapping_add(8));
-            check(
-                value == d.message && answer == Ok(guest::answer(d.message)),
-                format_args!(
-                    "vm{k}.{i}: shared-page exchange: guest read {value:#x}, answered {answer:?}"
-                ),
-            );
-            0
-        }
-        msg::UNSHARED => {
-            check(
-                value == Status::Success.raw(),
-                format_args!("vm{k}.{i}: guest unshare: {}", St(value)),
-            );
-            let after = probe_read(share_page).map(|_| ());
-            if k == 0 {
-                attack_probe("host-read-after-guest-unshare", after);
-            } else {
-                check(
-                    after.is_err(),
-                    format_args!("vm{k}.{i}: host still reads the unshared page"),
-                );
-            }
+        msg::SHARED | msg::ANSWERED | msg::UNSHARED => {
+            shared_page(Exiting { k, i, vm, d }, tag, value);
             0
         }
         msg::DEMAND => {
@@ -419,6 +363,78 @@ fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
             0
         }
     }
+}
+
+/// The guest's side of the shared-page exchange (`Behaviour::Share`): it
+/// shared its page (the host writes a message), answered in it (the host
+/// reads the answer), unshared it (the host must be refused).
+fn shared_page(at: Exiting<'_>, tag: u64, value: u64) {
+    let Exiting { k, i, vm, d } = at;
+    let share_page = vm
+        .share_pa
+        .load(Ordering::Relaxed)
+        .wrapping_add((i as u64).wrapping_mul(PAGE_SIZE));
+    match tag {
+        msg::SHARED => {
+            if check(
+                value == Status::Success.raw(),
+                format_args!("vm{k}.{i}: guest share: {}", St(value)),
+            ) {
+                d.message = guest::splitmix64(seed_of(k) ^ i as u64);
+                let wrote = probe_write(share_page, d.message);
+                clean_page(share_page);
+                check(
+                    wrote.is_ok(),
+                    format_args!("vm{k}.{i}: host cannot write the page the guest shared"),
+                );
+            }
+        }
+        msg::ANSWERED => {
+            invalidate_page(share_page);
+            let answer = probe_read(share_page.wrapping_add(8));
+            check(
+                value == d.message && answer == Ok(guest::answer(d.message)),
+                format_args!(
+                    "vm{k}.{i}: shared-page exchange: guest read {value:#x}, answered {answer:?}"
+                ),
+            );
+        }
+        msg::UNSHARED => {
+            check(
+                value == Status::Success.raw(),
+                format_args!("vm{k}.{i}: guest unshare: {}", St(value)),
+            );
+            let after = probe_read(share_page).map(|_| ());
+            if k == 0 {
+                attack_probe("host-read-after-guest-unshare", after);
+            } else {
+                check(
+                    after.is_err(),
+                    format_args!("vm{k}.{i}: host still reads the unshared page"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A checksum report: right every time, and on both sides of the storm;
+/// the reply (1) asks for another until the storm is over.
+fn checksum(at: Exiting<'_>, value: u64, cpus: usize) -> u64 {
+    let Exiting { k, i, d, .. } = at;
+    let storm_over = SCHEDULE.stormed.load(Ordering::Acquire) >= cpus;
+    d.reports = d.reports.saturating_add(1);
+    if storm_over {
+        d.reports_after_storm = d.reports_after_storm.saturating_add(1);
+    }
+    let good = value == guest::expected_checksum(seed_of(k));
+    if !check(
+        good,
+        format_args!("vm{k}.{i}: checksum {value:#x} is wrong"),
+    ) {
+        d.checks_failed = d.checks_failed.saturating_add(1);
+    }
+    u64::from(!storm_over)
 }
 
 /// CPU 1 runs the attacker's spinning vCPU; meanwhile CPU 0 tries to run it
