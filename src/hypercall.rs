@@ -36,12 +36,14 @@ use crate::stage2::{MemType, Perms, S2Error, Stage2, desc};
 use crate::vcpu::{Context, MAX_VCPUS, Pending, Regs, VcpuState};
 use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
 use isola_abi::{
-    ABI_VERSION, Accounting, DONATE_MAX_PAGES, Exit, GuestCall, HostCall, Status, psci,
+    ABI_VERSION, Accounting, DONATE_MAX_PAGES, Exit, GuestCall, HostCall, Status, features, lr,
+    vcpu_flags,
 };
 use isola_sync::MutexGuard;
 
-/// Feature bits reported by `Version` (none yet).
-pub const FEATURES: u64 = 0;
+/// Feature bits every engine reports by `Version`; an engine with virtual
+/// interrupts adds its list-register count ([`Engine::features`]).
+pub const FEATURES: u64 = features::GUEST_PSCI | features::ABORT_INJECTION;
 
 /// What the exception vector does after a host `hvc`.
 #[derive(Debug, PartialEq, Eq)]
@@ -64,6 +66,8 @@ pub struct LoadedVcpu {
     cpu: u32,
     ctx: Context,
     vttbr: u64,
+    /// The VM's vCPU count (`max vcpus`), for decoding SGI targets.
+    vcpus: u16,
 }
 
 impl LoadedVcpu {
@@ -85,6 +89,16 @@ impl LoadedVcpu {
     /// The physical CPU it is loaded on.
     pub fn cpu(&self) -> u32 {
         self.cpu
+    }
+
+    /// Its VM's slot in the VM table.
+    pub(crate) fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// Its VM's vCPU count.
+    pub(crate) fn vcpus(&self) -> u16 {
+        self.vcpus
     }
 }
 
@@ -127,11 +141,11 @@ impl<A: Arch> Engine<A> {
         let [id, a, b, c, d, e, _] = *regs;
         let result = match HostCall::from_id(id & 0xffff_ffff) {
             None => Err(Status::NotSupported),
-            Some(HostCall::Version) => Ok([ABI_VERSION, FEATURES, MAX_VCPUS as u64]),
+            Some(HostCall::Version) => Ok([ABI_VERSION, self.features(), MAX_VCPUS as u64]),
             Some(HostCall::VmCreate) => self.vm_create(PhysAddr::new(a), b, c),
             Some(HostCall::VmDestroy) => self.vm_destroy(a),
             Some(HostCall::VmTopup) => self.vm_topup(a, PhysAddr::new(b), c),
-            Some(HostCall::VcpuCreate) => self.vcpu_create(a, b, c, d),
+            Some(HostCall::VcpuCreate) => self.vcpu_create(a, b, c, d, e),
             Some(HostCall::VcpuRun) => match self.vcpu_load(cpu, a, b, c) {
                 Ok(l) => return HostCallOutcome::Run(l),
                 Err(s) => Err(s),
@@ -141,6 +155,11 @@ impl<A: Arch> Engine<A> {
             Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b), Ipa::new(c)),
             Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
             Some(HostCall::Accounting) => self.accounting(a, b),
+            Some(HostCall::VcpuInterrupts) => {
+                let [.., l0, l1, l2, l3] = *regs;
+                self.vcpu_interrupts(a, b, [l0, l1, l2, l3])
+            }
+            Some(HostCall::VcpuInjectAbort) => self.vcpu_inject_abort(a, b),
         };
         write_result(regs, result);
         HostCallOutcome::Done
@@ -392,8 +411,15 @@ impl<A: Arch> Engine<A> {
         Ok([0; 3])
     }
 
-    /// `VcpuCreate(handle, index, pc, x0)`.
-    pub fn vcpu_create(&self, handle: u64, index: u64, pc: u64, x0: u64) -> CallResult {
+    /// `VcpuCreate(handle, index, pc, x0, flags)`: with `vcpu_flags::OFF`
+    /// the vCPU starts powered off (its context zeroed but for the reset
+    /// PSTATE and SCTLR; `pc` and `x0` are ignored) and waits for a guest's
+    /// `CPU_ON`.
+    pub fn vcpu_create(&self, handle: u64, index: u64, pc: u64, x0: u64, flags: u64) -> CallResult {
+        if flags & !vcpu_flags::ALL != 0 {
+            return Err(Status::InvalidArgument);
+        }
+        let off = flags & vcpu_flags::OFF != 0;
         let (_, mut g) = self.lock_vm(handle)?;
         let i = vcpu_index(&g, index)?;
         if g.vcpus.get(i).is_none_or(|v| v.state != VcpuState::Absent) {
@@ -401,10 +427,15 @@ impl<A: Arch> Engine<A> {
         }
         let page = g.pool.alloc(&self.mem).ok_or(Status::NoMemory)?;
         let ctx = Context::new(page);
+        let (pc, x0, state) = if off {
+            (0, 0, VcpuState::Off)
+        } else {
+            (pc, x0, VcpuState::Idle)
+        };
         ctx.init(&self.mem, pc, x0);
         if let Some(v) = g.vcpus.get_mut(i) {
             *v = VcpuSlot {
-                state: VcpuState::Idle,
+                state,
                 ctx: page.raw(),
             };
         }
@@ -428,8 +459,8 @@ impl<A: Arch> Engine<A> {
             VcpuState::Absent => return Err(Status::NotFound),
             VcpuState::Loaded(_) => return Err(Status::Busy),
             VcpuState::Off | VcpuState::Stopped => return Err(Status::Denied),
-            VcpuState::Idle if g.off => return Err(Status::Denied),
-            VcpuState::Idle => {}
+            VcpuState::Idle | VcpuState::OnPending if g.off => return Err(Status::Denied),
+            VcpuState::Idle | VcpuState::OnPending => {}
         }
         let ctx = Context::new(PhysAddr::new(v.ctx));
         if let Some(r) = ctx.regs(&self.mem) {
@@ -445,13 +476,54 @@ impl<A: Arch> Engine<A> {
             cpu,
             ctx,
             vttbr,
+            vcpus: g.max_vcpus,
         })
+    }
+
+    /// `VcpuInjectAbort(handle, index)`: the vCPU's unanswered `Mmio` or
+    /// `MemFault` exit becomes a synchronous external abort the guest takes
+    /// when it next runs ([`Regs::inject_external_abort`]). The vCPU is not
+    /// loaded (`Busy` otherwise) and we hold its VM's lock, so its context
+    /// is ours to edit.
+    fn vcpu_inject_abort(&self, handle: u64, index: u64) -> CallResult {
+        let (_, g) = self.lock_vm(handle)?;
+        let i = vcpu_index(&g, index)?;
+        let v = g.vcpus.get(i).copied().ok_or(Status::NotFound)?;
+        match v.state {
+            VcpuState::Absent => return Err(Status::NotFound),
+            VcpuState::Loaded(_) => return Err(Status::Busy),
+            VcpuState::Off | VcpuState::Stopped => return Err(Status::Denied),
+            VcpuState::Idle | VcpuState::OnPending if g.off => return Err(Status::Denied),
+            VcpuState::Idle | VcpuState::OnPending => {}
+        }
+        let regs = Context::new(PhysAddr::new(v.ctx))
+            .regs(&self.mem)
+            .ok_or(Status::Denied)?;
+        if regs.inject_external_abort() {
+            Ok([0; 3])
+        } else {
+            Err(Status::Denied)
+        }
     }
 
     /// The second half of `VcpuRun`: unloads the vCPU (its state follows the
     /// exit: `CpuOff` turns it off, `Error` stops it) and writes the
     /// `VcpuRun` result (`Success`, the encoded exit) into the host's `regs`.
+    ///
+    /// The exit word also carries the [`isola_abi::ExitStatus`]: the state
+    /// of each list register (registers the guest finished with `EOI` are
+    /// cleared here, after being reported as `Invalid`) and the level of
+    /// the guest's virtual timer interrupt.
     pub fn finish_run(&self, vcpu: LoadedVcpu, exit: Exit, regs: &mut [u64; 7]) {
+        let status = vcpu.ctx.regs(&self.mem).map_or(0, |ctx| {
+            let mut lrs: [u64; lr::SLOTS] = core::array::from_fn(|n| ctx.lr(n));
+            if crate::vgic::take_eoi_completions(&mut lrs) > 0 {
+                for (n, w) in lrs.iter().enumerate() {
+                    ctx.set_lr(n, *w);
+                }
+            }
+            crate::vgic::exit_status(&lrs, ctx.sysreg(crate::vcpu::SysReg::CntvCtlEl0)).to_word()
+        });
         if let Some(s) = self.vms.get(usize::from(vcpu.slot)) {
             let mut g = s.inner.lock();
             if let Some(v) = g.vcpus.get_mut(usize::from(vcpu.index)) {
@@ -462,7 +534,8 @@ impl<A: Arch> Engine<A> {
                 };
             }
         }
-        write_result(regs, Ok(exit.encode()));
+        let [word, a, b] = exit.encode();
+        write_result(regs, Ok([word | status, a, b]));
     }
 
     /// `Share(handle, pa, ipa, perms)`: the host page is lent to the VM.
@@ -784,7 +857,14 @@ impl<A: Arch> Engine<A> {
     /// them from there (they may have changed).
     pub fn guest_exit(&self, vcpu: &LoadedVcpu, trap: Trap) -> GuestExitAction {
         let (esr, far, hpfar) = match trap {
-            Trap::Irq => return GuestExitAction::ExitToHost(Exit::Irq),
+            Trap::Irq => {
+                // The GIC maintenance interrupt: a list register the guest
+                // finished with `EOI` set. Anything else is the host's.
+                let eoi = vcpu.ctx.regs(&self.mem).is_some_and(|ctx| {
+                    (0..lr::SLOTS).any(|n| crate::vgic::eoi_completed(ctx.lr(n)))
+                });
+                return GuestExitAction::ExitToHost(if eoi { Exit::Eoi } else { Exit::Irq });
+            }
             Trap::Sync { esr, far, hpfar } => (esr, far, hpfar),
         };
         let e = Esr(esr);
@@ -801,8 +881,17 @@ impl<A: Arch> Engine<A> {
             }
             ec::WFX => {
                 ctx.set_pc(ctx.pc().wrapping_add(4));
-                GuestExitAction::ExitToHost(Exit::Wfx)
+                GuestExitAction::ExitToHost(Exit::Wfx {
+                    // ISS.TI: 0b00 WFI, 0b01 WFE (WFIT/WFET are not
+                    // advertised to guests).
+                    wfe: esr & 1 != 0,
+                    deadline: crate::vgic::vtimer_deadline(
+                        ctx.sysreg(crate::vcpu::SysReg::CntvCtlEl0),
+                        ctx.sysreg(crate::vcpu::SysReg::CntvCvalEl0),
+                    ),
+                })
             }
+            ec::SYSREG => self.guest_sysreg(vcpu, ctx, e),
             ec::DABT_LOW | ec::IABT_LOW => {
                 let limit = self.vm_s2.ipa_limit();
                 match abort::classify_guest_abort(
@@ -821,6 +910,7 @@ impl<A: Arch> Engine<A> {
                     } => {
                         let value = crate::vcpu::mmio_read_value(ctx.x(reg), size, false, true);
                         ctx.set_pc(ctx.pc().wrapping_add(4));
+                        ctx.set_pending_access(Pending::MmioWrite, far);
                         GuestExitAction::ExitToHost(Exit::Mmio {
                             ipa: ipa.raw(),
                             size,
@@ -836,12 +926,15 @@ impl<A: Arch> Engine<A> {
                         sign,
                         sf,
                     } => {
-                        ctx.set_pending(Pending::MmioRead {
-                            reg,
-                            size,
-                            sign,
-                            sf,
-                        });
+                        ctx.set_pending_access(
+                            Pending::MmioRead {
+                                reg,
+                                size,
+                                sign,
+                                sf,
+                            },
+                            far,
+                        );
                         GuestExitAction::ExitToHost(Exit::Mmio {
                             ipa: ipa.raw(),
                             size,
@@ -850,6 +943,12 @@ impl<A: Arch> Engine<A> {
                         })
                     }
                     GuestAbort::MemFault { ipa } => {
+                        let pending = Pending::MemFault {
+                            write: e.ec() == ec::DABT_LOW
+                                && e.flags().contains(abort::DataAbortIss::WNR),
+                            fetch: e.ec() == ec::IABT_LOW,
+                        };
+                        ctx.set_pending_access(pending, far);
                         GuestExitAction::ExitToHost(Exit::MemFault { ipa: ipa.raw() })
                     }
                     GuestAbort::Error => GuestExitAction::ExitToHost(Exit::Error { esr }),
@@ -880,20 +979,7 @@ impl<A: Arch> Engine<A> {
                 ctx.set_pending(Pending::HostReply);
                 return GuestExitAction::ExitToHost(Exit::HostCall { args: [x(1), x(2)] });
             }
-            None if id == u64::from(psci::CPU_OFF) => {
-                return GuestExitAction::ExitToHost(Exit::CpuOff);
-            }
-            None if id == u64::from(psci::SYSTEM_OFF) || id == u64::from(psci::SYSTEM_RESET) => {
-                if let Some(s) = self.vms.get(usize::from(vcpu.slot)) {
-                    s.inner.lock().off = true;
-                }
-                let exit = if id == u64::from(psci::SYSTEM_OFF) {
-                    Exit::SystemOff
-                } else {
-                    Exit::SystemReset
-                };
-                return GuestExitAction::ExitToHost(exit);
-            }
+            None if crate::psci::is_psci(id) => return self.guest_psci(vcpu, ctx, id),
             None => Err(Status::NotSupported),
         };
         let r = match result {
