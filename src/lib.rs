@@ -14,7 +14,7 @@
 //! | [`stage2`] | VMSAv8-64 Stage-2 tables, break-before-make |
 //! | [`vm`], [`vcpu`] | the VM table, handles, vCPU contexts |
 //! | [`engine`] | construction, host aborts, observation |
-//! | [`hypercall`] | every host and guest call, guest exits, check order |
+//! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
 //! | [`psci`] | guest PSCI: the per-vCPU power states, `CPU_ON`, `AFFINITY_INFO` |
 //! | [`vgic`] | list registers the host gives a vCPU, what exits report of them and of the timer |
 //! | [`sysreg`] | guest system-register traps: SGIs, read-as-zero groups, ID registers |
