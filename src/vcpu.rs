@@ -605,6 +605,65 @@ mod tests {
     }
 
     #[test]
+    fn cpu_on_reset_keeps_only_the_list_registers() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0000, 1);
+        c.set_x(&mem, 9, 99);
+        c.set_sysreg(&mem, SysReg::CntvCtlEl0, 5);
+        c.set_v(&mem, 3, 7);
+        c.set_lrs(&mem, [isola_abi::lr::pending(27, 0, true), 0, 0, 1]);
+        c.set_pending(&mem, Pending::HostReply);
+        c.reset(&mem, 0x8000_1000, 0x5eed);
+        assert_eq!(
+            (c.pc(&mem), c.x(&mem, 0), c.x(&mem, 9)),
+            (0x8000_1000, 0x5eed, 0)
+        );
+        assert_eq!((c.sysreg(&mem, SysReg::CntvCtlEl0), c.v(&mem, 3)), (0, 0));
+        assert_eq!(c.sysreg(&mem, SysReg::SctlrEl1), INITIAL_SCTLR);
+        assert_eq!(c.pending(&mem), Pending::None);
+        assert_eq!(c.lrs(&mem), [isola_abi::lr::pending(27, 0, true), 0, 0, 1]);
+    }
+
+    #[test]
+    fn an_injected_abort_is_what_the_architecture_delivers() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0004, 0);
+        c.set_sysreg(&mem, SysReg::VbarEl1, 0x8010_0000);
+        let r = c.regs(&mem).unwrap();
+        assert!(!r.inject_external_abort(), "nothing pending: refused");
+        // A store to MMIO from EL1h: its exit already stepped the PC.
+        r.set_pending_access(Pending::MmioWrite, 0xffff_0000_0900_0008);
+        assert!(r.inject_external_abort());
+        assert_eq!(
+            r.sysreg(SysReg::EsrEl1),
+            0x25 << 26 | 1 << 25 | 1 << 6 | 0x10
+        );
+        assert_eq!(r.sysreg(SysReg::FarEl1), 0xffff_0000_0900_0008);
+        assert_eq!(r.sysreg(SysReg::ElrEl1), 0x8000_0000);
+        assert_eq!(r.sysreg(SysReg::SpsrEl1), INITIAL_PSTATE);
+        assert_eq!(r.pc(), 0x8010_0200);
+        assert_eq!(r.pending(), Pending::None);
+        // An instruction fetch from EL0 with PAN clear and SPAN clear:
+        // the lower-EL vector, PAN set on entry.
+        c.set_pstate(&mem, 0);
+        c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR & !SCTLR_SPAN);
+        r.set_pending_access(
+            Pending::MemFault {
+                write: false,
+                fetch: true,
+            },
+            0x1000,
+        );
+        assert!(r.inject_external_abort());
+        assert_eq!(r.sysreg(SysReg::EsrEl1) >> 26, 0x20);
+        assert_eq!(r.sysreg(SysReg::ElrEl1), 0x8010_0200, "not stepped back");
+        assert_eq!(r.pc(), 0x8010_0400);
+        assert_eq!(c.pstate(&mem), INITIAL_PSTATE | PSTATE_PAN);
+    }
+
+    #[test]
     fn mmio_read_sizes_and_sign_extension() {
         assert_eq!(mmio_read_value(0x1234_5678_9abc_def0, 1, false, true), 0xf0);
         assert_eq!(
