@@ -66,6 +66,13 @@ impl<R: RegisterLongName> Value<R> {
         Self::raw(bits)
     }
 
+    /// `self` with every field `other` sets set too (a bitwise or of two
+    /// values of the same register).
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self::raw(self.bits | other.bits)
+    }
+
     /// `self` with the bits of `mask` set: the bits the architecture makes
     /// RES1 in this configuration, which `aarch64-cpu` does not name.
     #[must_use]
@@ -140,6 +147,34 @@ macro_rules! write_batched {
     }};
 }
 pub(crate) use write_batched;
+
+/// Reads system register `$reg` as a [`Value`] of its own fields. Like
+/// `Readable::get` but declares that the `mrs` leaves the condition flags
+/// alone, which `aarch64-cpu`'s reads do not: on the world switch's path
+/// that saves a flag recomputation.
+macro_rules! read {
+    ($reg:ident) => {
+        $crate::sysreg::read!($reg as stringify!($reg))
+    };
+    ($reg:ident as $asm:expr) => {{
+        let bits: u64;
+        // SAFETY: reading a system register has no side effect and touches
+        // no memory.
+        unsafe {
+            core::arch::asm!(concat!("mrs {}, ", $asm), out(reg) bits,
+                options(nomem, nostack, preserves_flags))
+        };
+        $crate::sysreg::value_of(&$reg, bits)
+    }};
+}
+pub(crate) use read;
+
+/// `bits` as a value of `register` (for [`read!`]).
+#[doc(hidden)]
+#[inline(always)]
+pub fn value_of<G: Readable<T = u64>>(_register: &G, bits: u64) -> Value<G::R> {
+    Value::raw(bits)
+}
 
 /// Reads a system register the architecture defines by encoding only, where
 /// its value is passed on unchanged rather than decoded (the ID registers a

@@ -50,7 +50,7 @@ use isola::vcpu::{
 use crate::pmu::HostCounters;
 use crate::sysreg::{
     CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, ELR_EL2, ESR_EL2, FAR_EL2, HCR_EL2, HPFAR_EL2,
-    ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2, VTTBR_EL2, Value,
+    ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2, VTTBR_EL2, Value, read,
     write_batched,
 };
 use crate::{gic, timer};
@@ -178,13 +178,13 @@ pub const HCR_GUEST: Value<HCR_EL2::Register> = Value::new(&[
 /// the host's counters nor reprogram them; `TDA` (9), `TDOSA` (10), `TDRA`
 /// (11), debug register, OS-lock and debug-ROM accesses trap, so a guest
 /// cannot set breakpoints or watchpoints that fire in the host.
-pub const MDCR_GUEST_TRAPS: [crate::sysreg::FieldValue<u64, MDCR_EL2::Register>; 5] = [
+pub const MDCR_GUEST_TRAPS: Value<MDCR_EL2::Register> = Value::new(&[
     MDCR_EL2::TPMCR::SET,
     MDCR_EL2::TPM::SET,
     MDCR_EL2::TDA::SET,
     MDCR_EL2::TDOSA::SET,
     MDCR_EL2::TDRA::SET,
-];
+]);
 
 /// `CPTR_EL2` (non-VHE) trap bits forced on while a guest runs, whatever
 /// the host's configuration: `TZ` (8) and `TSM` (12), SVE and SME, because
@@ -192,12 +192,12 @@ pub const MDCR_GUEST_TRAPS: [crate::sysreg::FieldValue<u64, MDCR_EL2::Register>;
 /// the upper bits of Z registers, predicates and ZA would carry host state;
 /// `TTA` (20), trace registers; `TAM` (30), activity monitors (they count
 /// what the host did). `TFP` (10) stays clear: FP/SIMD is switched.
-pub const CPTR_GUEST_TRAPS: [crate::sysreg::FieldValue<u64, CPTR_EL2::Register>; 4] = [
+pub const CPTR_GUEST_TRAPS: Value<CPTR_EL2::Register> = Value::new(&[
     CPTR_EL2::TZ::SET,
     CPTR_EL2::TSM::SET,
     CPTR_EL2::TTA::SET,
     CPTR_EL2::TAM::SET,
-];
+]);
 
 /// Declares [`El1State`] over every EL1/EL0 system register a guest owns and
 /// the switch exchanges: `asm_name = SysReg variant`, the variant naming the
@@ -339,15 +339,15 @@ struct HostEl2 {
 impl HostEl2 {
     fn save() -> Self {
         Self {
-            elr_el2: Value::raw(ELR_EL2.get()),
-            spsr_el2: Value::raw(SPSR_EL2.get()),
-            hcr_el2: Value::raw(HCR_EL2.get()),
-            vttbr_el2: Value::raw(VTTBR_EL2.get()),
-            cntvoff_el2: Value::raw(CNTVOFF_EL2.get()),
-            cnthctl_el2: Value::raw(CNTHCTL_EL2.get()),
-            mdcr_el2: Value::raw(MDCR_EL2.get()),
-            cptr_el2: Value::raw(CPTR_EL2.get()),
-            vmpidr_el2: Value::raw(VMPIDR_EL2.get()),
+            elr_el2: read!(ELR_EL2),
+            spsr_el2: read!(SPSR_EL2),
+            hcr_el2: read!(HCR_EL2),
+            vttbr_el2: read!(VTTBR_EL2),
+            cntvoff_el2: read!(CNTVOFF_EL2),
+            cnthctl_el2: read!(CNTHCTL_EL2),
+            mdcr_el2: read!(MDCR_EL2),
+            cptr_el2: read!(CPTR_EL2),
+            vmpidr_el2: read!(VMPIDR_EL2),
             counters: HostCounters::save(),
             tpidr2_el0: (ID_AA64PFR1_EL1.read(ID_AA64PFR1_EL1::SME) != 0)
                 .then(|| Value::raw(TPIDR2_EL0.get())),
@@ -403,8 +403,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // guest's `eret` puts it in force.
     unsafe { host.counters.stop() };
     let host_el1 = El1State::read();
-    let mdcr = host.mdcr_el2.with(&MDCR_GUEST_TRAPS);
-    let cptr = host.cptr_el2.with(&CPTR_GUEST_TRAPS);
+    let mdcr = host.mdcr_el2.union(MDCR_GUEST_TRAPS);
     // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
     // at the `eret` inside the switch. The offset goes first so the guest's
@@ -422,7 +421,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         write_batched!(VMPIDR_EL2, stage2.vmpidr);
         write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
         write_batched!(MDCR_EL2, mdcr);
-        write_batched!(CPTR_EL2, cptr);
+        write_batched!(CPTR_EL2, host.cptr_el2.union(CPTR_GUEST_TRAPS));
         write_batched!(HCR_EL2, HCR_GUEST);
         asm!("isb", options(nostack, preserves_flags));
     }
@@ -442,9 +441,9 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     }
     let exit = GuestExit {
         vector: Vector::from_raw(raw),
-        esr: ESR_EL2.get(),
-        far: FAR_EL2.get(),
-        hpfar: HPFAR_EL2.get(),
+        esr: read!(ESR_EL2).bits(),
+        far: read!(FAR_EL2).bits(),
+        hpfar: read!(HPFAR_EL2).bits(),
     };
     // SAFETY: the guest's EL1 registers go back to its (this CPU's) context
     // page; then the host's EL1 registers and EL2 configuration return. The
