@@ -5,7 +5,9 @@
 //!
 //! - **Reading** is harmless: `HCR_EL2.get()`,
 //!   `ID_AA64DFR0_EL1.read(ID_AA64DFR0_EL1::PMUVer)` (tock-registers'
-//!   [`Readable`], as `aarch64-cpu` implements it).
+//!   [`Readable`], as `aarch64-cpu` implements it), or [`read!`] for a whole
+//!   [`Value`] where the `mrs` must not cost a flag recomputation (the world
+//!   switch).
 //! - **A value** is built from named fields of one register, so a bit of
 //!   `MDCR_EL2` cannot end up in `HCR_EL2`:
 //!   `Value::new(&[HCR_EL2::VM::SET, HCR_EL2::RW::EL1IsAarch64])`. `const`,
