@@ -294,17 +294,6 @@ impl<A: Arch> Engine<A> {
             .unwrap_or(0)
     }
 
-    /// The feature bits `Version` reports.
-    pub fn features(&self) -> u64 {
-        let base = crate::hypercall::FEATURES;
-        if self.list_regs == 0 {
-            base
-        } else {
-            base | isola_abi::features::VIRTUAL_INTERRUPTS
-                | (u64::from(self.list_regs) << isola_abi::features::LR_COUNT_SHIFT)
-        }
-    }
-
     /// The architecture backend (tests inspect a `RecordingArch` here).
     pub fn arch(&self) -> &A {
         &self.arch

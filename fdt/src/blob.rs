@@ -1,6 +1,6 @@
 //! The blob itself: its header and a walk over its structure block.
 
-use crate::FdtError;
+use crate::error::FdtError;
 
 /// `magic` of every DTB header.
 pub const FDT_MAGIC: u32 = 0xd00d_feed;

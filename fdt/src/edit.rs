@@ -1,8 +1,8 @@
 //! In-place edits of a tree (the host's copy): each rewrites bytes of the
 //! blob without changing its size, so the header stays valid.
 
-use crate::FdtError;
 use crate::blob::{Event, Fdt, be32};
+use crate::error::FdtError;
 use crate::platform::{MAX_RAM, NodeProps};
 use crate::props::{Range, reg_entry, write_reg_entry};
 

@@ -1,7 +1,7 @@
 //! What isola needs to know about the machine, read from its tree.
 
-use crate::FdtError;
 use crate::blob::{Event, Fdt, be32};
+use crate::error::FdtError;
 use crate::props::{Range, reg_entry, strlist_contains};
 
 /// Most CPUs a [`Platform`] records (isola's limit, `isola_layout`).

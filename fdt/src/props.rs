@@ -1,7 +1,7 @@
 //! Property values: `reg` entries and string lists, read and written.
 
-use crate::FdtError;
 use crate::blob::be32;
+use crate::error::FdtError;
 
 /// A physical address range `[base, base + size)`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

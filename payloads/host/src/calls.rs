@@ -50,6 +50,11 @@ pub fn hvc6(id: u64, args: [u64; 6]) -> [u64; 4] {
     [r0, r1, r2, r3]
 }
 
+/// A host call with `x1..=x6`; returns `x0..=x3`.
+pub fn call(c: isola_abi::HostCall, args: [u64; 6]) -> [u64; 4] {
+    hvc6(c as u64, args)
+}
+
 /// A PSCI call through `smc #0`; returns `x0`.
 pub fn psci(fid: u32, a1: u64, a2: u64, a3: u64) -> i64 {
     let mut r0 = u64::from(fid);

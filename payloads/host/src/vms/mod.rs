@@ -25,7 +25,8 @@
 //!
 //! | file | job |
 //! |---|---|
-//! | `mod.rs` | the test's phases on every CPU, its constants and roles |
+//! | `mod.rs` | the test's phases on every CPU |
+//! | `plan.rs` | what the test makes: its memory, VMs, vCPUs and their roles |
 //! | `probe.rs` | the probe vectors and probes, cache maintenance, `VcpuRun` around the register probe |
 //! | `records.rs` | the host-side record of every VM and vCPU |
 //! | `pages.rs` | the pool of host pages the test donates from |
@@ -35,6 +36,7 @@
 //! | `teardown.rs` | destroying, reclaiming, reporting every vCPU, the accounting |
 
 mod pages;
+mod plan;
 mod probe;
 mod records;
 mod run;
@@ -44,126 +46,15 @@ mod teardown;
 
 use core::cell::UnsafeCell;
 
-use isola_abi::HostCall;
 use isola_sync::RendezvousBarrier;
 use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use crate::calls::{AFFINITY_INFO, AFFINITY_OFF, hvc6, psci};
+use crate::calls::{AFFINITY_INFO, AFFINITY_OFF, psci};
 use probe::{install_vectors, restore_vectors};
 use run::{run_vcpus, spin_attacks};
 use setup::setup;
 use tally::check;
 use teardown::teardown;
-
-/// First byte of the host RAM this test donates from (see docs/guests.md).
-pub(crate) const POOL_BASE: u64 = 0x8000_0000;
-
-/// End (exclusive) of that RAM: 768 MiB.
-pub const POOL_END: u64 = 0xb000_0000;
-
-/// vCPUs of each ordinary VM: checksum, MMIO, share, demand.
-pub const VCPUS: usize = 4;
-
-/// Most ordinary VMs (the engine's table has 255 slots; two more VMs are the
-/// attacker and the power-off VM).
-pub const MAX_VMS: usize = 251;
-
-/// Record index of the attacker VM.
-const ATTACKER_VM: usize = MAX_VMS;
-
-/// Record index of the VM that powers itself off.
-const POWER_VM: usize = MAX_VMS + 1;
-
-/// Record index of the VM that resets itself.
-const RESET_VM: usize = MAX_VMS + 2;
-
-/// Pool pages donated at `VmCreate` (metadata, contexts, Stage-2 tables).
-const POOL_PAGES: u64 = 32;
-
-/// Random host calls each CPU makes while guests run.
-const STORM_PER_CPU: u32 = 64;
-
-/// A physical address inside the engine's carve-out (docs/boot.md): 8 MiB
-/// below its end.
-const ENGINE_PA: u64 = isola_layout::CARVEOUT_END - 0x80_0000;
-
-/// Where the host's GIC distributor is: a guest access there is only MMIO.
-const GICD_IPA: u64 = 0x0800_0000;
-
-/// An IPA far beyond any guest's IPA space.
-const BEYOND_IPA: u64 = 1 << 46;
-
-/// The attacker VM's vCPUs, by index.
-const ATTACKER: [Role; 7] = [
-    Role::Attack,
-    Role::ProbeOtherVm,
-    Role::ProbeEngineWrite,
-    Role::ProbeBeyond,
-    Role::ProbeGic,
-    Role::Spin,
-    Role::Registers,
-];
-
-/// The attacker's vCPU that spins for the running-vCPU attacks.
-const SPIN_INDEX: usize = 5;
-
-/// The power VMs' vCPUs: one each, since after `SYSTEM_OFF` (or
-/// `SYSTEM_RESET`) the engine runs no vCPU of that VM again.
-const POWER: [Role; 1] = [Role::SystemOff];
-
-const RESET: [Role; 1] = [Role::SystemReset];
-
-/// An ordinary VM's vCPUs.
-const ORDINARY: [Role; VCPUS] = [Role::Checksum, Role::Mmio, Role::Share, Role::Demand];
-
-/// Most vCPUs any VM here has.
-const MAX_VCPUS: usize = 7;
-
-/// Most demand-backed pages one VM may get.
-const MAX_DEMAND: usize = 16;
-
-/// What a vCPU is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    Checksum,
-    Mmio,
-    Share,
-    Demand,
-    Attack,
-    ProbeOtherVm,
-    ProbeEngineWrite,
-    ProbeBeyond,
-    ProbeGic,
-    Spin,
-    Registers,
-    SystemOff,
-    SystemReset,
-}
-
-impl Role {
-    fn name(self) -> &'static str {
-        match self {
-            Role::Checksum => "checksum",
-            Role::Mmio => "mmio",
-            Role::Share => "share",
-            Role::Demand => "demand",
-            Role::Attack => "attack",
-            Role::ProbeOtherVm => "probe-other-vm",
-            Role::ProbeEngineWrite => "probe-engine",
-            Role::ProbeBeyond => "probe-beyond",
-            Role::ProbeGic => "probe-gic",
-            Role::Spin => "spin",
-            Role::Registers => "registers",
-            Role::SystemOff => "system-off",
-            Role::SystemReset => "system-reset",
-        }
-    }
-}
-
-/// A host call with `x1..=x6`; returns `x0..=x3`.
-fn call(c: HostCall, args: [u64; 6]) -> [u64; 4] {
-    hvc6(c as u64, args)
-}
 
 // ---------------------------------------------------------------------------
 // The phases.

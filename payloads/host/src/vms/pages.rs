@@ -5,8 +5,8 @@
 use isola_abi::PAGE_SIZE;
 use isola_sync::atomic::{AtomicU64, Ordering};
 
+use super::plan::{POOL_BASE, POOL_END};
 use super::probe::{clean_page, probe_read, probe_write};
-use super::{POOL_BASE, POOL_END};
 
 /// Next free page of the pool.
 static NEXT_PAGE: AtomicU64 = AtomicU64::new(POOL_BASE);

@@ -10,7 +10,7 @@ use core::cell::UnsafeCell;
 
 use isola_sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use super::{MAX_DEMAND, MAX_VCPUS, MAX_VMS, Role};
+use super::plan::{MAX_DEMAND, MAX_VCPUS, MAX_VMS, Role};
 
 pub(super) const ABSENT: u32 = 0;
 

@@ -8,10 +8,11 @@ use isola_guest_payload::{self as guest, Attack, layout, msg};
 use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::pages::{alloc, fill};
+use super::plan::{ATTACKER_VM, MAX_VCPUS, MAX_VMS, SPIN_INDEX, STORM_PER_CPU};
 use super::probe::{clean_page, invalidate_page, probe_read, probe_write, vcpu_run_checked};
 use super::records::{DONE, End, READY, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
 use super::tally::{attack, attack_probe, check};
-use super::{ATTACKER_VM, MAX_VCPUS, MAX_VMS, SPIN_INDEX, STORM_PER_CPU, call};
+use crate::calls::call;
 use crate::calls::{St, hvc6, status};
 use crate::console::say;
 

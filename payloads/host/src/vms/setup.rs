@@ -6,14 +6,15 @@ use isola_guest_payload::{self as guest, Behaviour, ImageHeader, layout};
 use isola_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::pages::{POOL_ALIGN, alloc, alloc_aligned, fill};
+use super::plan::{
+    ATTACKER, ATTACKER_VM, BEYOND_IPA, ENGINE_PA, GICD_IPA, MAX_VMS, ORDINARY, POOL_PAGES, POWER,
+    POWER_VM, RESET, RESET_VM, Role, VCPUS,
+};
 use super::probe::{probe_exec, probe_read, probe_write};
 use super::records::{READY, RESERVED, Vm, WORLD, seed_of};
 use super::run::enlist;
 use super::tally::{attack, attack_probe, check, count_failure};
-use super::{
-    ATTACKER, ATTACKER_VM, BEYOND_IPA, ENGINE_PA, GICD_IPA, MAX_VMS, ORDINARY, POOL_PAGES, POWER,
-    POWER_VM, RESET, RESET_VM, Role, VCPUS, call,
-};
+use crate::calls::call;
 use crate::calls::{St, hvc6};
 use crate::console::say;
 

@@ -7,14 +7,15 @@ use isola_guest_payload::{self as guest, ImageHeader, layout};
 use isola_sync::atomic::Ordering;
 
 use super::pages::page_is_zero;
+use super::plan::{
+    ATTACKER_VM, ENGINE_PA, MAX_DEMAND, POOL_BASE, POOL_PAGES, POWER_VM, RESET_VM, Role,
+};
 use super::probe::{invalidate_page, probe_read};
 use super::records::{End, VcpuData, Vm, WORLD};
 use super::setup::{BEFORE, VM_COUNT, sharing, totals};
 use super::tally::{attack, attack_outcome, check};
-use super::{
-    ATTACKER_VM, ENGINE_PA, MAX_DEMAND, POOL_BASE, POOL_PAGES, POWER_VM, RESET_VM, Role, call,
-};
 use crate::calls::St;
+use crate::calls::call;
 use crate::console::say;
 
 /// CPU 0: reports every vCPU, destroys every VM, reclaims and checks every
