@@ -35,11 +35,15 @@
 //! | `memory.rs` | every page transition: host `Share`/`Donate`/`Unshare`/`Reclaim`, guest `Share`/`Unshare`/`Relinquish`, and their run and shard helpers |
 //! | `run.rs` | `VcpuRun`: loading a vCPU, guest exits, guest calls, the simulated guest of tests |
 //! | `accounting.rs` | `Accounting` |
+//! | `psci.rs` | a guest's PSCI calls (`isola::psci`) |
+//! | `sysreg.rs` | a guest's trapped system-register accesses (`isola::sysreg`) |
 
 mod accounting;
 mod lifecycle;
 mod memory;
+pub mod psci;
 mod run;
+pub mod sysreg;
 #[cfg(test)]
 mod tests;
 
