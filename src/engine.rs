@@ -276,7 +276,7 @@ impl<A: Arch> Engine<A> {
     }
 
     /// The ID registers guests' views are derived from (see
-    /// [`crate::sysreg::guest_id_value`]): `raw[crm - 1][op2]` is the
+    /// `hypercall::sysreg::guest_id_value`): `raw[crm - 1][op2]` is the
     /// value of `(Op0 3, Op1 0, CRn 0, CRm, Op2)`, the same on every CPU
     /// (on a system whose CPUs differ, the EL2 image passes the
     /// sanitised lowest common value). Set once at boot; until then every

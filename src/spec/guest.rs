@@ -403,7 +403,7 @@ impl Model {
         cpu: usize,
         h: Handle,
         index: u64,
-        a: crate::sysreg::Access,
+        a: crate::hypercall::sysreg::Access,
     ) -> Outcome {
         let pmu = a.op0 == 3 && a.op1 == 3 && a.crn == 9 && (12..=14).contains(&a.crm);
         let step = |v: &mut Vcpu| v.pc = v.pc.wrapping_add(4);

@@ -164,7 +164,7 @@ pub enum Event {
         /// Physical CPU.
         cpu: usize,
         /// The register and direction.
-        access: crate::sysreg::Access,
+        access: crate::hypercall::sysreg::Access,
     },
     /// The guest on `cpu` programs its virtual timer, which then reads
     /// `ctl` (with `ISTATUS` as the counter makes it) and `cval`.
