@@ -25,7 +25,6 @@
 //!   new owner may access it non-cacheably (a guest with its MMU off): a
 //!   stale line left dirty by the old owner must be neither seen by it nor
 //!   evicted later over what it wrote.
-#![deny(unsafe_code)]
 
 use crate::addr::{Ipa, PhysAddr};
 use isola_sync::Mutex;

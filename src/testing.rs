@@ -1,7 +1,6 @@
 //! Building an engine on the host, for tests, loom models and benchmarks
 //! (hosted targets only: it leaks heap allocations to stand in for the
 //! storage the EL2 image carves out of its own memory).
-#![deny(unsafe_code)]
 
 extern crate std;
 
@@ -66,7 +65,11 @@ impl MachineSpec {
     /// # Panics
     ///
     /// If the spec is inconsistent (test setup error).
-    #[allow(clippy::expect_used, clippy::panic)]
+    #[allow(
+        clippy::expect_used,
+        clippy::panic,
+        reason = "builds test machines for tests and benches only: an inconsistent spec is a test bug, and the panic names it"
+    )]
     pub fn build<A: Arch>(&self, arch: A) -> Engine<A> {
         let ram = [(PhysAddr::new(self.ram_base), self.ram_pages)];
         let (nshards, nrecords) = PageDb::requirements(&ram, self.shard_shift).expect("RAM layout");

@@ -16,7 +16,8 @@
     clippy::panic,
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects,
-    clippy::expect_used
+    clippy::expect_used,
+    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
 )]
 
 mod spec_common;
@@ -25,7 +26,7 @@ use std::collections::BTreeMap;
 
 use isola::spec::{Config, Event};
 use isola::testing::MachineSpec;
-use isola_abi::{GuestCall, HostCall, PAGE_SIZE, perms};
+use isola_abi::{GuestCall, HostCall, PAGE_SIZE, lr, perms, vcpu_flags};
 use spec_common::engine::{Engine, Machine};
 use spec_common::explore::{Failure, IPA_A, IPA_B, Report, Setup, explore};
 use spec_common::{Bug, Planted, System};
@@ -65,17 +66,19 @@ fn hvc(cpu: usize, call: HostCall, a: [u64; 5]) -> Event {
 const A: u64 = 1 << 16;
 const B: u64 = 1 << 16 | 1;
 
-/// Boot, then two VMs: A (slot 0, two vCPUs, a pool with room for one more
-/// table, at `IPA_A` a donated page the host wrote first, at `IPA_B` a host
-/// page it shares), B (slot 1, one vCPU, a read-only donated page at
-/// `IPA_A`); A's vCPU 0 runs on CPU 0, CPU 1 runs the host.
+/// Boot, then two VMs: A (slot 0, vCPU 0 and a powered-off vCPU 1, a pool
+/// with room for one more table, at `IPA_A` a donated page the host wrote
+/// first, at `IPA_B` a host page it shares), B (slot 1, one vCPU, a
+/// read-only donated page at `IPA_A`); A's vCPU 0, given a pending
+/// interrupt whose EOI the host wants to hear of, runs on CPU 0; CPU 1
+/// runs the host.
 fn two_vms(c: &Config) -> Vec<Event> {
     let page = |i: u64| c.ram_base + (c.engine_pages + i) * PAGE_SIZE;
     let rw = perms::R | perms::W;
     vec![
         hvc(0, HostCall::VmCreate, [page(0), 7, 2, 0, 0]),
         hvc(0, HostCall::VcpuCreate, [A, 0, 0x8000_0000, 0x10, 0]),
-        hvc(0, HostCall::VcpuCreate, [A, 1, 0x8000_0000, 0x11, 0]),
+        hvc(0, HostCall::VcpuCreate, [A, 1, 0, 0, vcpu_flags::OFF]),
         Event::HostWrite {
             cpu: 0,
             pa: page(7),
@@ -86,6 +89,18 @@ fn two_vms(c: &Config) -> Vec<Event> {
         hvc(0, HostCall::VmCreate, [page(9), 5, 1, 0, 0]),
         hvc(0, HostCall::VcpuCreate, [B, 0, 0x8000_0000, 0x10, 0]),
         hvc(0, HostCall::Donate, [B, page(14), IPA_A, perms::R, 0]),
+        Event::HostHvc {
+            cpu: 0,
+            regs: [
+                HostCall::VcpuInterrupts as u64,
+                A,
+                0,
+                lr::pending(33, 0, true),
+                0,
+                0,
+                0,
+            ],
+        },
         hvc(0, HostCall::VcpuRun, [A, 0, 0, 0, 0]),
     ]
 }
@@ -191,7 +206,21 @@ fn required() -> Vec<String> {
     ));
     want.extend(host(
         "VcpuCreate",
-        &["Success", "NotFound", "Denied", "NoMemory"],
+        &[
+            "Success",
+            "InvalidArgument",
+            "NotFound",
+            "Denied",
+            "NoMemory",
+        ],
+    ));
+    want.extend(host(
+        "VcpuInterrupts",
+        &["Success", "InvalidArgument", "NotFound", "Busy"],
+    ));
+    want.extend(host(
+        "VcpuInjectAbort",
+        &["Success", "NotFound", "Busy", "Denied"],
     ));
     want.extend(host("VcpuRun", &["Entered", "NotFound", "Busy", "Denied"]));
     want.extend(host("Donate", &lend));
@@ -222,6 +251,29 @@ fn required() -> Vec<String> {
         }
     }
     want.push("guest unknown id NotSupported".into());
+    // PSCI: each call, and each error code it can return.
+    for (call, rets) in [
+        ("VERSION", &[1 << 16][..]),
+        ("MIGRATE_INFO_TYPE", &[2]),
+        ("FEATURES", &[0, -1]),
+        ("AFFINITY_INFO", &[0, 1, -2]),
+        ("AFFINITY_INFO32", &[-2]),
+        ("CPU_ON", &[-4, -5]),
+        ("CPU_ON32", &[-2, -9]),
+    ] {
+        for r in rets {
+            want.push(format!("guest PSCI {call} {r}"));
+        }
+    }
+    for a in [
+        "guest sysreg op0 2 done",
+        "guest sysreg op0 3 done",
+        "guest timer",
+        "guest interrupt ack",
+        "guest interrupt EOI",
+    ] {
+        want.push(a.into());
+    }
     for exit in [
         "HostCall",
         "Mmio",
@@ -232,6 +284,9 @@ fn required() -> Vec<String> {
         "SystemOff",
         "SystemReset",
         "Error",
+        "CpuOn",
+        "Sgi",
+        "Eoi",
     ] {
         want.push(format!("exit {exit}"));
     }

@@ -6,7 +6,10 @@
 //! exhaustively, with a stated preemption bound, or as a broken twin of the
 //! real code with one memory ordering weakened) and [`flawed`] (a
 //! deliberately broken copy of the barrier that loom must reject). So every
-//! passing model is known to be able to fail.
+//! passing model is known to be able to fail. They are built only from
+//! `isola_sync`'s public shim re-exports, so they never leak into the engine
+//! API.
+#![deny(unsafe_code)]
 
 #[cfg(loom)]
 pub mod model {

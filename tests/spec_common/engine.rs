@@ -7,10 +7,9 @@
 //! Stage-2 and only on a miss takes the abort path (as a translation fault
 //! with a valid syndrome), then retries; a guest access goes through the
 //! engine's own `guest_access` test aid, which does the same on the VM's
-//! Stage-2. The only state the harness keeps itself is what the engine has
-//! no read-only view of: which `LoadedVcpu` token each CPU holds, a VM's
-//! `max vcpus` and whether it powered off (both recorded from the calls and
-//! exits that set them, and both checked through statuses anyway).
+//! Stage-2. The only state the harness keeps itself is which `LoadedVcpu`
+//! token each CPU holds; a VM's `max vcpus` and powered-off flag come from
+//! the engine's `vm_summary`.
 //!
 //! The engine runs on a [`RecordingArch`], so a caller can also check that
 //! every step kept break-before-make ([`super::System::arch_check`]).
@@ -21,7 +20,7 @@
 //! hundreds of thousands of engines.
 
 use std::alloc::Layout;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use isola::abort::{self, ec};
@@ -33,14 +32,17 @@ use isola::mem::PhysMem;
 use isola::ownership::{Owner as RecOwner, PageDb, PageRecord, PageState as RecState, Shard};
 use isola::spec::guest::ESR_UNKNOWN;
 use isola::spec::{
-    Config, Contents, Cpu, Event, Handle, Mapping, Outcome, Owner, Page, PageState, Pending,
+    Config, Contents, Cpu, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState, Pending,
     RunState, State, Vcpu, Vm,
 };
 use isola::stage2::S2Config;
 use isola::testing::{GUEST_MMIO, HOST_UART, MachineSpec};
-use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, VcpuState};
+use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, SysReg, VcpuState};
 use isola::vm::{SlotState, VmHandle, VmSlot};
-use isola_abi::{HostCall, Status};
+use isola_abi::{HostCall, Status, lr};
+
+/// List registers the test engine offers (`VcpuInterrupts`).
+const LIST_REGS: usize = 4;
 
 /// A machine the harness boots: the engine's shape and how many physical
 /// CPUs drive it.
@@ -73,6 +75,8 @@ impl Machine {
         let below_root = (vm_s2.start_level() + 1..=3)
             .map(|l| isola::stage2::level_shift(l - 1))
             .collect();
+        let storage = Storage::new(&m);
+        let features = build(&m, &storage).features();
         Config {
             ram_base: m.ram_base,
             ram_pages: m.ram_pages,
@@ -80,7 +84,10 @@ impl Machine {
             cpus: self.cpus,
             max_vms: m.vm_slots,
             max_vcpus: MAX_VCPUS as u64,
-            features: isola::hypercall::FEATURES,
+            features: features
+                | isola_abi::features::VIRTUAL_INTERRUPTS
+                | (LIST_REGS as u64) << isola_abi::features::LR_COUNT_SHIFT,
+            list_regs: LIST_REGS,
             ipa_bits: u32::from(vm_s2.ipa_bits()),
             mmio_base: GUEST_MMIO.0,
             mmio_end: GUEST_MMIO.1,
@@ -135,7 +142,8 @@ impl Drop for Storage {
         // SAFETY: each pointer came from `Box::into_raw` (or `alloc_zeroed`
         // with `ram_layout`) in `Storage::new` and is freed once, here. The
         // only other user, the engine, is dropped before (it is declared
-        // before its storage in `Engine`) and keeps nothing that outlives it.
+        // before its storage in `Engine`, and `Machine::config` drops the one
+        // it builds first) and keeps nothing that outlives it.
         unsafe {
             drop(Box::from_raw(self.shards));
             drop(Box::from_raw(self.records));
@@ -146,7 +154,8 @@ impl Drop for Storage {
 }
 
 /// Builds the engine of `spec` on `storage` (as `MachineSpec::build` does,
-/// with storage that is freed later instead of leaked).
+/// with storage that is freed later instead of leaked), offering
+/// [`LIST_REGS`] list registers.
 fn build(spec: &MachineSpec, storage: &Storage) -> Core<RecordingArch> {
     let ram = [(PhysAddr::new(spec.ram_base), spec.ram_pages)];
     // SAFETY: `storage` holds `ram_pages` pages at `ram`, valid until it is
@@ -181,10 +190,12 @@ fn build(spec: &MachineSpec, storage: &Storage) -> Core<RecordingArch> {
         host_s2: S2Config::DEFAULT,
         guest_mmio: GUEST_MMIO,
     };
-    match Core::new(cfg, RecordingArch::new(), mem, tables) {
+    let mut core = match Core::new(cfg, RecordingArch::new(), mem, tables) {
         Ok(e) => e,
         Err(e) => panic!("test machine {spec:?}: {e:?}"),
-    }
+    };
+    core.set_list_registers(LIST_REGS);
+    core
 }
 
 /// The engine under test plus the harness's per-CPU tokens.
@@ -197,7 +208,7 @@ pub struct Engine {
     /// The last Stage-2 walks, valid while RAM holds the same bytes.
     walks: RefCell<Walks>,
     /// Whether anything may have written RAM since the walks were checked.
-    dirty: std::cell::Cell<bool>,
+    dirty: Cell<bool>,
     storage: Storage,
 }
 
@@ -230,7 +241,7 @@ impl Engine {
             machine,
             loaded: (0..machine.cpus).map(|_| None).collect(),
             walks: RefCell::default(),
-            dirty: std::cell::Cell::new(true),
+            dirty: Cell::new(true),
             storage,
         }
     }
@@ -375,6 +386,57 @@ impl super::System for Engine {
                 let a = self.core.guest_access(l, Ipa::new(ipa), size, write, reg);
                 self.after_guest(cpu, a, false)
             }
+            Event::GuestSysReg { access, .. } => {
+                let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
+                let trap = Trap::Sync {
+                    esr: access.esr(),
+                    far: 0,
+                    hpfar: 0,
+                };
+                let a = self.core.guest_exit(l, trap);
+                self.after_guest(cpu, a, false)
+            }
+            Event::GuestTimer { ctl, cval, .. } => {
+                // Not trapped: the registers change in the CPU, which the
+                // switch saves into the context at the next exit.
+                let ctx = self.loaded[cpu].as_ref().unwrap().2.context();
+                ctx.set_sysreg(mem, SysReg::CntvCtlEl0, ctl);
+                ctx.set_sysreg(mem, SysReg::CntvCvalEl0, cval);
+                Outcome::GuestDone
+            }
+            Event::GuestIntAck { intid, .. } | Event::GuestIntEoi { intid, .. } => {
+                // The virtual CPU interface's work, on the saved words.
+                let ack = matches!(event, Event::GuestIntAck { .. });
+                let ctx = self.loaded[cpu].as_ref().unwrap().2.context();
+                let mut lrs = ctx.lrs(mem);
+                let hit = lrs.iter_mut().find(|w| {
+                    **w != 0
+                        && **w & 0xffff_ffff == intid
+                        && if ack {
+                            **w >> 62 == 1
+                        } else {
+                            **w & lr::ACTIVE != 0
+                        }
+                });
+                let mut maintenance = false;
+                if let Some(w) = hit {
+                    *w = if ack {
+                        (*w & !lr::PENDING) | lr::ACTIVE
+                    } else {
+                        *w & !lr::ACTIVE
+                    };
+                    // ICH_MISR_EL2.EOI: invalid, EOI requested, not HW.
+                    maintenance = !ack && *w >> 62 == 0 && *w & lr::EOI != 0 && *w & lr::HW == 0;
+                }
+                ctx.set_lrs(mem, lrs);
+                if maintenance {
+                    let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
+                    let a = self.core.guest_exit(l, Trap::Irq);
+                    self.after_guest(cpu, a, false)
+                } else {
+                    Outcome::GuestDone
+                }
+            }
             Event::GuestWfi { .. } | Event::GuestUndefined { .. } | Event::Irq { .. } => {
                 let trap = match event {
                     Event::GuestWfi { .. } => Trap::Sync {
@@ -483,15 +545,22 @@ impl super::System for Engine {
                     VcpuState::Idle => RunState::Ready,
                     VcpuState::Loaded(c) => RunState::Loaded { cpu: c as usize },
                     VcpuState::Off => RunState::Off,
+                    VcpuState::OnPending => RunState::OnPending,
                     VcpuState::Stopped => RunState::Stopped,
                     VcpuState::Absent => unreachable!("vcpu() answers NotFound for absent vCPUs"),
                 };
+                let far = ctx.pending_far(mem);
                 let pending = match ctx.pending(mem) {
                     CtxPending::None => Pending::None,
                     CtxPending::HostReply => Pending::HostReply,
-                    CtxPending::MmioRead { reg, size, .. } => Pending::MmioRead { reg, size },
+                    CtxPending::MmioRead { reg, size, .. } => Pending::MmioRead { reg, size, far },
+                    CtxPending::MmioWrite => Pending::MmioWrite { far },
+                    CtxPending::MemFault { write, fetch } => {
+                        Pending::MemFault { far, write, fetch }
+                    }
                 };
                 let regs = std::array::from_fn(|n| ctx.x(mem, n as u8));
+                let sr = |r| ctx.sysreg(mem, r);
                 vcpus.insert(
                     i,
                     Vcpu {
@@ -499,6 +568,15 @@ impl super::System for Engine {
                         pc: ctx.pc(mem),
                         run,
                         pending,
+                        pstate: ctx.pstate(mem),
+                        el1: El1 {
+                            elr: sr(SysReg::ElrEl1),
+                            spsr: sr(SysReg::SpsrEl1),
+                            esr: sr(SysReg::EsrEl1),
+                            far: sr(SysReg::FarEl1),
+                        },
+                        lrs: ctx.lrs(mem),
+                        timer: (sr(SysReg::CntvCtlEl0), sr(SysReg::CntvCvalEl0)),
                     },
                 );
             }
@@ -554,14 +632,14 @@ impl super::System for Engine {
         if let Some(v) = &self.walks.borrow().host {
             return v.clone();
         }
-        let c = self.machine.config();
-        let end = c.ram_base + c.ram_pages * PAGE_SIZE;
+        let m = self.machine.spec;
+        let end = m.ram_base + m.ram_pages * PAGE_SIZE;
         let mut v = Vec::new();
         self.core.host_mappings(|ipa, _, level| {
             let size = isola::stage2::block_size(level);
             let mut pa = ipa.raw();
             while pa < ipa.raw() + size {
-                if (c.ram_base..end).contains(&pa) {
+                if (m.ram_base..end).contains(&pa) {
                     v.push(pa);
                 }
                 pa += PAGE_SIZE;

@@ -44,7 +44,10 @@
 //! knows of is which host pages the host Stage-2 maps yet (it fills in on
 //! host aborts), and events that change nothing abstract are checked on one
 //! engine one after the other, so both cases are met.
-#![allow(clippy::too_many_lines)]
+#![allow(
+    clippy::too_many_lines,
+    reason = "the event domains read best as one table per side, in one function each"
+)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -56,7 +59,8 @@ use isola::spec::props::{integrity, invariants, low_equivalent};
 use isola::spec::{
     Config, Cpu, Event, Handle, Model, Outcome, Owner, PageState, Pending, RunState, State,
 };
-use isola_abi::{DONATE_MAX_PAGES, GuestCall, HostCall, PAGE_SIZE, perms, psci};
+use isola::sysreg::Access;
+use isola_abi::{DONATE_MAX_PAGES, GuestCall, HostCall, PAGE_SIZE, lr, perms, psci, vcpu_flags};
 
 use super::System;
 
@@ -97,6 +101,12 @@ fn secret(pa_or_reg: u64, word: u64) -> u64 {
 /// event writes or stores from (those, x0..=x6 and x1/x30, carry what the
 /// guest itself declassifies in the same step: call arguments, stored values).
 const SECRET_REGS: std::ops::RangeInclusive<u8> = 7..=29;
+
+/// The register the guest's SGI writes take their value from, and that
+/// value: SGI 3 to every vCPU but the writer (`IRM`).
+const SGI_REG: u8 = 2;
+/// See [`SGI_REG`].
+const SGI_ALL_BUT_ME: u64 = 1 << 40 | 3 << 24;
 
 /// Guest access shapes: (offset in page, size, register).
 const SHAPES: [(u64, u8, u8); 2] = [(0, 8, 1), (PAGE_SIZE - 1, 1, 30)];
@@ -531,9 +541,18 @@ pub fn label(e: &Event, out: Outcome) -> String {
         (Event::GuestHvc { regs, .. }, Outcome::GuestReturn(r)) => {
             match GuestCall::from_id(regs[0] & 0xffff_ffff) {
                 Some(call) => format!("guest {call:?} {}", status(r[0])),
-                None => format!("guest unknown id {}", status(r[0])),
+                None => match psci_name(regs[0]) {
+                    Some(n) => format!("guest PSCI {n} {}", r[0] as i64),
+                    None => format!("guest unknown id {}", status(r[0])),
+                },
             }
         }
+        (Event::GuestSysReg { access, .. }, Outcome::GuestDone) => {
+            format!("guest sysreg op0 {} done", access.op0)
+        }
+        (Event::GuestTimer { .. }, Outcome::GuestDone) => "guest timer".into(),
+        (Event::GuestIntAck { .. }, Outcome::GuestDone) => "guest interrupt ack".into(),
+        (Event::GuestIntEoi { .. }, Outcome::GuestDone) => "guest interrupt EOI".into(),
         (Event::HostRead { .. }, Outcome::HostLoaded(_)) => "host load".into(),
         (Event::HostWrite { .. }, Outcome::HostStored) => "host store".into(),
         (Event::HostRead { .. }, Outcome::HostFault) => "host load fault".into(),
@@ -734,17 +753,26 @@ fn encode(m: &Model, perm: &[usize]) -> Vec<u64> {
         for (&i, c) in &vm.vcpus {
             e.push(i);
             e.extend(c.regs);
-            e.push(c.pc);
+            e.extend([c.pc, c.pstate, c.el1.elr, c.el1.spsr, c.el1.esr, c.el1.far]);
+            e.extend(c.lrs);
+            e.extend([c.timer.0, c.timer.1]);
             e.push(match c.run {
                 RunState::Ready => 0,
                 RunState::Loaded { cpu: n } => 1 + cpu(n),
                 RunState::Off => 100,
-                RunState::Stopped => 101,
+                RunState::OnPending => 101,
+                RunState::Stopped => 102,
             });
             match c.pending {
                 Pending::None => e.push(0),
                 Pending::HostReply => e.push(1),
-                Pending::MmioRead { reg, size } => e.extend([2, u64::from(reg), u64::from(size)]),
+                Pending::MmioRead { reg, size, far } => {
+                    e.extend([2, u64::from(reg), u64::from(size), far]);
+                }
+                Pending::MmioWrite { far } => e.extend([3, far]),
+                Pending::MemFault { far, write, fetch } => {
+                    e.extend([4, far, u64::from(write), u64::from(fetch)]);
+                }
             }
         }
         let tables = m.tables().get(&v);
@@ -975,16 +1003,83 @@ fn host_events(c: &Config, m: &Model, cpu: usize, out: &mut Vec<Event>) {
         out.push(call(HostCall::VmTopup, [h, free0, 1, 0, 0]));
     }
 
-    // VcpuCreate(h, index, pc, x0): indices 0, 1 and 2 (beyond either
-    // `max vcpus`), and one far out of range.
+    // VcpuCreate(h, index, pc, x0, flags): indices 0, 1 and 2 (beyond
+    // either `max vcpus`), on or powered off; one index far out of range;
+    // an unknown flag.
     for &h in &live {
         for i in [0, 1, 2] {
-            out.push(call(HostCall::VcpuCreate, [h, i, ENTRY, 0x10 + i, 0]));
+            for flags in [0, vcpu_flags::OFF] {
+                out.push(call(HostCall::VcpuCreate, [h, i, ENTRY, 0x10 + i, flags]));
+            }
         }
     }
     out.push(call(HostCall::VcpuCreate, [h0, u64::MAX, ENTRY, 0, 0]));
+    out.push(call(HostCall::VcpuCreate, [h0, 0, ENTRY, 0, 1 << 1]));
     for &h in &bad {
         out.push(call(HostCall::VcpuCreate, [h, 0, ENTRY, 0, 0]));
+    }
+
+    // VcpuInterrupts(h, index, lr0..=lr3): clear them, one pending
+    // interrupt whose EOI the host wants to hear of, another without; then
+    // words the engine must refuse (a vINTID past 1019, the HW bit, one
+    // vINTID twice, EOI with neither pending nor active).
+    let lrs_valid: [[u64; 4]; 3] = [
+        [0; 4],
+        [lr::pending(33, 0, true), 0, 0, 0],
+        [lr::pending(27, 0, false), 0, 0, 0],
+    ];
+    for &h in &live {
+        for i in [0, 1, 2] {
+            for l in lrs_valid {
+                out.push(Event::HostHvc {
+                    cpu,
+                    regs: [
+                        HostCall::VcpuInterrupts as u64,
+                        h,
+                        i,
+                        l[0],
+                        l[1],
+                        l[2],
+                        l[3],
+                    ],
+                });
+            }
+        }
+    }
+    for l in [
+        [lr::PENDING | 1020, 0, 0, 0],
+        [lr::PENDING | lr::HW | 33 | 33 << 32, 0, 0, 0],
+        [lr::pending(33, 0, false), lr::pending(33, 0, false), 0, 0],
+        [lr::EOI | 33, 0, 0, 0],
+    ] {
+        out.push(Event::HostHvc {
+            cpu,
+            regs: [
+                HostCall::VcpuInterrupts as u64,
+                h0,
+                0,
+                l[0],
+                l[1],
+                l[2],
+                l[3],
+            ],
+        });
+    }
+    for &h in &bad {
+        out.push(Event::HostHvc {
+            cpu,
+            regs: [HostCall::VcpuInterrupts as u64, h, 0, 0, 0, 0, 0],
+        });
+    }
+
+    // VcpuInjectAbort(h, index).
+    for &h in &live {
+        for i in [0, 1, 2] {
+            out.push(call(HostCall::VcpuInjectAbort, [h, i, 0, 0, 0]));
+        }
+    }
+    for &h in &bad {
+        out.push(call(HostCall::VcpuInjectAbort, [h, 0, 0, 0, 0]));
     }
 
     // Donate(h, pa, ipa, perms, pages) and Share(h, pa, ipa, perms).
@@ -1161,6 +1256,96 @@ fn guest_events(c: &Config, cpu: usize, vm: Handle, vcpu: u64, out: &mut Vec<Eve
     for id in [psci::CPU_OFF, psci::SYSTEM_OFF, psci::SYSTEM_RESET] {
         out.push(ghvc(cpu, u64::from(id), 0, 0));
     }
+    // PSCI beyond those: the queries; CPU_SUSPEND; AFFINITY_INFO of each
+    // vCPU index and of a target in another cluster, and at another level;
+    // CPU_ON of each index at the entry point, a misaligned one and one
+    // outside the IPA space, and of a target in another cluster.
+    out.push(ghvc(cpu, u64::from(psci::VERSION), 0, 0));
+    out.push(ghvc(cpu, u64::from(psci::MIGRATE_INFO_TYPE), 0, 0));
+    out.push(ghvc(
+        cpu,
+        u64::from(psci::FEATURES),
+        u64::from(psci::CPU_ON),
+        0,
+    ));
+    out.push(ghvc(cpu, u64::from(psci::FEATURES), 0xC400_0012, 0));
+    out.push(ghvc(cpu, u64::from(psci::CPU_SUSPEND), 0, 0));
+    let other_cluster = psci::mpidr(0) | 1 << 8;
+    for i in [0u16, 1, 2] {
+        out.push(ghvc(cpu, u64::from(psci::AFFINITY_INFO), psci::mpidr(i), 0));
+    }
+    out.push(ghvc(
+        cpu,
+        u64::from(psci::AFFINITY_INFO32),
+        other_cluster,
+        0,
+    ));
+    out.push(ghvc(cpu, u64::from(psci::AFFINITY_INFO), psci::mpidr(0), 1));
+    for i in [0u16, 1, 2] {
+        out.push(Event::GuestHvc {
+            cpu,
+            regs: [
+                u64::from(psci::CPU_ON),
+                psci::mpidr(i),
+                ENTRY,
+                0x20,
+                0,
+                0,
+                0,
+            ],
+        });
+    }
+    for (target, entry) in [
+        (psci::mpidr(1), ENTRY + 2),
+        (psci::mpidr(1), 1 << c.ipa_bits),
+        (other_cluster, ENTRY),
+    ] {
+        out.push(Event::GuestHvc {
+            cpu,
+            regs: [u64::from(psci::CPU_ON32), target, entry, 0x20, 0, 0, 0],
+        });
+    }
+    // Trapped system registers: an SGI to the vCPUs x2 names (x2 is set to
+    // "all but me, SGI 3" just before), or to those x1's value names; a
+    // debug and a PMU register (read as zero); the implementation-defined
+    // space (the vCPU stops).
+    out.push(Event::GuestSetReg {
+        cpu,
+        reg: SGI_REG,
+        value: SGI_ALL_BUT_ME,
+    });
+    let access = |op0, op1, crn, crm, op2, rt, read| Access {
+        op0,
+        op1,
+        crn,
+        crm,
+        op2,
+        rt,
+        read,
+    };
+    for access in [
+        access(3, 0, 12, 11, 5, SGI_REG, false),
+        access(3, 0, 12, 11, 5, 1, false),
+        access(2, 0, 0, 2, 2, 1, true),
+        access(3, 3, 9, 14, 0, 1, true),
+        access(3, 0, 15, 0, 0, 1, true),
+    ] {
+        out.push(Event::GuestSysReg { cpu, access });
+    }
+    // The virtual timer: armed and fired, armed and not yet.
+    for ctl in [0b101, 0b001] {
+        out.push(Event::GuestTimer {
+            cpu,
+            ctl,
+            cval: 0x1000,
+        });
+    }
+    // The virtual CPU interface: acknowledge and deactivate the two
+    // interrupts `VcpuInterrupts` offers.
+    for intid in [33, 27] {
+        out.push(Event::GuestIntAck { cpu, intid });
+        out.push(Event::GuestIntEoi { cpu, intid });
+    }
     for id in [
         0,
         HostCall::Donate as u64,
@@ -1175,6 +1360,27 @@ fn guest_events(c: &Config, cpu: usize, vm: Handle, vcpu: u64, out: &mut Vec<Eve
 }
 
 // ---- Printing ----
+
+/// The name of a PSCI function id.
+fn psci_name(id: u64) -> Option<&'static str> {
+    [
+        (psci::VERSION, "VERSION"),
+        (psci::CPU_SUSPEND32, "CPU_SUSPEND32"),
+        (psci::CPU_SUSPEND, "CPU_SUSPEND"),
+        (psci::CPU_OFF, "CPU_OFF"),
+        (psci::CPU_ON32, "CPU_ON32"),
+        (psci::CPU_ON, "CPU_ON"),
+        (psci::AFFINITY_INFO32, "AFFINITY_INFO32"),
+        (psci::AFFINITY_INFO, "AFFINITY_INFO"),
+        (psci::MIGRATE_INFO_TYPE, "MIGRATE_INFO_TYPE"),
+        (psci::SYSTEM_OFF, "SYSTEM_OFF"),
+        (psci::SYSTEM_RESET, "SYSTEM_RESET"),
+        (psci::FEATURES, "FEATURES"),
+    ]
+    .iter()
+    .find(|(i, _)| u64::from(*i) == id)
+    .map(|(_, n)| *n)
+}
 
 /// An event as a person reads it: `cpu0 host VmCreate(pa=0x…, …)`.
 pub fn show(e: &Event) -> String {
@@ -1195,7 +1401,9 @@ pub fn show(e: &Event) -> String {
                 Some(HostCall::VmCreate) => args(&["pa", "pages", "max_vcpus"]),
                 Some(HostCall::VmDestroy) => args(&["h"]),
                 Some(HostCall::VmTopup) => args(&["h", "pa", "pages"]),
-                Some(HostCall::VcpuCreate) => args(&["h", "index", "pc", "x0"]),
+                Some(HostCall::VcpuCreate) => args(&["h", "index", "pc", "x0", "flags"]),
+                Some(HostCall::VcpuInterrupts) => args(&["h", "index", "lr0", "lr1", "lr2", "lr3"]),
+                Some(HostCall::VcpuInjectAbort) => args(&["h", "index"]),
                 Some(HostCall::VcpuRun) => args(&["h", "index", "value"]),
                 Some(HostCall::Donate) => args(&["h", "pa", "ipa", "perms", "pages"]),
                 Some(HostCall::Share) => args(&["h", "pa", "ipa", "perms"]),
@@ -1217,16 +1425,7 @@ pub fn show(e: &Event) -> String {
         Event::GuestHvc { cpu, regs } => {
             let name = GuestCall::from_id(regs[0] & 0xffff_ffff)
                 .map(|c| format!("{c:?}"))
-                .or_else(|| {
-                    [
-                        (psci::CPU_OFF, "PSCI CPU_OFF"),
-                        (psci::SYSTEM_OFF, "PSCI SYSTEM_OFF"),
-                        (psci::SYSTEM_RESET, "PSCI SYSTEM_RESET"),
-                    ]
-                    .iter()
-                    .find(|(id, _)| u64::from(*id) == regs[0])
-                    .map(|(_, n)| n.to_string())
-                })
+                .or_else(|| psci_name(regs[0]).map(|n| format!("PSCI {n}")))
                 .unwrap_or_else(|| format!("hvc x0={:#x}", regs[0]));
             format!(
                 "cpu{cpu} guest {name}(x1={:#x}, x2={:#x})",
@@ -1248,5 +1447,20 @@ pub fn show(e: &Event) -> String {
         Event::GuestWfi { cpu } => format!("cpu{cpu} guest WFI"),
         Event::GuestUndefined { cpu } => format!("cpu{cpu} guest undefined instruction"),
         Event::Irq { cpu } => format!("cpu{cpu} IRQ"),
+        Event::GuestSysReg { cpu, access: a } => format!(
+            "cpu{cpu} guest {} S{}_{}_C{}_C{}_{} x{}",
+            if a.read { "mrs" } else { "msr" },
+            a.op0,
+            a.op1,
+            a.crn,
+            a.crm,
+            a.op2,
+            a.rt
+        ),
+        Event::GuestTimer { cpu, ctl, cval } => {
+            format!("cpu{cpu} guest timer ctl={ctl:#x} cval={cval:#x}")
+        }
+        Event::GuestIntAck { cpu, intid } => format!("cpu{cpu} guest acknowledge vINTID {intid}"),
+        Event::GuestIntEoi { cpu, intid } => format!("cpu{cpu} guest deactivate vINTID {intid}"),
     }
 }

@@ -10,6 +10,8 @@
 use std::process::Command;
 use std::time::Instant;
 
+use crate::cmd::{cargo, root, run};
+
 /// Depth from boot `cargo xtask explore` uses when not told (the test
 /// command uses the test's default, 4).
 const DEFAULT_DEPTH: u32 = 5;
@@ -24,11 +26,11 @@ const PLANTED: &[&str] = &[
 /// `cargo test --release -p isola --test explore` in the exploration's
 /// build, with `extra` cargo arguments before `--test`.
 fn explore_test(extra: &[&str]) -> Command {
-    let mut c = crate::cargo();
+    let mut c = cargo();
     c.args(["test", "--release", "-p", "isola"])
         .args(extra)
         .args(["--test", "explore"])
-        .env("CARGO_TARGET_DIR", crate::root().join("target/explore"))
+        .env("CARGO_TARGET_DIR", root().join("target/explore"))
         .env("CARGO_PROFILE_RELEASE_LTO", "false")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
@@ -40,7 +42,7 @@ fn explore_test(extra: &[&str]) -> Command {
 pub fn test_step() -> Result<(), String> {
     let mut c = explore_test(&[]);
     c.args(["--", "--nocapture"]);
-    crate::run(c)
+    run(c)
 }
 
 /// `cargo xtask explore [--depth N] [--planted]`.
@@ -69,7 +71,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     c.env("ISOLA_EXPLORE_DEPTH", depth.to_string())
         .env("ISOLA_EXPLORE_COVERAGE", "1")
         .args(["--", "--nocapture", "every_sequence"]);
-    let r = crate::run(c);
+    let r = run(c);
     println!(
         "exploration at depth {depth} from boot took {:.0} s",
         t.elapsed().as_secs_f64()
@@ -108,5 +110,5 @@ fn planted_bugs() -> Result<(), String> {
     println!("\n==> the harness's own planted bugs (tests/spec_common, Bug)");
     let mut c = explore_test(&[]);
     c.args(["--", "--nocapture", "exploration_catches"]);
-    crate::run(c)
+    run(c)
 }

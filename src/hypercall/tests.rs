@@ -1,0 +1,155 @@
+//! Unit tests of the hypercall layer that need its internals (fault
+//! injection into the mapping step of `Donate`, the result registers).
+
+use super::lifecycle::next_generation;
+use super::*;
+use crate::addr::PAGE_SIZE;
+use crate::arch::{RecordingArch, check_break_before_make};
+use crate::ownership::PageRecord;
+use crate::testing::MachineSpec;
+use crate::vm::vmid_of;
+use core::cell::Cell;
+use isola_abi::{Accounting, HostCall, perms};
+use std::vec::Vec;
+
+std::thread_local! {
+    /// One-shot fault injection for [`Engine::map_donated_run`]: the next
+    /// batched `Donate` on this thread maps only this many pages of its
+    /// run, then fails `NoMemory`. Thread-local, so parallel tests do
+    /// not see each other's.
+    pub(super) static FAIL_MAP_AFTER: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+const GUEST_RAM: u64 = 0x8000_0000;
+
+fn call(e: &Engine<RecordingArch>, call: HostCall, args: [u64; 4]) -> (Status, [u64; 3]) {
+    let mut regs = [call as u64, args[0], args[1], args[2], args[3], 0, 0];
+    assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+    (
+        Status::from_raw(regs[0] as i64).unwrap(),
+        [regs[1], regs[2], regs[3]],
+    )
+}
+
+/// A batched donate whose mapping step fails after `mapped` of its 4
+/// pages are in the VM's Stage-2 leaves records, counts and the host's
+/// access exactly as before; the pages the guest could have seen are
+/// unmapped (with the VM's TLBI) and scrubbed, the others keep the
+/// host's data. The run can then be donated for real, and after
+/// `VmDestroy` every page is reclaimed: nothing is left naming the slot.
+fn failed_map_step_loses_nothing(mapped: u64) {
+    let spec = MachineSpec::default();
+    let e = spec.build(RecordingArch::new());
+    let totals = |e: &Engine<RecordingArch>| {
+        let (s, t) = call(
+            e,
+            HostCall::Accounting,
+            [Accounting::Totals as u64, 0, 0, 0],
+        );
+        assert_eq!(s, Status::Success);
+        t
+    };
+    let at_start = totals(&e);
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 8, 1, 0]);
+    assert_eq!(s, Status::Success);
+    let run = |i: u64| spec.page(44u64.wrapping_add(i));
+    let ipa = |i: u64| Ipa::new(GUEST_RAM.wrapping_add(i.wrapping_mul(PAGE_SIZE)));
+    for i in 0..4 {
+        assert!(e.mem().write_u64(run(i), 0x5eed_u64.wrapping_add(i)));
+    }
+    let before = (totals(&e), e.vm_usage(vm).unwrap()[..3].to_vec());
+    let donate = || {
+        let args = [vm, run(0).raw(), GUEST_RAM, perms::R, 4];
+        let mut regs = [
+            HostCall::Donate as u64,
+            args[0],
+            args[1],
+            args[2],
+            args[3],
+            args[4],
+            0,
+        ];
+        assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+        Status::from_raw(regs[0] as i64).unwrap()
+    };
+    e.arch().clear();
+    FAIL_MAP_AFTER.set(Some(mapped));
+    assert_eq!(donate(), Status::NoMemory);
+    assert_eq!(FAIL_MAP_AFTER.get(), None, "the hook fired");
+    assert_eq!(
+        (totals(&e), e.vm_usage(vm).unwrap()[..3].to_vec()),
+        before,
+        "records and counts as before ({mapped} mapped)"
+    );
+    let mut ev = Vec::new();
+    e.arch().for_each(|x| ev.push(x));
+    assert!(!e.arch().overflowed());
+    check_break_before_make(ev.iter().copied()).unwrap();
+    for i in 0..4 {
+        assert_eq!(e.vm_translate(vm, ipa(i)).unwrap(), None, "page {i}");
+        assert_eq!(e.page(run(i)), Some(PageRecord::HOST), "page {i}");
+        let data = e.mem().read_u64(run(i)).unwrap();
+        let vm_tlbi = ev.iter().any(|x| {
+            *x == crate::arch::ArchEvent::TlbiIpa {
+                vmid: vmid_of(0),
+                ipa: ipa(i),
+            }
+        });
+        if i < mapped {
+            assert_eq!((data, vm_tlbi), (0, true), "page {i} was in the VM");
+        } else {
+            assert_eq!(
+                (data, vm_tlbi),
+                (0x5eed_u64.wrapping_add(i), false),
+                "page {i} was not"
+            );
+        }
+    }
+    assert_eq!(donate(), Status::Success, "the run is whole again");
+    assert_eq!(e.vm_usage(vm).unwrap()[0], 4);
+    assert_eq!(
+        call(&e, HostCall::VmDestroy, [vm, 0, 0, 0]).0,
+        Status::Success
+    );
+    for i in 0..4 {
+        let (s, _) = call(&e, HostCall::Reclaim, [run(i).raw(), 0, 0, 0]);
+        assert_eq!(s, Status::Success, "page {i}");
+    }
+    assert_eq!(totals(&e), at_start);
+    let (s, [.., waiting]) = call(
+        &e,
+        HostCall::Accounting,
+        [Accounting::Sharing as u64, 0, 0, 0],
+    );
+    assert_eq!((s, waiting), (Status::Success, 0));
+}
+
+#[test]
+fn a_failed_batched_map_step_undoes_every_page() {
+    for mapped in [0, 1, 3] {
+        failed_map_step_loses_nothing(mapped);
+    }
+}
+
+#[test]
+fn failures_zero_the_results_and_keep_x4_to_x6() {
+    let mut regs = [9, 1, 2, 3, 4, 5, 6];
+    write_result(&mut regs, Err(Status::NotOwner));
+    assert_eq!(regs, [Status::NotOwner.raw(), 0, 0, 0, 4, 5, 6]);
+    write_result(&mut regs, Ok([7, 8, 9]));
+    assert_eq!(regs, [0, 7, 8, 9, 4, 5, 6]);
+}
+
+#[test]
+fn generations_never_return_to_zero() {
+    assert_eq!(next_generation(1), 2);
+    assert_eq!(next_generation(u32::MAX), 1);
+}
+
+#[test]
+fn stage2_errors_map_to_abi_statuses() {
+    assert_eq!(s2_status(S2Error::NoMemory), Status::NoMemory);
+    assert_eq!(s2_status(S2Error::AlreadyMapped), Status::AlreadyMapped);
+    assert_eq!(s2_status(S2Error::NotMapped), Status::NotMapped);
+    assert_eq!(s2_status(S2Error::OutOfRange), Status::InvalidArgument);
+}
