@@ -18,7 +18,8 @@
 //! out-of-space IPAs, zero and unknown permissions, over-long runs, unknown
 //! function ids), plus host loads of every page of RAM and stores to every
 //! page the host may not touch. Values (what the host stores, what a guest
-//! puts in a register) come from one fixed value per actor. See
+//! puts in a register) come from one fixed value per actor (and one SGI
+//! value). See
 //! `docs/security-properties.md` for the table.
 //!
 //! # Canonical form
@@ -40,10 +41,11 @@
 //! pages that share owner, state, contents and mappings, the lowest.
 //!
 //! Deduplicating by the model's state assumes that engines in the same
-//! abstract state behave alike; the one concrete difference the exploration
-//! knows of is which host pages the host Stage-2 maps yet (it fills in on
-//! host aborts), and events that change nothing abstract are checked on one
-//! engine one after the other, so both cases are met.
+//! abstract state behave alike. The one concrete difference known to the
+//! exploration is which host pages the host Stage-2 maps yet (it fills in
+//! on host aborts); events that change nothing abstract are checked one
+//! after the other on a single engine, so they meet both kinds of host
+//! Stage-2 (a page mapped already, and not yet).
 #![allow(
     clippy::too_many_lines,
     reason = "the event domains read best as one table per side, in one function each"
