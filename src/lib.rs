@@ -13,7 +13,8 @@
 //! | [`pool`] | free lists of donated pages |
 //! | [`stage2`] | VMSAv8-64 Stage-2 tables, break-before-make |
 //! | [`vm`], [`vcpu`] | the VM table, handles, vCPU contexts |
-//! | [`engine`] | construction, host aborts, observation |
+//! | [`engine`] | construction, the host's Stage-2 (kept exact: it is also the host's DMA view), host aborts, observation |
+//! | [`handover`] | the one place that decides what each ownership transition needs: the DMA view's invalidation, scrub, data- and instruction-cache maintenance |
 //! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
 //! | [`abort`] | ESR decoding and the abort policy |
 //! | [`testing`] | building a test machine on the host |
@@ -86,6 +87,7 @@ pub use isola_abi as abi;
 pub mod addr;
 pub mod arch;
 pub mod engine;
+pub mod handover;
 pub mod hypercall;
 pub mod mem;
 pub mod ownership;

@@ -8,6 +8,7 @@ extern crate std;
 use crate::addr::{PAGE_SIZE, PhysAddr};
 use crate::arch::Arch;
 use crate::engine::{Engine, EngineConfig, EngineStorage};
+use crate::handover::CachePolicy;
 use crate::mem::PhysMem;
 use crate::ownership::{PageDb, PageRecord, Shard};
 use crate::stage2::S2Config;
@@ -28,12 +29,17 @@ pub struct MachineSpec {
     pub vm_slots: usize,
     /// log2 of the shard size.
     pub shard_shift: u32,
+    /// How the machine's caches behave (test machines maintain everything).
+    pub caches: CachePolicy,
 }
 
 /// Guest MMIO window of test machines (QEMU `virt`-like: below RAM).
 pub const GUEST_MMIO: (u64, u64) = (0x0900_0000, 0x0a00_0000);
 /// The one device page test hosts may access (a UART).
 pub const HOST_UART: u64 = 0x0900_0000;
+/// The one device page test hosts may only read (a redistributor's
+/// `RD_base` frame, as the EL2 image gives it).
+pub const HOST_GICR_RD: u64 = 0x080a_0000;
 /// Stage-2 shape of test VMs: 40-bit IPA from level 0, so the root is one
 /// page and the tables below it are at shifts 39, 30 and 21.
 pub const VM_S2: S2Config = match S2Config::new(40, 0) {
@@ -51,6 +57,7 @@ impl Default for MachineSpec {
             engine_pages: 8,
             vm_slots: 4,
             shard_shift: 21,
+            caches: CachePolicy::MAINTAIN_ALL,
         }
     }
 }
@@ -80,10 +87,12 @@ impl MachineSpec {
             reserved: &[],
             host_s2_pool: (PhysAddr::new(self.ram_base), self.engine_pages),
             host_devices: &devices,
+            host_devices_ro: &[(PhysAddr::new(HOST_GICR_RD), 1)],
             shard_shift: self.shard_shift,
             vm_s2: VM_S2,
             host_s2: S2Config::DEFAULT,
             guest_mmio: GUEST_MMIO,
+            caches: self.caches,
         };
         match Engine::new(
             cfg,

@@ -43,6 +43,7 @@ const SPEC: MachineSpec = MachineSpec {
     engine_pages: 16,
     vm_slots: 4,
     shard_shift: 21,
+    caches: isola::handover::CachePolicy::MAINTAIN_ALL,
 };
 /// Pages available for donation per round.
 const ROUND: u64 = 3072;
