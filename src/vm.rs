@@ -11,8 +11,15 @@
 //! - Everything proportional to the guest (Stage-2 tables, vCPU contexts)
 //!   lives in pages of the VM's donated pool; the slot itself is small and
 //!   fixed (see `docs/ownership.md` for the measured size).
-//! - All fields are guarded by the slot's mutex; lock order: slot → shard →
-//!   host Stage-2.
+//! - All fields of [`VmInner`] are guarded by the slot's mutex; lock order:
+//!   slot → shard → host Stage-2.
+//! - Two atomics beside the mutex let calls that only *look for* a slot or
+//!   *count* skip the locks (issue 17: no host call waits on other VMs):
+//!   `claimed` is false exactly when the slot is `Free` and no `VmCreate`
+//!   has claimed it (a creation claims it by compare-and-swap before taking
+//!   its lock); `dead_owned` is `owned` while the slot is `Dead`, else 0.
+//!   Both are written only by the holder of the slot's lock
+//!   ([`VmSlot::publish`]), except the claim itself.
 #![deny(unsafe_code)]
 
 use crate::arch::Vmid;
@@ -20,6 +27,7 @@ use crate::pool::PagePool;
 use crate::stage2::Stage2;
 use crate::vcpu::{MAX_VCPUS, VcpuState};
 use isola_sync::Mutex;
+use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A VM handle as the host sees it: `generation << 16 | slot`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,6 +137,10 @@ impl VmInner {
 #[repr(align(128))]
 pub struct VmSlot {
     pub(crate) inner: Mutex<VmInner>,
+    /// See the module's invariants: false iff free and unclaimed.
+    claimed: AtomicBool,
+    /// See the module's invariants: the dead VM's pages awaiting `Reclaim`.
+    dead_owned: AtomicU64,
 }
 
 impl VmSlot {
@@ -137,6 +149,8 @@ impl VmSlot {
     pub const fn new() -> Self {
         Self {
             inner: Mutex::new(VmInner::EMPTY),
+            claimed: AtomicBool::new(false),
+            dead_owned: AtomicU64::new(0),
         }
     }
 
@@ -145,7 +159,46 @@ impl VmSlot {
     pub fn new() -> Self {
         Self {
             inner: Mutex::new(VmInner::EMPTY),
+            claimed: AtomicBool::new(false),
+            dead_owned: AtomicU64::new(0),
         }
+    }
+
+    /// Claims the slot for a `VmCreate` without taking its lock: true if it
+    /// was free and unclaimed (then the caller alone may make it `Live`, or
+    /// give it back with [`VmSlot::publish`] while it is still `Free`).
+    pub(crate) fn try_claim(&self) -> bool {
+        // Acquire: pairs with `publish`'s Release, so the claimer's lock sees
+        // the slot as the last holder left it (the lock orders that anyway;
+        // this keeps the claim's own meaning exact).
+        !self.claimed.load(Ordering::Relaxed)
+            && self
+                .claimed
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Publishes `g` (this slot's locked state) to the lock-free readers: a
+    /// `Free` slot becomes claimable, a `Dead` one counts its pages. Called by
+    /// the lock holder after every change of `state` or of a dead VM's
+    /// `owned`.
+    pub(crate) fn publish(&self, g: &VmInner) {
+        let dead = if g.state == SlotState::Dead {
+            g.owned
+        } else {
+            0
+        };
+        self.dead_owned.store(dead, Ordering::Relaxed);
+        if g.state == SlotState::Free {
+            // Release: the next claimer's Acquire sees the slot's final state.
+            self.claimed.store(false, Ordering::Release);
+        }
+    }
+
+    /// Pages of this slot's destroyed VM awaiting `Reclaim` (0 unless dead),
+    /// without the lock.
+    pub(crate) fn awaiting_reclaim(&self) -> u64 {
+        self.dead_owned.load(Ordering::Relaxed)
     }
 }
 

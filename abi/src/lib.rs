@@ -192,7 +192,11 @@ pub mod perms {
     pub const ALL: u64 = R | W | X;
 }
 
-/// Selectors for [`HostCall::Accounting`] (`x1`).
+/// Selectors for [`HostCall::Accounting`] (`x1`). `Totals` and `Sharing` are
+/// read without locks: every page is counted exactly once, by the owner its
+/// record names at the moment the engine reads its part of memory, so a
+/// transition running at the same time may be seen part done, never a page
+/// twice or missing.
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accounting {

@@ -2,8 +2,12 @@
 //!
 //! Each thread plays one host CPU driving its own VM through rounds of mixed
 //! work, every call through `Engine::host_call` exactly as the exception
-//! vector makes it: `VmCreate` (a 16-page pool), `Donate` 16 pages, `Share`
-//! and `Unshare` one page 16 times, `VmDestroy`, `Reclaim` the 16 pages.
+//! vector makes it: `VmCreate` (a 16-page pool), `Donate` 16 pages,
+//! `Accounting(Totals)`, `Share` and `Unshare` one page 16 times,
+//! `VmDestroy`, `Accounting(Sharing)`, `Reclaim` the 16 pages. `VmCreate`
+//! scans the VM table and `Accounting` reads every shard and every slot, so
+//! each round touches the other threads' state too: that they need no lock
+//! of the others' is what this measures (issue 17).
 //! A round leaves the machine as it found it, so rounds repeat forever.
 //! Each thread's pages lie in their own 2 MiB ownership shard.
 //!
@@ -35,7 +39,7 @@ use isola::arch::NoopArch;
 use isola::engine::Engine;
 use isola::hypercall::HostCallOutcome;
 use isola::testing::MachineSpec;
-use isola_abi::{HostCall, Status, perms};
+use isola_abi::{Accounting, HostCall, Status, perms};
 
 /// Pages per 2 MiB shard.
 const SHARD_PAGES: u64 = 512;
@@ -111,12 +115,14 @@ fn round(m: &Machine, t: usize, lock: Option<&Mutex<()>>) {
             ],
         );
     }
+    go(HostCall::Accounting, [Accounting::Totals as u64, 0, 0, 0]);
     let shared = m.page(t, POOL + DONATED);
     for _ in 0..SHARES {
         go(HostCall::Share, [vm, shared, 0x9000_0000, perms::R]);
         go(HostCall::Unshare, [vm, shared, 0x9000_0000, 0]);
     }
     go(HostCall::VmDestroy, [vm, 0, 0, 0]);
+    go(HostCall::Accounting, [Accounting::Sharing as u64, 0, 0, 0]);
     for i in 0..DONATED {
         go(HostCall::Reclaim, [m.page(t, POOL + i), 0, 0, 0]);
     }

@@ -81,43 +81,33 @@ impl<A: Arch> Engine<A> {
         if pages < root_pages || !pa.is_aligned(root_bytes) {
             return Err(Status::NoMemory);
         }
-        // Find a free slot, one slot lock at a time, holding nothing else
-        // (lock order). The first pass skips slots another CPU holds, so
-        // creations on different CPUs do not queue behind each other's long
-        // operations; only if that finds nothing does a second pass wait for
-        // the busy ones, so the status depends on state, not on timing.
-        for pass in 0..2 {
-            let mut skipped = false;
-            for (slot, s) in self.vms.iter().enumerate() {
-                let mut g = if pass == 0 {
-                    match s.inner.try_lock() {
-                        Some(g) => g,
-                        None => {
-                            skipped = true;
-                            continue;
-                        }
-                    }
-                } else {
-                    s.inner.lock()
-                };
-                if g.state != SlotState::Free {
-                    continue;
-                }
-                self.take_into_pool(slot, &mut g, pa, pages, root_pages)?;
-                let generation = g.generation;
-                g.s2 = Some(Stage2::new(pa, self.vm_s2, vmid_of(slot)));
-                g.state = SlotState::Live;
-                g.max_vcpus = max_vcpus as u16;
-                g.vcpus = [VcpuSlot::default(); MAX_VCPUS];
-                g.owned = 0;
-                g.borrowed = 0;
-                g.guest_shared = 0;
-                g.off = false;
-                return Ok([VmHandle::new(slot as u16, generation).0, 0, 0]);
+        // Find a free slot without waiting on any other VM's lock: claim it
+        // by compare-and-swap (`VmSlot::try_claim`), then take its lock,
+        // which nobody else wants (a free slot has no VM to operate on).
+        for (slot, s) in self.vms.iter().enumerate() {
+            if !s.try_claim() {
+                continue;
             }
-            if !skipped {
-                break;
+            let mut g = s.inner.lock();
+            if g.state != SlotState::Free {
+                // Unreachable: an unclaimed slot is free (vm.rs). Leave it
+                // claimed, as a slot that is not free must be.
+                continue;
             }
+            if let Err(e) = self.take_into_pool(slot, &mut g, pa, pages, root_pages) {
+                s.publish(&g);
+                return Err(e);
+            }
+            let generation = g.generation;
+            g.s2 = Some(Stage2::new(pa, self.vm_s2, vmid_of(slot)));
+            g.state = SlotState::Live;
+            g.max_vcpus = max_vcpus as u16;
+            g.vcpus = [VcpuSlot::default(); MAX_VCPUS];
+            g.owned = 0;
+            g.borrowed = 0;
+            g.guest_shared = 0;
+            g.off = false;
+            return Ok([VmHandle::new(slot as u16, generation).0, 0, 0]);
         }
         Err(Status::NoMemory)
     }
@@ -195,6 +185,9 @@ impl<A: Arch> Engine<A> {
         } else {
             SlotState::Dead
         };
+        if let Some(s) = self.vms.get(slot) {
+            s.publish(&g);
+        }
         Ok([0; 3])
     }
 

@@ -406,6 +406,7 @@ impl<A: Arch> Engine<A> {
         if g.owned == 0 {
             g.state = SlotState::Free;
         }
+        s.publish(&g);
         Ok([0; 3])
     }
 

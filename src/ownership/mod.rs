@@ -9,6 +9,12 @@
 //! - A shard's [`Counts`] always equal what its records say (they are updated
 //!   in [`PageGuard::set`], the only way to change a record), so totals are a
 //!   sum over shards, never a scan of records.
+//! - Each shard also publishes its counts in one atomic word, written by the
+//!   lock holder after every record change: [`PageDb::totals`] reads them
+//!   without taking any lock. One word per shard makes each shard's part a
+//!   consistent snapshot, so every page is counted exactly once, by the owner
+//!   its record named at the moment its shard was read (the parts of two
+//!   shards may be from different moments).
 //! - Records change only under their shard's lock; the lock also guards the
 //!   host Stage-2 entries for the shard's range (see `docs/ownership.md`:
 //!   host Stage-2 mappings of a page are added or removed only while holding
@@ -21,6 +27,7 @@
 pub mod record;
 
 use crate::addr::{PAGE_SHIFT, Pfn, PhysAddr};
+use isola_sync::atomic::{AtomicU64, Ordering};
 use isola_sync::{Mutex, MutexGuard};
 pub use record::{MAX_VM_SLOTS, Owner, PageRecord, PageState};
 
@@ -74,6 +81,29 @@ impl Counts {
         }
     }
 
+    /// The counts [`PageDb::totals`] reads without a lock, packed in one
+    /// word: `host`, `engine`, `host_shared`, `guest_shared`, 16 bits each
+    /// (a shard has at most `1 << 16` pages less one: [`MAX_SHARD_SHIFT`]).
+    /// `guest` and `host_accessible` follow from them and the page count.
+    fn pack(&self) -> u64 {
+        let f = |c: u64| c & 0xffff;
+        f(self.host) | f(self.engine) << 16 | f(self.host_shared) << 32 | f(self.guest_shared) << 48
+    }
+
+    /// The inverse of [`Counts::pack`] for a shard of `pages` pages.
+    fn unpack(word: u64, pages: u64) -> Counts {
+        let f = |shift: u32| (word >> shift) & 0xffff;
+        let (host, engine, host_shared, guest_shared) = (f(0), f(16), f(32), f(48));
+        Counts {
+            host,
+            engine,
+            guest: pages.wrapping_sub(host).wrapping_sub(engine),
+            host_shared,
+            guest_shared,
+            host_accessible: host.wrapping_add(guest_shared),
+        }
+    }
+
     /// Adds `other` to `self`.
     pub fn add(&mut self, o: &Counts) {
         self.host = self.host.wrapping_add(o.host);
@@ -107,6 +137,11 @@ pub struct ShardInner {
 #[repr(align(128))]
 pub struct Shard {
     inner: Mutex<ShardInner>,
+    /// [`Counts::pack`] of the counts, stored (Release) by the lock holder
+    /// after every change, loaded (Acquire) by [`PageDb::totals`].
+    published: AtomicU64,
+    /// The shard's page count (set once, in `PageDb::new`).
+    pages: AtomicU64,
 }
 
 impl Shard {
@@ -120,6 +155,8 @@ impl Shard {
                 counts: ZERO,
                 host_mapped: false,
             }),
+            published: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
         }
     }
 
@@ -133,6 +170,8 @@ impl Shard {
                 counts: ZERO,
                 host_mapped: false,
             }),
+            published: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
         }
     }
 }
@@ -166,7 +205,7 @@ pub enum DbError {
     /// No range, too many ranges, an empty, unaligned, overflowing or
     /// overlapping range, or ranges not in ascending order.
     BadRanges,
-    /// The shard size is not a power of two of at least 2 MiB.
+    /// The shard size is not a power of two from 2 MiB to 128 MiB.
     BadShardSize,
     /// Fewer shards or records provided than [`PageDb::requirements`] says.
     NotEnoughStorage,
@@ -182,9 +221,14 @@ pub struct PageDb {
     shard_shift: u32,
 }
 
+/// Largest shard, as log2 of its bytes: 128 MiB, so a shard's page count
+/// fits the 16-bit fields of its published counts.
+pub const MAX_SHARD_SHIFT: u32 = 27;
+
 /// A locked page: the shard guard plus the page's index in it.
 pub struct PageGuard<'a> {
     guard: MutexGuard<'a, ShardInner>,
+    published: &'a AtomicU64,
     idx: usize,
     shard: usize,
 }
@@ -206,6 +250,8 @@ impl PageGuard<'_> {
             g.counts.apply(*r, false);
             g.counts.apply(new, true);
             *r = new;
+            // Release: a reader that sees these counts sees the record too.
+            self.published.store(g.counts.pack(), Ordering::Release);
         }
     }
 
@@ -228,6 +274,7 @@ impl PageGuard<'_> {
 /// A locked shard, for range checks and block decisions.
 pub struct ShardGuard<'a> {
     guard: MutexGuard<'a, ShardInner>,
+    published: &'a AtomicU64,
 }
 
 impl ShardGuard<'_> {
@@ -269,6 +316,8 @@ impl ShardGuard<'_> {
                 g.counts.apply(*r, false);
                 g.counts.apply(new, true);
                 *r = new;
+                // Release: as in `PageGuard::set`.
+                self.published.store(g.counts.pack(), Ordering::Release);
                 true
             }
             None => false,
@@ -325,7 +374,7 @@ impl PageDb {
         shards: &'static [Shard],
         mut records: &'static mut [PageRecord],
     ) -> Result<Self, DbError> {
-        if !(21..=40).contains(&shard_shift) {
+        if !(21..=MAX_SHARD_SHIFT).contains(&shard_shift) {
             return Err(DbError::BadShardSize);
         }
         if ranges.is_empty() || ranges.len() > MAX_RAM_RANGES {
@@ -375,16 +424,19 @@ impl PageDb {
                 mine.fill(PageRecord::HOST);
                 let shard = shards.get(shard_idx).ok_or(DbError::NotEnoughStorage)?;
                 let mut g = shard.inner.lock();
+                let counts = Counts {
+                    host: n,
+                    host_accessible: n,
+                    ..ZERO
+                };
                 *g = ShardInner {
                     base: Pfn::new(cur),
                     records: mine,
-                    counts: Counts {
-                        host: n,
-                        host_accessible: n,
-                        ..ZERO
-                    },
+                    counts,
                     host_mapped: false,
                 };
+                shard.pages.store(n, Ordering::Relaxed);
+                shard.published.store(counts.pack(), Ordering::Release);
                 drop(g);
                 shard_idx = shard_idx.wrapping_add(1);
                 cur = window_end.min(end);
@@ -463,8 +515,13 @@ impl PageDb {
     pub fn lock_page(&self, pa: PhysAddr) -> Option<PageGuard<'_>> {
         let pfn = Pfn::from_aligned(pa)?;
         let (shard, idx) = self.locate(pfn)?;
-        let guard = self.shards.get(shard)?.inner.lock();
-        Some(PageGuard { guard, idx, shard })
+        let s = self.shards.get(shard)?;
+        Some(PageGuard {
+            guard: s.inner.lock(),
+            published: &s.published,
+            idx,
+            shard,
+        })
     }
 
     /// Locks shard `i`.
@@ -472,8 +529,10 @@ impl PageDb {
         if i >= self.nshards {
             return None;
         }
+        let s = self.shards.get(i)?;
         Some(ShardGuard {
-            guard: self.shards.get(i)?.inner.lock(),
+            guard: s.inner.lock(),
+            published: &s.published,
         })
     }
 
@@ -482,15 +541,16 @@ impl PageDb {
         self.lock_page(pa).map(|g| g.get())
     }
 
-    /// Sum of every shard's counts, locking one shard at a time: exact when
-    /// no operation runs concurrently, otherwise each shard's part is exact
-    /// at the moment it was read.
+    /// Sum of every shard's counts, without taking any lock (one atomic load
+    /// per shard): exact when no operation runs concurrently; otherwise each
+    /// shard's part is exact at the moment it was read, so every page is
+    /// still counted exactly once (see the module's invariants).
     pub fn totals(&self) -> Counts {
         let mut c = ZERO;
-        for i in 0..self.nshards {
-            if let Some(g) = self.lock_shard(i) {
-                c.add(&g.counts());
-            }
+        for s in self.shards.iter().take(self.nshards) {
+            // Acquire: pairs with the Release of the lock holder's store.
+            let word = s.published.load(Ordering::Acquire);
+            c.add(&Counts::unpack(word, s.pages.load(Ordering::Relaxed)));
         }
         c
     }
@@ -588,6 +648,37 @@ mod tests {
         );
     }
 
+    /// The lock-free totals equal the counts under the locks, whatever the
+    /// records (every owner and state, both ways of setting a record).
+    #[test]
+    fn published_counts_equal_the_locked_ones() {
+        let d = db(&[(PhysAddr::new(0x4000_0000), 600)], 21);
+        let kinds = [
+            PageRecord::HOST,
+            PageRecord::ENGINE,
+            PageRecord::pool(3),
+            PageRecord::owned(Owner::Vm(1)),
+            PageRecord::shared(Owner::Host, Owner::Vm(2)),
+            PageRecord::shared(Owner::Vm(4), Owner::Host),
+        ];
+        for i in 0..600u64 {
+            let r = kinds[(i * 7 % 6) as usize];
+            if i % 2 == 0 {
+                d.lock_page(PhysAddr::new(0x4000_0000 + i * 4096))
+                    .unwrap()
+                    .set(r);
+            } else {
+                let (shard, _) = d.locate(Pfn::new(0x40000 + i)).unwrap();
+                assert!(d.lock_shard(shard).unwrap().set(Pfn::new(0x40000 + i), r));
+            }
+            let mut locked = ZERO;
+            for s in 0..d.shard_count() {
+                locked.add(&d.lock_shard(s).unwrap().counts());
+            }
+            assert_eq!(d.totals(), locked, "after page {i}");
+        }
+    }
+
     #[test]
     fn rejects_bad_configuration() {
         let shards: &'static [Shard] = Vec::leak((0..4).map(|_| Shard::new()).collect());
@@ -595,6 +686,10 @@ mod tests {
         let r = [(PhysAddr::new(0x4000_0000), 16)];
         assert_eq!(
             PageDb::new(&r, 20, shards, rec()).err(),
+            Some(DbError::BadShardSize)
+        );
+        assert_eq!(
+            PageDb::new(&r, MAX_SHARD_SHIFT + 1, shards, rec()).err(),
             Some(DbError::BadShardSize)
         );
         assert_eq!(
