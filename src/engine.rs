@@ -34,6 +34,58 @@ use isola_sync::{Mutex, MutexGuard};
 /// The most device ranges the host may be given.
 pub const MAX_DEVICE_RANGES: usize = 16;
 
+/// Which pages of a [`DeviceRange`] the host may only read (mapped
+/// read-only; a store there is skipped and its write ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOnly {
+    /// None: every page read-write.
+    None,
+    /// Every page.
+    All,
+    /// In every `every` pages from the range's base, the first `first`
+    /// (e.g. each GICv3 redistributor's `RD_base` frame: 16 of every 32).
+    Frames {
+        /// The period, in pages (non-zero).
+        every: u64,
+        /// Read-only pages at the start of each period.
+        first: u64,
+    },
+}
+
+/// A device range given to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRange {
+    /// First byte (page aligned).
+    pub base: PhysAddr,
+    /// Pages.
+    pub pages: u64,
+    /// Which pages the host may only read.
+    pub read_only: ReadOnly,
+}
+
+impl DeviceRange {
+    /// A range the host may read and write.
+    pub const fn rw(base: PhysAddr, pages: u64) -> Self {
+        Self {
+            base,
+            pages,
+            read_only: ReadOnly::None,
+        }
+    }
+
+    /// Whether page `index` of the range is read-only.
+    const fn page_read_only(&self, index: u64) -> bool {
+        match self.read_only {
+            ReadOnly::None => false,
+            ReadOnly::All => true,
+            ReadOnly::Frames { every, first } => match index.checked_rem(every) {
+                Some(i) => i < first,
+                None => true,
+            },
+        }
+    }
+}
+
 /// How the engine is set up at boot.
 #[derive(Clone, Copy, Debug)]
 pub struct EngineConfig<'a> {
@@ -47,13 +99,9 @@ pub struct EngineConfig<'a> {
     /// aligned to them); size it with [`Engine::host_s2_pages_needed`] so a
     /// block split never runs out.
     pub host_s2_pool: (PhysAddr, u64),
-    /// Device ranges `(base, pages)` the host may access (mapped as Device
-    /// on its first access).
-    pub host_devices: &'a [(PhysAddr, u64)],
-    /// Device ranges `(base, pages)` the host may read but not write
-    /// (mapped read-only; a store is skipped, its write ignored). Counted
-    /// with `host_devices` against [`MAX_DEVICE_RANGES`].
-    pub host_devices_ro: &'a [(PhysAddr, u64)],
+    /// Device ranges the host may access (mapped as Device on its first
+    /// access), at most [`MAX_DEVICE_RANGES`].
+    pub host_devices: &'a [DeviceRange],
     /// log2 of the shard size in bytes (21 = 2 MiB ... 30 = 1 GiB).
     pub shard_shift: u32,
     /// Shape of every VM's Stage-2.
@@ -132,8 +180,8 @@ pub struct Engine<A: Arch> {
     pub(crate) caches: CachePolicy,
     /// The memory type of every RAM leaf: forced write-back under FWB.
     pub(crate) normal: MemType,
-    /// Device ranges `(start, end, read_only)`.
-    devices: [(u64, u64, bool); MAX_DEVICE_RANGES],
+    /// Device ranges `(start, end, range)`.
+    devices: [(u64, u64, DeviceRange); MAX_DEVICE_RANGES],
     ndevices: usize,
 }
 
@@ -200,20 +248,17 @@ impl<A: Arch> Engine<A> {
         if mmio_start >= mmio_end || mmio_end > cfg.vm_s2.ipa_limit() {
             return Err(InitError::BadGuestMmio);
         }
-        let mut devices = [(0u64, 0u64, false); MAX_DEVICE_RANGES];
-        let ndevices = cfg
-            .host_devices
-            .len()
-            .saturating_add(cfg.host_devices_ro.len());
+        let empty = DeviceRange::rw(PhysAddr::new(0), 0);
+        let mut devices = [(0u64, 0u64, empty); MAX_DEVICE_RANGES];
+        let ndevices = cfg.host_devices.len();
         if ndevices > MAX_DEVICE_RANGES {
             return Err(InitError::BadDevices);
         }
-        let all = cfg
-            .host_devices
-            .iter()
-            .map(|&d| (d, false))
-            .chain(cfg.host_devices_ro.iter().map(|&d| (d, true)));
-        for (slot, ((base, pages), ro)) in devices.iter_mut().zip(all) {
+        for (slot, &d) in devices.iter_mut().zip(cfg.host_devices) {
+            let (base, pages) = (d.base, d.pages);
+            if matches!(d.read_only, ReadOnly::Frames { every: 0, .. }) {
+                return Err(InitError::BadDevices);
+            }
             let end = range_end(base, pages).ok_or(InitError::BadDevices)?;
             if !base.is_page_aligned() || pages == 0 || end > cfg.host_s2.ipa_limit() {
                 return Err(InitError::BadDevices);
@@ -225,7 +270,7 @@ impl<A: Arch> Engine<A> {
                 }
                 pa = pa.wrapping_add_bytes(PAGE_SIZE);
             }
-            *slot = (base.raw(), end, ro);
+            *slot = (base.raw(), end, d);
         }
         // Engine-owned RAM: reserved ranges, then the host Stage-2 pool.
         let take = |base: PhysAddr, pages: u64| -> Result<(), InitError> {
@@ -498,7 +543,7 @@ impl<A: Arch> Engine<A> {
             .iter()
             .take(self.ndevices)
             .find(|&&(s, e, _)| (s..e).contains(&pa.raw()))
-            .map(|&(_, _, ro)| ro)
+            .map(|&(s, _, d)| d.page_read_only(pa.raw().wrapping_sub(s) / PAGE_SIZE))
     }
 
     /// A Stage-2 abort taken from the host (`esr`, `far`, `hpfar` as read
@@ -726,40 +771,37 @@ mod tests {
     #[test]
     fn init_rejects_inconsistent_layouts() {
         let spec = MachineSpec::default();
-        let build = |reserved: &[(PhysAddr, u64)],
-                     pool: (PhysAddr, u64),
-                     devices: &[(PhysAddr, u64)],
-                     mmio| {
-            let ram = [(spec.page(0), spec.ram_pages)];
-            let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
-            let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
-            let records = Vec::leak(vec![PageRecord::HOST; nr]);
-            let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
-            let cfg = EngineConfig {
-                ram: &ram,
-                reserved,
-                host_s2_pool: pool,
-                host_devices: devices,
-                host_devices_ro: &[],
-                shard_shift: 21,
-                vm_s2: VM_S2,
-                host_s2: S2Config::DEFAULT,
-                guest_mmio: mmio,
-                caches: CachePolicy::MAINTAIN_ALL,
+        let build =
+            |reserved: &[(PhysAddr, u64)], pool: (PhysAddr, u64), devices: &[DeviceRange], mmio| {
+                let ram = [(spec.page(0), spec.ram_pages)];
+                let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
+                let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
+                let records = Vec::leak(vec![PageRecord::HOST; nr]);
+                let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
+                let cfg = EngineConfig {
+                    ram: &ram,
+                    reserved,
+                    host_s2_pool: pool,
+                    host_devices: devices,
+                    shard_shift: 21,
+                    vm_s2: VM_S2,
+                    host_s2: S2Config::DEFAULT,
+                    guest_mmio: mmio,
+                    caches: CachePolicy::MAINTAIN_ALL,
+                };
+                let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
+                Engine::new(
+                    cfg,
+                    NoopArch,
+                    mem,
+                    EngineStorage {
+                        shards,
+                        records,
+                        vms,
+                    },
+                )
+                .err()
             };
-            let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
-            Engine::new(
-                cfg,
-                NoopArch,
-                mem,
-                EngineStorage {
-                    shards,
-                    records,
-                    vms,
-                },
-            )
-            .err()
-        };
         let pool = (spec.page(0), 8);
         assert_eq!(build(&[], pool, &[], GUEST_MMIO), None);
         assert_eq!(
@@ -783,7 +825,7 @@ mod tests {
             "not RAM"
         );
         assert_eq!(
-            build(&[], pool, &[(spec.page(20), 1)], GUEST_MMIO),
+            build(&[], pool, &[DeviceRange::rw(spec.page(20), 1)], GUEST_MMIO),
             Some(InitError::BadDevices),
             "device in RAM"
         );

@@ -1120,3 +1120,17 @@ fn a_read_only_device_page_is_mapped_for_reads_and_its_writes_are_ignored() {
         "a permission fault on a read-write device is no skip"
     );
 }
+
+#[test]
+fn a_redistributors_sgi_frame_stays_writable() {
+    use isola::testing::HOST_GICR_RD;
+    let host = Host::new();
+    let sgi = HOST_GICR_RD + 0x10000 + 0x100;
+    let write = isola::abort::data_abort_esr(4, true, 1, false, false, 0b000111);
+    assert_eq!(
+        host.engine.host_abort(write, sgi, (sgi >> 12) << 4),
+        HostAbortAction::Retry
+    );
+    let t = host.engine.host_translate(PhysAddr::new(sgi)).unwrap();
+    assert_eq!(t.desc.perms(), Perms::RW);
+}
