@@ -225,4 +225,24 @@ impl isola::arch::Arch for El2Arch {
         // `dsb_ish`, so a batched Donate waits once for a whole run.
         clean_inval_dcache(pa.raw() & !0xfff, 4096);
     }
+
+    fn clean_dcache_page_pou(&self, pa: isola::addr::PhysAddr) {
+        crate::caches::clean_dcache_pou(pa.raw() & !0xfff, 4096);
+    }
+
+    fn invalidate_icache_page(&self, pa: isola::addr::PhysAddr) {
+        crate::caches::invalidate_icache(pa.raw() & !0xfff, 4096);
+    }
+
+    fn invalidate_icache_all(&self) {
+        crate::caches::invalidate_icache_all();
+    }
+
+    fn dma_invalidate_host(&self, pa: isola::addr::PhysAddr, pages: u64) {
+        crate::smmu::invalidate_host(pa.raw(), pages);
+    }
+
+    fn dma_faults(&self) -> [u64; 3] {
+        crate::smmu::faults()
+    }
 }

@@ -33,8 +33,11 @@
     )
 )]
 
+mod caches;
 mod console;
 mod cpu;
+mod devices;
+mod dma;
 mod engine;
 mod exception;
 #[allow(
@@ -46,6 +49,7 @@ mod host;
 mod layout;
 mod mmu;
 mod psci;
+mod smmu;
 mod trap;
 mod world;
 
@@ -224,6 +228,8 @@ pub fn power_off(verdict: Verdict, why: &str) -> ! {
         Verdict::Ok => "ok",
         Verdict::Failure => "failure",
     };
+    // The last DMA faults the SMMU recorded, before the verdict.
+    let _ = smmu::faults();
     console::line(format_args!(
         "isola: power off ({why}); exit status: {status}"
     ));
@@ -400,6 +406,16 @@ fn build_map(p: &Platform, s: &Sections) -> Result<(usize, usize), mmu::MapError
         let end = page_up(d.end().ok_or(mmu::MapError::OutOfRange)?)?;
         b.map(base, end.wrapping_sub(base), Attr::Device)?;
     }
+    // The engine's own devices (the SMMU) and the PCIe ECAM it reads once.
+    let mut extra = Ok(());
+    dma::el2_mmio(|base, size| {
+        let base4k = base & !0xfff;
+        if extra.is_ok() {
+            extra = page_up(base.saturating_add(size))
+                .and_then(|end| b.map(base4k, end.wrapping_sub(base4k), Attr::Device));
+        }
+    });
+    extra?;
     Ok(b.tables_used())
 }
 
@@ -479,6 +495,9 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
             console::set_uart(uart.base);
         }
     }
+    if let Err(e) = dma::scan(dtb) {
+        fatal(format_args!("device tree: {e}"));
+    }
     // Release: pairs with `platform()`'s Acquire.
     PLATFORM_READY.store(true, Ordering::Release);
     let p = platform();
@@ -505,6 +524,9 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
     }
     say!("EL2 map self-test: stack guard unmapped, text and rodata read-only, data not executable");
 
+    dma::decide();
+    dma::report();
+    dma::wake_redistributors(p.gicr());
     engine::init(p, &s).unwrap_or_else(|e| fatal(format_args!("engine core: {e}")));
 
     // SAFETY: no other CPU runs yet, so nobody holds a reference into the
@@ -566,8 +588,9 @@ fn prepare_host_dtb(dtb: &[u8]) {
         )),
         Err(e) => fatal(format_args!("editing the host device tree: {e}")),
     }
+    let removed = dma::edit_host_dtb(copy).unwrap_or_else(|e| fatal(format_args!("{e}")));
     say!(
-        "host device tree at {HOST_DTB:#x} shows RAM from {CARVEOUT_END:#x}; engine carve-out {CARVEOUT_BASE:#x}..{CARVEOUT_END:#x} hidden"
+        "host device tree at {HOST_DTB:#x} shows RAM from {CARVEOUT_END:#x}; engine carve-out {CARVEOUT_BASE:#x}..{CARVEOUT_END:#x} hidden; {removed} device nodes removed"
     );
 }
 

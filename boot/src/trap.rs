@@ -68,6 +68,9 @@ pub fn handle(frame: &mut TrapFrame) {
 fn smc(frame: &mut TrapFrame) {
     // A trapped `smc` returns to the instruction itself: skip it.
     skip_instruction();
+    // A cold path the host takes now and then: report any DMA the SMMU
+    // refused meanwhile.
+    let _ = crate::smmu::faults();
     let fid = frame.reg(0);
     let result = match u32::try_from(fid) {
         Ok(f) if is_psci(f) => crate::psci::relay(f, [frame.reg(1), frame.reg(2), frame.reg(3)]),
@@ -264,8 +267,12 @@ fn abort(class: u64, esr: u64) {
     let hpfar = read_sysreg!("hpfar_el2");
     match crate::engine::host_abort(esr, far, hpfar) {
         AbortAction::Retry => {}
+        AbortAction::Skip => skip_instruction(),
         AbortAction::InjectSea => inject_sea(class, esr, far),
     }
+    // A cold path the host takes now and then: report any DMA the SMMU
+    // refused meanwhile.
+    let _ = crate::smmu::faults();
 }
 
 /// What the core decided about a host Stage-2 abort.
@@ -275,6 +282,9 @@ pub enum AbortAction {
     Retry,
     /// The host may not touch this address: synchronous external abort.
     InjectSea,
+    /// A store the engine ignores (a read-only device register): resume
+    /// after it.
+    Skip,
 }
 
 /// PSCI's function-number ranges (SMC32 and SMC64, `0x00..=0x1f`).

@@ -491,7 +491,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         msr!("cnthctl_el2", CNTHCTL_GUEST);
         msr!("mdcr_el2", mdcr);
         msr!("cptr_el2", host.cptr_el2 | CPTR_GUEST_TRAPS);
-        msr!("hcr_el2", HCR_GUEST);
+        msr!("hcr_el2", HCR_GUEST | crate::caches::hcr_fwb());
         asm!("isb", options(nostack, preserves_flags));
     }
     let raw: u64;

@@ -286,7 +286,8 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
             };
             let at = l.strtab.wrapping_add(u64::from(sid).wrapping_mul(64));
             for (i, w) in entry.iter().enumerate() {
-                s.mem.write_u64(at.wrapping_add((i as u64).wrapping_mul(8)), *w);
+                s.mem
+                    .write_u64(at.wrapping_add((i as u64).wrapping_mul(8)), *w);
             }
         }
         for i in 0..(1u64 << l.cmdq_log2).wrapping_mul(2) {
@@ -422,7 +423,9 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
                 .wrapping_add(u64::from(self.event_cons.index()).wrapping_mul(32));
             let mut w = [0u64; 4];
             for (i, x) in w.iter_mut().enumerate() {
-                *x = self.mem.read_u64(at.wrapping_add((i as u64).wrapping_mul(8)));
+                *x = self
+                    .mem
+                    .read_u64(at.wrapping_add((i as u64).wrapping_mul(8)));
             }
             let e = Event::decode(w);
             self.count.events = self.count.events.saturating_add(1);

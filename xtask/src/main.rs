@@ -22,6 +22,7 @@ const EL2_CRATES: &[&str] = &[
     "isola",
     "isola-abi",
     "isola-sync",
+    "isola-smmu",
     "isola-percpu",
     "isola-boot",
 ];
