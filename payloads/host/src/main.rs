@@ -6,7 +6,7 @@
 //! every other CPU from `_secondary` (started through the engine's PSCI
 //! relay) with `x0` = the CPU's index. What it tests is chosen by the boot
 //! argument `isola.test=` (`/chosen/bootargs`, set with QEMU's `-append`):
-//! `smp`, `probe`, `badcall` or `all` (the default).
+//! `smp`, `probe`, `badcall`, `vms`, `dma` or `all` (the default).
 //!
 //! Invariant: only one host CPU prints at a time. The boot CPU starts one
 //! other CPU at a time and waits for it to report before going on, so the
@@ -27,6 +27,9 @@ mod bench;
 
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 mod vms;
+
+/// The DMA test (`isola.test=dma`, part of `all`): docs/security.md.
+mod dma;
 
 use core::arch::{asm, global_asm};
 use core::cell::UnsafeCell;
@@ -394,6 +397,12 @@ extern "C" fn host_main(dtb: u64) -> ! {
     }
     if all || test == "badcall" {
         bad_calls();
+    }
+    if all || test == "dma" {
+        let gicr = p.gicr().first().map(|r| r.base);
+        if !dma::main(blob, gicr, line) {
+            fail(format_args!("the DMA test failed"));
+        }
     }
     if all || test == "vms" {
         let entry = host_secondary_entry as *const () as u64;
