@@ -183,6 +183,12 @@ pub struct Engine<A: Arch> {
     /// Device ranges `(start, end, range)`.
     devices: [(u64, u64, DeviceRange); MAX_DEVICE_RANGES],
     ndevices: usize,
+    /// List registers the host may fill (0: no virtual interrupts); see
+    /// [`Engine::set_list_registers`].
+    list_regs: u8,
+    /// The ID registers guests' values are derived from, by `[CRm - 1][Op2]`;
+    /// see [`Engine::set_guest_id_registers`].
+    guest_ids: [[u64; 8]; 7],
 }
 
 fn range_end(base: PhysAddr, pages: u64) -> Option<u64> {
@@ -330,6 +336,8 @@ impl<A: Arch> Engine<A> {
             },
             devices,
             ndevices,
+            list_regs: 0,
+            guest_ids: [[0; 8]; 7],
         };
         engine.map_host_ram()?;
         Ok(engine)
@@ -412,6 +420,52 @@ impl<A: Arch> Engine<A> {
             }
         }
         3
+    }
+
+    /// Turns on virtual interrupts with `count` list registers (the CPU's
+    /// `ICH_VTR_EL2.ListRegs + 1`, capped at [`isola_abi::lr::SLOTS`]): the
+    /// EL2 image calls this at boot, before any CPU uses the engine, once
+    /// its world switch loads and saves the list registers, `ICH_VMCR_EL2`
+    /// and the active-priority registers from the context (offsets in
+    /// [`crate::vcpu`]). Until then (`count` 0) `VcpuInterrupts` accepts
+    /// only empty registers and `Version` does not report the feature.
+    pub fn set_list_registers(&mut self, count: usize) {
+        self.list_regs = count.min(isola_abi::lr::SLOTS) as u8;
+    }
+
+    /// List registers the host may fill.
+    pub fn list_regs(&self) -> usize {
+        usize::from(self.list_regs)
+    }
+
+    /// The ID registers guests' views are derived from (see
+    /// [`crate::sysreg::guest_id_value`]): `raw[crm - 1][op2]` is the
+    /// value of `(Op0 3, Op1 0, CRn 0, CRm, Op2)`, the same on every CPU
+    /// (on a system whose CPUs differ, the EL2 image passes the
+    /// sanitised lowest common value). Set once at boot; until then every
+    /// ID register a guest reads is derived from zero.
+    pub fn set_guest_id_registers(&mut self, raw: [[u64; 8]; 7]) {
+        self.guest_ids = raw;
+    }
+
+    /// The raw value behind ID register `(crm, op2)` (0 outside the table).
+    pub(crate) fn guest_id_raw(&self, crm: u8, op2: u8) -> u64 {
+        self.guest_ids
+            .get(usize::from(crm).wrapping_sub(1))
+            .and_then(|r| r.get(usize::from(op2)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The feature bits `Version` reports.
+    pub fn features(&self) -> u64 {
+        let base = crate::hypercall::FEATURES;
+        if self.list_regs == 0 {
+            base
+        } else {
+            base | isola_abi::features::VIRTUAL_INTERRUPTS
+                | (u64::from(self.list_regs) << isola_abi::features::LR_COUNT_SHIFT)
+        }
     }
 
     /// The architecture backend (tests inspect a `RecordingArch` here).

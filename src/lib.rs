@@ -16,6 +16,9 @@
 //! | [`engine`] | construction, the host's Stage-2 (kept exact: it is also the host's DMA view), host aborts, observation |
 //! | [`handover`] | the one place that decides what each ownership transition needs: the DMA view's invalidation, scrub, data- and instruction-cache maintenance |
 //! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
+//! | [`psci`] | guest PSCI: the per-vCPU power states, `CPU_ON`, `AFFINITY_INFO` |
+//! | [`vgic`] | list registers the host gives a vCPU, what exits report of them and of the timer |
+//! | [`sysreg`] | guest system-register traps: SGIs, read-as-zero groups, ID registers |
 //! | [`abort`] | ESR decoding and the abort policy |
 //! | [`testing`] | building a test machine on the host |
 //!
@@ -63,9 +66,10 @@
 //! # Planted bugs (to show tests have teeth)
 //!
 //! Cargo features, never for real builds:
-//! `planted-bug-skip-scrub` (pages change hands without being zeroed) and
+//! `planted-bug-skip-scrub` (pages change hands without being zeroed),
 //! `planted-bug-donate-keeps-host-mapping` (`Donate` leaves the host's
-//! Stage-2 mapping). Run e.g.
+//! Stage-2 mapping) and `planted-bug-cpu-on-keeps-registers` (a guest's
+//! `CPU_ON` starts the vCPU with the registers it had when it went off). Run e.g.
 //! `cargo test -p isola --features planted-bug-skip-scrub --test scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]
@@ -92,9 +96,12 @@ pub mod hypercall;
 pub mod mem;
 pub mod ownership;
 pub mod pool;
+pub mod psci;
 pub mod spec;
 pub mod stage2;
+pub mod sysreg;
 #[cfg(not(target_os = "none"))]
 pub mod testing;
 pub mod vcpu;
+pub mod vgic;
 pub mod vm;

@@ -32,13 +32,40 @@ pub const OFF_V: u64 = 512;
 pub const OFF_FPSR: u64 = 1024;
 /// Byte offset of FPCR.
 pub const OFF_FPCR: u64 = 1032;
+/// Byte offset of `ICH_LR0_EL2`; `ICH_LR<n>_EL2` is at `OFF_LR + 8 * n`
+/// (n < [`isola_abi::lr::SLOTS`]). The host sets them (`VcpuInterrupts`);
+/// the world switch loads the first `list_regs` into the CPU before the
+/// guest runs and saves them back after; the core reads them at every exit.
+pub const OFF_LR: u64 = 1088;
+/// Byte offset of `ICH_VMCR_EL2` (the guest's virtual CPU interface
+/// control: priority mask, group enables), saved and restored by the world
+/// switch, never shown to the host.
+pub const OFF_VMCR: u64 = 1120;
+/// Byte offset of `ICH_AP0R0_EL2`; `ICH_AP0R<n>_EL2` at `+ 8 * n`, n < 4.
+pub const OFF_AP0R: u64 = 1128;
+/// Byte offset of `ICH_AP1R0_EL2`; `ICH_AP1R<n>_EL2` at `+ 8 * n`, n < 4.
+pub const OFF_AP1R: u64 = 1160;
+/// End of the virtual-interface area.
+pub const OFF_VGIC_END: u64 = 1192;
 /// Engine-private: pending resume action (see [`Pending`]).
 const OFF_PENDING: u64 = 2048;
+/// Engine-private: the faulting virtual address of a pending access
+/// (`FAR_EL2` at its exit), for an abort the host may ask to inject.
+const OFF_PENDING_FAR: u64 = 2056;
 
 /// PSTATE a vCPU starts with: EL1h, D, A, I, F masked.
 pub const INITIAL_PSTATE: u64 = 0x3c5;
 /// SCTLR_EL1 a vCPU starts with: the RES1 bits, MMU and caches off.
 pub const INITIAL_SCTLR: u64 = 0x30d0_0800;
+
+/// `SCTLR_EL1.SPAN`: clear, exception entry to EL1 sets `PSTATE.PAN`.
+const SCTLR_SPAN: u64 = 1 << 23;
+/// `SCTLR_EL1.DSSBS`: `PSTATE.SSBS` on exception entry.
+const SCTLR_DSSBS: u64 = 1 << 44;
+/// `PSTATE.PAN`.
+const PSTATE_PAN: u64 = 1 << 22;
+/// `PSTATE.SSBS`.
+const PSTATE_SSBS: u64 = 1 << 12;
 
 /// The EL1 (and EL0-visible) system registers a guest owns, in context
 /// order: register `r` is at `OFF_SYSREGS + 8 * (r as u64)`.
@@ -87,8 +114,12 @@ pub enum VcpuState {
     Idle,
     /// Loaded on this physical CPU.
     Loaded(u32),
-    /// Turned itself off (PSCI `CPU_OFF`); `VcpuRun` fails `Denied`.
+    /// Powered off: created with `vcpu_flags::OFF`, or turned itself off
+    /// (PSCI `CPU_OFF`); `VcpuRun` fails `Denied` until a `CPU_ON`.
     Off,
+    /// A guest's `CPU_ON` named it and reset its context; it has not run
+    /// since (`AFFINITY_INFO` says `ON_PENDING`). Runs like `Idle`.
+    OnPending,
     /// Stopped after an `Exit::Error`; `VcpuRun` fails `Denied`.
     Stopped,
 }
@@ -109,6 +140,17 @@ pub enum Pending {
     },
     /// A `GuestCall::HostCall`: `x0 = Success`, `x1 = value`.
     HostReply,
+    /// An MMIO store the host has seen: nothing to deliver (the PC already
+    /// stepped over it), but the host may still answer it with an abort.
+    MmioWrite,
+    /// A fault on unmapped guest RAM (`Exit::MemFault`): the access runs
+    /// again on resume unless the host answers it with an abort.
+    MemFault {
+        /// A store.
+        write: bool,
+        /// An instruction fetch.
+        fetch: bool,
+    },
 }
 
 impl Pending {
@@ -116,6 +158,10 @@ impl Pending {
         match self {
             Pending::None => 0,
             Pending::HostReply => 1,
+            Pending::MmioWrite => 3,
+            Pending::MemFault { write, fetch } => {
+                4 | (u64::from(write) << 8) | (u64::from(fetch) << 9)
+            }
             Pending::MmioRead {
                 reg,
                 size,
@@ -138,6 +184,11 @@ impl Pending {
                 size: ((v >> 16) & 0xff) as u8,
                 sign: v & (1 << 24) != 0,
                 sf: v & (1 << 25) != 0,
+            },
+            3 => Pending::MmioWrite,
+            4 => Pending::MemFault {
+                write: v & (1 << 8) != 0,
+                fetch: v & (1 << 9) != 0,
             },
             _ => Pending::None,
         }
@@ -177,6 +228,37 @@ impl Context {
         self.set_sysreg(mem, SysReg::SctlrEl1, INITIAL_SCTLR);
     }
 
+    /// Resets the context as a PSCI `CPU_ON` does: every register (general,
+    /// FP/SIMD, EL1 system, timer, virtual CPU interface) to its reset
+    /// value, nothing pending, then [`Context::init`] with the guest's
+    /// entry point and context id. The list registers stay: they are the
+    /// host's (what it asked to present), and it learns their states at
+    /// the vCPU's next exit.
+    pub fn reset(&self, mem: &PhysMem, pc: u64, x0: u64) {
+        let lrs = self.lrs(mem);
+        #[cfg(not(feature = "planted-bug-cpu-on-keeps-registers"))]
+        let _ = mem.zero_page(self.page);
+        self.set_lrs(mem, lrs);
+        self.init(mem, pc, x0);
+    }
+
+    /// The list-register words (host-given, as the world switch last saved them).
+    pub fn lrs(&self, mem: &PhysMem) -> [u64; isola_abi::lr::SLOTS] {
+        core::array::from_fn(|n| self.word(mem, lr_offset(n)))
+    }
+
+    /// Sets the list-register words.
+    pub fn set_lrs(&self, mem: &PhysMem, lrs: [u64; isola_abi::lr::SLOTS]) {
+        for (n, w) in lrs.into_iter().enumerate() {
+            self.set_word(mem, lr_offset(n), w);
+        }
+    }
+
+    /// The faulting address of the pending access.
+    pub fn pending_far(&self, mem: &PhysMem) -> u64 {
+        self.word(mem, OFF_PENDING_FAR)
+    }
+
     /// `x[n]`; `n == 31` reads as zero (XZR), larger `n` too.
     pub fn x(&self, mem: &PhysMem, n: u8) -> u64 {
         if n >= 31 {
@@ -206,6 +288,11 @@ impl Context {
     /// PSTATE.
     pub fn pstate(&self, mem: &PhysMem) -> u64 {
         self.word(mem, OFF_PSTATE)
+    }
+
+    /// Sets PSTATE (test aid: the world switch is the only other writer).
+    pub fn set_pstate(&self, mem: &PhysMem, v: u64) {
+        self.set_word(mem, OFF_PSTATE, v);
     }
 
     /// A system register.
@@ -308,6 +395,102 @@ impl Regs<'_> {
         self.page.write_u64(OFF_PENDING, p.encode());
     }
 
+    /// Sets the pending resume action for an access that faulted at `far`.
+    pub fn set_pending_access(&self, p: Pending, far: u64) {
+        self.page.write_u64(OFF_PENDING, p.encode());
+        self.page.write_u64(OFF_PENDING_FAR, far);
+    }
+
+    /// The pending resume action.
+    pub fn pending(&self) -> Pending {
+        Pending::decode(self.page.read_u64(OFF_PENDING))
+    }
+
+    /// A system register.
+    pub fn sysreg(&self, r: SysReg) -> u64 {
+        self.page
+            .read_u64(OFF_SYSREGS.wrapping_add((r as u64).wrapping_mul(8)))
+    }
+
+    /// Sets a system register.
+    pub fn set_sysreg(&self, r: SysReg, v: u64) {
+        self.page
+            .write_u64(OFF_SYSREGS.wrapping_add((r as u64).wrapping_mul(8)), v);
+    }
+
+    /// List register `n` (0 beyond the slots).
+    pub fn lr(&self, n: usize) -> u64 {
+        if n < isola_abi::lr::SLOTS {
+            self.page.read_u64(lr_offset(n))
+        } else {
+            0
+        }
+    }
+
+    /// Sets list register `n` (ignored beyond the slots).
+    pub fn set_lr(&self, n: usize, v: u64) {
+        if n < isola_abi::lr::SLOTS {
+            self.page.write_u64(lr_offset(n), v);
+        }
+    }
+
+    /// Makes the guest take a synchronous external abort for its pending
+    /// access, as the architecture delivers one to EL1: `ESR_EL1` (data or
+    /// instruction abort from the current or a lower EL, `IL`, `WnR` for a
+    /// store, fault status 0x10, synchronous external abort), `FAR_EL1` =
+    /// the faulting address, `ELR_EL1` = the faulting instruction,
+    /// `SPSR_EL1` = PSTATE; PSTATE becomes EL1h with D, A, I, F masked,
+    /// `PAN` set unless `SCTLR_EL1.SPAN`, `SSBS` from `SCTLR_EL1.DSSBS`; the
+    /// PC the vector for the guest's mode at `VBAR_EL1`. The pending action
+    /// is cleared. Returns `false` (changing nothing) when no faulting
+    /// access is pending.
+    pub fn inject_external_abort(&self) -> bool {
+        let (write, fetch, stepped) = match self.pending() {
+            Pending::MmioRead { .. } => (false, false, false),
+            Pending::MmioWrite => (true, false, true),
+            Pending::MemFault { write, fetch } => (write, fetch, false),
+            Pending::None | Pending::HostReply => return false,
+        };
+        let far = self.page.read_u64(OFF_PENDING_FAR);
+        let pstate = self.page.read_u64(OFF_PSTATE);
+        let pc = self.pc();
+        // A store's exit already stepped over it: the abort is taken at it.
+        let elr = if stepped { pc.wrapping_sub(4) } else { pc };
+        let from_el0 = pstate & 0xf == 0;
+        let ec: u64 = match (fetch, from_el0) {
+            (true, true) => 0x20,
+            (true, false) => 0x21,
+            (false, true) => 0x24,
+            (false, false) => 0x25,
+        };
+        let wnr = if write && !fetch { 1 << 6 } else { 0 };
+        let esr = ec << 26 | 1 << 25 | wnr | 0x10;
+        let vector: u64 = match pstate & 0xf {
+            0b0000 => 0x400,
+            0b0100 => 0x000,
+            _ => 0x200,
+        };
+        let sctlr = self.sysreg(SysReg::SctlrEl1);
+        let pan = if sctlr & SCTLR_SPAN != 0 {
+            pstate & PSTATE_PAN
+        } else {
+            PSTATE_PAN
+        };
+        let ssbs = if sctlr & SCTLR_DSSBS != 0 {
+            PSTATE_SSBS
+        } else {
+            0
+        };
+        self.set_sysreg(SysReg::EsrEl1, esr);
+        self.set_sysreg(SysReg::FarEl1, far);
+        self.set_sysreg(SysReg::ElrEl1, elr);
+        self.set_sysreg(SysReg::SpsrEl1, pstate);
+        self.page.write_u64(OFF_PSTATE, INITIAL_PSTATE | pan | ssbs);
+        self.set_pc(self.sysreg(SysReg::VbarEl1).wrapping_add(vector));
+        self.set_pending(Pending::None);
+        true
+    }
+
     /// Completes a pending action with the host's `value` and clears it
     /// (nothing to write when nothing is pending).
     pub fn complete_pending(&self, value: u64) {
@@ -316,7 +499,7 @@ impl Regs<'_> {
             return;
         }
         match Pending::decode(word) {
-            Pending::None => {}
+            Pending::None | Pending::MmioWrite | Pending::MemFault { .. } => {}
             Pending::HostReply => {
                 self.set_x(0, isola_abi::Status::Success.raw());
                 self.set_x(1, value);
@@ -336,6 +519,11 @@ impl Regs<'_> {
         }
         self.set_pending(Pending::None);
     }
+}
+
+/// Byte offset of list register `n`.
+const fn lr_offset(n: usize) -> u64 {
+    OFF_LR.wrapping_add((n as u64).wrapping_mul(8))
 }
 
 /// The register value a load of `size` bytes produces from the host's
@@ -367,8 +555,13 @@ mod tests {
     fn layout_fits_the_page_and_does_not_overlap() {
         const { assert!(OFF_SYSREGS + 8 * SYSREG_COUNT <= OFF_V) };
         assert_eq!(SysReg::MdscrEl1 as u64 + 1, SYSREG_COUNT);
-        const { assert!(OFF_FPCR + 8 <= OFF_PENDING) };
-        const { assert!(OFF_PENDING + 8 <= crate::addr::PAGE_SIZE) };
+        const { assert!(OFF_FPCR + 8 <= OFF_LR) };
+        const { assert!(OFF_LR + 8 * isola_abi::lr::SLOTS as u64 <= OFF_VMCR) };
+        const { assert!(OFF_VMCR + 8 <= OFF_AP0R) };
+        const { assert!(OFF_AP0R + 32 <= OFF_AP1R) };
+        const { assert!(OFF_AP1R + 32 <= OFF_VGIC_END) };
+        const { assert!(OFF_VGIC_END <= OFF_PENDING) };
+        const { assert!(OFF_PENDING_FAR + 8 <= crate::addr::PAGE_SIZE) };
     }
 
     #[test]
@@ -390,6 +583,15 @@ mod tests {
         for p in [
             Pending::None,
             Pending::HostReply,
+            Pending::MmioWrite,
+            Pending::MemFault {
+                write: true,
+                fetch: false,
+            },
+            Pending::MemFault {
+                write: false,
+                fetch: true,
+            },
             Pending::MmioRead {
                 reg: 30,
                 size: 8,
@@ -400,6 +602,65 @@ mod tests {
             c.set_pending(&mem, p);
             assert_eq!(c.pending(&mem), p);
         }
+    }
+
+    #[test]
+    fn cpu_on_reset_keeps_only_the_list_registers() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0000, 1);
+        c.set_x(&mem, 9, 99);
+        c.set_sysreg(&mem, SysReg::CntvCtlEl0, 5);
+        c.set_v(&mem, 3, 7);
+        c.set_lrs(&mem, [isola_abi::lr::pending(27, 0, true), 0, 0, 1]);
+        c.set_pending(&mem, Pending::HostReply);
+        c.reset(&mem, 0x8000_1000, 0x5eed);
+        assert_eq!(
+            (c.pc(&mem), c.x(&mem, 0), c.x(&mem, 9)),
+            (0x8000_1000, 0x5eed, 0)
+        );
+        assert_eq!((c.sysreg(&mem, SysReg::CntvCtlEl0), c.v(&mem, 3)), (0, 0));
+        assert_eq!(c.sysreg(&mem, SysReg::SctlrEl1), INITIAL_SCTLR);
+        assert_eq!(c.pending(&mem), Pending::None);
+        assert_eq!(c.lrs(&mem), [isola_abi::lr::pending(27, 0, true), 0, 0, 1]);
+    }
+
+    #[test]
+    fn an_injected_abort_is_what_the_architecture_delivers() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0004, 0);
+        c.set_sysreg(&mem, SysReg::VbarEl1, 0x8010_0000);
+        let r = c.regs(&mem).unwrap();
+        assert!(!r.inject_external_abort(), "nothing pending: refused");
+        // A store to MMIO from EL1h: its exit already stepped the PC.
+        r.set_pending_access(Pending::MmioWrite, 0xffff_0000_0900_0008);
+        assert!(r.inject_external_abort());
+        assert_eq!(
+            r.sysreg(SysReg::EsrEl1),
+            0x25 << 26 | 1 << 25 | 1 << 6 | 0x10
+        );
+        assert_eq!(r.sysreg(SysReg::FarEl1), 0xffff_0000_0900_0008);
+        assert_eq!(r.sysreg(SysReg::ElrEl1), 0x8000_0000);
+        assert_eq!(r.sysreg(SysReg::SpsrEl1), INITIAL_PSTATE);
+        assert_eq!(r.pc(), 0x8010_0200);
+        assert_eq!(r.pending(), Pending::None);
+        // An instruction fetch from EL0 with PAN clear and SPAN clear:
+        // the lower-EL vector, PAN set on entry.
+        c.set_pstate(&mem, 0);
+        c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR & !SCTLR_SPAN);
+        r.set_pending_access(
+            Pending::MemFault {
+                write: false,
+                fetch: true,
+            },
+            0x1000,
+        );
+        assert!(r.inject_external_abort());
+        assert_eq!(r.sysreg(SysReg::EsrEl1) >> 26, 0x20);
+        assert_eq!(r.sysreg(SysReg::ElrEl1), 0x8010_0200, "not stepped back");
+        assert_eq!(r.pc(), 0x8010_0400);
+        assert_eq!(c.pstate(&mem), INITIAL_PSTATE | PSTATE_PAN);
     }
 
     #[test]

@@ -66,7 +66,7 @@ fn record(id: u64, status: Option<Status>) {
     }
 }
 
-const HOST_IDS: [HostCall; 11] = [
+const HOST_IDS: [HostCall; 13] = [
     HostCall::Version,
     HostCall::VmCreate,
     HostCall::VmDestroy,
@@ -78,6 +78,8 @@ const HOST_IDS: [HostCall; 11] = [
     HostCall::Unshare,
     HostCall::Reclaim,
     HostCall::Accounting,
+    HostCall::VcpuInterrupts,
+    HostCall::VcpuInjectAbort,
 ];
 
 /// The kind of value each argument of a call naturally takes (see `arg`).
@@ -86,6 +88,7 @@ fn natural(id: u64, pos: usize) -> u8 {
         Some(HostCall::VmCreate) => [2, 9, 4, 0],
         Some(HostCall::VmTopup) => [1, 2, 9, 0],
         Some(HostCall::VcpuCreate | HostCall::VcpuRun) => [1, 11, 3, 0],
+        Some(HostCall::VcpuInterrupts | HostCall::VcpuInjectAbort) => [1, 11, 12, 12],
         Some(HostCall::Donate | HostCall::Share) => [1, 2, 3, 4],
         Some(HostCall::Unshare) => [1, 10, 3, 0],
         Some(HostCall::Reclaim) => [10, 0, 0, 0],
@@ -130,6 +133,15 @@ fn arg(spec: &MachineSpec, handles: &[u64], kind: u8, raw: u64) -> u64 {
     }
     if kind == 11 {
         return raw % 2; // a vCPU index that is often created
+    }
+    if kind == 12 {
+        // A list-register word: mostly one the engine takes.
+        return match raw % 4 {
+            0 => 0,
+            1 => isola_abi::lr::pending((raw >> 8) as u32 % 64, (raw >> 16) as u8, raw & 64 != 0),
+            2 => isola_abi::lr::ACTIVE | ((raw >> 8) % 40),
+            _ => raw,
+        };
     }
     match kind % 8 {
         0 => raw,
@@ -219,19 +231,30 @@ fn run_case(calls: Vec<Call>) -> Result<(), TestCaseError> {
         }
         let before = snapshot(&e);
         // `x5` is Donate's page count: mostly 0 or 1, sometimes a short
-        // run or one past the limit; other calls ignore it.
-        let x5 = if id == HostCall::Donate as u64 {
-            [0, 1, 0, 1, 2, 3, 513, raws[3]][usize::from(kinds[3] % 8)]
+        // run or one past the limit; VcpuCreate's flags; a list register
+        // for VcpuInterrupts; other calls ignore it (and `x6`).
+        let (x5, x6) = if id == HostCall::Donate as u64 {
+            (
+                [0, 1, 0, 1, 2, 3, 513, raws[3]][usize::from(kinds[3] % 8)],
+                0xa5,
+            )
+        } else if id == HostCall::VcpuCreate as u64 {
+            (
+                [0, 0, 0, 1, 1, 2, raws[3], 0xa4][usize::from(kinds[3] % 8)],
+                0xa5,
+            )
+        } else if id == HostCall::VcpuInterrupts as u64 {
+            (0, if kinds[3] % 4 == 0 { 0xa5 } else { 0 })
         } else {
-            0xa4
+            (0xa4, 0xa5)
         };
-        let mut regs = [id, args[0], args[1], args[2], args[3], x5, 0xa5];
+        let mut regs = [id, args[0], args[1], args[2], args[3], x5, x6];
         match e.host_call(0, &mut regs) {
             HostCallOutcome::Done => {
                 let status = Status::from_raw(regs[0] as i64);
                 record(id, status);
                 prop_assert!(status.is_some(), "undefined status {:#x}", regs[0]);
-                prop_assert_eq!(&regs[4..], &[args[3], x5, 0xa5][..], "x4..x6 preserved");
+                prop_assert_eq!(&regs[4..], &[args[3], x5, x6][..], "x4..x6 preserved");
                 if status != Some(Status::Success) {
                     prop_assert_eq!(&regs[1..4], &[0, 0, 0][..], "failed calls return zeroes");
                     prop_assert_eq!(
@@ -279,7 +302,7 @@ fn run_case(calls: Vec<Call>) -> Result<(), TestCaseError> {
                     }
                 }
                 let mut r = [0; 7];
-                e.finish_run(l, isola_abi::Exit::Wfx, &mut r);
+                e.finish_run(l, isola_abi::Exit::WFI, &mut r);
             }
         }
         let mut t = [HostCall::Accounting as u64, 0, 0, 0, 0, 0, 0];
@@ -365,7 +388,7 @@ fn unknown_ids_are_not_supported_on_both_sides() {
     let e = spec.build(NoopArch);
     for id in [
         0u64,
-        0xc600_000b,
+        0xc600_000d,
         0xc600_0100,
         0x8400_0000,
         u64::from(u32::MAX),
@@ -391,7 +414,8 @@ fn unknown_ids_are_not_supported_on_both_sides() {
     let HostCallOutcome::Run(l) = e.host_call(0, &mut r) else {
         panic!()
     };
-    for id in [HostCall::Donate as u64, 0xc600_0105, 0x8400_0000] {
+    // 0x8400_0012: SYSTEM_RESET2, a PSCI id the engine does not implement.
+    for id in [HostCall::Donate as u64, 0xc600_0105, 0x8400_0012] {
         assert_eq!(
             e.guest_hvc(&l, [id, 1, 2, 3, 4, 5, 6]),
             GuestExitAction::Resume

@@ -79,7 +79,7 @@ impl Machine {
 
     fn stop(&self, l: LoadedVcpu) {
         let mut regs = [0; 7];
-        self.engine.finish_run(l, Exit::Wfx, &mut regs);
+        self.engine.finish_run(l, Exit::WFI, &mut regs);
     }
 
     /// Runs `f` with an empty log and returns what it recorded.

@@ -236,7 +236,7 @@ fn a_vm_lifecycle_from_creation_to_reclaim() {
         host.call(HostCall::VmDestroy, [vm, 0, 0, 0]).0,
         Status::Busy
     );
-    host.finish(l, Exit::Wfx);
+    host.finish(l, Exit::WFI);
     host.engine.arch().clear();
     host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
     let mut tlbi = false;

@@ -21,7 +21,7 @@
 mod spec_common;
 
 use isola::spec::props::low_equivalent;
-use isola::spec::{Cpu, Event, Handle, Outcome, Owner, PageState, State};
+use isola::spec::{Cpu, Event, Handle, Outcome, Owner, PageState, RunState, State};
 use isola_abi::{HostCall, PAGE_SIZE};
 use proptest::prelude::*;
 use spec_common::{Bug, Op, Planted, System, engine, event, ops, warm_up};
@@ -52,7 +52,10 @@ fn diverge(a: &mut dyn System, b: &mut dyn System, secret: Handle, salt: u64) {
             }
         }
     }
-    for &i in s.vms[&secret].vcpus.keys() {
+    for (&i, v) in &s.vms[&secret].vcpus {
+        if v.run != RunState::Ready {
+            continue; // powered off: nothing of its registers is in use
+        }
         let run = Event::HostHvc {
             cpu: 0,
             regs: [HostCall::VcpuRun as u64, secret, i, 0, 0, 0, 0],
@@ -104,6 +107,19 @@ fn noninterferent(
                     reg,
                     value: secret_value(value, salt),
                 };
+            }
+            // An SGI it sends is public: the value written names it.
+            Event::GuestSysReg { access, .. }
+                if by_secret
+                    && (access.op0, access.crn, access.crm, access.op2) == (3, 12, 11, 5) =>
+            {
+                let public = Event::GuestSetReg {
+                    cpu,
+                    reg: access.rt,
+                    value: op.raw[2],
+                };
+                a.step(&public);
+                b.step(&public);
             }
             // A store anywhere but its private RAM declassifies the value:
             // the secret stores the same public value in both runs.

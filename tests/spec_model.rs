@@ -47,6 +47,7 @@ fn model_config() -> Config {
         max_vms: 4,
         max_vcpus: 4,
         features: 0,
+        list_regs: 4,
         ipa_bits: 40,
         mmio_base: 0x0900_0000,
         mmio_end: 0x0a00_0000,
@@ -136,7 +137,7 @@ fn donate_takes_the_page_from_the_host_and_reclaim_scrubs_it() {
     );
     assert_eq!(
         m.apply(&Event::GuestWfi { cpu: 1 }),
-        Outcome::Exit(Exit::Wfx.encode())
+        Outcome::Exit(Exit::WFI.encode())
     );
     assert_eq!(
         status(host(&mut m, HostCall::Reclaim, [pa, 0, 0, 0])),

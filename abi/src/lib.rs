@@ -52,7 +52,11 @@ pub enum HostCall {
     VmDestroy = VENDOR_HYP_FAST64 | 0x02,
     /// `(x1 = handle, x2 = pa, x3 = pages) -> ()`: more pool pages for a VM.
     VmTopup = VENDOR_HYP_FAST64 | 0x03,
-    /// `(x1 = handle, x2 = vcpu index, x3 = entry pc, x4 = initial x0) -> ()`.
+    /// `(x1 = handle, x2 = vcpu index, x3 = entry pc, x4 = initial x0,
+    /// x5 = flags) -> ()`. Flags are [`vcpu_flags`]; any other bit is
+    /// `InvalidArgument`. With [`vcpu_flags::OFF`] the vCPU starts powered
+    /// off (PSCI): `x3`/`x4` are ignored, `VcpuRun` fails `Denied` until a
+    /// guest's `CPU_ON` names it.
     VcpuCreate = VENDOR_HYP_FAST64 | 0x04,
     /// `(x1 = handle, x2 = vcpu index, x3 = value for a pending MMIO read)
     /// -> (x1 = exit word, x2, x3)`; see [`Exit`].
@@ -76,6 +80,195 @@ pub enum HostCall {
     Reclaim = VENDOR_HYP_FAST64 | 0x09,
     /// `(x1 = selector, x2 = handle) -> (x1, x2, x3)`; see [`Accounting`].
     Accounting = VENDOR_HYP_FAST64 | 0x0a,
+    /// `(x1 = handle, x2 = vcpu index, x3..=x6 = list registers 0..=3) -> ()`:
+    /// the virtual interrupts the vCPU's next runs present, as
+    /// `ICH_LR<n>_EL2` words (see [`lr`]). Replaces all of them at once;
+    /// all or nothing. A word the engine does not accept (see [`lr`]), two
+    /// valid words with one vINTID, or a non-zero word at or beyond the
+    /// engine's list-register count ([`features::list_registers`]) is
+    /// `InvalidArgument`. `Busy` while the vCPU is loaded.
+    VcpuInterrupts = VENDOR_HYP_FAST64 | 0x0b,
+    /// `(x1 = handle, x2 = vcpu index) -> ()`: answers the vCPU's last
+    /// `Mmio` or `MemFault` exit with a synchronous external abort: the
+    /// guest takes it at its own vector (`ESR_EL1`/`FAR_EL1`/`ELR_EL1`/
+    /// `SPSR_EL1` as the architecture sets them) when it next runs, and the
+    /// access does not happen. `Denied` unless that exit is still
+    /// unanswered (no `VcpuRun` since); `Busy` while loaded.
+    VcpuInjectAbort = VENDOR_HYP_FAST64 | 0x0c,
+}
+
+/// Flags of [`HostCall::VcpuCreate`] (`x5`).
+pub mod vcpu_flags {
+    /// The vCPU is created powered off; a guest `CPU_ON` starts it.
+    pub const OFF: u64 = 1 << 0;
+    /// Every defined bit.
+    pub const ALL: u64 = OFF;
+}
+
+/// Feature bits reported by [`HostCall::Version`] in `x2`.
+pub mod features {
+    /// Guest PSCI beyond `CPU_OFF`/`SYSTEM_*`: `PSCI_VERSION`,
+    /// `PSCI_FEATURES`, `CPU_ON`, `AFFINITY_INFO`, `CPU_SUSPEND`,
+    /// `MIGRATE_INFO_TYPE`, and [`super::vcpu_flags::OFF`].
+    pub const GUEST_PSCI: u64 = 1 << 0;
+    /// [`super::HostCall::VcpuInjectAbort`].
+    pub const ABORT_INJECTION: u64 = 1 << 1;
+    /// [`super::HostCall::VcpuInterrupts`] presents what it is given (the
+    /// engine switches the virtual CPU interface): at least one list
+    /// register, the count in bits `LR_COUNT_SHIFT..+4`.
+    pub const VIRTUAL_INTERRUPTS: u64 = 1 << 2;
+    /// Where the number of usable list registers sits in the feature word.
+    pub const LR_COUNT_SHIFT: u32 = 8;
+
+    /// The number of list registers the host may fill, from the feature
+    /// word (0: no virtual interrupts).
+    pub const fn list_registers(features: u64) -> usize {
+        if features & VIRTUAL_INTERRUPTS == 0 {
+            0
+        } else {
+            ((features >> LR_COUNT_SHIFT) & 0xf) as usize
+        }
+    }
+}
+
+/// GICv3 list-register words as [`HostCall::VcpuInterrupts`] takes them:
+/// the architecture's `ICH_LR<n>_EL2` layout. The engine accepts a word
+/// when it is 0 (an empty register), or when its state is not invalid and
+/// - its vINTID (bits 31:0) is an SGI, PPI or SPI (0..=[`lr::MAX_INTID`]):
+///   no LPI, no extended or special INTID;
+/// - `HW` (bit 61) is clear: the engine gives no physical interrupt to a
+///   guest (its timer is handled without it, see [`ExitStatus`]);
+/// - the RES0 bits (59:56, 47:42, 40:32) are clear; `EOI` (bit 41) asks
+///   for an [`Exit::Eoi`] when the guest deactivates the interrupt.
+pub mod lr {
+    /// List registers [`super::HostCall::VcpuInterrupts`] carries.
+    pub const SLOTS: usize = 4;
+    /// Largest vINTID a list register may carry (the last SPI).
+    pub const MAX_INTID: u64 = 1019;
+    /// State: pending.
+    pub const PENDING: u64 = 1 << 62;
+    /// State: active.
+    pub const ACTIVE: u64 = 1 << 63;
+    /// Hardware interrupt (refused by the engine).
+    pub const HW: u64 = 1 << 61;
+    /// Group 1 (else group 0).
+    pub const GROUP1: u64 = 1 << 60;
+    /// Maintenance interrupt when the guest deactivates it (with `HW` clear).
+    pub const EOI: u64 = 1 << 41;
+    /// Priority field shift (8 bits).
+    pub const PRIORITY_SHIFT: u32 = 48;
+    /// The bits a word may have set: every defined field but `HW`.
+    pub const ALLOWED: u64 =
+        PENDING | ACTIVE | GROUP1 | (0xff << PRIORITY_SHIFT) | EOI | 0xffff_ffff;
+
+    /// A pending group-1 interrupt `intid` at `priority`, with `eoi` asking
+    /// for an [`super::Exit::Eoi`] when the guest is done with it.
+    pub const fn pending(intid: u32, priority: u8, eoi: bool) -> u64 {
+        PENDING
+            | GROUP1
+            | (priority as u64) << PRIORITY_SHIFT
+            | if eoi { EOI } else { 0 }
+            | intid as u64
+    }
+
+    /// The vINTID of a word.
+    pub const fn intid(word: u64) -> u64 {
+        word & 0xffff_ffff
+    }
+
+    /// The state of a word.
+    pub const fn state(word: u64) -> super::LrState {
+        super::LrState::from_bits(word >> 62)
+    }
+
+    /// Whether the engine accepts `word` in a list register (see the
+    /// module's rules). Duplicates across registers are checked by the call.
+    pub const fn acceptable(word: u64) -> bool {
+        word == 0 || (word & !ALLOWED == 0 && word >> 62 != 0 && intid(word) <= MAX_INTID)
+    }
+}
+
+/// The state of one list register, as an exit reports it (see [`ExitStatus`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LrState {
+    /// Empty, or the guest has deactivated its interrupt.
+    #[default]
+    Invalid = 0,
+    /// Not yet acknowledged by the guest.
+    Pending = 1,
+    /// Acknowledged, not yet deactivated.
+    Active = 2,
+    /// Active, and pending again.
+    PendingActive = 3,
+}
+
+impl LrState {
+    /// From the two state bits.
+    pub const fn from_bits(bits: u64) -> Self {
+        match bits & 3 {
+            0 => Self::Invalid,
+            1 => Self::Pending,
+            2 => Self::Active,
+            _ => Self::PendingActive,
+        }
+    }
+}
+
+/// What every exit word (`x1` of a successful `VcpuRun`) reports beside the
+/// reason: the state of each list register after the run (bits
+/// `32 + 2n..=33 + 2n` for register `n`), and whether the guest's virtual
+/// timer interrupt is asserted (bit 24: `CNTV_CTL_EL0` has `ENABLE` and
+/// `ISTATUS` set and `IMASK` clear), the level the host's distributor
+/// gives PPI [`vgic::VTIMER_INTID`] of this vCPU. While the engine has seen
+/// it asserted, it keeps the physical timer interrupt from reaching the
+/// guest's CPU until the guest deactivates the virtual one or re-arms its
+/// timer, so the host's injection is the guest's only timer interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ExitStatus {
+    /// Bit 24.
+    pub vtimer: bool,
+    /// Bits 32..=39.
+    pub lrs: [LrState; lr::SLOTS],
+}
+
+/// Exit-word bit: the guest's virtual timer interrupt is asserted.
+pub const EXIT_VTIMER: u64 = 1 << 24;
+/// Exit-word shift of list register 0's state.
+pub const EXIT_LR_SHIFT: u32 = 32;
+
+impl ExitStatus {
+    /// The bits of the exit word.
+    pub fn to_word(self) -> u64 {
+        let mut w = if self.vtimer { EXIT_VTIMER } else { 0 };
+        for (n, s) in (0u32..).zip(self.lrs) {
+            w |= (s as u64).wrapping_shl(EXIT_LR_SHIFT.wrapping_add(n.wrapping_mul(2)));
+        }
+        w
+    }
+
+    /// From an exit word.
+    pub fn from_word(word: u64) -> Self {
+        let mut lrs = [LrState::Invalid; lr::SLOTS];
+        for (n, s) in (0u32..).zip(lrs.iter_mut()) {
+            *s = LrState::from_bits(
+                word.wrapping_shr(EXIT_LR_SHIFT.wrapping_add(n.wrapping_mul(2))),
+            );
+        }
+        Self {
+            vtimer: word & EXIT_VTIMER != 0,
+            lrs,
+        }
+    }
+}
+
+/// Interrupt numbers of the virtual GIC the engine relies on.
+pub mod vgic {
+    /// The virtual timer's PPI (`CNTV_*`): the interrupt the host injects
+    /// when [`super::ExitStatus::vtimer`] is set.
+    pub const VTIMER_INTID: u32 = 27;
+    /// The GIC maintenance interrupt's PPI (the engine's, never a guest's).
+    pub const MAINTENANCE_INTID: u32 = 25;
 }
 
 /// Calls a guest makes.
@@ -118,7 +311,9 @@ from_id!(HostCall {
     Share,
     Unshare,
     Reclaim,
-    Accounting
+    Accounting,
+    VcpuInterrupts,
+    VcpuInjectAbort
 });
 from_id!(GuestCall {
     Info,
@@ -241,7 +436,11 @@ pub enum ExitReason {
     Mmio = 2,
     /// Access to unmapped guest RAM: `x2` = the faulting page's IPA.
     MemFault = 3,
-    /// The guest executed `WFI` or `WFE`.
+    /// The guest executed `WFI` or `WFE` (or `CPU_SUSPEND`, which the engine
+    /// treats as `WFI`): exit word bit 17 = `WFE`; bit 18 = the guest's
+    /// virtual timer is armed (`ENABLE` set, `IMASK` clear) and `x2` = its
+    /// deadline (`CNTV_CVAL_EL0`, in the guest's virtual count, which is the
+    /// physical count: guests run with `CNTVOFF_EL2` = 0).
     Wfx = 4,
     /// A physical interrupt arrived while the guest ran.
     Irq = 5,
@@ -254,6 +453,17 @@ pub enum ExitReason {
     /// The engine would not handle the exception: `x2` = ESR_EL2. The vCPU is
     /// stopped; further `VcpuRun` calls fail `Denied`.
     Error = 9,
+    /// The guest's PSCI `CPU_ON` turned vCPU `x2` on: it is runnable (its
+    /// `VcpuRun` starts it at the guest's entry point). The caller got
+    /// `SUCCESS` and resumes after the call.
+    CpuOn = 10,
+    /// The guest wrote `ICC_SGI1R_EL1`: `x2` = bitmap of the target vCPU
+    /// indices (bit n = vCPU n; `IRM` = every vCPU but the writer), `x3` =
+    /// the SGI's INTID (0..=15). The write is complete.
+    Sgi = 11,
+    /// The guest deactivated an interrupt whose list register had `EOI`
+    /// set; the exit's list-register states say which (now `Invalid`).
+    Eoi = 12,
 }
 
 /// A decoded `VcpuRun` result.
@@ -271,7 +481,12 @@ pub enum Exit {
     /// See [`ExitReason::MemFault`].
     MemFault { ipa: u64 },
     /// See [`ExitReason::Wfx`].
-    Wfx,
+    Wfx {
+        /// `WFE` rather than `WFI`: a hint to yield, not to sleep.
+        wfe: bool,
+        /// The guest's virtual timer deadline, if armed.
+        deadline: Option<u64>,
+    },
     /// See [`ExitReason::Irq`].
     Irq,
     /// See [`ExitReason::CpuOff`].
@@ -282,12 +497,26 @@ pub enum Exit {
     SystemReset,
     /// See [`ExitReason::Error`].
     Error { esr: u64 },
+    /// See [`ExitReason::CpuOn`].
+    CpuOn { vcpu: u16 },
+    /// See [`ExitReason::Sgi`].
+    Sgi { targets: u16, intid: u8 },
+    /// See [`ExitReason::Eoi`].
+    Eoi,
 }
 
 const MMIO_SIZE_SHIFT: u32 = 8;
 const MMIO_WRITE: u64 = 1 << 16;
+const WFX_WFE: u64 = 1 << 17;
+const WFX_TIMER: u64 = 1 << 18;
 
 impl Exit {
+    /// A `WFI` with the guest's timer not armed.
+    pub const WFI: Exit = Exit::Wfx {
+        wfe: false,
+        deadline: None,
+    };
+
     /// The `(x1, x2, x3)` registers that carry this exit to the host.
     pub const fn encode(self) -> [u64; 3] {
         match self {
@@ -304,12 +533,21 @@ impl Exit {
                 [word, ipa, value]
             }
             Exit::MemFault { ipa } => [ExitReason::MemFault as u64, ipa, 0],
-            Exit::Wfx => [ExitReason::Wfx as u64, 0, 0],
+            Exit::Wfx { wfe, deadline } => {
+                let w = ExitReason::Wfx as u64 | if wfe { WFX_WFE } else { 0 };
+                match deadline {
+                    Some(d) => [w | WFX_TIMER, d, 0],
+                    None => [w, 0, 0],
+                }
+            }
             Exit::Irq => [ExitReason::Irq as u64, 0, 0],
             Exit::CpuOff => [ExitReason::CpuOff as u64, 0, 0],
             Exit::SystemOff => [ExitReason::SystemOff as u64, 0, 0],
             Exit::SystemReset => [ExitReason::SystemReset as u64, 0, 0],
             Exit::Error { esr } => [ExitReason::Error as u64, esr, 0],
+            Exit::CpuOn { vcpu } => [ExitReason::CpuOn as u64, vcpu as u64, 0],
+            Exit::Sgi { targets, intid } => [ExitReason::Sgi as u64, targets as u64, intid as u64],
+            Exit::Eoi => [ExitReason::Eoi as u64, 0, 0],
         }
     }
 
@@ -325,33 +563,104 @@ impl Exit {
                 value: b,
             },
             3 => Exit::MemFault { ipa: a },
-            4 => Exit::Wfx,
+            4 => Exit::Wfx {
+                wfe: word & WFX_WFE != 0,
+                deadline: if word & WFX_TIMER != 0 { Some(a) } else { None },
+            },
             5 => Exit::Irq,
             6 => Exit::CpuOff,
             7 => Exit::SystemOff,
             8 => Exit::SystemReset,
             9 => Exit::Error { esr: a },
+            10 => Exit::CpuOn { vcpu: a as u16 },
+            11 => Exit::Sgi {
+                targets: a as u16,
+                intid: b as u8,
+            },
+            12 => Exit::Eoi,
             _ => return None,
         })
     }
 }
 
-/// PSCI function ids (Arm DEN0022) the engine relays or interprets.
+/// PSCI function ids (Arm DEN0022) the engine relays or interprets, the
+/// values it returns, and how a guest names its vCPUs.
+///
+/// A guest's vCPU `n` has `MPIDR_EL1` = `1 << 31 | n` (Aff0 = n, higher
+/// affinity levels 0): the value PSCI calls take as a target and
+/// `ICC_SGI1R_EL1` names in its target list.
 pub mod psci {
     /// `PSCI_VERSION`.
     pub const VERSION: u32 = 0x8400_0000;
+    /// `CPU_SUSPEND` (SMC32).
+    pub const CPU_SUSPEND32: u32 = 0x8400_0001;
     /// `CPU_SUSPEND` (SMC64).
     pub const CPU_SUSPEND: u32 = 0xC400_0001;
     /// `CPU_OFF`.
     pub const CPU_OFF: u32 = 0x8400_0002;
+    /// `CPU_ON` (SMC32).
+    pub const CPU_ON32: u32 = 0x8400_0003;
     /// `CPU_ON` (SMC64).
     pub const CPU_ON: u32 = 0xC400_0003;
+    /// `AFFINITY_INFO` (SMC32).
+    pub const AFFINITY_INFO32: u32 = 0x8400_0004;
+    /// `AFFINITY_INFO` (SMC64).
+    pub const AFFINITY_INFO: u32 = 0xC400_0004;
+    /// `MIGRATE_INFO_TYPE`.
+    pub const MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
     /// `SYSTEM_OFF`.
     pub const SYSTEM_OFF: u32 = 0x8400_0008;
     /// `SYSTEM_RESET`.
     pub const SYSTEM_RESET: u32 = 0x8400_0009;
     /// `PSCI_FEATURES`.
     pub const FEATURES: u32 = 0x8400_000A;
+
+    /// What `PSCI_VERSION` returns to a guest: 1.0.
+    pub const GUEST_VERSION: u64 = 1 << 16;
+    /// What `MIGRATE_INFO_TYPE` returns: no Trusted OS needs migrating.
+    pub const MIGRATE_NONE: u64 = 2;
+
+    /// PSCI return values (in `x0`, as 64-bit two's complement).
+    pub mod ret {
+        /// `SUCCESS`.
+        pub const SUCCESS: i64 = 0;
+        /// `NOT_SUPPORTED`.
+        pub const NOT_SUPPORTED: i64 = -1;
+        /// `INVALID_PARAMETERS`.
+        pub const INVALID_PARAMETERS: i64 = -2;
+        /// `ALREADY_ON`.
+        pub const ALREADY_ON: i64 = -4;
+        /// `ON_PENDING`.
+        pub const ON_PENDING: i64 = -5;
+        /// `INVALID_ADDRESS`.
+        pub const INVALID_ADDRESS: i64 = -9;
+    }
+
+    /// `AFFINITY_INFO` results.
+    pub mod affinity {
+        /// The vCPU is on.
+        pub const ON: u64 = 0;
+        /// The vCPU is off.
+        pub const OFF: u64 = 1;
+        /// `CPU_ON` named it and it has not run yet.
+        pub const ON_PENDING: u64 = 2;
+    }
+
+    /// The MPIDR of a guest's vCPU `index`.
+    pub const fn mpidr(index: u16) -> u64 {
+        1 << 31 | (index as u64 & 0xff)
+    }
+
+    /// The vCPU index a PSCI target names: `Some(Aff0)` when every other
+    /// affinity field and bit is zero (bit 31, RES1 in `MPIDR_EL1`, is
+    /// accepted either way), else `None`.
+    pub const fn target_index(mpidr: u64) -> Option<u16> {
+        if mpidr & !(0xff | 1 << 31) != 0 {
+            None
+        } else {
+            Some((mpidr & 0xff) as u16)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -405,16 +714,85 @@ mod tests {
                 value: 0,
             },
             Exit::MemFault { ipa: 0x8000_0000 },
-            Exit::Wfx,
+            Exit::Wfx {
+                wfe: false,
+                deadline: None,
+            },
+            Exit::Wfx {
+                wfe: true,
+                deadline: Some(0),
+            },
+            Exit::Wfx {
+                wfe: false,
+                deadline: Some(u64::MAX),
+            },
             Exit::Irq,
             Exit::CpuOff,
             Exit::SystemOff,
             Exit::SystemReset,
             Exit::Error { esr: 0x9600_0000 },
+            Exit::CpuOn { vcpu: 7 },
+            Exit::Sgi {
+                targets: 0b1010,
+                intid: 15,
+            },
+            Exit::Eoi,
         ];
         for e in exits {
             assert_eq!(Exit::decode(e.encode()), Some(e));
+            // The status bits never disturb the exit itself.
+            let [w, a, b] = e.encode();
+            let status = ExitStatus {
+                vtimer: true,
+                lrs: [
+                    LrState::PendingActive,
+                    LrState::Invalid,
+                    LrState::Active,
+                    LrState::Pending,
+                ],
+            };
+            assert_eq!(Exit::decode([w | status.to_word(), a, b]), Some(e));
+            assert_eq!(ExitStatus::from_word(w | status.to_word()), status);
+            assert_eq!(ExitStatus::from_word(w), ExitStatus::default());
         }
         assert_eq!(Exit::decode([0, 0, 0]), None);
+        assert_eq!(Exit::decode([13, 0, 0]), None);
+    }
+
+    #[test]
+    fn list_register_words() {
+        let w = lr::pending(33, 0xa0, true);
+        assert!(lr::acceptable(w));
+        assert_eq!((lr::intid(w), lr::state(w)), (33, LrState::Pending));
+        assert!(lr::acceptable(0));
+        assert!(lr::acceptable(lr::ACTIVE | 1019));
+        // Refused: LPIs and special INTIDs, HW, RES0 bits, invalid with content.
+        assert!(!lr::acceptable(lr::PENDING | 8192));
+        assert!(!lr::acceptable(lr::PENDING | 1020));
+        assert!(!lr::acceptable(lr::PENDING | lr::HW | 27 | 27 << 32));
+        assert!(!lr::acceptable(w | 1 << 56));
+        assert!(!lr::acceptable(w | 1 << 32));
+        assert!(!lr::acceptable(lr::GROUP1 | 33));
+    }
+
+    #[test]
+    fn features_carry_the_list_register_count() {
+        assert_eq!(features::list_registers(0), 0);
+        assert_eq!(features::list_registers(4 << features::LR_COUNT_SHIFT), 0);
+        assert_eq!(
+            features::list_registers(features::VIRTUAL_INTERRUPTS | 4 << features::LR_COUNT_SHIFT),
+            4
+        );
+    }
+
+    #[test]
+    fn psci_targets_name_aff0() {
+        for i in 0..8u16 {
+            assert_eq!(psci::target_index(psci::mpidr(i)), Some(i));
+            assert_eq!(psci::target_index(u64::from(i)), Some(i));
+        }
+        assert_eq!(psci::target_index(1 << 8), None);
+        assert_eq!(psci::target_index(1 << 32), None);
+        assert_eq!(psci::target_index(u64::MAX), None);
     }
 }

@@ -56,7 +56,7 @@ fn page(i: u64) -> u64 {
 fn call(e: E, cpu: u32, c: HostCall, a: [u64; 4]) -> (Status, [u64; 3]) {
     let mut regs = [c as u64, a[0], a[1], a[2], a[3], 0, 0];
     if let HostCallOutcome::Run(l) = e.host_call(cpu, &mut regs) {
-        e.finish_run(l, Exit::Wfx, &mut regs);
+        e.finish_run(l, Exit::WFI, &mut regs);
     }
     (
         Status::from_raw(regs[0] as i64).unwrap(),
@@ -225,7 +225,7 @@ fn two_cpus_running_the_same_vcpu_one_wins_the_other_is_busy() {
             ),
         };
         let mut regs = [0; 7];
-        e.finish_run(winner, Exit::Wfx, &mut regs);
+        e.finish_run(winner, Exit::WFI, &mut regs);
         let (state, _) = e.vcpu(a, 0).unwrap();
         assert_eq!(state, isola::vcpu::VcpuState::Idle);
     });
@@ -244,7 +244,7 @@ fn destroy_racing_a_vcpu_load_is_busy_or_the_run_finds_nothing() {
                     // While loaded, a destroy on another CPU must fail Busy;
                     // give it a chance to run here.
                     thread::yield_now();
-                    e.finish_run(l, Exit::Wfx, &mut regs);
+                    e.finish_run(l, Exit::WFI, &mut regs);
                     Status::Success
                 }
                 HostCallOutcome::Done => Status::from_raw(regs[0] as i64).unwrap(),

@@ -203,7 +203,7 @@ fn unmap(c: &mut Criterion) {
                     black_box(r == GuestExitAction::Resume);
                 }
                 total += t.elapsed();
-                b.e.finish_run(l, isola::abi::Exit::Wfx, &mut regs);
+                b.e.finish_run(l, isola::abi::Exit::WFI, &mut regs);
                 left -= n;
             }
             total

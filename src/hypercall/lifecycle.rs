@@ -11,7 +11,7 @@ use crate::ownership::{Owner, PageRecord};
 use crate::stage2::Stage2;
 use crate::vcpu::{Context, MAX_VCPUS, VcpuState};
 use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
-use isola_abi::Status;
+use isola_abi::{Status, vcpu_flags};
 
 use super::memory::all_host;
 use super::*;
@@ -200,8 +200,15 @@ impl<A: Arch> Engine<A> {
         Ok([0; 3])
     }
 
-    /// `VcpuCreate(handle, index, pc, x0)`.
-    pub fn vcpu_create(&self, handle: u64, index: u64, pc: u64, x0: u64) -> CallResult {
+    /// `VcpuCreate(handle, index, pc, x0, flags)`: with `vcpu_flags::OFF`
+    /// the vCPU starts powered off (its context zeroed but for the reset
+    /// PSTATE and SCTLR; `pc` and `x0` are ignored) and waits for a guest's
+    /// `CPU_ON`.
+    pub fn vcpu_create(&self, handle: u64, index: u64, pc: u64, x0: u64, flags: u64) -> CallResult {
+        if flags & !vcpu_flags::ALL != 0 {
+            return Err(Status::InvalidArgument);
+        }
+        let off = flags & vcpu_flags::OFF != 0;
         let (_, mut g) = self.lock_vm(handle)?;
         let i = vcpu_index(&g, index)?;
         if g.vcpus.get(i).is_none_or(|v| v.state != VcpuState::Absent) {
@@ -209,10 +216,15 @@ impl<A: Arch> Engine<A> {
         }
         let page = g.pool.alloc(&self.mem).ok_or(Status::NoMemory)?;
         let ctx = Context::new(page);
+        let (pc, x0, state) = if off {
+            (0, 0, VcpuState::Off)
+        } else {
+            (pc, x0, VcpuState::Idle)
+        };
         ctx.init(&self.mem, pc, x0);
         if let Some(v) = g.vcpus.get_mut(i) {
             *v = VcpuSlot {
-                state: VcpuState::Idle,
+                state,
                 ctx: page.raw(),
             };
         }

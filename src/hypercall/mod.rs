@@ -51,11 +51,12 @@ use crate::engine::Engine;
 use crate::stage2::S2Error;
 use crate::vcpu::{Context, MAX_VCPUS};
 use crate::vm::VmInner;
-use isola_abi::{ABI_VERSION, Exit, HostCall, Status};
+use isola_abi::{ABI_VERSION, Exit, HostCall, Status, features};
 use isola_sync::MutexGuard;
 
-/// Feature bits reported by `Version` (none yet).
-pub const FEATURES: u64 = 0;
+/// Feature bits every engine reports by `Version`; an engine with virtual
+/// interrupts adds its list-register count ([`Engine::features`]).
+pub const FEATURES: u64 = features::GUEST_PSCI | features::ABORT_INJECTION;
 
 /// What the exception vector does after a host `hvc`.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub struct LoadedVcpu {
     cpu: u32,
     ctx: Context,
     vttbr: u64,
+    /// The VM's vCPU count (`max vcpus`), for decoding SGI targets.
+    vcpus: u16,
 }
 
 impl LoadedVcpu {
@@ -99,6 +102,16 @@ impl LoadedVcpu {
     /// The physical CPU it is loaded on.
     pub fn cpu(&self) -> u32 {
         self.cpu
+    }
+
+    /// Its VM's slot in the VM table.
+    pub(crate) fn slot(&self) -> u16 {
+        self.slot
+    }
+
+    /// Its VM's vCPU count.
+    pub(crate) fn vcpus(&self) -> u16 {
+        self.vcpus
     }
 }
 
@@ -129,11 +142,11 @@ impl<A: Arch> Engine<A> {
         let [id, a, b, c, d, e, _] = *regs;
         let result = match HostCall::from_id(id & 0xffff_ffff) {
             None => Err(Status::NotSupported),
-            Some(HostCall::Version) => Ok([ABI_VERSION, FEATURES, MAX_VCPUS as u64]),
+            Some(HostCall::Version) => Ok([ABI_VERSION, self.features(), MAX_VCPUS as u64]),
             Some(HostCall::VmCreate) => self.vm_create(PhysAddr::new(a), b, c),
             Some(HostCall::VmDestroy) => self.vm_destroy(a),
             Some(HostCall::VmTopup) => self.vm_topup(a, PhysAddr::new(b), c),
-            Some(HostCall::VcpuCreate) => self.vcpu_create(a, b, c, d),
+            Some(HostCall::VcpuCreate) => self.vcpu_create(a, b, c, d, e),
             Some(HostCall::VcpuRun) => match self.vcpu_load(cpu, a, b, c) {
                 Ok(l) => return HostCallOutcome::Run(l),
                 Err(s) => Err(s),
@@ -143,6 +156,11 @@ impl<A: Arch> Engine<A> {
             Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b), Ipa::new(c)),
             Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
             Some(HostCall::Accounting) => self.accounting(a, b),
+            Some(HostCall::VcpuInterrupts) => {
+                let [.., l0, l1, l2, l3] = *regs;
+                self.vcpu_interrupts(a, b, [l0, l1, l2, l3])
+            }
+            Some(HostCall::VcpuInjectAbort) => self.vcpu_inject_abort(a, b),
         };
         write_result(regs, result);
         HostCallOutcome::Done

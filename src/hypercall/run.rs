@@ -7,7 +7,7 @@ use crate::addr::{Ipa, PhysAddr};
 use crate::arch::Arch;
 use crate::engine::Engine;
 use crate::vcpu::{Context, Pending, Regs, VcpuState};
-use isola_abi::{ABI_VERSION, Exit, GuestCall, Status, psci};
+use isola_abi::{ABI_VERSION, Exit, GuestCall, Status, lr};
 
 use super::memory::PageOp;
 use super::*;
@@ -30,8 +30,8 @@ impl<A: Arch> Engine<A> {
             VcpuState::Absent => return Err(Status::NotFound),
             VcpuState::Loaded(_) => return Err(Status::Busy),
             VcpuState::Off | VcpuState::Stopped => return Err(Status::Denied),
-            VcpuState::Idle if g.off => return Err(Status::Denied),
-            VcpuState::Idle => {}
+            VcpuState::Idle | VcpuState::OnPending if g.off => return Err(Status::Denied),
+            VcpuState::Idle | VcpuState::OnPending => {}
         }
         let ctx = Context::new(PhysAddr::new(v.ctx));
         if let Some(r) = ctx.regs(&self.mem) {
@@ -47,13 +47,54 @@ impl<A: Arch> Engine<A> {
             cpu,
             ctx,
             vttbr,
+            vcpus: g.max_vcpus,
         })
+    }
+
+    /// `VcpuInjectAbort(handle, index)`: the vCPU's unanswered `Mmio` or
+    /// `MemFault` exit becomes a synchronous external abort the guest takes
+    /// when it next runs ([`Regs::inject_external_abort`]). The vCPU is not
+    /// loaded (`Busy` otherwise) and we hold its VM's lock, so its context
+    /// is ours to edit.
+    pub(super) fn vcpu_inject_abort(&self, handle: u64, index: u64) -> CallResult {
+        let (_, g) = self.lock_vm(handle)?;
+        let i = vcpu_index(&g, index)?;
+        let v = g.vcpus.get(i).copied().ok_or(Status::NotFound)?;
+        match v.state {
+            VcpuState::Absent => return Err(Status::NotFound),
+            VcpuState::Loaded(_) => return Err(Status::Busy),
+            VcpuState::Off | VcpuState::Stopped => return Err(Status::Denied),
+            VcpuState::Idle | VcpuState::OnPending if g.off => return Err(Status::Denied),
+            VcpuState::Idle | VcpuState::OnPending => {}
+        }
+        let regs = Context::new(PhysAddr::new(v.ctx))
+            .regs(&self.mem)
+            .ok_or(Status::Denied)?;
+        if regs.inject_external_abort() {
+            Ok([0; 3])
+        } else {
+            Err(Status::Denied)
+        }
     }
 
     /// The second half of `VcpuRun`: unloads the vCPU (its state follows the
     /// exit: `CpuOff` turns it off, `Error` stops it) and writes the
     /// `VcpuRun` result (`Success`, the encoded exit) into the host's `regs`.
+    ///
+    /// The exit word also carries the [`isola_abi::ExitStatus`]: the state
+    /// of each list register (registers the guest finished with `EOI` are
+    /// cleared here, after being reported as `Invalid`) and the level of
+    /// the guest's virtual timer interrupt.
     pub fn finish_run(&self, vcpu: LoadedVcpu, exit: Exit, regs: &mut [u64; 7]) {
+        let status = vcpu.ctx.regs(&self.mem).map_or(0, |ctx| {
+            let mut lrs: [u64; lr::SLOTS] = core::array::from_fn(|n| ctx.lr(n));
+            if crate::vgic::take_eoi_completions(&mut lrs) > 0 {
+                for (n, w) in lrs.iter().enumerate() {
+                    ctx.set_lr(n, *w);
+                }
+            }
+            crate::vgic::exit_status(&lrs, ctx.sysreg(crate::vcpu::SysReg::CntvCtlEl0)).to_word()
+        });
         if let Some(s) = self.vms.get(usize::from(vcpu.slot)) {
             let mut g = s.inner.lock();
             if let Some(v) = g.vcpus.get_mut(usize::from(vcpu.index)) {
@@ -64,7 +105,8 @@ impl<A: Arch> Engine<A> {
                 };
             }
         }
-        write_result(regs, Ok(exit.encode()));
+        let [word, a, b] = exit.encode();
+        write_result(regs, Ok([word | status, a, b]));
     }
 
     /// A guest exit on the CPU where `vcpu` is loaded. The world switch has
@@ -72,7 +114,14 @@ impl<A: Arch> Engine<A> {
     /// them from there (they may have changed).
     pub fn guest_exit(&self, vcpu: &LoadedVcpu, trap: Trap) -> GuestExitAction {
         let (esr, far, hpfar) = match trap {
-            Trap::Irq => return GuestExitAction::ExitToHost(Exit::Irq),
+            Trap::Irq => {
+                // The GIC maintenance interrupt: a list register the guest
+                // finished with `EOI` set. Anything else is the host's.
+                let eoi = vcpu.ctx.regs(&self.mem).is_some_and(|ctx| {
+                    (0..lr::SLOTS).any(|n| crate::vgic::eoi_completed(ctx.lr(n)))
+                });
+                return GuestExitAction::ExitToHost(if eoi { Exit::Eoi } else { Exit::Irq });
+            }
             Trap::Sync { esr, far, hpfar } => (esr, far, hpfar),
         };
         let e = Esr(esr);
@@ -89,8 +138,17 @@ impl<A: Arch> Engine<A> {
             }
             ec::WFX => {
                 ctx.set_pc(ctx.pc().wrapping_add(4));
-                GuestExitAction::ExitToHost(Exit::Wfx)
+                GuestExitAction::ExitToHost(Exit::Wfx {
+                    // ISS.TI: 0b00 WFI, 0b01 WFE (WFIT/WFET are not
+                    // advertised to guests).
+                    wfe: esr & 1 != 0,
+                    deadline: crate::vgic::vtimer_deadline(
+                        ctx.sysreg(crate::vcpu::SysReg::CntvCtlEl0),
+                        ctx.sysreg(crate::vcpu::SysReg::CntvCvalEl0),
+                    ),
+                })
             }
+            ec::SYSREG => self.guest_sysreg(vcpu, ctx, e),
             ec::DABT_LOW | ec::IABT_LOW => {
                 let limit = self.vm_s2.ipa_limit();
                 match abort::classify_guest_abort(
@@ -109,6 +167,7 @@ impl<A: Arch> Engine<A> {
                     } => {
                         let value = crate::vcpu::mmio_read_value(ctx.x(reg), size, false, true);
                         ctx.set_pc(ctx.pc().wrapping_add(4));
+                        ctx.set_pending_access(Pending::MmioWrite, far);
                         GuestExitAction::ExitToHost(Exit::Mmio {
                             ipa: ipa.raw(),
                             size,
@@ -124,12 +183,15 @@ impl<A: Arch> Engine<A> {
                         sign,
                         sf,
                     } => {
-                        ctx.set_pending(Pending::MmioRead {
-                            reg,
-                            size,
-                            sign,
-                            sf,
-                        });
+                        ctx.set_pending_access(
+                            Pending::MmioRead {
+                                reg,
+                                size,
+                                sign,
+                                sf,
+                            },
+                            far,
+                        );
                         GuestExitAction::ExitToHost(Exit::Mmio {
                             ipa: ipa.raw(),
                             size,
@@ -138,6 +200,12 @@ impl<A: Arch> Engine<A> {
                         })
                     }
                     GuestAbort::MemFault { ipa } => {
+                        let pending = Pending::MemFault {
+                            write: e.ec() == ec::DABT_LOW
+                                && e.flags().contains(abort::DataAbortIss::WNR),
+                            fetch: e.ec() == ec::IABT_LOW,
+                        };
+                        ctx.set_pending_access(pending, far);
                         GuestExitAction::ExitToHost(Exit::MemFault { ipa: ipa.raw() })
                     }
                     GuestAbort::Error => GuestExitAction::ExitToHost(Exit::Error { esr }),
@@ -168,20 +236,7 @@ impl<A: Arch> Engine<A> {
                 ctx.set_pending(Pending::HostReply);
                 return GuestExitAction::ExitToHost(Exit::HostCall { args: [x(1), x(2)] });
             }
-            None if id == u64::from(psci::CPU_OFF) => {
-                return GuestExitAction::ExitToHost(Exit::CpuOff);
-            }
-            None if id == u64::from(psci::SYSTEM_OFF) || id == u64::from(psci::SYSTEM_RESET) => {
-                if let Some(s) = self.vms.get(usize::from(vcpu.slot)) {
-                    s.inner.lock().off = true;
-                }
-                let exit = if id == u64::from(psci::SYSTEM_OFF) {
-                    Exit::SystemOff
-                } else {
-                    Exit::SystemReset
-                };
-                return GuestExitAction::ExitToHost(exit);
-            }
+            None if crate::psci::is_psci(id) => return self.guest_psci(vcpu, ctx, id),
             None => Err(Status::NotSupported),
         };
         let r = match result {

@@ -7,10 +7,14 @@
 //! An exit carries only what the ABI names for it: nothing else of the
 //! guest's registers or memory reaches the host.
 
-use isola_abi::{ABI_VERSION, Exit, GuestCall, PAGE_SIZE, Status, perms, psci};
+use isola_abi::{
+    ABI_VERSION, Exit, ExitStatus, GuestCall, LrState, PAGE_SIZE, Status, lr, perms, psci,
+};
 
 use super::host::{store, truncate};
-use super::state::{Contents, Cpu, GPRS, Handle, Owner, PageState, Pending, RunState, Vcpu};
+use super::state::{
+    Contents, Cpu, GPRS, Handle, INITIAL_PSTATE, Owner, PageState, Pending, RunState, Vcpu,
+};
 use super::{Event, Model, Outcome, fail, ok};
 
 /// Data abort from a lower exception level (ESR_EL2.EC).
@@ -68,6 +72,55 @@ fn well_formed(ipa: u64, size: u8, reg: u8) -> bool {
         && usize::from(reg) < GPRS
 }
 
+/// Makes vCPU `v` take a synchronous external abort for the access at
+/// instruction `at` to address `far`, as the architecture delivers it to
+/// EL1 (the model's guests never change `VBAR_EL1` or `SCTLR_EL1` from
+/// their reset values: vectors at 0, `SPAN` set, `DSSBS` clear).
+pub(super) fn take_external_abort(v: &mut Vcpu, at: u64, far: u64, write: bool, fetch: bool) {
+    let from_el0 = v.pstate & 0xf == 0;
+    let ec: u64 = match (fetch, from_el0) {
+        (true, true) => 0x20,
+        (true, false) => 0x21,
+        (false, true) => 0x24,
+        (false, false) => 0x25,
+    };
+    v.el1.esr = ec << 26 | 1 << 25 | if write && !fetch { 1 << 6 } else { 0 } | 0x10;
+    v.el1.far = far;
+    v.el1.elr = at;
+    v.el1.spsr = v.pstate;
+    v.pc = match v.pstate & 0xf {
+        0b0000 => 0x400,
+        0b0100 => 0,
+        _ => 0x200,
+    };
+    // SPAN set: PAN keeps its value; DSSBS clear: SSBS clear.
+    v.pstate = INITIAL_PSTATE | (v.pstate & 1 << 22);
+    v.pending = Pending::None;
+}
+
+/// Whether a list-register word is one whose interrupt the guest finished
+/// with `EOI` requested (the maintenance condition): not empty, neither
+/// pending nor active, `EOI` set, `HW` clear.
+fn eoi_done(w: u64) -> bool {
+    w != 0 && w & (lr::PENDING | lr::ACTIVE) == 0 && w & lr::EOI != 0 && w & lr::HW == 0
+}
+
+/// The PSCI ids `PSCI_FEATURES` reports.
+const PSCI_IMPLEMENTED: [u32; 12] = [
+    psci::VERSION,
+    psci::CPU_SUSPEND32,
+    psci::CPU_SUSPEND,
+    psci::CPU_OFF,
+    psci::CPU_ON32,
+    psci::CPU_ON,
+    psci::AFFINITY_INFO32,
+    psci::AFFINITY_INFO,
+    psci::MIGRATE_INFO_TYPE,
+    psci::SYSTEM_OFF,
+    psci::SYSTEM_RESET,
+    psci::FEATURES,
+];
+
 impl Model {
     /// An event in the guest running vCPU `index` of VM `h` on `cpu`.
     pub(super) fn guest_event(
@@ -99,8 +152,53 @@ impl Model {
                 self.guest_access(cpu, h, index, ipa, reg, size, true)
             }
             Event::GuestWfi { .. } => {
+                let deadline = deadline(vcpu.timer);
                 self.update(h, index, |v| v.pc = v.pc.wrapping_add(4));
-                self.exit(cpu, h, index, RunState::Ready, Exit::Wfx)
+                self.exit(
+                    cpu,
+                    h,
+                    index,
+                    RunState::Ready,
+                    Exit::Wfx {
+                        wfe: false,
+                        deadline,
+                    },
+                )
+            }
+            Event::GuestSysReg { access, .. } => self.guest_sysreg(cpu, h, index, access),
+            Event::GuestTimer { ctl, cval, .. } => {
+                self.update(h, index, |v| v.timer = (ctl, cval));
+                Outcome::GuestDone
+            }
+            Event::GuestIntAck { intid, .. } => {
+                self.update(h, index, |v| {
+                    if let Some(w) = v
+                        .lrs
+                        .iter_mut()
+                        .find(|w| **w & 0xffff_ffff == intid && lr::state(**w) == LrState::Pending)
+                    {
+                        *w = (*w & !lr::PENDING) | lr::ACTIVE;
+                    }
+                });
+                Outcome::GuestDone
+            }
+            Event::GuestIntEoi { intid, .. } => {
+                let mut maintenance = false;
+                self.update(h, index, |v| {
+                    if let Some(w) = v
+                        .lrs
+                        .iter_mut()
+                        .find(|w| **w != 0 && **w & 0xffff_ffff == intid && **w & lr::ACTIVE != 0)
+                    {
+                        *w &= !lr::ACTIVE;
+                        maintenance = eoi_done(*w);
+                    }
+                });
+                if maintenance {
+                    self.exit(cpu, h, index, RunState::Ready, Exit::Eoi)
+                } else {
+                    Outcome::GuestDone
+                }
             }
             Event::Irq { .. } => self.exit(cpu, h, index, RunState::Ready, Exit::Irq),
             Event::GuestUndefined { .. } => self.exit(
@@ -132,12 +230,30 @@ impl Model {
     }
 
     /// Ends the `VcpuRun` on `cpu` with `exit`, leaving the vCPU in `run`.
+    /// The exit word also reports each list register's state (after the
+    /// ones the guest finished with `EOI` are cleared) and the level of
+    /// the guest's virtual timer interrupt.
     fn exit(&mut self, cpu: usize, h: Handle, index: u64, run: RunState, exit: Exit) -> Outcome {
-        self.update(h, index, |v| v.run = run);
+        let mut status = ExitStatus::default();
+        self.update(h, index, |v| {
+            v.run = run;
+            for w in v.lrs.iter_mut() {
+                if eoi_done(*w) {
+                    *w = 0;
+                }
+            }
+            let (ctl, _) = v.timer;
+            status = ExitStatus {
+                // ENABLE and ISTATUS set, IMASK clear.
+                vtimer: ctl & 0b111 == 0b101,
+                lrs: v.lrs.map(lr::state),
+            };
+        });
         if let Some(c) = self.state.cpus.get_mut(cpu) {
             *c = Cpu::Host;
         }
-        Outcome::Exit(exit.encode())
+        let [w, a, b] = exit.encode();
+        Outcome::Exit([w | status.to_word(), a, b])
     }
 
     /// Answers the guest with `x0..=x3`.
@@ -168,19 +284,8 @@ impl Model {
                     Exit::HostCall { args: [a, b] },
                 );
             }
-            None if id == u64::from(psci::CPU_OFF) => {
-                return self.exit(cpu, h, index, RunState::Off, Exit::CpuOff);
-            }
-            None if id == u64::from(psci::SYSTEM_OFF) || id == u64::from(psci::SYSTEM_RESET) => {
-                if let Some(vm) = self.state.vms.get_mut(&h) {
-                    vm.off = true;
-                }
-                let exit = if id == u64::from(psci::SYSTEM_OFF) {
-                    Exit::SystemOff
-                } else {
-                    Exit::SystemReset
-                };
-                return self.exit(cpu, h, index, RunState::Ready, exit);
+            None if matches!(id & !0x1f, 0x8400_0000 | 0xC400_0000) => {
+                return self.guest_psci(cpu, h, index, args);
             }
             None => Err(Status::NotSupported),
         };
@@ -189,6 +294,156 @@ impl Model {
             Err(s) => fail(s),
         };
         self.answer(h, index, x)
+    }
+
+    /// A guest PSCI call (`x0` in PSCI's ranges).
+    fn guest_psci(&mut self, cpu: usize, h: Handle, index: u64, args: &[u64; 7]) -> Outcome {
+        let id = args[0] & 0xffff_ffff;
+        // SMC32 ids (bit 30 clear) take 32-bit arguments.
+        let arg = |n: usize| {
+            let v = args.get(n).copied().unwrap_or(0);
+            if id & 0x4000_0000 == 0 {
+                v & 0xffff_ffff
+            } else {
+                v
+            }
+        };
+        let id = id as u32;
+        let answer = |m: &mut Model, x0: i64| m.answer(h, index, [x0 as u64, 0, 0, 0]);
+        match id {
+            psci::VERSION => answer(self, psci::GUEST_VERSION as i64),
+            psci::MIGRATE_INFO_TYPE => answer(self, psci::MIGRATE_NONE as i64),
+            psci::FEATURES => {
+                let asked = args.get(1).copied().unwrap_or(0) & 0xffff_ffff;
+                let known = PSCI_IMPLEMENTED.iter().any(|&f| u64::from(f) == asked);
+                answer(
+                    self,
+                    if known {
+                        psci::ret::SUCCESS
+                    } else {
+                        psci::ret::NOT_SUPPORTED
+                    },
+                )
+            }
+            psci::CPU_SUSPEND | psci::CPU_SUSPEND32 => {
+                let timer = self.vcpu(h, index).map_or((0, 0), |v| v.timer);
+                self.answer(h, index, [0; 4]);
+                let exit = Exit::Wfx {
+                    wfe: false,
+                    deadline: deadline(timer),
+                };
+                self.exit(cpu, h, index, RunState::Ready, exit)
+            }
+            psci::CPU_OFF => self.exit(cpu, h, index, RunState::Off, Exit::CpuOff),
+            psci::SYSTEM_OFF | psci::SYSTEM_RESET => {
+                if let Some(vm) = self.state.vms.get_mut(&h) {
+                    vm.off = true;
+                }
+                let exit = if id == psci::SYSTEM_OFF {
+                    Exit::SystemOff
+                } else {
+                    Exit::SystemReset
+                };
+                self.exit(cpu, h, index, RunState::Ready, exit)
+            }
+            psci::AFFINITY_INFO | psci::AFFINITY_INFO32 => {
+                let state = psci::target_index(arg(1))
+                    .filter(|_| arg(2) == 0)
+                    .and_then(|t| self.vcpu(h, u64::from(t)))
+                    .map(|v| v.run);
+                let r = match state {
+                    None => psci::ret::INVALID_PARAMETERS,
+                    Some(RunState::Off) => psci::affinity::OFF as i64,
+                    Some(RunState::OnPending) => psci::affinity::ON_PENDING as i64,
+                    Some(_) => psci::affinity::ON as i64,
+                };
+                answer(self, r)
+            }
+            psci::CPU_ON | psci::CPU_ON32 => {
+                let (entry, context) = (arg(2), arg(3));
+                let Some(t) = psci::target_index(arg(1)).map(u64::from) else {
+                    return answer(self, psci::ret::INVALID_PARAMETERS);
+                };
+                let r = match self.vcpu(h, t).map(|v| v.run) {
+                    None => psci::ret::INVALID_PARAMETERS,
+                    Some(RunState::OnPending) => psci::ret::ON_PENDING,
+                    Some(RunState::Off) => {
+                        if entry % 4 != 0 || entry >> self.config.ipa_bits.min(63) != 0 {
+                            psci::ret::INVALID_ADDRESS
+                        } else {
+                            self.update(h, t, |v| {
+                                *v = Vcpu {
+                                    run: RunState::OnPending,
+                                    ..Vcpu::reset(entry, context, v.lrs)
+                                };
+                            });
+                            self.answer(h, index, [0; 4]);
+                            let exit = Exit::CpuOn { vcpu: t as u16 };
+                            return self.exit(cpu, h, index, RunState::Ready, exit);
+                        }
+                    }
+                    Some(_) => psci::ret::ALREADY_ON,
+                };
+                answer(self, r)
+            }
+            _ => answer(self, psci::ret::NOT_SUPPORTED),
+        }
+    }
+
+    /// A trapped `MRS`/`MSR` by the guest.
+    ///
+    /// The rules: an `ICC_SGI1R_EL1` write sends an SGI to the vCPUs it
+    /// names by Aff0 (all but the writer with `IRM`; nobody when it names
+    /// another cluster or range) and exits if it names anyone; the debug
+    /// registers (Op0 2) and the PMU registers read as zero and ignore
+    /// writes. The model's guests touch no other trapped register but the
+    /// implementation-defined space (Op0 3, CRn 15), which stops the vCPU.
+    fn guest_sysreg(
+        &mut self,
+        cpu: usize,
+        h: Handle,
+        index: u64,
+        a: crate::sysreg::Access,
+    ) -> Outcome {
+        let pmu = a.op0 == 3 && a.op1 == 3 && a.crn == 9 && (12..=14).contains(&a.crm);
+        let step = |v: &mut Vcpu| v.pc = v.pc.wrapping_add(4);
+        if (a.op0, a.op1, a.crn, a.crm, a.op2, a.read) == (3, 0, 12, 11, 5, false) {
+            let value = self
+                .vcpu(h, index)
+                .and_then(|v| v.regs.get(usize::from(a.rt)).copied())
+                .unwrap_or(0);
+            let vcpus = self.state.vms.get(&h).map_or(0, |vm| vm.max_vcpus);
+            let intid = ((value >> 24) & 0xf) as u8;
+            let mine = (0..vcpus).filter(|&i| i < 16).fold(0u16, |m, i| m | 1 << i);
+            let targets = if value & 1 << 40 != 0 {
+                mine & !(1u16 << index.min(15))
+            } else if value & 0x00ff_f0ff_00ff_0000 != 0 {
+                0
+            } else {
+                value as u16 & mine
+            };
+            self.update(h, index, step);
+            if targets == 0 {
+                return Outcome::GuestDone;
+            }
+            return self.exit(cpu, h, index, RunState::Ready, Exit::Sgi { targets, intid });
+        }
+        if a.op0 == 2 || pmu {
+            self.update(h, index, |v| {
+                if a.read {
+                    set_reg(&mut v.regs, a.rt, 0);
+                }
+                step(v);
+            });
+            return Outcome::GuestDone;
+        }
+        self.exit(
+            cpu,
+            h,
+            index,
+            RunState::Stopped,
+            Exit::Error { esr: a.esr() },
+        )
     }
 
     /// Guest `Share`, `Unshare` or `Relinquish` of the page mapped at `ipa`.
@@ -264,9 +519,18 @@ impl Model {
                 // finishes on the next `VcpuRun` (see `vcpu_run`).
                 let value = if write { truncate(source, size) } else { 0 };
                 if write {
-                    self.update(h, index, |v| v.pc = v.pc.wrapping_add(4));
+                    self.update(h, index, |v| {
+                        v.pc = v.pc.wrapping_add(4);
+                        v.pending = Pending::MmioWrite { far: ipa };
+                    });
                 } else {
-                    self.update(h, index, |v| v.pending = Pending::MmioRead { reg, size });
+                    self.update(h, index, |v| {
+                        v.pending = Pending::MmioRead {
+                            reg,
+                            size,
+                            far: ipa,
+                        }
+                    });
                 }
                 return self.exit(
                     cpu,
@@ -281,6 +545,13 @@ impl Model {
                     },
                 );
             }
+            self.update(h, index, |v| {
+                v.pending = Pending::MemFault {
+                    far: ipa,
+                    write,
+                    fetch: false,
+                }
+            });
             return self.exit(
                 cpu,
                 h,
@@ -320,6 +591,11 @@ impl Model {
         self.update(h, index, |v| v.pc = v.pc.wrapping_add(4));
         Outcome::GuestDone
     }
+}
+
+/// The guest's timer deadline, if armed (`ENABLE` set, `IMASK` clear).
+fn deadline((ctl, cval): (u64, u64)) -> Option<u64> {
+    (ctl & 0b11 == 0b01).then_some(cval)
 }
 
 /// The three guest page calls.

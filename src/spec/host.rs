@@ -7,7 +7,9 @@
 //! mapping (`AlreadyMapped`, `NotMapped`); resources (`NoMemory`). Only then
 //! does anything change: a failed call leaves the state exactly as it was.
 
-use isola_abi::{ABI_VERSION, Accounting, DONATE_MAX_PAGES, HostCall, PAGE_SIZE, Status, perms};
+use isola_abi::{
+    ABI_VERSION, Accounting, DONATE_MAX_PAGES, HostCall, PAGE_SIZE, Status, lr, perms, vcpu_flags,
+};
 
 use super::state::{Contents, Cpu, Handle, Mapping, Owner, PageState, Pending, RunState, Vcpu, Vm};
 use super::{Model, Outcome, fail, ok};
@@ -18,7 +20,7 @@ type CallResult = Result<[u64; 3], Status>;
 impl Model {
     /// A host `hvc` on `cpu`.
     pub(super) fn host_call(&mut self, cpu: usize, regs: &[u64; 7]) -> Outcome {
-        let [id, a, b, c, d, e, _] = *regs;
+        let [id, a, b, c, d, e, f] = *regs;
         // SMCCC: the function id is `w0`; the upper half of `x0` is ignored.
         let Some(call) = HostCall::from_id(id & 0xffff_ffff) else {
             return Outcome::HostReturn(fail(Status::NotSupported));
@@ -28,7 +30,7 @@ impl Model {
             HostCall::VmCreate => self.vm_create(a, b, c),
             HostCall::VmDestroy => self.vm_destroy(a),
             HostCall::VmTopup => self.vm_topup(a, b, c),
-            HostCall::VcpuCreate => self.vcpu_create(a, b, c, d),
+            HostCall::VcpuCreate => self.vcpu_create(a, b, c, d, e),
             HostCall::VcpuRun => match self.vcpu_run(cpu, a, b, c) {
                 Ok(()) => return Outcome::Entered,
                 Err(e) => Err(e),
@@ -38,6 +40,8 @@ impl Model {
             HostCall::Unshare => self.host_unshare(a, b, c),
             HostCall::Reclaim => self.reclaim(a),
             HostCall::Accounting => self.accounting(a, b),
+            HostCall::VcpuInterrupts => self.vcpu_interrupts(a, b, [c, d, e, f]),
+            HostCall::VcpuInjectAbort => self.vcpu_inject_abort(a, b),
         };
         Outcome::HostReturn(match result {
             Ok(r) => ok(r),
@@ -253,8 +257,11 @@ impl Model {
         Ok([0; 3])
     }
 
-    /// `VcpuCreate(h, index, pc, x0)`.
-    fn vcpu_create(&mut self, h: Handle, index: u64, pc: u64, x0: u64) -> CallResult {
+    /// `VcpuCreate(h, index, pc, x0, flags)`.
+    fn vcpu_create(&mut self, h: Handle, index: u64, pc: u64, x0: u64, flags: u64) -> CallResult {
+        if flags & !vcpu_flags::ALL != 0 {
+            return Err(Status::InvalidArgument);
+        }
         let vm = self.vm(h)?;
         if index >= vm.max_vcpus {
             return Err(Status::NotFound);
@@ -267,13 +274,15 @@ impl Model {
             .pool_free
             .checked_sub(self.config.vcpu_pages)
             .ok_or(Status::NoMemory)?;
-        let mut regs = [0; super::state::GPRS];
-        regs[0] = x0;
-        let vcpu = Vcpu {
-            regs,
-            pc,
-            run: RunState::Ready,
-            pending: Pending::None,
+        // ABI: an off vCPU's entry point and x0 are ignored; the model
+        // follows the implementation in leaving them zero.
+        let vcpu = if flags & vcpu_flags::OFF != 0 {
+            Vcpu {
+                run: RunState::Off,
+                ..Vcpu::reset(0, 0, [0; lr::SLOTS])
+            }
+        } else {
+            Vcpu::reset(pc, x0, [0; lr::SLOTS])
         };
         if let Some(vm) = self.state.vms.get_mut(&h) {
             vm.pool_free = pool_free;
@@ -290,8 +299,8 @@ impl Model {
         match vcpu.run {
             RunState::Loaded { .. } => return Err(Status::Busy),
             RunState::Off | RunState::Stopped => return Err(Status::Denied),
-            RunState::Ready if vm.off => return Err(Status::Denied),
-            RunState::Ready => {}
+            RunState::Ready | RunState::OnPending if vm.off => return Err(Status::Denied),
+            RunState::Ready | RunState::OnPending => {}
         }
         let Some(vcpu) = self
             .state
@@ -302,10 +311,10 @@ impl Model {
             return Err(Status::NotFound);
         };
         match vcpu.pending {
-            Pending::None => {}
+            Pending::None | Pending::MmioWrite { .. } | Pending::MemFault { .. } => {}
             // The load completes with the host's value and the guest goes
             // on after it (re-executing it would only fault again).
-            Pending::MmioRead { reg, size } => {
+            Pending::MmioRead { reg, size, .. } => {
                 super::guest::set_reg(&mut vcpu.regs, reg, truncate(value, size));
                 vcpu.pc = vcpu.pc.wrapping_add(4);
             }
@@ -322,6 +331,73 @@ impl Model {
             *c = Cpu::Guest { vm: h, vcpu: index };
         }
         Ok(())
+    }
+
+    /// `VcpuInterrupts(h, index, lrs)`.
+    fn vcpu_interrupts(&mut self, h: Handle, index: u64, lrs: [u64; lr::SLOTS]) -> CallResult {
+        // A list-register word is empty (0), or a pending and/or active
+        // SGI, PPI or SPI (vINTID <= 1019) with only the priority, group
+        // and EOI fields besides; nothing from the engine's count on; no
+        // vINTID twice.
+        let fields = lr::PENDING | lr::ACTIVE | lr::GROUP1 | lr::EOI | 0xff << 48 | 0xffff_ffff;
+        for (n, &w) in lrs.iter().enumerate() {
+            let good = w == 0
+                || (n < self.config.list_regs
+                    && w & !fields == 0
+                    && w & (lr::PENDING | lr::ACTIVE) != 0
+                    && w & 0xffff_ffff <= 1019);
+            let twice = lrs
+                .iter()
+                .take(n)
+                .any(|&o| w != 0 && o != 0 && o & 0xffff_ffff == w & 0xffff_ffff);
+            if !good || twice {
+                return Err(Status::InvalidArgument);
+            }
+        }
+        let vm = self.vm(h)?;
+        let vcpu = vm.vcpus.get(&index).ok_or(Status::NotFound)?;
+        if matches!(vcpu.run, RunState::Loaded { .. }) {
+            return Err(Status::Busy);
+        }
+        if let Some(v) = self
+            .state
+            .vms
+            .get_mut(&h)
+            .and_then(|vm| vm.vcpus.get_mut(&index))
+        {
+            v.lrs = lrs;
+        }
+        Ok([0; 3])
+    }
+
+    /// `VcpuInjectAbort(h, index)`: the unanswered `Mmio` or `MemFault`
+    /// exit becomes a synchronous external abort at the guest's vector.
+    fn vcpu_inject_abort(&mut self, h: Handle, index: u64) -> CallResult {
+        let vm = self.vm(h)?;
+        let vcpu = vm.vcpus.get(&index).ok_or(Status::NotFound)?;
+        match vcpu.run {
+            RunState::Loaded { .. } => return Err(Status::Busy),
+            RunState::Off | RunState::Stopped => return Err(Status::Denied),
+            RunState::Ready | RunState::OnPending if vm.off => return Err(Status::Denied),
+            RunState::Ready | RunState::OnPending => {}
+        }
+        // (faulting instruction, faulting address, store, fetch)
+        let (at, far, write, fetch) = match vcpu.pending {
+            Pending::MmioRead { far, .. } => (vcpu.pc, far, false, false),
+            // The store's exit already stepped the PC past it.
+            Pending::MmioWrite { far } => (vcpu.pc.wrapping_sub(4), far, true, false),
+            Pending::MemFault { far, write, fetch } => (vcpu.pc, far, write, fetch),
+            Pending::None | Pending::HostReply => return Err(Status::Denied),
+        };
+        if let Some(v) = self
+            .state
+            .vms
+            .get_mut(&h)
+            .and_then(|vm| vm.vcpus.get_mut(&index))
+        {
+            super::guest::take_external_abort(v, at, far, write, fetch);
+        }
+        Ok([0; 3])
     }
 
     /// `Share` of host page `pa` to VM `h` at `ipa`.

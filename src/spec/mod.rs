@@ -38,8 +38,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 pub use state::{
-    Contents, Cpu, DmaFaults, Handle, Mapping, Owner, Page, PageState, Pending, RunState, State,
-    Vcpu, Vm,
+    Contents, Cpu, DmaFaults, El1, Handle, Mapping, Owner, Page, PageState, Pending, RunState,
+    State, Vcpu, Vm,
 };
 
 /// The fixed shape of the machine and the implementation's sizing choices
@@ -61,6 +61,8 @@ pub struct Config {
     pub max_vcpus: u64,
     /// Feature bits reported by `Version`.
     pub features: u64,
+    /// List registers the host may fill (`VcpuInterrupts`).
+    pub list_regs: usize,
     /// Guest IPAs are below `1 << ipa_bits`.
     pub ipa_bits: u32,
     /// Guest IPAs in `mmio_base..mmio_end` are MMIO: an access exits to the host.
@@ -162,6 +164,40 @@ pub enum Event {
         /// Physical CPU.
         cpu: usize,
     },
+    /// The guest on `cpu` executes an `MRS`/`MSR` the engine traps.
+    GuestSysReg {
+        /// Physical CPU.
+        cpu: usize,
+        /// The register and direction.
+        access: crate::sysreg::Access,
+    },
+    /// The guest on `cpu` programs its virtual timer, which then reads
+    /// `ctl` (with `ISTATUS` as the counter makes it) and `cval`.
+    GuestTimer {
+        /// Physical CPU.
+        cpu: usize,
+        /// `CNTV_CTL_EL0`.
+        ctl: u64,
+        /// `CNTV_CVAL_EL0`.
+        cval: u64,
+    },
+    /// The guest on `cpu` acknowledges virtual interrupt `intid`: a list
+    /// register holding it pending makes it active.
+    GuestIntAck {
+        /// Physical CPU.
+        cpu: usize,
+        /// The vINTID.
+        intid: u64,
+    },
+    /// The guest on `cpu` deactivates virtual interrupt `intid`: a list
+    /// register holding it active drops the active state; if that leaves
+    /// it invalid with `EOI` set, the maintenance interrupt ends the run.
+    GuestIntEoi {
+        /// Physical CPU.
+        cpu: usize,
+        /// The vINTID.
+        intid: u64,
+    },
     /// A device of the host reads the 64-bit word at `pa` by DMA, through
     /// the IOMMU: on no CPU, whatever the CPUs run.
     DmaRead {
@@ -192,7 +228,11 @@ impl Event {
             | Event::GuestWrite { cpu, .. }
             | Event::GuestWfi { cpu }
             | Event::GuestUndefined { cpu }
-            | Event::Irq { cpu } => cpu,
+            | Event::Irq { cpu }
+            | Event::GuestSysReg { cpu, .. }
+            | Event::GuestTimer { cpu, .. }
+            | Event::GuestIntAck { cpu, .. }
+            | Event::GuestIntEoi { cpu, .. } => cpu,
         }
     }
 

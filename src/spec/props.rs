@@ -13,7 +13,7 @@ use super::alloc::vec::Vec;
 
 use isola_abi::{HostCall, perms};
 
-use super::state::{Cpu, Handle, Owner, PageState, RunState, State};
+use super::state::{Cpu, Handle, Owner, PageState, RunState, State, Vcpu};
 use super::{Config, Event, page_addr};
 
 /// Who caused an event: the host, or the VM whose vCPU runs on the CPU.
@@ -201,12 +201,41 @@ pub fn integrity(before: &State, after: &State, event: &Event) -> Result<(), Str
                 "{actor:?} added {added} mappings to VM {v} on {event:?}"
             ));
         }
-        // Its vCPUs: unchanged, except the one the host runs.
+        // Its vCPUs: unchanged, except the one the host runs, gives
+        // interrupts to (its list registers only) or answers with an
+        // abort (its PC, PSTATE, EL1 exception registers and pending
+        // access only).
         for (i, c) in &vm.vcpus {
-            let ran = matches!(event, Event::HostHvc { regs, .. }
-                if host_call.map(|c| c.0) == Some(HostCall::VcpuRun) && regs[1] == v && regs[2] == *i);
+            let named = |call: HostCall| {
+                matches!(event, Event::HostHvc { regs, .. }
+                    if host_call.map(|c| c.0) == Some(call) && regs[1] == v && regs[2] == *i)
+            };
             let c_after = vm_after.vcpus.get(i);
-            if !ran && c_after != Some(c) {
+            let allowed = if named(HostCall::VcpuRun) {
+                true
+            } else if named(HostCall::VcpuInterrupts) {
+                c_after
+                    .map(|a| Vcpu {
+                        lrs: c.lrs,
+                        ..a.clone()
+                    })
+                    .as_ref()
+                    == Some(c)
+            } else if named(HostCall::VcpuInjectAbort) {
+                c_after
+                    .map(|a| Vcpu {
+                        pc: c.pc,
+                        pstate: c.pstate,
+                        el1: c.el1,
+                        pending: c.pending,
+                        ..a.clone()
+                    })
+                    .as_ref()
+                    == Some(c)
+            } else {
+                c_after == Some(c)
+            };
+            if !allowed {
                 return Err(format!(
                     "{actor:?} changed VM {v}'s vCPU {i} on {event:?}: {c:?} -> {c_after:?}"
                 ));
@@ -269,8 +298,14 @@ pub fn low_equivalent(a: &State, b: &State, secret: Handle) -> Result<(), String
             return Err(format!("VM {h} differs outside its vCPUs"));
         }
         for ((&i, u), w) in x.vcpus.iter().zip(y.vcpus.values()) {
+            // The secret's general registers are its own; everything else
+            // of its vCPUs (PC, run and pending state, PSTATE, exception
+            // registers, list registers, timer) follows from public events.
             let same = if h == secret {
-                (u.pc, u.run, u.pending) == (w.pc, w.run, w.pending)
+                Vcpu {
+                    regs: w.regs,
+                    ..u.clone()
+                } == *w
             } else {
                 u == w
             };

@@ -89,8 +89,10 @@ pub enum RunState {
         /// Index of the physical CPU.
         cpu: usize,
     },
-    /// The guest called PSCI `CPU_OFF`.
+    /// Powered off: created off, or the guest called PSCI `CPU_OFF`.
     Off,
+    /// A guest's `CPU_ON` started it; it has not run since. Runs like `Ready`.
+    OnPending,
     /// The engine refused an exception; further runs fail `Denied`.
     Stopped,
 }
@@ -106,9 +108,40 @@ pub enum Pending {
         reg: u8,
         /// Access size in bytes (1, 2, 4 or 8).
         size: u8,
+        /// The faulting address (for an abort the host may inject instead).
+        far: u64,
     },
     /// A guest `HostCall` awaits the host's reply.
     HostReply,
+    /// A guest MMIO store the host has seen (the PC is past it); the host
+    /// may still answer it with an abort.
+    MmioWrite {
+        /// The faulting address.
+        far: u64,
+    },
+    /// An access to unmapped guest RAM: it runs again unless the host
+    /// answers it with an abort.
+    MemFault {
+        /// The faulting address.
+        far: u64,
+        /// A store.
+        write: bool,
+        /// An instruction fetch (never, for the model's guests).
+        fetch: bool,
+    },
+}
+
+/// The EL1 exception registers an injected abort writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct El1 {
+    /// `ELR_EL1`.
+    pub elr: u64,
+    /// `SPSR_EL1`.
+    pub spsr: u64,
+    /// `ESR_EL1`.
+    pub esr: u64,
+    /// `FAR_EL1`.
+    pub far: u64,
 }
 
 /// Number of general-purpose registers a vCPU context holds (x0..=x30).
@@ -125,7 +158,38 @@ pub struct Vcpu {
     pub run: RunState,
     /// What the next run delivers.
     pub pending: Pending,
+    /// PSTATE.
+    pub pstate: u64,
+    /// The EL1 exception registers.
+    pub el1: El1,
+    /// The list-register words (the host's, as the guest's CPU interface
+    /// changed their states).
+    pub lrs: [u64; isola_abi::lr::SLOTS],
+    /// The guest's virtual timer: `(CNTV_CTL_EL0, CNTV_CVAL_EL0)`.
+    pub timer: (u64, u64),
 }
+
+impl Vcpu {
+    /// A vCPU as created or reset: `x0` and `pc` set, everything else at
+    /// its reset value, except the list registers given.
+    pub fn reset(pc: u64, x0: u64, lrs: [u64; isola_abi::lr::SLOTS]) -> Self {
+        let mut regs = [0; GPRS];
+        regs[0] = x0;
+        Vcpu {
+            regs,
+            pc,
+            run: RunState::Ready,
+            pending: Pending::None,
+            pstate: INITIAL_PSTATE,
+            el1: El1::default(),
+            lrs,
+            timer: (0, 0),
+        }
+    }
+}
+
+/// PSTATE of a vCPU at reset: EL1h with D, A, I, F masked.
+pub const INITIAL_PSTATE: u64 = 0x3c5;
 
 /// One live VM.
 #[derive(Clone, Debug, PartialEq, Eq)]

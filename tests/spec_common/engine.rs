@@ -23,14 +23,17 @@ use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
 use isola::ownership::{Owner as RecOwner, PageState as RecState};
 use isola::spec::guest::ESR_UNKNOWN;
 use isola::spec::{
-    Config, Contents, Cpu, DmaFaults, Event, Handle, Mapping, Outcome, Owner, Page, PageState,
+    Config, Contents, Cpu, DmaFaults, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState,
     Pending, RunState, State, Vcpu, Vm,
 };
 use isola::testing::SimArch;
 use isola::testing::{GUEST_MMIO, MachineSpec};
-use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, VcpuState};
+use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, SysReg, VcpuState};
 use isola::vm::{SlotState, VmHandle};
-use isola_abi::{Exit, HostCall, Status};
+use isola_abi::{Exit, HostCall, Status, lr};
+
+/// List registers the test engine offers (`VcpuInterrupts`).
+const LIST_REGS: usize = 4;
 
 /// The test machine: 96 pages of RAM straddling a 2 MiB shard boundary (so
 /// two shards are in play), 8 engine pages (host Stage-2 reserve), 4 VM slots.
@@ -58,7 +61,10 @@ pub fn config() -> Config {
         cpus: CPUS,
         max_vms: m.vm_slots,
         max_vcpus: MAX_VCPUS as u64,
-        features: isola::hypercall::FEATURES,
+        features: machine().build(SimArch::new()).features()
+            | isola_abi::features::VIRTUAL_INTERRUPTS
+            | (LIST_REGS as u64) << isola_abi::features::LR_COUNT_SHIFT,
+        list_regs: LIST_REGS,
         ipa_bits: u32::from(vm_s2.ipa_bits()),
         mmio_base: GUEST_MMIO.0,
         mmio_end: GUEST_MMIO.1,
@@ -83,8 +89,10 @@ pub struct Engine {
 impl Engine {
     /// A freshly booted engine.
     pub fn boot() -> Self {
+        let mut core = machine().build(SimArch::new());
+        core.set_list_registers(LIST_REGS);
         Self {
-            core: machine().build(SimArch::new()),
+            core,
             loaded: (0..CPUS).map(|_| None).collect(),
             max_vcpus: BTreeMap::new(),
             off: Vec::new(),
@@ -227,6 +235,57 @@ impl super::System for Engine {
                 self.after_guest(cpu, a, false)
             }
             Event::DmaRead { .. } | Event::DmaWrite { .. } => Outcome::Inapplicable,
+            Event::GuestSysReg { access, .. } => {
+                let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
+                let trap = Trap::Sync {
+                    esr: access.esr(),
+                    far: 0,
+                    hpfar: 0,
+                };
+                let a = self.core.guest_exit(l, trap);
+                self.after_guest(cpu, a, false)
+            }
+            Event::GuestTimer { ctl, cval, .. } => {
+                // Not trapped: the registers change in the CPU, which the
+                // switch saves into the context at the next exit.
+                let ctx = self.loaded[cpu].as_ref().unwrap().2.context();
+                ctx.set_sysreg(mem, SysReg::CntvCtlEl0, ctl);
+                ctx.set_sysreg(mem, SysReg::CntvCvalEl0, cval);
+                Outcome::GuestDone
+            }
+            Event::GuestIntAck { intid, .. } | Event::GuestIntEoi { intid, .. } => {
+                // The virtual CPU interface's work, on the saved words.
+                let ack = matches!(event, Event::GuestIntAck { .. });
+                let ctx = self.loaded[cpu].as_ref().unwrap().2.context();
+                let mut lrs = ctx.lrs(mem);
+                let hit = lrs.iter_mut().find(|w| {
+                    **w != 0
+                        && **w & 0xffff_ffff == intid
+                        && if ack {
+                            **w >> 62 == 1
+                        } else {
+                            **w & lr::ACTIVE != 0
+                        }
+                });
+                let mut maintenance = false;
+                if let Some(w) = hit {
+                    *w = if ack {
+                        (*w & !lr::PENDING) | lr::ACTIVE
+                    } else {
+                        *w & !lr::ACTIVE
+                    };
+                    // ICH_MISR_EL2.EOI: invalid, EOI requested, not HW.
+                    maintenance = !ack && *w >> 62 == 0 && *w & lr::EOI != 0 && *w & lr::HW == 0;
+                }
+                ctx.set_lrs(mem, lrs);
+                if maintenance {
+                    let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
+                    let a = self.core.guest_exit(l, Trap::Irq);
+                    self.after_guest(cpu, a, false)
+                } else {
+                    Outcome::GuestDone
+                }
+            }
             Event::GuestWfi { .. } | Event::GuestUndefined { .. } | Event::Irq { .. } => {
                 let trap = match event {
                     Event::GuestWfi { .. } => Trap::Sync {
@@ -324,15 +383,22 @@ impl super::System for Engine {
                     VcpuState::Idle => RunState::Ready,
                     VcpuState::Loaded(c) => RunState::Loaded { cpu: c as usize },
                     VcpuState::Off => RunState::Off,
+                    VcpuState::OnPending => RunState::OnPending,
                     VcpuState::Stopped => RunState::Stopped,
                     VcpuState::Absent => unreachable!("vcpu() answers NotFound for absent vCPUs"),
                 };
+                let far = ctx.pending_far(mem);
                 let pending = match ctx.pending(mem) {
                     CtxPending::None => Pending::None,
                     CtxPending::HostReply => Pending::HostReply,
-                    CtxPending::MmioRead { reg, size, .. } => Pending::MmioRead { reg, size },
+                    CtxPending::MmioRead { reg, size, .. } => Pending::MmioRead { reg, size, far },
+                    CtxPending::MmioWrite => Pending::MmioWrite { far },
+                    CtxPending::MemFault { write, fetch } => {
+                        Pending::MemFault { far, write, fetch }
+                    }
                 };
                 let regs = std::array::from_fn(|n| ctx.x(mem, n as u8));
+                let sr = |r| ctx.sysreg(mem, r);
                 vcpus.insert(
                     i,
                     Vcpu {
@@ -340,6 +406,15 @@ impl super::System for Engine {
                         pc: ctx.pc(mem),
                         run,
                         pending,
+                        pstate: ctx.pstate(mem),
+                        el1: El1 {
+                            elr: sr(SysReg::ElrEl1),
+                            spsr: sr(SysReg::SpsrEl1),
+                            esr: sr(SysReg::EsrEl1),
+                            far: sr(SysReg::FarEl1),
+                        },
+                        lrs: ctx.lrs(mem),
+                        timer: (sr(SysReg::CntvCtlEl0), sr(SysReg::CntvCvalEl0)),
                     },
                 );
             }

@@ -12,8 +12,9 @@
 
 pub mod engine;
 
-use isola::spec::{Config, Cpu, Event, Model, Outcome, Owner, PageState, State};
-use isola_abi::{GuestCall, HostCall, PAGE_SIZE, perms, psci};
+use isola::spec::{Config, Cpu, Event, Model, Outcome, Owner, PageState, RunState, State};
+use isola::sysreg::Access;
+use isola_abi::{GuestCall, HostCall, PAGE_SIZE, lr, perms, psci, vcpu_flags};
 use proptest::prelude::*;
 
 /// Something that takes events and can be observed through the abstraction.
@@ -244,13 +245,13 @@ fn pick_perms(pick: u16, raw: u64) -> u64 {
     }
 }
 
-/// The concrete event for `op` in state `s`. One in eight is a DMA by the
+/// The concrete event for `op` in state `s`. One in sixteen is a DMA by the
 /// host's device, whatever the CPUs run.
 pub fn event(op: &Op, s: &State, c: &Config) -> Event {
     let cpu = usize::from(op.cpu) % c.cpus;
     let [p0, p1, p2, p3] = op.pick;
     let [r0, r1, r2] = op.raw;
-    if op.kind >= 0xe0 {
+    if op.kind >= 0xf0 {
         // Mostly the first words of a page, where the warm-up and the
         // confidentiality harness put their values.
         let page = pick_host_access(s, c, p1, r1) & !(PAGE_SIZE - 1);
@@ -283,7 +284,20 @@ fn hvc(cpu: usize, call: HostCall, args: [u64; 4]) -> Event {
 fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Config) -> Event {
     let h = pick_handle(s, p[0], r[0]);
     let idx = u64::from(p[1] % 6);
-    match kind % 32 {
+    // Mostly a vCPU that exists, so that guests get to run.
+    let some_vcpu = || {
+        let vcpus: Vec<(u64, u64)> = s
+            .vms
+            .iter()
+            .flat_map(|(&h, vm)| vm.vcpus.keys().map(move |&i| (h, i)))
+            .collect();
+        if p[3].is_multiple_of(8) {
+            (h, idx)
+        } else {
+            choose(&vcpus, p[2], (h, idx))
+        }
+    };
+    match kind % 40 {
         0 | 1 => {
             let pages = if p[2].is_multiple_of(8) {
                 r[1] % 16
@@ -300,19 +314,62 @@ fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Con
             [h, pick_pa(s, c, p[1], r[1]), u64::from(p[2] % 3), 0],
         ),
         4 | 5 => hvc(cpu, HostCall::VcpuCreate, [h, idx, r[1], r[2]]),
-        2 | 6..=11 | 25..=28 => {
-            // Mostly a vCPU that exists, so that guests get to run.
-            let vcpus: Vec<(u64, u64)> = s
-                .vms
-                .iter()
-                .flat_map(|(&h, vm)| vm.vcpus.keys().map(move |&i| (h, i)))
-                .collect();
-            let (h, idx) = if p[3].is_multiple_of(8) {
-                (h, idx)
-            } else {
-                choose(&vcpus, p[2], (h, idx))
-            };
+        2 | 6..=11 | 25..=28 | 36..=39 => {
+            let (h, idx) = some_vcpu();
             hvc(cpu, HostCall::VcpuRun, [h, idx, r[1], 0])
+        }
+        32 | 33 => {
+            let (h, idx) = some_vcpu();
+            let word = |k: u16, raw: u64| -> u64 {
+                let intid = [1u32, 27, 33, 40][usize::from(k % 4)];
+                match k / 4 % 16 {
+                    0..=5 => lr::pending(intid, (k / 64) as u8, k.is_multiple_of(3)),
+                    6..=8 => lr::ACTIVE | lr::GROUP1 | lr::EOI | u64::from(intid),
+                    9..=11 => 0,
+                    12 => lr::PENDING | 8192,
+                    13 => lr::PENDING | lr::HW | u64::from(intid) | u64::from(intid) << 32,
+                    14 => lr::EOI | u64::from(intid),
+                    _ => raw,
+                }
+            };
+            let lrs = [
+                word(p[0], r[0]),
+                word(p[1].rotate_left(3), r[1]),
+                if p[3].is_multiple_of(4) {
+                    word(p[2], r[2])
+                } else {
+                    0
+                },
+                if p[3] % 16 == 1 { word(p[3], r[2]) } else { 0 },
+            ];
+            Event::HostHvc {
+                cpu,
+                regs: [
+                    HostCall::VcpuInterrupts as u64,
+                    h,
+                    idx,
+                    lrs[0],
+                    lrs[1],
+                    lrs[2],
+                    lrs[3],
+                ],
+            }
+        }
+        34 => {
+            let (h, idx) = some_vcpu();
+            hvc(cpu, HostCall::VcpuInjectAbort, [h, idx, 0, 0])
+        }
+        35 => {
+            let flags = if p[2].is_multiple_of(4) {
+                r[1]
+            } else {
+                vcpu_flags::OFF
+            };
+            let mut e = hvc(cpu, HostCall::VcpuCreate, [h, idx, r[1], r[2]]);
+            if let Event::HostHvc { regs, .. } = &mut e {
+                regs[5] = flags;
+            }
+            e
         }
         12..=15 => {
             let ipa = pick_ipa(s, c, h, p[2], r[2]);
@@ -422,7 +479,20 @@ fn guest_event(
         cpu,
         regs: [id, a, b, r[0], r[1], r[2], r[0]],
     };
-    match kind % 24 {
+    // A PSCI target: often a vCPU of this VM that is off or on-pending.
+    let waking: Vec<u16> = s.vms[&h]
+        .vcpus
+        .iter()
+        .filter(|(_, v)| matches!(v.run, RunState::Off | RunState::OnPending))
+        .map(|(&i, _)| i as u16)
+        .collect();
+    let mpidr = |k: u16| match k % 8 {
+        0..=2 => psci::mpidr(choose(&waking, k / 8, k % 5)),
+        3..=5 => psci::mpidr(k % 5),
+        6 => u64::from(k % 4),
+        _ => u64::from(k) << 8,
+    };
+    match kind % 32 {
         0..=3 => Event::GuestSetReg {
             cpu,
             reg,
@@ -476,6 +546,121 @@ fn guest_event(
             r[2],
         ),
         18 | 19 => Event::GuestWfi { cpu },
+        24 => {
+            let asked = [
+                u64::from(psci::CPU_ON),
+                0xC400_0012, /* SYSTEM_RESET2: not implemented */
+                r[1],
+            ][usize::from(p[0] % 3)];
+            match p[3] % 8 {
+                0 => call(u64::from(psci::VERSION), 0, 0),
+                1 => call(u64::from(psci::FEATURES), asked, 0),
+                // CPU_OFF here too: off vCPUs are what CPU_ON starts.
+                2 if p[2].is_multiple_of(2) => call(u64::from(psci::CPU_OFF), 0, 0),
+                2 => call(u64::from(psci::MIGRATE_INFO_TYPE), 0, 0),
+                3 => call(u64::from(psci::CPU_SUSPEND), 0, 0),
+                4 | 5 => call(u64::from(psci::AFFINITY_INFO32), mpidr(p[0]), 0),
+                _ => call(
+                    u64::from(psci::AFFINITY_INFO),
+                    mpidr(p[0]),
+                    u64::from(p[2].is_multiple_of(3)),
+                ),
+            }
+        }
+        25 | 26 => {
+            let entry = match p[3] % 8 {
+                0..=5 => 0x8000_0000 + u64::from(p[2] % 16) * 4,
+                6 => 0x8000_0002,
+                _ => 1 << c.ipa_bits,
+            };
+            let id = if p[2].is_multiple_of(5) {
+                psci::CPU_ON32
+            } else {
+                psci::CPU_ON
+            };
+            Event::GuestHvc {
+                cpu,
+                regs: [u64::from(id), mpidr(p[0]), entry, r[0], r[1], r[2], r[0]],
+            }
+        }
+        27 => {
+            let rt = (p[0] % 8) as u8;
+            let sgi = Access {
+                op0: 3,
+                op1: 0,
+                crn: 12,
+                crm: 11,
+                op2: 5,
+                rt,
+                read: false,
+            };
+            let raz = |op0, op1, crn, crm, op2, read| Access {
+                op0,
+                op1,
+                crn,
+                crm,
+                op2,
+                rt,
+                read,
+            };
+            match p[3] % 10 {
+                // A well-formed SGI value in x<rt>, for the next write.
+                0..=2 => Event::GuestSetReg {
+                    cpu,
+                    reg: rt,
+                    value: u64::from(p[2] % 16) << 24
+                        | if p[2].is_multiple_of(7) {
+                            1 << 40
+                        } else {
+                            r[1] & 0xffff
+                        },
+                },
+                3..=5 => Event::GuestSysReg { cpu, access: sgi },
+                6 => Event::GuestSysReg {
+                    cpu,
+                    access: raz(2, 0, 0, 2, 2, true),
+                },
+                7 => Event::GuestSysReg {
+                    cpu,
+                    access: raz(2, 0, 1, 0, 4, false),
+                },
+                8 => Event::GuestSysReg {
+                    cpu,
+                    access: raz(3, 3, 9, 14, 0, p[2].is_multiple_of(2)),
+                },
+                _ => Event::GuestSysReg {
+                    cpu,
+                    access: raz(3, 0, 15, 0, 0, true),
+                },
+            }
+        }
+        28 => Event::GuestTimer {
+            cpu,
+            ctl: [0, 1, 0b101, 0b111, 0b011, r[1] & 7][usize::from(p[3] % 6)],
+            cval: r[2],
+        },
+        29 | 30 => {
+            // Mostly an interrupt this vCPU's list registers hold.
+            let held: Vec<u64> = match s.cpus[cpu] {
+                Cpu::Guest { vm, vcpu } => s.vms[&vm].vcpus[&vcpu]
+                    .lrs
+                    .iter()
+                    .filter(|&&w| w != 0)
+                    .map(|&w| w & 0xffff_ffff)
+                    .collect(),
+                Cpu::Host => Vec::new(),
+            };
+            let intid = if p[2].is_multiple_of(4) {
+                [1, 27, 33, 40][usize::from(p[3] % 4)]
+            } else {
+                choose(&held, p[3], 33)
+            };
+            if kind % 32 == 29 {
+                Event::GuestIntAck { cpu, intid }
+            } else {
+                Event::GuestIntEoi { cpu, intid }
+            }
+        }
         _ => Event::Irq { cpu },
     }
 }
@@ -493,12 +678,12 @@ pub fn warm_up(sys: &mut dyn System, c: &Config) {
     };
     for _ in 0..3 {
         let s = sys.observe();
-        // Root, two vCPU contexts and the tables for the first IPAs.
-        let pool = free_host(&s, (c.vm_pages + 2 + c.table_shifts.len() as u64) as usize);
+        // Root, three vCPU contexts and the tables for the first IPAs.
+        let pool = free_host(&s, (c.vm_pages + 3 + c.table_shifts.len() as u64) as usize);
         let out = sys.step(&hvc(
             0,
             HostCall::VmCreate,
-            [pool[0], pool.len() as u64, 2, 0],
+            [pool[0], pool.len() as u64, 3, 0],
         ));
         let Outcome::HostReturn([0, h, ..]) = out else {
             panic!("warm-up VmCreate: {out:?}")
@@ -511,6 +696,16 @@ pub fn warm_up(sys: &mut dyn System, c: &Config) {
             ));
             assert_eq!(out, Outcome::HostReturn([0; 4]), "warm-up VcpuCreate");
         }
+        // A third vCPU, powered off, for the guests' CPU_ON.
+        let mut off = hvc(0, HostCall::VcpuCreate, [h, 2, 0, 0]);
+        if let Event::HostHvc { regs, .. } = &mut off {
+            regs[5] = vcpu_flags::OFF;
+        }
+        assert_eq!(
+            sys.step(&off),
+            Outcome::HostReturn([0; 4]),
+            "warm-up off vCPU"
+        );
         for (k, ipa) in IPAS[..3].iter().enumerate() {
             let pa = free_host(&sys.observe(), 1)[0];
             sys.step(&Event::HostWrite {

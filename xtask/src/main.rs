@@ -28,7 +28,14 @@ const EL2_CRATES: &[&str] = &[
 ];
 /// Crates of the EL1 payloads: they must build (and lint clean) for
 /// `aarch64-unknown-none` ([`qemu::PAYLOAD_TARGET`]); `isola-abi` is shared.
-const EL1_CRATES: &[&str] = &["isola-abi", "isola-host-payload", "isola-guest-payload"];
+/// `isola-vmm` is here so its `no_std` build (the bare-metal host's VMM to
+/// be) is linted for the EL1 target too.
+const EL1_CRATES: &[&str] = &[
+    "isola-abi",
+    "isola-host-payload",
+    "isola-guest-payload",
+    "isola-vmm",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
