@@ -529,6 +529,7 @@ impl<A: Arch> Engine<A> {
     /// batch ([`Stage2::unmap_run`]: one TLBI), under one host Stage-2
     /// lock. The caller holds the lock of the shard they all live in (see
     /// [`Engine::host_unmap`]).
+    #[inline(never)]
     pub(crate) fn host_unmap_run(&self, first: Pfn, pages: u64) {
         let Some(pa) = first.checked_addr() else {
             return;
@@ -552,6 +553,7 @@ impl<A: Arch> Engine<A> {
     /// host's and unmapped). The caller holds the page's shard lock and has
     /// settled the transition first, so the host sees the page only after
     /// its maintenance.
+    #[inline(never)]
     pub(crate) fn host_map(&self, page: &mut PageGuard<'_>, pa: PhysAddr) {
         let mut h = self.host.lock();
         let s2 = h.s2;

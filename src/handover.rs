@@ -200,7 +200,10 @@ impl<A: Arch> Engine<A> {
     /// Carries out the maintenance `t` needs for the `pages` pages from `pa`
     /// (see the module docs for the order and why). The caller has removed
     /// the losing side's Stage-2 entries (their TLBI complete) and writes the
-    /// gaining side's only after this returns.
+    /// gaining side's only after this returns. Out of line: the dispatcher
+    /// inlines every transition, and this path's registers should not weigh
+    /// on the prologue every call pays.
+    #[inline(never)]
     pub(crate) fn settle(&self, t: Transition, pa: PhysAddr, pages: u64) {
         let plan = plan(t, self.caches);
         if plan.is_empty() || pages == 0 {

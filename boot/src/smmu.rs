@@ -177,6 +177,9 @@ pub fn init(s: &Setup<'_>) -> Result<(), Error> {
 
 /// The host lost `[pa, pa + pages)`: the SMMU's TLBs forget them, completed.
 /// Without an SMMU (no PCIe given to the host) there is nothing to do.
+/// Out of line: transitions inline their whole path, and this one's
+/// registers need not weigh on theirs.
+#[inline(never)]
 pub fn invalidate_host(pa: u64, pages: u64) {
     let mut g = SMMU.lock();
     let Some(smmu) = g.as_mut() else {
@@ -193,6 +196,10 @@ pub fn invalidate_host(pa: u64, pages: u64) {
 /// Drains the SMMU's events and reports them (consecutive events of one
 /// StreamID on one page as one line; the first [`PRINTED_GROUPS`] lines),
 /// and returns `[events, StreamID of the last, address of the last]`.
+/// Cold and out of line: the hypercall dispatcher inlines `Accounting`,
+/// and the drain's registers must not weigh on every call's prologue.
+#[cold]
+#[inline(never)]
 pub fn faults() -> [u64; 3] {
     let mut g = SMMU.lock();
     let Some(smmu) = g.as_mut() else {

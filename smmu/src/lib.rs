@@ -197,6 +197,9 @@ pub struct Smmu<R: Regs, M: Memory> {
     features: Features,
     /// Shadow of `CMDQ_PROD`.
     cmd_prod: QueueIndex,
+    /// `CMDQ_CONS` as last read: the SMMU has consumed at least this far,
+    /// so while it shows room there is no need to read the register.
+    cmd_cons: QueueIndex,
     /// Shadow of `EVENTQ_CONS` (index and wrap).
     event_cons: QueueIndex,
     /// The overflow flag last acknowledged.
@@ -265,6 +268,7 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
             vmid: cfg.vmid,
             features,
             cmd_prod: QueueIndex::new(0, l.cmdq_log2),
+            cmd_cons: QueueIndex::new(0, l.cmdq_log2),
             event_cons: QueueIndex::new(0, l.eventq_log2),
             event_ovf: false,
             count: FaultCount::default(),
@@ -339,26 +343,43 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
         self.poll("CR0ACK", |r| r.read32(reg::CR0ACK) == v)
     }
 
-    fn cons(&self) -> Result<QueueIndex, Error> {
-        let raw = self.regs.read32(reg::CMDQ_CONS);
+    /// Reads `CMDQ_CONS` (into the shadow).
+    fn read_cons(&mut self) -> QueueIndex {
+        let c = QueueIndex::new(self.regs.read32(reg::CMDQ_CONS), self.layout.cmdq_log2);
+        self.cmd_cons = c;
+        c
+    }
+
+    /// `Err` if the command queue stopped on an error (the SMMU then
+    /// consumes nothing more, so a caller still waiting must stop).
+    fn check_error(&self) -> Result<(), Error> {
         let gerror = self.regs.read32(reg::GERROR) ^ self.regs.read32(reg::GERRORN);
         if gerror & GERROR_CMDQ_ERR != 0 {
+            let raw = self.regs.read32(reg::CMDQ_CONS);
             return Err(Error::Command((raw >> 24) & 0x7f));
         }
-        Ok(QueueIndex::new(raw, self.layout.cmdq_log2))
+        Ok(())
     }
 
     /// Issues `cmds` followed by a `CMD_SYNC`, and returns once the SMMU
     /// has consumed the `CMD_SYNC` (every command before it is complete).
+    ///
+    /// `CMDQ_CONS` is read only when the shadow says the queue is full and
+    /// while waiting for the `CMD_SYNC`; `GERROR` only when a wait does not
+    /// end at once (an error stops consumption, so it cannot hide).
     pub fn submit(&mut self, cmds: &[Cmd]) -> Result<(), Error> {
         let mut mark = self.cmd_prod;
         for cmd in cmds.iter().copied().chain(core::iter::once(Cmd::Sync)) {
             // Wait for room: the SMMU consumes in order.
             let mut tries = 0u32;
-            while QueueIndex::full(self.cmd_prod, self.cons()?) {
+            while QueueIndex::full(self.cmd_prod, self.cmd_cons) {
                 // Let the SMMU see what is already written before waiting.
                 self.regs.publish();
                 self.regs.write32(reg::CMDQ_PROD, self.cmd_prod.raw);
+                if !QueueIndex::full(self.cmd_prod, self.read_cons()) {
+                    break;
+                }
+                self.check_error()?;
                 tries = tries.saturating_add(1);
                 if tries >= POLL_LIMIT {
                     return Err(Error::Timeout("command queue space"));
@@ -377,9 +398,11 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
         self.regs.publish();
         self.regs.write32(reg::CMDQ_PROD, self.cmd_prod.raw);
         for _ in 0..POLL_LIMIT {
-            if QueueIndex::consumed(mark, self.cons()?, self.cmd_prod) {
+            let cons = self.read_cons();
+            if QueueIndex::consumed(mark, cons, self.cmd_prod) {
                 return Ok(());
             }
+            self.check_error()?;
         }
         Err(Error::Timeout("CMD_SYNC"))
     }

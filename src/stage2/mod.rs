@@ -647,6 +647,40 @@ impl Stage2 {
                     result = Err(S2Error::OutOfRange);
                     break 'run;
                 };
+                if level == 3 {
+                    // The rest of this level-3 table in one pass: no
+                    // re-walk from the root per page.
+                    let idx = (cur >> level_shift(3)) & ENTRIES.wrapping_sub(1);
+                    let n = ENTRIES
+                        .wrapping_sub(idx)
+                        .min(end.wrapping_sub(cur) / PAGE_SIZE);
+                    // The table page is checked once; its entries are then
+                    // read and written by offset (`Page` keeps every offset
+                    // inside it).
+                    let table_pa = PhysAddr::new(entry.raw() & !PAGE_SIZE.wrapping_sub(1));
+                    let Some(t) = mem.page(table_pa) else {
+                        result = Err(S2Error::OutOfRange);
+                        break 'run;
+                    };
+                    let mut off = idx.wrapping_mul(8);
+                    for k in 0..n {
+                        let d = Desc(t.read_u64(off));
+                        if d.is_valid() {
+                            t.write_u64(off, Desc::INVALID.0);
+                            arch.pte_written(
+                                table_pa.wrapping_add_bytes(off),
+                                d.0,
+                                Desc::INVALID.0,
+                            );
+                            unmapped = unmapped.wrapping_add(1);
+                            entries = entries.wrapping_add(1);
+                            last_page = Some(Ipa::new(cur.wrapping_add(k.wrapping_mul(PAGE_SIZE))));
+                        }
+                        off = off.wrapping_add(8);
+                    }
+                    cur = cur.wrapping_add(n.wrapping_mul(PAGE_SIZE));
+                    break;
+                }
                 let d = Self::read(mem, entry);
                 let bs = block_size(level);
                 let base = cur & !bs.wrapping_sub(1);
@@ -660,7 +694,7 @@ impl Stage2 {
                         Self::write(mem, arch, entry, d, Desc::INVALID);
                         unmapped = unmapped.wrapping_add(bs / PAGE_SIZE);
                         entries = entries.wrapping_add(1);
-                        last_page = (level == 3).then_some(at);
+                        last_page = None;
                         cur = next;
                         break;
                     }
