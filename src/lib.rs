@@ -68,8 +68,12 @@
 //! Cargo features, never for real builds:
 //! `planted-bug-skip-scrub` (pages change hands without being zeroed),
 //! `planted-bug-donate-keeps-host-mapping` (`Donate` leaves the host's
-//! Stage-2 mapping) and `planted-bug-cpu-on-keeps-registers` (a guest's
-//! `CPU_ON` starts the vCPU with the registers it had when it went off). Run e.g.
+//! Stage-2 mapping), `planted-bug-cpu-on-keeps-registers` (a guest's
+//! `CPU_ON` starts the vCPU with the registers it had when it went off),
+//! `planted-bug-donate-keeps-dma-view` (`Donate` leaves the host's devices
+//! able to reach the page: no SMMU invalidation) and
+//! `planted-bug-guest-unshare-skips-maintenance` (a guest's `Unshare` skips
+//! the maintenance [`handover`] plans for it). Run e.g.
 //! `cargo test -p isola --features planted-bug-skip-scrub --test scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]

@@ -75,6 +75,9 @@ impl Range {
 /// The kinds of device the policy knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// Anything else. First, so that an empty record is all zeros and the
+    /// engine's static copy lives in `.bss`, not in the image.
+    Unknown,
     /// `arm,pl011`.
     Uart,
     /// `arm,pl031`.
@@ -97,8 +100,6 @@ pub enum Kind {
     Flash,
     /// `qemu,platform` (a bus of dynamically created devices).
     PlatformBus,
-    /// Anything else.
-    Unknown,
 }
 
 /// Who gets a device.

@@ -22,11 +22,11 @@ use isola_sync::atomic::{AtomicBool, Ordering};
 use crate::console::say;
 use crate::devices::{self, Devices, GICR_FRAME_PAGES, GICR_RD_PAGES, Kind, Verdict};
 
-/// What the boot CPU found, written once.
+/// What the boot CPU found, written once. All zeros when empty, so it lives
+/// in `.bss` (13 KiB); the decision, whose `None` is not zeros, is apart.
 struct Found {
     devices: Devices,
     scanned: bool,
-    decision: Decision,
 }
 
 /// How the engine treats DMA on this machine.
@@ -42,18 +42,18 @@ pub struct Decision {
     pub fwb: bool,
 }
 
-struct FoundCell(UnsafeCell<Found>);
+struct BootCell<T>(UnsafeCell<T>);
 // SAFETY: written only by the boot CPU in `scan` and `decide`, before
 // `READY` is set and before any other CPU starts; read-only afterwards.
-unsafe impl Sync for FoundCell {}
-static FOUND: FoundCell = FoundCell(UnsafeCell::new(Found {
+unsafe impl<T> Sync for BootCell<T> {}
+static FOUND: BootCell<Found> = BootCell(UnsafeCell::new(Found {
     devices: Devices::EMPTY,
     scanned: false,
-    decision: Decision {
-        smmu: None,
-        smmu_holds: false,
-        fwb: false,
-    },
+}));
+static DECISION: BootCell<Decision> = BootCell(UnsafeCell::new(Decision {
+    smmu: None,
+    smmu_holds: false,
+    fwb: false,
 }));
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -61,7 +61,7 @@ fn found() -> &'static Found {
     // Acquire: pairs with `decide`'s Release, for a CPU other than the boot
     // CPU (which reads its own writes anyway).
     let _ = READY.load(Ordering::Acquire);
-    // SAFETY: see `FoundCell`; after the boot CPU's writes, which happen
+    // SAFETY: see `BootCell`; after the boot CPU's writes, which happen
     // before any other CPU starts, only shared references are made.
     unsafe { &*FOUND.0.get() }
 }
@@ -70,7 +70,7 @@ fn found() -> &'static Found {
 /// for the stack). Boot CPU, before `decide`.
 pub fn scan(dtb: &[u8]) -> Result<(), &'static str> {
     // SAFETY: boot CPU only, before any other CPU starts and before anyone
-    // reads the cell (see `FoundCell`).
+    // reads the cell (see `BootCell`).
     let f = unsafe { &mut *FOUND.0.get() };
     devices::scan_into(dtb, &mut f.devices).map_err(|e| match e {
         devices::Error::Malformed => "the device tree is malformed (device scan)",
@@ -88,7 +88,9 @@ pub fn devices() -> Option<&'static Devices> {
 
 /// The decision, once made.
 pub fn decision() -> Decision {
-    found().decision
+    let _ = READY.load(Ordering::Acquire);
+    // SAFETY: as in `found`.
+    unsafe { *DECISION.0.get() }
 }
 
 /// Calls `f(base, size)` for each register range the engine itself maps at
@@ -127,8 +129,8 @@ pub fn decide() -> Decision {
         smmu_holds,
         fwb,
     };
-    // SAFETY: boot CPU only, before any other CPU starts (see `FoundCell`).
-    unsafe { (*FOUND.0.get()).decision = d };
+    // SAFETY: boot CPU only, before any other CPU starts (see `BootCell`).
+    unsafe { *DECISION.0.get() = d };
     READY.store(true, Ordering::Release);
     d
 }
