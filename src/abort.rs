@@ -15,13 +15,16 @@
 //!   everything else (no ISV for MMIO, instruction fetch from MMIO, a
 //!   permission fault on a mapped page, external aborts, address size
 //!   faults...) is `Exit::Error` and stops the vCPU.
-#![forbid(unsafe_code)]
 
 use crate::addr::Ipa;
 use bitflags::bitflags;
 
-/// Exception classes (ESR_EL2.EC) the engine distinguishes.
+/// Exception classes (ESR_ELx.EC) the engine distinguishes or injects: the
+/// one list of them (the EL2 image decodes and builds syndromes with these
+/// too).
 pub mod ec {
+    /// Unknown reason: what an UNDEFINED instruction reports.
+    pub const UNKNOWN: u8 = 0x00;
     /// Trapped WFI/WFE.
     pub const WFX: u8 = 0x01;
     /// HVC from AArch64.
@@ -32,8 +35,38 @@ pub mod ec {
     pub const SYSREG: u8 = 0x18;
     /// Instruction abort from a lower exception level.
     pub const IABT_LOW: u8 = 0x20;
+    /// Instruction abort taken without a change of exception level.
+    pub const IABT_CUR: u8 = 0x21;
     /// Data abort from a lower exception level.
     pub const DABT_LOW: u8 = 0x24;
+    /// Data abort taken without a change of exception level.
+    pub const DABT_CUR: u8 = 0x25;
+}
+
+/// Fault status code (DFSC/IFSC) of a synchronous external abort, not on a
+/// translation table walk: what the engine injects when the host touches
+/// what it may not.
+pub const FSC_SEA: u8 = 0x10;
+
+/// A trapped `MSR`/`MRS`/system instruction (EC [`ec::SYSREG`]), decoded
+/// from its ISS: the register's encoding, the general register and the
+/// direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysRegAccess {
+    /// `op0`.
+    pub op0: u8,
+    /// `op1`.
+    pub op1: u8,
+    /// `CRn`.
+    pub crn: u8,
+    /// `CRm`.
+    pub crm: u8,
+    /// `op2`.
+    pub op2: u8,
+    /// The general register transferred (`Rt`, 31 = XZR).
+    pub rt: u8,
+    /// `MRS` (a read) rather than `MSR`.
+    pub read: bool,
 }
 
 bitflags! {
@@ -129,6 +162,24 @@ impl Esr {
     /// Whether this is a data or instruction abort from a lower EL.
     pub const fn is_abort(self) -> bool {
         matches!(self.ec(), ec::DABT_LOW | ec::IABT_LOW)
+    }
+
+    /// The trapped system-register access, if this is one (ISS: Op0 21:20,
+    /// Op2 19:17, Op1 16:14, CRn 13:10, Rt 9:5, CRm 4:1, Direction 0).
+    pub const fn sysreg(self) -> Option<SysRegAccess> {
+        if self.ec() != ec::SYSREG {
+            return None;
+        }
+        let iss = self.0;
+        Some(SysRegAccess {
+            op0: ((iss >> 20) & 0x3) as u8,
+            op2: ((iss >> 17) & 0x7) as u8,
+            op1: ((iss >> 14) & 0x7) as u8,
+            crn: ((iss >> 10) & 0xf) as u8,
+            rt: ((iss >> 5) & 0x1f) as u8,
+            crm: ((iss >> 1) & 0xf) as u8,
+            read: iss & 1 == 1,
+        })
     }
 }
 
@@ -301,6 +352,33 @@ mod tests {
     const TRANS_L3: u64 = 0b000111;
     const MMIO: fn(Ipa) -> bool = |ipa| ipa.raw() < 0x4000_0000;
     const LIMIT: u64 = 1 << 40;
+
+    #[test]
+    fn decodes_a_trapped_system_register_access() {
+        // `mrs x20, id_aa64pfr0_el1`: op0 3, op1 0, CRn 0, CRm 4, op2 0.
+        let esr = Esr(u64::from(ec::SYSREG) << 26 | 1 << 25 | 3 << 20 | 4 << 1 | 20 << 5 | 1);
+        assert_eq!(
+            esr.sysreg(),
+            Some(SysRegAccess {
+                op0: 3,
+                op1: 0,
+                crn: 0,
+                crm: 4,
+                op2: 0,
+                rt: 20,
+                read: true
+            })
+        );
+        // `msr tpidr_el1, x3`: op0 3, op1 0, CRn 13, CRm 0, op2 4, a write.
+        let esr = Esr(u64::from(ec::SYSREG) << 26 | 3 << 20 | 4 << 17 | 13 << 10 | 3 << 5);
+        let a = esr.sysreg().unwrap();
+        assert_eq!(
+            (a.op1, a.crn, a.crm, a.op2, a.rt, a.read),
+            (0, 13, 0, 4, 3, false)
+        );
+        // Another class is none.
+        assert_eq!(Esr(u64::from(ec::HVC64) << 26 | 0x1ff_ffff).sysreg(), None);
+    }
 
     #[test]
     fn decodes_data_abort_fields() {

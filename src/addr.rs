@@ -5,7 +5,6 @@
 //! rounding it does; no conversion truncates silently (conversions that can
 //! overflow return `Option`). The three types never mix implicitly, so an IPA
 //! cannot be passed where a physical address is meant.
-#![deny(unsafe_code)]
 
 use core::fmt;
 

@@ -43,7 +43,6 @@
 //!   longer holds. The caller has already removed them from the host
 //!   Stage-2 and completed the CPU's TLBI.
 //! - [`Arch::dma_faults`]: the IOMMU's fault records drained and counted.
-#![deny(unsafe_code)]
 
 use crate::addr::{Ipa, PhysAddr};
 use isola_sync::Mutex;

@@ -15,8 +15,9 @@
 //! - A page that changes hands away from a world is first removed from that
 //!   world's Stage-2 (break-before-make, TLBI), then gets the maintenance
 //!   [`crate::handover`] decides (the DMA view's invalidation, the scrub,
-//!   cache maintenance), and only then is mapped for anyone else.
-#![deny(unsafe_code)]
+//!   cache maintenance), and only then is mapped for anyone else; it is
+//!   scrubbed before it reaches a world that did not own it, except on
+//!   `Share` (whose point is access).
 
 use crate::abort::{self, Esr, HostAbort, HostPage};
 use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
@@ -439,7 +440,7 @@ impl<A: Arch> Engine<A> {
     }
 
     /// The ID registers guests' views are derived from (see
-    /// [`crate::sysreg::guest_id_value`]): `raw[crm - 1][op2]` is the
+    /// `hypercall::sysreg::guest_id_value`): `raw[crm - 1][op2]` is the
     /// value of `(Op0 3, Op1 0, CRn 0, CRm, Op2)`, the same on every CPU
     /// (on a system whose CPUs differ, the EL2 image passes the
     /// sanitised lowest common value). Set once at boot; until then every
@@ -455,17 +456,6 @@ impl<A: Arch> Engine<A> {
             .and_then(|r| r.get(usize::from(op2)))
             .copied()
             .unwrap_or(0)
-    }
-
-    /// The feature bits `Version` reports.
-    pub fn features(&self) -> u64 {
-        let base = crate::hypercall::FEATURES;
-        if self.list_regs == 0 {
-            base
-        } else {
-            base | isola_abi::features::VIRTUAL_INTERRUPTS
-                | (u64::from(self.list_regs) << isola_abi::features::LR_COUNT_SHIFT)
-        }
     }
 
     /// The architecture backend (tests inspect a `RecordingArch` here).

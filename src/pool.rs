@@ -6,7 +6,6 @@
 //! the memory window; a page is on at most one pool's list; `free <= total`.
 //! Each pool is guarded by its owner's lock (a VM's pool by that VM's mutex,
 //! the host Stage-2 pool by the host Stage-2 mutex).
-#![deny(unsafe_code)]
 
 use crate::addr::PhysAddr;
 use crate::mem::PhysMem;

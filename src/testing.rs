@@ -1,7 +1,6 @@
 //! Building an engine on the host, for tests, loom models and benchmarks
 //! (hosted targets only: it leaks heap allocations to stand in for the
 //! storage the EL2 image carves out of its own memory).
-#![deny(unsafe_code)]
 
 extern crate std;
 
@@ -74,7 +73,11 @@ impl MachineSpec {
     /// # Panics
     ///
     /// If the spec is inconsistent (test setup error).
-    #[allow(clippy::expect_used, clippy::panic)]
+    #[allow(
+        clippy::expect_used,
+        clippy::panic,
+        reason = "builds test machines for tests and benches only: an inconsistent spec is a test bug, and the panic names it"
+    )]
     pub fn build<A: Arch>(&self, arch: A) -> Engine<A> {
         let ram = [(PhysAddr::new(self.ram_base), self.ram_pages)];
         let (nshards, nrecords) = PageDb::requirements(&ram, self.shard_shift).expect("RAM layout");
@@ -196,7 +199,10 @@ impl Arch for SimArch {
 /// of the host's Stage-2 (cached on success). `Ok(value read, or 0 for a
 /// write)`, or `Err(())` if the IOMMU refused it (counted, as the engine's
 /// `Accounting(Dma)` reports). Only RAM is reachable by this device.
-#[allow(clippy::result_unit_err)]
+#[allow(
+    clippy::result_unit_err,
+    reason = "a refused DMA has no more to say than that it was refused"
+)]
 pub fn dma(e: &Engine<SimArch>, pa: u64, write: Option<u64>) -> Result<u64, ()> {
     let page = pa & !PAGE_SIZE.wrapping_sub(1);
     let cached = e.arch().tlb.lock().pages.contains(&Some(page));

@@ -10,7 +10,6 @@
 //! VM's lock. The load state itself changes only under the VM's lock, so two
 //! CPUs racing to load the same vCPU serialise there: one sees `Idle` and
 //! wins, the other sees `Loaded` and gets `Busy`.
-#![deny(unsafe_code)]
 
 use crate::addr::PhysAddr;
 use crate::mem::{Page, PhysMem};
@@ -69,7 +68,7 @@ const PSTATE_SSBS: u64 = 1 << 12;
 
 /// The EL1 (and EL0-visible) system registers a guest owns, in context
 /// order: register `r` is at `OFF_SYSREGS + 8 * (r as u64)`.
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "each variant is the register it names")]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum SysReg {

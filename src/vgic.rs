@@ -23,7 +23,6 @@
 //!   told, and injects it, so the physical timer interrupt must not keep
 //!   ending the guest's turn; as soon as an exit sees it deasserted (the
 //!   guest re-armed or masked its timer) it is unmasked again.
-#![forbid(unsafe_code)]
 
 use isola_abi::{ExitStatus, LrState, Status, lr};
 

@@ -20,7 +20,6 @@
 //!   its lock); `dead_owned` is `owned` while the slot is `Dead`, else 0.
 //!   Both are written only by the holder of the slot's lock
 //!   ([`VmSlot::publish`]), except the claim itself.
-#![deny(unsafe_code)]
 
 use crate::arch::Vmid;
 use crate::pool::PagePool;

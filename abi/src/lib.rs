@@ -11,16 +11,7 @@
 //! `hvc #0` from a guest at EL1. The two sets have disjoint function numbers,
 //! and a caller using the other side's id gets [`Status::NotSupported`].
 #![no_std]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+#![forbid(unsafe_code)]
 
 /// SMCCC function id bits: fast call (bit 31), SMC64 (bit 30), owning entity
 /// 6 (vendor-specific hypervisor service, bits 29:24).

@@ -1,8 +1,9 @@
 //! The CPU's cache facts, read once at boot, and the instructions behind the
 //! core's cache maintenance (`isola::arch::Arch`'s `clean_dcache_page_pou`,
-//! `invalidate_icache_page`, `invalidate_icache_all`). What each ownership
-//! transition needs is decided in the core (`isola::handover`); this module
-//! only reports the facts and executes the requests.
+//! `invalidate_icache_page`, `invalidate_icache_all`, which `arch.rs`
+//! forwards here). What each ownership transition needs is decided in the
+//! core (`isola::handover`); this module only reports the facts and executes
+//! the requests.
 //!
 //! Invariant: [`enable_fwb`] runs on the boot CPU before any CPU enters the
 //! host, and never again; from then on every `HCR_EL2` value the engine
@@ -14,28 +15,25 @@ use core::arch::asm;
 use isola::handover::CachePolicy;
 use isola_sync::atomic::{AtomicBool, Ordering};
 
-use crate::cpu::read_sysreg;
+use crate::sysreg::{CTR_EL0, HCR_EL2, ID_AA64MMFR2_EL1, Readable, Value};
 
-/// `HCR_EL2.FWB` (bit 46): Stage-2 attributes override stage 1 (FEAT_S2FWB).
-pub const HCR_FWB: u64 = 1 << 46;
-
-/// Set once by [`enable_fwb`]; read by every `HCR_EL2` write.
+/// Set once by [`enable_fwb`]; read by every `HCR_EL2` value built for a
+/// lower EL.
 static FWB: AtomicBool = AtomicBool::new(false);
 
-/// `ID_AA64MMFR2_EL1.FWB` (bits 43:40): the CPU implements FEAT_S2FWB.
+/// `ID_AA64MMFR2_EL1.FWB`: the CPU implements FEAT_S2FWB.
 pub fn cpu_has_fwb() -> bool {
-    (read_sysreg!("id_aa64mmfr2_el1") >> 40) & 0xf != 0
+    ID_AA64MMFR2_EL1.read(ID_AA64MMFR2_EL1::FWB) != 0
 }
 
-/// The policy for this machine: `CTR_EL0.DIC` (bit 29) and `IDC` (bit 28)
-/// as the CPU reports them, and FWB if `fwb` (the caller decided that every
-/// walker of the engine's tables honours it).
+/// The policy for this machine: `CTR_EL0.DIC` and `IDC` as the CPU reports
+/// them, and FWB if `fwb` (the caller decided that every walker of the
+/// engine's tables honours it).
 pub fn policy(fwb: bool) -> CachePolicy {
-    let ctr = read_sysreg!("ctr_el0");
     CachePolicy {
         fwb,
-        dic: (ctr >> 29) & 1 != 0,
-        idc: (ctr >> 28) & 1 != 0,
+        dic: CTR_EL0.read(CTR_EL0::DIC) != 0,
+        idc: CTR_EL0.read(CTR_EL0::IDC) != 0,
     }
 }
 
@@ -46,25 +44,31 @@ pub fn enable_fwb() {
     FWB.store(true, Ordering::Release);
 }
 
-/// The `HCR_EL2.FWB` bit to OR into an `HCR_EL2` value (0 when off).
+/// `HCR_EL2.FWB` alone when it is on, else nothing: to add (`union`) to an
+/// `HCR_EL2` value for a lower EL.
 #[inline]
-pub fn hcr_fwb() -> u64 {
+pub fn hcr_fwb() -> Value<HCR_EL2::Register> {
     if FWB.load(Ordering::Acquire) {
-        HCR_FWB
+        Value::new(&[HCR_EL2::FWB::SET])
     } else {
-        0
+        Value::raw(0)
     }
 }
 
-/// Smallest instruction cache line (`CTR_EL0.IminLine`), in bytes.
+/// Smallest data cache line, in bytes.
+fn dcache_line() -> u64 {
+    4_u64 << CTR_EL0.read(CTR_EL0::DminLine)
+}
+
+/// Smallest instruction cache line, in bytes.
 fn icache_line() -> u64 {
-    4_u64 << (read_sysreg!("ctr_el0") & 0xf)
+    4_u64 << CTR_EL0.read(CTR_EL0::IminLine)
 }
 
 /// Cleans the data cache to the PoU (`dc cvau` per line) for `[start, start
 /// + len)`; complete at the caller's next `dsb ish`.
 pub fn clean_dcache_pou(start: u64, len: u64) {
-    let line = crate::cpu::dcache_line();
+    let line = dcache_line();
     let end = start.saturating_add(len);
     let mut va = start & !line.wrapping_sub(1);
     while va < end {

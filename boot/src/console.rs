@@ -14,7 +14,7 @@ use isola_sync::atomic::{AtomicU64, Ordering};
 
 /// QEMU virt's PL011, used until the device tree names the UART (so that a
 /// tree the engine cannot parse can still be reported).
-pub const EARLY_UART: u64 = 0x0900_0000;
+pub const EARLY_UART: u64 = isola_layout::VIRT_UART;
 
 /// PL011 data register.
 const UARTDR: u64 = 0x000;

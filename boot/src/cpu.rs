@@ -1,46 +1,26 @@
-//! Typed access to the CPU: system registers, barriers, cache and TLB
-//! maintenance, and the exception-return paths.
+//! The CPU's plain instructions: barriers, cache maintenance, waiting,
+//! masking interrupts, the firmware call, and who this CPU is.
 //!
-//! Reading a register is harmless and safe. Writing one that changes what
-//! memory means or where exceptions go (SCTLR_EL2, TTBR0_EL2, VBAR_EL2,
-//! HCR_EL2, VTTBR_EL2, ...) is `unsafe`, and each such write is followed by an
-//! explicit `isb` so the new value is in force when the function returns.
-//! These wrappers are deliberately not `nomem`: the compiler must not move
-//! memory accesses across a change of the memory map.
+//! Nothing here changes what memory means; system registers are
+//! `sysreg.rs`'s, the core's architecture boundary is `arch.rs`'s.
 
 use core::arch::asm;
 
-/// Reads a system register by name.
-macro_rules! read_sysreg {
-    ($name:literal) => {{
-        let v: u64;
-        // SAFETY: reading this system register has no side effect (none of
-        // the registers read through this macro are read-sensitive).
-        unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) v, options(nomem, nostack, preserves_flags)) };
-        v
-    }};
-}
-pub(crate) use read_sysreg;
-
-/// Writes a system register by name, then `isb`. The caller's `unsafe`
-/// block carries the justification.
-macro_rules! write_sysreg_isb {
-    ($name:literal, $v:expr) => {
-        core::arch::asm!(concat!("msr ", $name, ", {}"), "isb", in(reg) $v, options(nostack, preserves_flags))
-    };
-}
-pub(crate) use write_sysreg_isb;
+use crate::sysreg::{CTR_EL0, MPIDR_EL1, Readable};
 
 /// This CPU's MPIDR affinity fields (Aff3..Aff0), as the device tree's
 /// `/cpus/cpu@*/reg` and PSCI name CPUs.
 pub fn mpidr() -> u64 {
-    read_sysreg!("mpidr_el1") & 0xff_00ff_ffff
+    MPIDR_EL1.get() & 0xff_00ff_ffff
 }
 
-/// The index this CPU was given at bring-up (kept in `TPIDR_EL2`, the
-/// contract `isola-percpu` reads).
-pub fn cpu_index() -> u64 {
-    read_sysreg!("tpidr_el2")
+/// The index this CPU was given at bring-up: `isola-percpu`'s answer (it
+/// reads `TPIDR_EL2`, which bring-up set before any Rust code ran here and
+/// nothing writes again; an index is below `MAX_CPUS`, so the `u32` is
+/// exact).
+#[inline]
+pub fn index() -> u32 {
+    isola_percpu::current_cpu().map_or(u32::MAX, |i| i as u32)
 }
 
 /// Data synchronisation barrier, inner shareable.
@@ -59,7 +39,7 @@ pub fn isb() {
 
 /// Smallest data cache line (CTR_EL0.DminLine), in bytes.
 pub fn dcache_line() -> u64 {
-    4_u64 << ((read_sysreg!("ctr_el0") >> 16) & 0xf)
+    4_u64 << CTR_EL0.read(CTR_EL0::DminLine)
 }
 
 /// Issues clean-and-invalidate to the point of coherency for every line of
@@ -129,8 +109,8 @@ pub fn mask_all() {
     };
 }
 
-/// Stops this CPU for good: interrupts masked, waiting for events forever.
-/// Used where nothing else can be done (e.g. no console and no PSCI).
+/// Parks this CPU for good: interrupts masked, waiting for events forever.
+/// Used where nothing else can be done (no console, no PSCI).
 pub fn halt() -> ! {
     mask_all();
     loop {
@@ -157,92 +137,4 @@ pub fn smc(fid: u64, a1: u64, a2: u64, a3: u64) -> [u64; 4] {
         );
     }
     [r0, r1, r2, r3]
-}
-
-/// The core's architecture boundary, implemented with instructions (see
-/// `isola::arch` for the semantics each method must provide).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct El2Arch;
-
-/// VTTBR_EL2.VMID (8-bit VMIDs) position.
-const VTTBR_VMID_SHIFT: u32 = 48;
-const VTTBR_VMID_MASK: u64 = 0xffff << VTTBR_VMID_SHIFT;
-
-impl El2Arch {
-    /// Runs `f` with VTTBR_EL2's VMID field set to `vmid` (TLBI by IPA and
-    /// `vmalle1is` act on the current VMID), then restores it.
-    fn with_vmid(vmid: isola::arch::Vmid, f: impl FnOnce()) {
-        let saved = read_sysreg!("vttbr_el2");
-        let wanted = (saved & !VTTBR_VMID_MASK) | u64::from(vmid.0) << VTTBR_VMID_SHIFT;
-        // SAFETY: this CPU is at EL2 with interrupts masked, so no lower EL
-        // runs under the temporary VMID; only TLB maintenance happens before
-        // the original value is restored.
-        unsafe { write_sysreg_isb!("vttbr_el2", wanted) };
-        f();
-        // SAFETY: restores the value read above.
-        unsafe { write_sysreg_isb!("vttbr_el2", saved) };
-    }
-}
-
-impl isola::arch::Arch for El2Arch {
-    fn tlbi_ipa(&self, vmid: isola::arch::Vmid, ipa: isola::addr::Ipa) {
-        Self::with_vmid(vmid, || {
-            // SAFETY: TLB invalidation only drops cached translations.
-            unsafe {
-                asm!(
-                    "tlbi ipas2e1is, {}",
-                    "dsb ish",
-                    "tlbi vmalle1is",
-                    in(reg) ipa.raw() >> 12,
-                    options(nostack, preserves_flags)
-                );
-            }
-        });
-    }
-
-    fn tlbi_vmid(&self, vmid: isola::arch::Vmid) {
-        Self::with_vmid(vmid, || {
-            // SAFETY: TLB invalidation only drops cached translations.
-            unsafe { asm!("tlbi vmalls12e1is", options(nostack, preserves_flags)) };
-        });
-    }
-
-    fn tlbi_all(&self) {
-        // SAFETY: TLB invalidation only drops cached translations.
-        unsafe { asm!("tlbi alle1is", options(nostack, preserves_flags)) };
-    }
-
-    fn dsb_ish(&self) {
-        dsb_ish();
-    }
-
-    fn isb(&self) {
-        isb();
-    }
-
-    fn clean_dcache_page(&self, pa: isola::addr::PhysAddr) {
-        // No barrier: the trait leaves completion to the caller's next
-        // `dsb_ish`, so a batched Donate waits once for a whole run.
-        clean_inval_dcache(pa.raw() & !0xfff, 4096);
-    }
-
-    fn clean_dcache_page_pou(&self, pa: isola::addr::PhysAddr) {
-        crate::caches::clean_dcache_pou(pa.raw() & !0xfff, 4096);
-    }
-
-    fn invalidate_icache_page(&self, pa: isola::addr::PhysAddr) {
-        crate::caches::invalidate_icache(pa.raw() & !0xfff, 4096);
-    }
-
-    fn invalidate_icache_all(&self) {
-        crate::caches::invalidate_icache_all();
-    }
-
-    fn dma_invalidate_host(&self, pa: isola::addr::PhysAddr, pages: u64) {
-        crate::smmu::invalidate_host(pa.raw(), pages);
-    }
-
-    fn dma_faults(&self) -> [u64; 3] {
-        crate::smmu::faults()
-    }
 }

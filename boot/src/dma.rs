@@ -19,8 +19,11 @@ use isola::engine::{DeviceRange, ReadOnly};
 use isola_smmu::{Features, Layout, S2Shape};
 use isola_sync::atomic::{AtomicBool, Ordering};
 
+use isola_fdt::devices::{self, Devices, GICR_FRAME_PAGES, GICR_RD_PAGES, Kind, Verdict};
+use isola_fdt::{Fdt, Range};
+
 use crate::console::say;
-use crate::devices::{self, Devices, GICR_FRAME_PAGES, GICR_RD_PAGES, Kind, Verdict};
+use crate::{caches, smmu};
 
 /// What the boot CPU found, written once. All zeros when empty, so it lives
 /// in `.bss` (13 KiB); the decision, whose `None` is not zeros, is apart.
@@ -68,12 +71,12 @@ fn found() -> &'static Found {
 
 /// Reads the device nodes of QEMU's tree (in place: the record is too big
 /// for the stack). Boot CPU, before `decide`.
-pub fn scan(dtb: &[u8]) -> Result<(), &'static str> {
+pub fn scan(tree: &Fdt<'_>) -> Result<(), &'static str> {
     // SAFETY: boot CPU only, before any other CPU starts and before anyone
     // reads the cell (see `BootCell`).
     let f = unsafe { &mut *FOUND.0.get() };
-    devices::scan_into(dtb, &mut f.devices).map_err(|e| match e {
-        devices::Error::Malformed => "the device tree is malformed (device scan)",
+    f.devices.scan(tree).map_err(|e| match e {
+        devices::Error::Malformed(_) => "the device tree is malformed (device scan)",
         devices::Error::TooMany => "the device tree has more devices than the engine records",
     })?;
     f.scanned = true;
@@ -111,7 +114,7 @@ pub fn decide() -> Decision {
     let smmu = devices()
         .and_then(|d| d.find(Kind::Smmu))
         .and_then(|n| n.ranges().first())
-        .map(|r| (r.base, crate::smmu::probe(r.base)));
+        .map(|r| (r.base, smmu::probe(r.base)));
     let usable = match smmu {
         Some((base, Ok(f))) => Some((base, f)),
         Some((base, Err(e))) => {
@@ -122,7 +125,7 @@ pub fn decide() -> Decision {
     };
     let has_pcie = devices().is_some_and(|d| d.find(Kind::Pcie).is_some());
     let smmu_holds = usable.is_some() && has_pcie;
-    let cpu_fwb = crate::caches::cpu_has_fwb();
+    let cpu_fwb = caches::cpu_has_fwb();
     let fwb = cpu_fwb && (!smmu_holds || usable.is_some_and(|(_, f)| f.fwb));
     let d = Decision {
         smmu: usable,
@@ -156,11 +159,11 @@ pub fn report() {
         let mut spans = Spans::default();
         if more > 0 {
             let lo = run.iter().flat_map(|n| n.ranges()).map(|r| r.base).min();
-            let hi = run.iter().flat_map(|n| n.ranges()).map(|r| r.end()).max();
+            let hi = run.iter().flat_map(|n| n.ranges()).map(end).max();
             spans.push(lo.unwrap_or(0), hi.unwrap_or(0));
         } else {
             for r in first.ranges() {
-                spans.push(r.base, r.end());
+                spans.push(r.base, end(r));
             }
         }
         if more > 0 {
@@ -182,6 +185,11 @@ pub fn report() {
         }
         i = i.saturating_add(same);
     }
+}
+
+/// One past a range's last byte (saturating).
+fn end(r: &Range) -> u64 {
+    r.base.saturating_add(r.size)
 }
 
 /// Address spans for a log line.
@@ -225,7 +233,7 @@ pub fn host_ranges(out: &mut [DeviceRange]) -> usize {
         }
         for (i, r) in node.ranges().iter().enumerate() {
             let base = r.base & !0xfff;
-            let pages = r.end().saturating_add(0xfff).saturating_sub(base) / 4096;
+            let pages = end(r).saturating_add(0xfff).saturating_sub(base) / 4096;
             let read_only = if node.kind == Kind::Gic && i > 0 {
                 ReadOnly::Frames {
                     every: GICR_FRAME_PAGES,
@@ -268,12 +276,12 @@ fn bus0_functions(ecam: u64, out: &mut [u32]) -> usize {
 }
 
 /// Brings the SMMU up over the host's Stage-2 (`root`, `shape`), its
-/// structures at `layout` (engine memory). Fatal on failure: the host's
-/// tree already names PCIe.
-pub fn bring_up_smmu(layout: Layout, root: u64, shape: S2Shape) {
+/// structures at `layout` (engine memory). The caller stops the machine on
+/// an error: PCIe is already the host's by the decision.
+pub fn bring_up_smmu(layout: Layout, root: u64, shape: S2Shape) -> Result<(), &'static str> {
     let dec = decision();
     let (Some((base, _)), true) = (dec.smmu, dec.smmu_holds) else {
-        return;
+        return Ok(());
     };
     let mut streams = [0u32; 256];
     let ecam = devices()
@@ -282,7 +290,7 @@ pub fn bring_up_smmu(layout: Layout, root: u64, shape: S2Shape) {
         .map_or(0, |r| r.base);
     let n = bus0_functions(ecam, &mut streams);
     let streams = streams.get(..n).unwrap_or(&[]);
-    let setup = crate::smmu::Setup {
+    let setup = smmu::Setup {
         base,
         layout,
         shape,
@@ -290,8 +298,9 @@ pub fn bring_up_smmu(layout: Layout, root: u64, shape: S2Shape) {
         streams,
         fwb: dec.fwb,
     };
-    if let Err(e) = crate::smmu::init(&setup) {
-        crate::fatal(format_args!("SMMU at {base:#x} did not come up: {e:?}"));
+    if let Err(e) = smmu::init(&setup) {
+        say!("SMMU at {base:#x} did not come up: {e:?}");
+        return Err("the SMMU did not come up");
     }
     let mut ids = Ids::default();
     for &s in streams {
@@ -301,6 +310,7 @@ pub fn bring_up_smmu(layout: Layout, root: u64, shape: S2Shape) {
         "SMMU at {base:#x}: the host's DMA goes through its Stage-2 (VMID 0, S2FWB {}); StreamIDs {ids} translate, every other one aborts",
         if dec.fwb { "on" } else { "off" }
     );
+    Ok(())
 }
 
 /// StreamIDs for a log line.
@@ -346,7 +356,7 @@ const GICR_WAKER: u64 = 0x14;
 /// Wakes every redistributor (the host cannot write `GICR_WAKER`: the
 /// `RD_base` frame is read-only to it) and reports whether they support
 /// LPIs. Their registers are mapped at EL2 by `build_map`.
-pub fn wake_redistributors(regions: &[crate::fdt::Range]) {
+pub fn wake_redistributors(regions: &[Range]) {
     let (mut count, mut plpis) = (0u32, 0u32);
     for r in regions {
         let mut frame = r.base;

@@ -1,7 +1,7 @@
-//! The seam to the portable core (`isola::Engine`): building it from the
-//! device tree at boot, the host's Stage-2 on each CPU, host aborts and
-//! hypercalls. Every decision is the core's; this module only moves
-//! registers and memory the core needs.
+//! The portable core (`isola::Engine`) in the EL2 image: building it from
+//! the device tree at boot, and the host's Stage-2 on each CPU. The traps
+//! that enter it are `dispatch.rs`'s. Every decision is the core's; this
+//! module only carves the memory and sets the registers the core needs.
 //!
 //! Invariants:
 //! - The engine is built once, by the boot CPU, before any other CPU starts,
@@ -15,20 +15,19 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 
 use isola::addr::PhysAddr;
-use isola::engine::{DeviceRange, Engine, EngineConfig, EngineStorage, HostAbortAction};
-use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
+use isola::engine::{DeviceRange, Engine, EngineConfig, EngineStorage};
 use isola::mem::PhysMem;
 use isola::ownership::{PageDb, PageRecord, Shard};
 use isola::stage2::S2Config;
 use isola::vm::VmSlot;
+use isola_fdt::Platform;
 use isola_sync::atomic::{AtomicBool, Ordering};
 
-use crate::cpu::{El2Arch, read_sysreg, write_sysreg_isb};
-use crate::exception::TrapFrame;
-use crate::fdt::Platform;
+use crate::arch::El2Arch;
+use crate::console::say;
 use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
-use crate::trap::AbortAction;
-use crate::world::{self, GuestStage2, Vector};
+use crate::sysreg::{ID_AA64MMFR0_EL1, Readable, VTCR_EL2, VTTBR_EL2, Value, write_isb};
+use crate::{caches, dma};
 
 /// Page size.
 const PAGE: u64 = 4096;
@@ -85,15 +84,15 @@ impl Bump {
 
 /// Builds the core from the platform: RAM, the carve-out, the host's devices.
 pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
-    let mut ram = [(PhysAddr::new(0), 0_u64); crate::fdt::MAX_RAM];
+    let mut ram = [(PhysAddr::new(0), 0_u64); isola_fdt::MAX_RAM];
     for (slot, r) in ram.iter_mut().zip(p.ram()) {
         *slot = (PhysAddr::new(r.base), r.size / PAGE);
     }
     let ram = ram.get(..p.ram_count).ok_or("RAM ranges")?;
     // The host's devices: what the device policy gives it (`dma.rs`,
-    // `devices.rs`), decided from the tree before this call.
+    // `isola_fdt::devices`), decided from the tree before this call.
     let mut devices = [DeviceRange::rw(PhysAddr::new(0), 0); isola::engine::MAX_DEVICE_RANGES];
-    let ndev = crate::dma::host_ranges(&mut devices);
+    let ndev = dma::host_ranges(&mut devices);
     let devices = devices.get(..ndev).ok_or("device ranges")?;
     let mut spans = [(PhysAddr::new(0), 0_u64); isola::engine::MAX_DEVICE_RANGES];
     for (slot, d) in spans.iter_mut().zip(devices) {
@@ -182,7 +181,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         vm_s2: S2,
         host_s2: S2,
         guest_mmio: GUEST_MMIO,
-        caches: crate::caches::policy(crate::dma::decision().fwb),
+        caches: caches::policy(dma::decision().fwb),
     };
     let limit = p.ram().iter().filter_map(|r| r.end()).max().unwrap_or(0);
     // SAFETY: the EL2 map (installed before this call) maps all RAM below
@@ -207,26 +206,26 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     let policy = engine.cache_policy();
     // The SMMU walks the host's Stage-2 from its root (the pool's first
     // pages), with the CPU's shape, capped at the SMMU's output size.
-    let parange = (read_sysreg!("id_aa64mmfr0_el1") & 0xf).min(0b101) as u8;
-    let oas = crate::dma::decision().smmu.map_or(parange, |(_, f)| f.oas);
+    let parange = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101) as u8;
+    let oas = dma::decision().smmu.map_or(parange, |(_, f)| f.oas);
     let shape = isola_smmu::S2Shape {
         t0sz: S2.vtcr_t0sz() as u8,
         sl0: S2.vtcr_sl0() as u8,
         ps: parange.min(oas),
     };
-    crate::dma::bring_up_smmu(smmu_layout, pool_at, shape);
+    dma::bring_up_smmu(smmu_layout, pool_at, shape)?;
     if policy.fwb {
-        crate::caches::enable_fwb();
+        caches::enable_fwb();
     }
     // SAFETY: only the boot CPU runs, and `READY` is clear, so no reference
     // to the cell exists.
     unsafe { (*ENGINE.0.get()).write(engine) };
     // Release: publishes the engine to every CPU that later reads `READY`.
     READY.store(true, Ordering::Release);
-    crate::console::say!(
+    say!(
         "core ready: {nrecords} pages of RAM in {nshards} shards, host Stage-2 pool of {pool_pages} pages"
     );
-    crate::console::say!(
+    say!(
         "caches: HCR_EL2.FWB {}, CTR_EL0.DIC {} IDC {}: {}",
         if policy.fwb { "on" } else { "off" },
         u8::from(policy.dic),
@@ -240,30 +239,33 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// VTCR_EL2 for the (shared) Stage-2 shape: 4 KiB granule, write-back
-/// inner-shareable walks, PS = the implemented PA size (capped at 48 bits),
-/// 8-bit VMIDs, RES1 bit 31.
-fn vtcr() -> u64 {
-    let parange = (read_sysreg!("id_aa64mmfr0_el1") & 0xf).min(0b101);
-    S2.vtcr_t0sz()
-        | S2.vtcr_sl0() << 6
-        | 0b01 << 8
-        | 0b01 << 10
-        | 0b11 << 12
-        | parange << 16
-        | 1 << 31
+/// VTCR_EL2 for the (shared) Stage-2 shape: its size and starting level, 4
+/// KiB granule, write-back inner-shareable walks, PS = the implemented PA
+/// size (capped at 48 bits), 8-bit VMIDs, RES1 bit 31.
+fn vtcr() -> Value<VTCR_EL2::Register> {
+    let parange = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101);
+    Value::new(&[
+        VTCR_EL2::T0SZ.val(S2.vtcr_t0sz()),
+        VTCR_EL2::SL0.val(S2.vtcr_sl0()),
+        VTCR_EL2::IRGN0::NormalWBRAWA,
+        VTCR_EL2::ORGN0::NormalWBRAWA,
+        VTCR_EL2::SH0::Inner,
+        VTCR_EL2::TG0::Granule4KB,
+        VTCR_EL2::PS.val(parange),
+        VTCR_EL2::RES1::SET,
+    ])
 }
 
-/// Installs the host's Stage-2 on this CPU; returns the HCR_EL2 value for
-/// running the host.
-pub fn prepare_host_cpu() -> Result<u64, &'static str> {
+/// Installs the host's Stage-2 on this CPU (`HCR_EL2.VM` turns it on when
+/// the host is entered).
+pub fn install_host_stage2() -> Result<(), &'static str> {
     let e = engine().ok_or("the core is not initialised")?;
     // SAFETY: the host's Stage-2 root is owned by the engine and valid for
     // the rest of the run; no lower EL runs on this CPU while it changes,
     // and the TLB is cleaned of stale entries of this VMID below.
     unsafe {
-        write_sysreg_isb!("vtcr_el2", vtcr());
-        write_sysreg_isb!("vttbr_el2", e.host_vttbr());
+        write_isb!(VTCR_EL2, vtcr());
+        write_isb!(VTTBR_EL2, Value::raw(e.host_vttbr()));
         core::arch::asm!(
             "tlbi vmalls12e1",
             "dsb nsh",
@@ -271,70 +273,5 @@ pub fn prepare_host_cpu() -> Result<u64, &'static str> {
             options(nostack, preserves_flags)
         );
     }
-    Ok(crate::host::HCR_HOST | crate::host::HCR_VM | crate::caches::hcr_fwb())
-}
-
-/// A host `hvc #0`: the core's dispatcher decides; `VcpuRun` runs the
-/// vCPU here through the world switch until the core says to go back to the
-/// host.
-pub fn host_hypercall(frame: &mut TrapFrame) {
-    // The core reads and writes `x0..=x6` in place in the trap frame: no
-    // copy in or out on the hot path.
-    let (Some(e), Some(regs)) = (engine(), frame.x.first_chunk_mut::<7>()) else {
-        frame.set_reg(0, isola_abi::Status::NotSupported.raw());
-        return;
-    };
-    // Truncation is exact: TPIDR_EL2 is written only by bring-up, with an
-    // index below MAX_CPUS, and no lower EL can write it.
-    let cpu = crate::cpu::cpu_index() as u32;
-    match e.host_call(cpu, regs) {
-        HostCallOutcome::Done => {}
-        HostCallOutcome::Run(vcpu) => run_vcpu(e, vcpu, regs),
-    }
-}
-
-/// Runs a loaded vCPU until an exit the core sends to the host. Out of line:
-/// the world switch's state stays off the plain hypercall's path.
-#[inline(never)]
-fn run_vcpu(e: &Engine<El2Arch>, vcpu: LoadedVcpu, regs: &mut [u64; 7]) {
-    let vttbr = vcpu.vttbr();
-    let stage2 = GuestStage2::new(
-        vttbr & 0x0000_ffff_ffff_fffe,
-        (vttbr >> 48) as u16,
-        u64::from(vcpu.index()),
-    );
-    loop {
-        // SAFETY: the core loaded this vCPU on this CPU (`vcpu_load` in
-        // `host_call`) and it stays loaded until `finish_run`; its context
-        // page and Stage-2 belong to the VM's pool, which cannot be freed
-        // while a vCPU is loaded (`VmDestroy` fails `Busy`); we are at EL2
-        // with interrupts masked.
-        let exit = unsafe { world::enter_guest(vcpu.context(), stage2) };
-        let trap = match exit.vector {
-            Vector::Irq | Vector::Fiq => Trap::Irq,
-            // Synchronous exceptions, and anything the engine does not
-            // handle (SError, AArch32): the core judges the syndrome.
-            Vector::Sync | Vector::SError | Vector::Aarch32 => Trap::Sync {
-                esr: exit.esr,
-                far: exit.far,
-                hpfar: exit.hpfar,
-            },
-        };
-        match e.guest_exit(&vcpu, trap) {
-            GuestExitAction::Resume => {}
-            GuestExitAction::ExitToHost(x) => {
-                e.finish_run(vcpu, x, regs);
-                return;
-            }
-        }
-    }
-}
-
-/// A host Stage-2 abort: the core maps the page or says no.
-pub fn host_abort(esr: u64, far: u64, hpfar: u64) -> AbortAction {
-    match engine().map(|e| e.host_abort(esr, far, hpfar)) {
-        Some(HostAbortAction::Retry) => AbortAction::Retry,
-        Some(HostAbortAction::SkipWrite) => AbortAction::Skip,
-        Some(HostAbortAction::InjectSea) | None => AbortAction::InjectSea,
-    }
+    Ok(())
 }

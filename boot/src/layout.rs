@@ -1,5 +1,7 @@
-//! The physical memory layout of the engine, as fixed by `boot/link.ld` and
-//! documented in docs/boot.md.
+//! The EL2 image's place in memory: the memory plan shared with the payloads
+//! and xtask (`isola_layout`, re-exported here under the image's own names),
+//! and the section boundaries the linker script fixes (`boot/link.ld`, whose
+//! symbols `boot/build.rs` writes from the same constants).
 //!
 //! Invariants:
 //! - Everything from [`CARVEOUT_BASE`] to [`CARVEOUT_END`] is the engine's:
@@ -7,35 +9,13 @@
 //!   the core allocates from. None of it is ever shown to the host: the host's
 //!   device tree starts its RAM at [`CARVEOUT_END`], and the core's host-abort
 //!   policy never maps an engine page into the host's Stage-2.
-//! - The stack and emergency-stack sizes here equal the ones in `link.ld`;
-//!   [`Sections::check`] verifies it at boot.
+//! - The image ends inside the carve-out (`link.ld` asserts it at link time).
 
-/// Most CPUs the image has stacks for (QEMU virt's limit with GICv3).
-pub const MAX_CPUS: usize = 512;
-/// Bytes of one CPU's EL2 stack.
-pub const STACK_SIZE: u64 = 0x4000;
-/// Unmapped bytes below each stack: an overflow faults instead of corrupting
-/// the neighbour's stack.
-pub const GUARD_SIZE: u64 = 0x1000;
-/// One CPU's slot in the stack area: its guard page, then its stack.
-pub const STACK_SLOT: u64 = GUARD_SIZE + STACK_SIZE;
-/// One CPU's emergency stack, used only to report a fatal EL2 exception.
-pub const EMERGENCY_SLOT: u64 = 0x1000;
-
-/// First byte of the engine's carve-out: the start of RAM on QEMU virt,
-/// where QEMU also places its device tree.
-pub const CARVEOUT_BASE: u64 = 0x4000_0000;
-/// End (exclusive) of the engine's carve-out: 64 MiB.
-pub const CARVEOUT_END: u64 = 0x4400_0000;
-/// Where the engine writes the host's copy of the device tree (first page of
-/// host RAM).
-pub const HOST_DTB: u64 = CARVEOUT_END;
-/// Most bytes the host's device tree may take: it must end below the host
-/// payload.
-pub const HOST_DTB_MAX: u64 = 0x0100_0000;
-/// The host payload's entry point: its ELF is linked here and loaded by
-/// QEMU's generic loader (`-device loader,file=...`).
-pub const HOST_ENTRY: u64 = 0x4800_0000;
+pub use isola_layout::{
+    CARVEOUT_BASE, CARVEOUT_END, ENGINE_EMERGENCY_SLOT as EMERGENCY_SLOT,
+    ENGINE_STACK_SIZE as STACK_SIZE, ENGINE_STACK_SLOT as STACK_SLOT, HOST_DTB, HOST_DTB_MAX,
+    HOST_ENTRY, MAX_CPUS,
+};
 
 unsafe extern "C" {
     static __image_start: u8;
@@ -43,7 +23,6 @@ unsafe extern "C" {
     static __rodata_end: u8;
     static __data_end: u8;
     static __stacks_start: u8;
-    static __stacks_end: u8;
     static __emergency_start: u8;
     static __emergency_end: u8;
     static __image_end: u8;
@@ -62,8 +41,6 @@ pub struct Sections {
     pub data_end: u64,
     /// Start of the stack slots.
     pub stacks_start: u64,
-    /// End of the stack slots.
-    pub stacks_end: u64,
     /// Start of the emergency stacks.
     pub emergency_start: u64,
     /// End of the emergency stacks.
@@ -82,28 +59,10 @@ impl Sections {
             rodata_end: a(&raw const __rodata_end),
             data_end: a(&raw const __data_end),
             stacks_start: a(&raw const __stacks_start),
-            stacks_end: a(&raw const __stacks_end),
             emergency_start: a(&raw const __emergency_start),
             emergency_end: a(&raw const __emergency_end),
             image_end: a(&raw const __image_end),
         }
-    }
-
-    /// Checks that the linker script and this module agree, and that the
-    /// image fits the carve-out; the message names what is wrong.
-    pub fn check(&self) -> Result<(), &'static str> {
-        let cpus = MAX_CPUS as u64;
-        if self.stacks_end.checked_sub(self.stacks_start) != cpus.checked_mul(STACK_SLOT) {
-            return Err("link.ld stack area does not match layout::STACK_SLOT * MAX_CPUS");
-        }
-        if self.emergency_end.checked_sub(self.emergency_start) != cpus.checked_mul(EMERGENCY_SLOT)
-        {
-            return Err("link.ld emergency stacks do not match layout::EMERGENCY_SLOT");
-        }
-        if self.image_start < CARVEOUT_BASE || self.image_end > CARVEOUT_END {
-            return Err("the image does not fit the engine carve-out");
-        }
-        Ok(())
     }
 
     /// Top (initial stack pointer) of `cpu`'s EL2 stack.

@@ -15,31 +15,56 @@
 
 use core::cell::UnsafeCell;
 
-use crate::cpu::{self, read_sysreg};
+use crate::cpu;
+use crate::sysreg::{ID_AA64MMFR0_EL1, MAIR_EL2, Readable, SCTLR_EL2, TCR_EL2, Value};
 
 /// MAIR_EL2: attribute 0 is Device-nGnRE, attribute 1 Normal write-back
-/// read/write-allocate (inner and outer).
-pub const MAIR: u64 = 0x04 | 0xff << 8;
+/// non-transient read/write-allocate (inner and outer).
+pub const MAIR: Value<MAIR_EL2::Register> = Value::new(&[
+    MAIR_EL2::Attr0_Device::nonGathering_nonReordering_EarlyWriteAck,
+    MAIR_EL2::Attr1_Normal_Outer::WriteBack_NonTransient_ReadWriteAlloc,
+    MAIR_EL2::Attr1_Normal_Inner::WriteBack_NonTransient_ReadWriteAlloc,
+]);
 const ATTR_DEVICE: u64 = 0 << 2;
 const ATTR_NORMAL: u64 = 1 << 2;
 
-/// TCR_EL2 without PS: T0SZ = 25, walks inner/outer write-back cacheable and
-/// inner shareable, 4 KiB granule, RES1 bits 23 and 31.
-pub const TCR_BASE: u64 = 25 | 0b01 << 8 | 0b01 << 10 | 0b11 << 12 | 1 << 23 | 1 << 31;
+/// TCR_EL2 RES1 bits: 23 and 31.
+const TCR_RES1: u64 = 1 << 23 | 1 << 31;
+
+/// TCR_EL2 without PS: T0SZ = 25 (39-bit VA), walks inner/outer write-back
+/// cacheable and inner shareable, 4 KiB granule.
+pub const TCR_BASE: Value<TCR_EL2::Register> = Value::new(&[
+    TCR_EL2::T0SZ.val(25),
+    TCR_EL2::IRGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable,
+    TCR_EL2::ORGN0::WriteBack_ReadAlloc_WriteAlloc_Cacheable,
+    TCR_EL2::SH0::Inner,
+    TCR_EL2::TG0::KiB_4,
+])
+.with_res1(TCR_RES1);
 
 /// TCR_EL2 for this CPU: [`TCR_BASE`] with PS = the implemented PA size
 /// (ID_AA64MMFR0_EL1.PARange, capped at 48 bits).
-pub fn tcr() -> u64 {
-    let parange = (read_sysreg!("id_aa64mmfr0_el1") & 0xf).min(0b101);
-    TCR_BASE | parange << 16
+pub fn tcr() -> Value<TCR_EL2::Register> {
+    let parange = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101);
+    TCR_BASE.with(&[TCR_EL2::PS.val(parange)])
 }
 
-/// SCTLR_EL2 RES1 bits (non-VHE): 4, 5, 11, 16, 18, 22, 23, 28, 29.
-const SCTLR_RES1: u64 =
-    1 << 4 | 1 << 5 | 1 << 11 | 1 << 16 | 1 << 18 | 1 << 22 | 1 << 23 | 1 << 28 | 1 << 29;
+/// SCTLR_EL2 RES1 bits (non-VHE) that `aarch64-cpu` does not name: 4, 5,
+/// 16, 18, 23, 28, 29.
+const SCTLR_RES1: u64 = 1 << 4 | 1 << 5 | 1 << 16 | 1 << 18 | 1 << 23 | 1 << 28 | 1 << 29;
 /// SCTLR_EL2 with the MMU (M), data cache (C), stack alignment check (SA),
-/// instruction cache (I) and write-implies-XN (WXN) on; little-endian.
-pub const SCTLR_ON: u64 = SCTLR_RES1 | 1 << 0 | 1 << 2 | 1 << 3 | 1 << 12 | 1 << 19;
+/// instruction cache (I) and write-implies-XN (WXN) on; little-endian; EOS
+/// and EIS (RES1 without FEAT_ExS).
+pub const SCTLR_ON: Value<SCTLR_EL2::Register> = Value::new(&[
+    SCTLR_EL2::M::SET,
+    SCTLR_EL2::C::SET,
+    SCTLR_EL2::SA::SET,
+    SCTLR_EL2::I::SET,
+    SCTLR_EL2::WXN::SET,
+    SCTLR_EL2::EOS::SET,
+    SCTLR_EL2::EIS::SET,
+])
+.with_res1(SCTLR_RES1);
 
 const VALID: u64 = 1 << 0;
 const TABLE_OR_PAGE: u64 = 1 << 1;
@@ -251,11 +276,13 @@ impl Builder {
 /// with the same addresses as before; no other CPU may be editing them.
 pub unsafe fn install() {
     let tcr = tcr();
-    let sctlr_off = read_sysreg!("sctlr_el2") & !1;
+    let sctlr_off = Value::<SCTLR_EL2::Register>::raw(SCTLR_EL2.get()).with(&[SCTLR_EL2::M::CLEAR]);
     cpu::dsb_ish();
     // SAFETY: the caller guarantees the new map is identical for everything
     // this CPU touches; the sequence below runs without touching memory
-    // between turning the MMU off and back on.
+    // between turning the MMU off and back on. One `asm!` block rather than
+    // `sysreg::write_isb!`s: no compiler-generated access may fall between
+    // the writes.
     unsafe {
         core::arch::asm!(
             "msr sctlr_el2, {off}",
@@ -269,11 +296,11 @@ pub unsafe fn install() {
             "isb",
             "msr sctlr_el2, {on}",
             "isb",
-            off = in(reg) sctlr_off,
-            mair = in(reg) MAIR,
-            tcr = in(reg) tcr,
+            off = in(reg) sctlr_off.bits(),
+            mair = in(reg) MAIR.bits(),
+            tcr = in(reg) tcr.bits(),
             ttbr = in(reg) root(),
-            on = in(reg) SCTLR_ON,
+            on = in(reg) SCTLR_ON.bits(),
             options(nostack),
         );
     }

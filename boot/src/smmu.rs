@@ -2,7 +2,7 @@
 //! SMMU's register page (volatile MMIO, `dsb` around doorbells) and the
 //! engine memory holding its stream table and queues, behind one ticket
 //! lock; the core reaches it through `Arch::dma_invalidate_host` and
-//! `Arch::dma_faults` (`cpu.rs`).
+//! `Arch::dma_faults` (`arch.rs`).
 //!
 //! Invariants:
 //! - Brought up once, by the boot CPU, before any CPU enters the host; the
@@ -11,9 +11,13 @@
 //! - Every method that talks to the SMMU holds [`SMMU`]'s lock, which is
 //!   innermost: nothing else is locked while it is held. A core transition
 //!   calls [`invalidate_host`] holding at most its VM slot and shard locks.
-//! - An invalidation the SMMU does not complete stops the machine
-//!   (`fatal`): the engine never goes on after a page may still be in the
-//!   host's DMA view.
+//! - An invalidation the SMMU does not complete never returns (fail
+//!   closed): the CPU reports it and waits for ever holding [`SMMU`]'s
+//!   lock, so the page it was taking from the host never reaches its new
+//!   owner, and no later transition that takes a page from the host
+//!   completes either. (`stop::fatal`, which powers the machine off, sits on
+//!   a higher layer than the core's architecture boundary that calls this;
+//!   see docs/devices.md.)
 
 use core::fmt::Write;
 
@@ -186,10 +190,14 @@ pub fn invalidate_host(pa: u64, pages: u64) {
         return;
     };
     if let Err(e) = smmu.invalidate(pa, pages) {
-        drop(g);
-        crate::fatal(format_args!(
-            "SMMU invalidation of {pages} page(s) at {pa:#x} failed: {e:?}"
-        ));
+        crate::console::say!(
+            "SMMU invalidation of {pages} page(s) at {pa:#x} failed: {e:?}; \
+             no page leaves the host any more"
+        );
+        // The guard stays alive: every later invalidation waits here too.
+        loop {
+            isola_sync::spin_hint();
+        }
     }
 }
 

@@ -31,7 +31,8 @@
 //! - The GICv3 virtual CPU interface (`ICH_HCR_EL2`, `ICH_VMCR_EL2`,
 //!   `ICH_AP<m>R<n>_EL2`), which a guest's `ICC_*_EL1` accesses reach under
 //!   `IMO`/`FMO`, is reset to 0 before every guest entry
-//!   ([`reset_virtual_gic`]): no guest reads what another left there.
+//!   ([`gic::reset_virtual_interface`]): no guest reads what another left
+//!   there.
 //! - Where SME exists, `TPIDR2_EL0` (not trapped by `CPTR_EL2.TSM`) is 0
 //!   while a guest runs and the host's value on return; a guest's own value
 //!   is not kept across exits (the context has no slot for it).
@@ -45,6 +46,14 @@ use isola::vcpu::{
     Context, OFF_FPCR, OFF_FPSR, OFF_PC, OFF_PSTATE, OFF_SYSREGS, OFF_V, OFF_X, SYSREG_COUNT,
     SysReg,
 };
+
+use crate::pmu::HostCounters;
+use crate::sysreg::{
+    CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, ELR_EL2, ESR_EL2, FAR_EL2, HCR_EL2, HPFAR_EL2,
+    ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2, VTTBR_EL2, Value, read,
+    write_batched,
+};
+use crate::{caches, gic, timer};
 
 /// Which vector of the guest-only table the guest's exception came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,22 +102,27 @@ pub struct GuestExit {
 }
 
 /// The Stage-2 and identity a vCPU runs with.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct GuestStage2 {
-    /// `VTTBR_EL2`: the VM's Stage-2 root PA | VMID << 48.
-    pub vttbr: u64,
-    /// `VMPIDR_EL2`: the MPIDR the guest reads (bit 31 set, Aff0 = index).
-    pub vmpidr: u64,
+    /// `VTTBR_EL2`: the VM's Stage-2 root and its VMID.
+    pub vttbr: Value<VTTBR_EL2::Register>,
+    /// `VMPIDR_EL2`: the MPIDR the guest reads (RES1 bit 31 set; Aff0, Aff1
+    /// and Aff2 the vCPU's index, 8 bits each).
+    pub vmpidr: Value<VMPIDR_EL2::Register>,
 }
 
 impl GuestStage2 {
-    /// From the VM's Stage-2 root, its VMID and the vCPU's index.
-    pub fn new(root_pa: u64, vmid: u16, vcpu_index: u64) -> Self {
-        let index = vcpu_index & 0xff_ffff;
-        let affinity = (index & 0xff) | ((index >> 8) & 0xffff) << 8;
+    /// From the core's `VTTBR_EL2` value for the VM (root and VMID) and the
+    /// vCPU's index.
+    pub fn new(vttbr: u64, vcpu_index: u64) -> Self {
         Self {
-            vttbr: (root_pa & 0x0000_ffff_ffff_fffe) | u64::from(vmid) << 48,
-            vmpidr: 1 << 31 | affinity,
+            vttbr: Value::raw(vttbr).with(&[VTTBR_EL2::CnP::CLEAR]),
+            vmpidr: Value::new(&[
+                VMPIDR_EL2::RES1::SET,
+                VMPIDR_EL2::Aff0.val(vcpu_index & 0xff),
+                VMPIDR_EL2::Aff1.val((vcpu_index >> 8) & 0xff),
+                VMPIDR_EL2::Aff2.val((vcpu_index >> 16) & 0xff),
+            ]),
         }
     }
 }
@@ -138,22 +152,24 @@ impl GuestStage2 {
 /// instructions and key registers trap and the host's keys stay unseen and
 /// need no switching; `TGE`/`E2H` (EL2 host mode, not used); `VI`/`VF`/`VSE`
 /// (no virtual interrupts are injected).
-pub const HCR_GUEST: u64 = 1 << 0
-    | 1 << 1
-    | 1 << 3
-    | 1 << 4
-    | 1 << 5
-    | 1 << 9
-    | 1 << 10
-    | 1 << 13
-    | 1 << 14
-    | 1 << 19
-    | 1 << 20
-    | 1 << 21
-    | 1 << 22
-    | 1 << 31
-    | 1 << 35
-    | 1 << 36;
+pub const HCR_GUEST: Value<HCR_EL2::Register> = Value::new(&[
+    HCR_EL2::VM::SET,
+    HCR_EL2::SWIO::SET,
+    HCR_EL2::FMO::SET,
+    HCR_EL2::IMO::SET,
+    HCR_EL2::AMO::SET,
+    HCR_EL2::FB::SET,
+    HCR_EL2::BSU::InnerShareable,
+    HCR_EL2::TWI::SET,
+    HCR_EL2::TWE::SET,
+    HCR_EL2::TSC::SET,
+    HCR_EL2::TIDCP::SET,
+    HCR_EL2::TACR::SET,
+    HCR_EL2::TSW::SET,
+    HCR_EL2::RW::EL1IsAarch64,
+    HCR_EL2::TLOR::SET,
+    HCR_EL2::TERR::SET,
+]);
 
 /// `MDCR_EL2` trap bits added to the host's `MDCR_EL2` while a guest runs
 /// (the host's `HPMN`, `HPMD`, `HCCD`, `TPMS` and `TTRF` are kept, so the
@@ -162,13 +178,13 @@ pub const HCR_GUEST: u64 = 1 << 0
 /// the host's counters nor reprogram them; `TDA` (9), `TDOSA` (10), `TDRA`
 /// (11), debug register, OS-lock and debug-ROM accesses trap, so a guest
 /// cannot set breakpoints or watchpoints that fire in the host.
-pub const MDCR_GUEST_TRAPS: u64 = 1 << 5 | 1 << 6 | 1 << 9 | 1 << 10 | 1 << 11;
-
-/// Whether a guest run stops the host's PMU counters (see [`HostEl2`]).
-/// The `bench-pmu` image, in which the host deliberately counts the
-/// engine's EL2 instructions, leaves them running so `cargo xtask bench`
-/// still measures the whole run path; every other image stops them.
-const STOP_HOST_PMU: bool = !cfg!(feature = "bench-pmu");
+pub const MDCR_GUEST_TRAPS: Value<MDCR_EL2::Register> = Value::new(&[
+    MDCR_EL2::TPMCR::SET,
+    MDCR_EL2::TPM::SET,
+    MDCR_EL2::TDA::SET,
+    MDCR_EL2::TDOSA::SET,
+    MDCR_EL2::TDRA::SET,
+]);
 
 /// `CPTR_EL2` (non-VHE) trap bits forced on while a guest runs, whatever
 /// the host's configuration: `TZ` (8) and `TSM` (12), SVE and SME, because
@@ -176,13 +192,12 @@ const STOP_HOST_PMU: bool = !cfg!(feature = "bench-pmu");
 /// the upper bits of Z registers, predicates and ZA would carry host state;
 /// `TTA` (20), trace registers; `TAM` (30), activity monitors (they count
 /// what the host did). `TFP` (10) stays clear: FP/SIMD is switched.
-pub const CPTR_GUEST_TRAPS: u64 = 1 << 8 | 1 << 12 | 1 << 20 | 1 << 30;
-
-/// `CNTHCTL_EL2` while a guest runs: `EL1PCTEN` (0) only: the guest may read
-/// the physical counter (time is not a secret here) but any access to the
-/// physical timer (`EL1PCEN`, 1, clear) traps: that timer is the host's.
-/// The guest uses the virtual timer, offset by its `CNTVOFF_EL2`.
-pub const CNTHCTL_GUEST: u64 = 1 << 0;
+pub const CPTR_GUEST_TRAPS: Value<CPTR_EL2::Register> = Value::new(&[
+    CPTR_EL2::TZ::SET,
+    CPTR_EL2::TSM::SET,
+    CPTR_EL2::TTA::SET,
+    CPTR_EL2::TAM::SET,
+]);
 
 /// Declares [`El1State`] over every EL1/EL0 system register a guest owns and
 /// the switch exchanges: `asm_name = SysReg variant`, the variant naming the
@@ -300,74 +315,42 @@ impl El1State {
 
 /// The EL2 state a guest run changes and the host gets back.
 struct HostEl2 {
-    elr_el2: u64,
-    spsr_el2: u64,
-    hcr_el2: u64,
-    vttbr_el2: u64,
-    cntvoff_el2: u64,
-    cnthctl_el2: u64,
-    mdcr_el2: u64,
-    cptr_el2: u64,
-    vmpidr_el2: u64,
-    /// The host's `PMCNTENSET_EL0` when the run stopped its counters: every
-    /// counter the host had enabled is disabled for the guest's run (so they
-    /// count neither the guest's events nor the switch) and re-enabled on
-    /// the way back. `None` without a PMUv3 or in the `bench-pmu` image.
-    pmcnten: Option<u64>,
+    elr_el2: Value<()>,
+    spsr_el2: Value<SPSR_EL2::Register>,
+    hcr_el2: Value<HCR_EL2::Register>,
+    vttbr_el2: Value<VTTBR_EL2::Register>,
+    cntvoff_el2: Value<()>,
+    cnthctl_el2: Value<CNTHCTL_EL2::Register>,
+    mdcr_el2: Value<MDCR_EL2::Register>,
+    cptr_el2: Value<CPTR_EL2::Register>,
+    vmpidr_el2: Value<VMPIDR_EL2::Register>,
+    /// The host's enabled PMU counters: every counter the host had enabled
+    /// is disabled for the guest's run (so they count neither the guest's
+    /// events nor the switch) and re-enabled on the way back (`pmu.rs`).
+    counters: HostCounters,
     /// The host's `TPIDR2_EL0` where SME exists (`ID_AA64PFR1_EL1.SME` != 0).
     /// `CPTR_EL2.TSM` does not trap it, so a guest runs with 0 there and the
     /// host's value returns on exit. The core's context has no slot for it:
     /// a guest's own value is not kept across exits (a functional limit,
     /// docs/guests.md), and never shown to the host or another guest.
-    /// Accessed as `s3_3_c13_c0_5`, so the assembler needs no SME feature.
-    tpidr2_el0: Option<u64>,
-}
-
-macro_rules! mrs {
-    ($r:literal) => {{
-        let v: u64;
-        // SAFETY: reading an EL2 system register has no side effect.
-        unsafe { asm!(concat!("mrs {}, ", $r), out(reg) v, options(nomem, nostack, preserves_flags)) };
-        v
-    }};
-}
-
-/// `msr`; the caller's `unsafe` block justifies the write. Not `nomem`: some
-/// of these registers change how memory is translated.
-macro_rules! msr {
-    ($r:literal, $v:expr) => {
-        asm!(concat!("msr ", $r, ", {}"), in(reg) $v, options(nostack, preserves_flags))
-    };
+    tpidr2_el0: Option<Value<()>>,
 }
 
 impl HostEl2 {
     fn save() -> Self {
         Self {
-            elr_el2: mrs!("elr_el2"),
-            spsr_el2: mrs!("spsr_el2"),
-            hcr_el2: mrs!("hcr_el2"),
-            vttbr_el2: mrs!("vttbr_el2"),
-            cntvoff_el2: mrs!("cntvoff_el2"),
-            cnthctl_el2: mrs!("cnthctl_el2"),
-            mdcr_el2: mrs!("mdcr_el2"),
-            cptr_el2: mrs!("cptr_el2"),
-            vmpidr_el2: mrs!("vmpidr_el2"),
-            pmcnten: (STOP_HOST_PMU && crate::host::pmu_v3()).then(|| mrs!("pmcntenset_el0")),
-            tpidr2_el0: ((mrs!("id_aa64pfr1_el1") >> 24) & 0xf != 0).then(|| mrs!("s3_3_c13_c0_5")),
-        }
-    }
-
-    /// Stops the host's enabled PMU counters for the guest's run.
-    ///
-    /// # Safety
-    /// Only between [`HostEl2::save`] and [`HostEl2::restore`] on this CPU.
-    unsafe fn stop_pmu(&self) {
-        if let Some(enabled) = self.pmcnten {
-            // SAFETY: disables exactly the counters the host had enabled
-            // (PMUv3 exists: `save` checked); `restore` re-enables them
-            // before the host runs again. The `isb` before the guest's
-            // `eret` (and the `eret`) put it in force.
-            unsafe { msr!("pmcntenclr_el0", enabled) };
+            elr_el2: read!(ELR_EL2),
+            spsr_el2: read!(SPSR_EL2),
+            hcr_el2: read!(HCR_EL2),
+            vttbr_el2: read!(VTTBR_EL2),
+            cntvoff_el2: read!(CNTVOFF_EL2),
+            cnthctl_el2: read!(CNTHCTL_EL2),
+            mdcr_el2: read!(MDCR_EL2),
+            cptr_el2: read!(CPTR_EL2),
+            vmpidr_el2: read!(VMPIDR_EL2),
+            counters: HostCounters::save(),
+            tpidr2_el0: (ID_AA64PFR1_EL1.read(ID_AA64PFR1_EL1::SME) != 0)
+                .then(|| Value::raw(TPIDR2_EL0.get())),
         }
     }
 
@@ -378,82 +361,29 @@ impl HostEl2 {
         // the guest's were installed; `isb` puts them in force before the
         // engine's code continues (the `eret` to the host would too).
         unsafe {
-            msr!("hcr_el2", self.hcr_el2);
-            msr!("vttbr_el2", self.vttbr_el2);
-            msr!("cntvoff_el2", self.cntvoff_el2);
-            msr!("cnthctl_el2", self.cnthctl_el2);
-            msr!("mdcr_el2", self.mdcr_el2);
-            msr!("cptr_el2", self.cptr_el2);
-            msr!("vmpidr_el2", self.vmpidr_el2);
-            if let Some(enabled) = self.pmcnten {
-                msr!("pmcntenset_el0", enabled);
-            }
+            write_batched!(HCR_EL2, self.hcr_el2);
+            write_batched!(VTTBR_EL2, self.vttbr_el2);
+            write_batched!(CNTVOFF_EL2, self.cntvoff_el2);
+            write_batched!(CNTHCTL_EL2, self.cnthctl_el2);
+            write_batched!(MDCR_EL2, self.mdcr_el2);
+            write_batched!(CPTR_EL2, self.cptr_el2);
+            write_batched!(VMPIDR_EL2, self.vmpidr_el2);
+            self.counters.resume();
             if let Some(tpidr2) = self.tpidr2_el0 {
-                msr!("s3_3_c13_c0_5", tpidr2);
+                write_batched!(TPIDR2_EL0 as "s3_3_c13_c0_5", tpidr2);
             }
-            msr!("elr_el2", self.elr_el2);
-            msr!("spsr_el2", self.spsr_el2);
+            write_batched!(ELR_EL2, self.elr_el2);
+            write_batched!(SPSR_EL2, self.spsr_el2);
             asm!("isb", options(nostack, preserves_flags));
         }
     }
 }
 
-/// Resets the GICv3 virtual CPU interface: `ICH_HCR_EL2` (virtual
-/// interface off), `ICH_VMCR_EL2` and every implemented
-/// `ICH_AP0R<n>_EL2`/`ICH_AP1R<n>_EL2` to 0.
-///
-/// With `IMO`/`FMO` set a guest's `ICC_PMR_EL1`, `ICC_BPR<n>_EL1`,
-/// `ICC_IGRPEN<n>_EL1` and `ICC_AP<m>R<n>_EL1` accesses reach these
-/// registers instead of the physical interface. There is no virtual GIC
-/// yet, so no guest needs them to persist: resetting them before every
-/// guest entry means a guest reads only what it wrote during this run,
-/// never what another guest (or an earlier run) left. Called at boot too,
-/// so the first guest sees zeros rather than reset-UNKNOWN values. Does
-/// nothing without the GIC system-register interface
-/// (`ID_AA64PFR0_EL1.GIC` = 0).
-///
-/// # Safety
-/// At EL2 with interrupts masked, while no guest runs on this CPU (these
-/// registers take effect at the next `eret` to a guest).
-pub unsafe fn reset_virtual_gic() {
-    if (mrs!("id_aa64pfr0_el1") >> 24) & 0xf == 0 {
-        return;
-    }
-    // ICH_VTR_EL2.PRIbits (31:29) is the number of priority bits minus one:
-    // 5 bits need AP<m>R0, 6 bits AP<m>R0..1, 7 bits AP<m>R0..3.
-    let pri_bits = ((mrs!("ich_vtr_el2") >> 29) & 0x7).wrapping_add(1);
-    // SAFETY: the GICv3 system-register interface exists (checked above) and
-    // ICC_SRE_EL2.SRE is set at boot; the registers written exist for this
-    // PRIbits; they affect only a guest's virtual CPU interface, and no guest
-    // runs here (the caller's contract).
-    unsafe {
-        msr!("ich_hcr_el2", 0_u64);
-        msr!("ich_vmcr_el2", 0_u64);
-        msr!("ich_ap0r0_el2", 0_u64);
-        msr!("ich_ap1r0_el2", 0_u64);
-        if pri_bits >= 6 {
-            msr!("ich_ap0r1_el2", 0_u64);
-            msr!("ich_ap1r1_el2", 0_u64);
-        }
-        if pri_bits >= 7 {
-            msr!("ich_ap0r2_el2", 0_u64);
-            msr!("ich_ap0r3_el2", 0_u64);
-            msr!("ich_ap1r2_el2", 0_u64);
-            msr!("ich_ap1r3_el2", 0_u64);
-        }
-    }
-}
-
-/// `CNTVOFF_EL2` while a guest runs. The core's context has no per-vCPU
-/// offset yet, so a guest's virtual counter reads the physical count; what
-/// matters for isolation is that the host's own offset is never shown.
-pub const CNTVOFF_GUEST: u64 = 0;
-
 /// Runs the vCPU whose context page is `ctx` until it takes an exception to
 /// EL2.
 ///
 /// On return every register of the host side (EL1 system registers, the
-/// EL2 registers listed in [`HostEl2`], `VBAR_EL2`, the callee-saved
+/// EL2 registers `HostEl2` lists, `VBAR_EL2`, the callee-saved
 /// registers) has its value from before the call, and the context holds the
 /// guest's registers at the exception (PC = `ELR_EL2`, PSTATE = `SPSR_EL2`).
 ///
@@ -469,10 +399,11 @@ pub const CNTVOFF_GUEST: u64 = 0;
 pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     let page = core::ptr::with_exposed_provenance_mut::<u8>(ctx.page().raw() as usize);
     let host = HostEl2::save();
-    // SAFETY: `restore` below re-enables the counters.
-    unsafe { host.stop_pmu() };
+    // SAFETY: `restore` below re-enables the counters; the `isb` before the
+    // guest's `eret` puts it in force.
+    unsafe { host.counters.stop() };
     let host_el1 = El1State::read();
-    let mdcr = host.mdcr_el2 | MDCR_GUEST_TRAPS;
+    let mdcr = host.mdcr_el2.union(MDCR_GUEST_TRAPS);
     // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
     // at the `eret` inside the switch. The offset goes first so the guest's
@@ -480,18 +411,18 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // guarantees the Stage-2 table's validity and that the context page is
     // this CPU's.
     unsafe {
-        msr!("cntvoff_el2", CNTVOFF_GUEST);
-        reset_virtual_gic();
+        write_batched!(CNTVOFF_EL2, timer::CNTVOFF_GUEST);
+        gic::reset_virtual_interface();
         if host.tpidr2_el0.is_some() {
-            msr!("s3_3_c13_c0_5", 0_u64);
+            write_batched!(TPIDR2_EL0 as "s3_3_c13_c0_5", Value::raw(0));
         }
         El1State::load_from(page).write();
-        msr!("vttbr_el2", stage2.vttbr);
-        msr!("vmpidr_el2", stage2.vmpidr);
-        msr!("cnthctl_el2", CNTHCTL_GUEST);
-        msr!("mdcr_el2", mdcr);
-        msr!("cptr_el2", host.cptr_el2 | CPTR_GUEST_TRAPS);
-        msr!("hcr_el2", HCR_GUEST | crate::caches::hcr_fwb());
+        write_batched!(VTTBR_EL2, stage2.vttbr);
+        write_batched!(VMPIDR_EL2, stage2.vmpidr);
+        write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
+        write_batched!(MDCR_EL2, mdcr);
+        write_batched!(CPTR_EL2, host.cptr_el2.union(CPTR_GUEST_TRAPS));
+        write_batched!(HCR_EL2, HCR_GUEST.union(caches::hcr_fwb()));
         asm!("isb", options(nostack, preserves_flags));
     }
     let raw: u64;
@@ -510,9 +441,9 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     }
     let exit = GuestExit {
         vector: Vector::from_raw(raw),
-        esr: mrs!("esr_el2"),
-        far: mrs!("far_el2"),
-        hpfar: mrs!("hpfar_el2"),
+        esr: read!(ESR_EL2).bits(),
+        far: read!(FAR_EL2).bits(),
+        hpfar: read!(HPFAR_EL2).bits(),
     };
     // SAFETY: the guest's EL1 registers go back to its (this CPU's) context
     // page; then the host's EL1 registers and EL2 configuration return. The
@@ -787,7 +718,7 @@ isola_guest_vectors_el2:
 /// few instructions around the `eret`): an engine bug. Reports and powers off.
 #[unsafe(no_mangle)]
 extern "C" fn isola_world_el2_fault(kind: u64, esr: u64, elr: u64, far: u64) -> ! {
-    crate::fatal(format_args!(
+    crate::stop::fatal(format_args!(
         "fatal exception at EL2 in the world switch (kind {kind}, ESR_EL2 {esr:#x}, ELR_EL2 {elr:#x}, FAR_EL2 {far:#x})"
     ))
 }

@@ -8,6 +8,7 @@
 //! that every passing model is known to be able to fail). They are built
 //! only from `isola_sync`'s public shim re-exports, so they never leak into
 //! the engine API.
+#![deny(unsafe_code)]
 
 #[cfg(loom)]
 pub mod model {
@@ -62,6 +63,10 @@ pub mod model {
 }
 
 #[cfg(loom)]
+#[allow(
+    unsafe_code,
+    reason = "the broken twins reach their data as the primitives they copy do"
+)]
 pub mod flawed {
     //! Deliberately broken copies of the primitives. Each differs from the
     //! real one in exactly the way its doc comment states, and a

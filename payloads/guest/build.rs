@@ -2,7 +2,10 @@
 //! builds of the protocol library are untouched).
 use std::{env, fs, path::PathBuf};
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "the build script reads only the constants the linker script needs"
+)]
 mod layout {
     include!("src/layout.rs");
 }

@@ -31,16 +31,7 @@
 //! line another CPU is using. The cost is 64 bytes per CPU per `PerCpu`
 //! (32 KiB at [`MAX_CPUS`]).
 #![no_std]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+#![deny(unsafe_code)]
 
 #[cfg(not(target_os = "none"))]
 extern crate std;
@@ -50,8 +41,9 @@ use core::fmt;
 use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use isola_sync::cell::UnsafeCell;
 
-/// The most CPUs the EL2 image supports.
-pub const MAX_CPUS: usize = 512;
+/// The most CPUs the EL2 image supports (`isola_layout::MAX_CPUS`): the
+/// default capacity of [`PerCpu`] and [`PerCpuCounter`].
+pub const MAX_CPUS: usize = isola_layout::MAX_CPUS;
 
 /// Why a per-CPU access was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +76,7 @@ impl fmt::Display for PerCpuError {
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[inline(always)]
 #[must_use]
+#[allow(unsafe_code, reason = "reading TPIDR_EL2 is an instruction")]
 pub fn current_cpu() -> Option<usize> {
     let value: u64;
     // SAFETY: reading TPIDR_EL2 has no side effects and touches no memory
@@ -142,7 +135,10 @@ pub fn clear_current_cpu() {
 }
 
 /// One CPU's slot: its value and the flag that proves nobody is using it.
-#[repr(align(64))]
+///
+/// `repr(C)`, so [`PerCpu::SLOT_STRIDE`] and [`PerCpu::VALUE_OFFSET`] locate
+/// a CPU's value for code that cannot call Rust (EL2 assembly).
+#[repr(C, align(64))]
 pub struct Slot<T> {
     busy: AtomicBool,
     value: UnsafeCell<T>,
@@ -188,6 +184,10 @@ pub struct PerCpu<T, const N: usize = MAX_CPUS> {
     slots: [Slot<T>; N],
 }
 
+#[allow(
+    unsafe_code,
+    reason = "the slot flags make sharing sound, which the type system cannot see"
+)]
 // SAFETY: a `&PerCpu` shared between threads only ever gives a thread `&mut T`
 // to one slot while that slot's `busy` flag is claimed by it (see the module
 // doc), so no `T` is ever accessed by two threads at once; a `T` may however
@@ -196,6 +196,13 @@ pub struct PerCpu<T, const N: usize = MAX_CPUS> {
 unsafe impl<T: Send, const N: usize> Sync for PerCpu<T, N> {}
 
 impl<T, const N: usize> PerCpu<T, N> {
+    /// Bytes from one CPU's slot to the next: CPU `i`'s value is at
+    /// `table + i * SLOT_STRIDE + VALUE_OFFSET`.
+    pub const SLOT_STRIDE: usize = core::mem::size_of::<Slot<T>>();
+    /// Where a slot's value starts within the slot (outside loom, whose cells
+    /// are not laid out like the value).
+    pub const VALUE_OFFSET: usize = core::mem::offset_of!(Slot<T>, value);
+
     /// Build from ready slots (`const`, for statics).
     #[must_use]
     pub const fn from_slots(slots: [Slot<T>; N]) -> Self {
@@ -224,6 +231,10 @@ impl<T, const N: usize> PerCpu<T, N> {
     /// there is no slot for the current CPU; [`PerCpuError::SlotBusy`] if the
     /// slot is already borrowed (a nested `with_mut` on the same `PerCpu`).
     #[inline]
+    #[allow(
+        unsafe_code,
+        reason = "the `&mut T` a claimed flag makes unique, which the type system cannot see"
+    )]
     pub fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> Result<R, PerCpuError> {
         let cpu = current_cpu().ok_or(PerCpuError::NoCurrentCpu)?;
         let slot = self.slots.get(cpu).ok_or(PerCpuError::CpuOutOfRange)?;
@@ -413,6 +424,26 @@ mod tests {
         }));
         assert!(r.is_err());
         assert_eq!(p.with_mut(|v| *v), Ok(0));
+    }
+
+    #[test]
+    #[allow(
+        unsafe_code,
+        reason = "reads a value by address, as the assembly the layout constants serve does"
+    )]
+    fn assembly_finds_each_cpus_value_where_the_layout_says() {
+        type Table = PerCpu<[u64; 3], 4>;
+        let t: Table = PerCpu::from_fn(|cpu| [cpu as u64; 3]);
+        let base = core::ptr::from_ref(&t).cast::<u8>();
+        for cpu in 0..4 {
+            let at = base.wrapping_add(cpu * Table::SLOT_STRIDE + Table::VALUE_OFFSET);
+            // SAFETY: within `t`, aligned for the value (slots are 64-byte
+            // aligned and the value follows the flag at its alignment); no
+            // `&mut` to the value exists.
+            let v = unsafe { at.cast::<[u64; 3]>().read() };
+            assert_eq!(v, [cpu as u64; 3]);
+        }
+        assert_eq!(Table::SLOT_STRIDE % 64, 0);
     }
 
     #[test]

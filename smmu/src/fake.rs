@@ -86,10 +86,10 @@ impl Fake {
             {
                 return;
             }
-            let at = base + u64::from(cons.index()) * 16;
+            let at = base.wrapping_add(u64::from(cons.index()).wrapping_mul(16));
             let w = [
                 s.mem.get(&at).copied().unwrap_or(0),
-                s.mem.get(&(at + 8)).copied().unwrap_or(0),
+                s.mem.get(&at.wrapping_add(8)).copied().unwrap_or(0),
             ];
             let cmd = Cmd::decode(w).filter(|_| s.reject != Some((w[0] & 0xff) as u8));
             let Some(cmd) = cmd else {
@@ -107,7 +107,7 @@ impl Fake {
             }
             s.consumed.push(cmd);
             s.cmdq_cons = (s.cmdq_cons & !0x00ff_ffff) | cons.next().raw;
-            n += 1;
+            n = n.wrapping_add(1);
         }
     }
 
@@ -131,10 +131,14 @@ impl Fake {
                 self.event([event::C_BAD_STREAMID as u64 | u64::from(sid) << 32, 0, 0, 0]);
                 return Err(());
             }
-            let at = (s.strtab_base & BASE_ADDR_MASK) + u64::from(sid) * 64;
+            let at = (s.strtab_base & BASE_ADDR_MASK).wrapping_add(u64::from(sid).wrapping_mul(64));
             let mut ste = [0u64; 8];
             for (i, w) in ste.iter_mut().enumerate() {
-                *w = s.mem.get(&(at + 8 * i as u64)).copied().unwrap_or(0);
+                *w = s
+                    .mem
+                    .get(&at.wrapping_add(8_u64.wrapping_mul(i as u64)))
+                    .copied()
+                    .unwrap_or(0);
             }
             (ste, ste_fields(&ste).vmid)
         };
@@ -179,9 +183,11 @@ impl Fake {
             }
             return;
         }
-        let at = (s.eventq_base & BASE_ADDR_MASK) + u64::from(prod.index()) * 32;
+        let at =
+            (s.eventq_base & BASE_ADDR_MASK).wrapping_add(u64::from(prod.index()).wrapping_mul(32));
         for (i, x) in w.iter().enumerate() {
-            s.mem.insert(at + 8 * i as u64, *x);
+            s.mem
+                .insert(at.wrapping_add(8_u64.wrapping_mul(i as u64)), *x);
         }
         s.eventq_prod = (s.eventq_prod & (1 << 31)) | prod.next().raw;
     }

@@ -32,16 +32,6 @@
 //!   [`Regs::publish`] orders them before the register write that tells the
 //!   SMMU about them.
 #![cfg_attr(not(test), no_std)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
 #![forbid(unsafe_code)]
 
 pub mod encoding;

@@ -35,13 +35,15 @@
 //! | `memory.rs` | every page transition: host `Share`/`Donate`/`Unshare`/`Reclaim`, guest `Share`/`Unshare`/`Relinquish`, and their run and shard helpers |
 //! | `run.rs` | `VcpuRun`: loading a vCPU, guest exits, guest calls, the simulated guest of tests |
 //! | `accounting.rs` | `Accounting` |
-
-#![deny(unsafe_code)]
+//! | `psci.rs` | a guest's PSCI calls (`isola::psci`) |
+//! | `sysreg.rs` | a guest's trapped system-register accesses (`isola::sysreg`) |
 
 mod accounting;
 mod lifecycle;
 mod memory;
+pub mod psci;
 mod run;
+pub mod sysreg;
 #[cfg(test)]
 mod tests;
 
@@ -136,6 +138,18 @@ pub enum GuestExitAction {
 type CallResult = Result<[u64; 3], Status>;
 
 impl<A: Arch> Engine<A> {
+    /// The feature bits `Version` reports.
+    pub fn features(&self) -> u64 {
+        let list_regs = self.list_regs();
+        if list_regs == 0 {
+            FEATURES
+        } else {
+            FEATURES
+                | features::VIRTUAL_INTERRUPTS
+                | ((list_regs as u64) << features::LR_COUNT_SHIFT)
+        }
+    }
+
     /// A host `hvc #0`: `regs` are `x0..=x6` on entry and hold the result on
     /// return (for `Done`).
     pub fn host_call(&self, cpu: u32, regs: &mut [u64; 7]) -> HostCallOutcome {

@@ -55,7 +55,7 @@ fn failed_map_step_loses_nothing(mapped: u64) {
     let run = |i: u64| spec.page(44u64.wrapping_add(i));
     let ipa = |i: u64| Ipa::new(GUEST_RAM.wrapping_add(i.wrapping_mul(PAGE_SIZE)));
     for i in 0..4 {
-        assert!(e.mem().write_u64(run(i), 0x5eed + i));
+        assert!(e.mem().write_u64(run(i), 0x5eed_u64.wrapping_add(i)));
     }
     let before = (totals(&e), e.vm_usage(vm).unwrap()[..3].to_vec());
     let donate = || {
@@ -98,7 +98,11 @@ fn failed_map_step_loses_nothing(mapped: u64) {
         if i < mapped {
             assert_eq!((data, vm_tlbi), (0, true), "page {i} was in the VM");
         } else {
-            assert_eq!((data, vm_tlbi), (0x5eed + i, false), "page {i} was not");
+            assert_eq!(
+                (data, vm_tlbi),
+                (0x5eed_u64.wrapping_add(i), false),
+                "page {i} was not"
+            );
         }
     }
     assert_eq!(donate(), Status::Success, "the run is whole again");

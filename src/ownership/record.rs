@@ -11,7 +11,6 @@
 //! Invariants: `Shared` pages are owned by the host (peer: a VM) or by a VM
 //! (peer: the host); `Pool` pages are owned by the engine (peer: a VM). The
 //! owner of an `Owned` page has no peer (peer field zero).
-#![deny(unsafe_code)]
 
 /// The most VM slots a record can name.
 pub const MAX_VM_SLOTS: usize = 0xfff - 2;

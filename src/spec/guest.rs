@@ -403,7 +403,7 @@ impl Model {
         cpu: usize,
         h: Handle,
         index: u64,
-        a: crate::sysreg::Access,
+        a: crate::hypercall::sysreg::Access,
     ) -> Outcome {
         let pmu = a.op0 == 3 && a.op1 == 3 && a.crn == 9 && (12..=14).contains(&a.crm);
         let step = |v: &mut Vcpu| v.pc = v.pc.wrapping_add(4);
@@ -488,7 +488,10 @@ impl Model {
     }
 
     /// A guest load (`write == false`) into, or store from, register `reg`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the access as the trap reports it, part by part; a struct would only rename them"
+    )]
     fn guest_access(
         &mut self,
         cpu: usize,

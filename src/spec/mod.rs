@@ -25,7 +25,6 @@
 //! This module is compiled for hosted targets only: it uses `alloc`, and the
 //! EL2 image (`aarch64-unknown-none`) has no allocator and no need of it.
 #![cfg(not(target_os = "none"))]
-#![forbid(unsafe_code)]
 
 extern crate alloc;
 
@@ -169,7 +168,7 @@ pub enum Event {
         /// Physical CPU.
         cpu: usize,
         /// The register and direction.
-        access: crate::sysreg::Access,
+        access: crate::hypercall::sysreg::Access,
     },
     /// The guest on `cpu` programs its virtual timer, which then reads
     /// `ctl` (with `ISTATUS` as the counter makes it) and `cval`.

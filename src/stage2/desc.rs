@@ -15,7 +15,6 @@
 //! | 58:55 | software | bit 55: [`SW_BORROWED`] |
 //!
 //! A table descriptor is `next-level table address | 0b11`.
-#![deny(unsafe_code)]
 
 use crate::addr::PhysAddr;
 

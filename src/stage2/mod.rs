@@ -18,7 +18,6 @@
 //! - The caller serialises edits of one `Stage2` (the VM's lock, or the host
 //!   Stage-2 lock). Hardware walkers may read concurrently, which is why every
 //!   descriptor access is a single-copy atomic 64-bit access (see `mem`).
-#![deny(unsafe_code)]
 
 pub mod desc;
 
@@ -291,7 +290,10 @@ impl Stage2 {
     /// the page of `fault` (which must lie in the block) at level 3. An
     /// existing leaf covering the address gives `AlreadyMapped`; tables built
     /// before a `NoMemory` failure stay (empty) and are used by later maps.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "independent inputs (backend, allocator, addresses, level, perms, type); a struct would only rename them"
+    )]
     pub fn map<A: Arch, T: TableAlloc>(
         &self,
         mem: &PhysMem,
@@ -525,7 +527,10 @@ impl Stage2 {
     /// The largest-block identity map of the host: maps the block of `level`
     /// containing `fault`, or, where a table already exists at that level
     /// (the block was split before), just the page of `fault`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "independent inputs (backend, allocator, addresses, level, perms, type); a struct would only rename them"
+    )]
     pub fn map_identity_shrinking<A: Arch, T: TableAlloc>(
         &self,
         mem: &PhysMem,

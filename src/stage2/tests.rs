@@ -8,7 +8,10 @@ fn setup(pages: u64) -> (PhysMem, PagePool, Stage2) {
     let mut pool = PagePool::new();
     // Root: the first two pages (8 KiB aligned) for the default shape.
     for i in 2..pages {
-        assert!(pool.add(&mem, PhysAddr::new(BASE + i * PAGE_SIZE)));
+        assert!(pool.add(
+            &mem,
+            PhysAddr::new(BASE.wrapping_add(i.wrapping_mul(PAGE_SIZE)))
+        ));
     }
     (
         mem,

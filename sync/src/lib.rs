@@ -13,20 +13,23 @@
 //! a comment naming the happens-before edge it creates; `docs/primitives.md`
 //! collects them, with what loom checked and what it cannot.
 #![cfg_attr(not(any(test, loom)), no_std)]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+#![deny(unsafe_code)]
 
 mod barrier;
+#[allow(
+    unsafe_code,
+    reason = "the mutex hands out its data only to the lock's holder, which the type system cannot see"
+)]
 mod mutex;
+#[allow(
+    unsafe_code,
+    reason = "the loom shim's cell: exclusive access through `&mut self` made explicit for loom's cell"
+)]
 mod shim;
+#[allow(
+    unsafe_code,
+    reason = "a ticket lock's `unlock` is unsafe: only its holder may call it"
+)]
 mod ticket;
 
 pub use barrier::RendezvousBarrier;

@@ -90,7 +90,12 @@ impl SpinWait {
 /// The closures receive raw pointers; dereferencing them is the caller's
 /// responsibility and needs a `// SAFETY:` argument (typically "we hold the
 /// lock that guards this cell").
+///
+/// `repr(transparent)`: the contents start where the cell does, so code that
+/// must reach them by address (EL2 assembly, through `isola-percpu`) may
+/// rely on it.
 #[derive(Debug)]
+#[repr(transparent)]
 pub struct UnsafeCell<T> {
     #[cfg(not(loom))]
     inner: core::cell::UnsafeCell<T>,

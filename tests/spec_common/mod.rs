@@ -8,7 +8,10 @@
 //! deliberately a wrong one (a random handle, an unaligned or out-of-RAM
 //! address, an engine page, another VM's page). So long sequences stay
 //! meaningful, and proptest still shrinks a failure to a short one.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "included by every spec test crate, each of which uses a part"
+)]
 
 pub mod engine;
 

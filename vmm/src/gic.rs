@@ -16,11 +16,11 @@
 //! exit [`Gic::sync`] folds the reported states back: acknowledged
 //! interrupts stop being pending, completed ones stop being active.
 
-// Register decoding does arithmetic only on bounded values: offsets inside
-// one 64 KiB frame, byte indices below 8, INTIDs below 1024, list-register
-// slots below 4; none can overflow, so the lint's checked forms would only
-// add noise. Indexing still goes through `get`.
-#![allow(clippy::arithmetic_side_effects)]
+// Indexing still goes through `get`.
+#![allow(
+    clippy::arithmetic_side_effects,
+    reason = "register decoding does arithmetic only on bounded values: offsets inside one 64 KiB frame, byte indices below 8, INTIDs below 1024, list-register slots below 4; none can overflow, so checked forms would only add noise"
+)]
 
 use alloc::vec;
 use alloc::vec::Vec;

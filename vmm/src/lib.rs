@@ -24,16 +24,7 @@
 //! every access is bounds-checked and an unknown register reads as zero, so
 //! a guest can neither crash the VMM nor reach another guest's devices.
 #![no_std]
-#![cfg_attr(
-    test,
-    allow(
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic,
-        clippy::indexing_slicing,
-        clippy::arithmetic_side_effects
-    )
-)]
+#![forbid(unsafe_code)]
 
 extern crate alloc;
 

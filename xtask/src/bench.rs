@@ -156,7 +156,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             ));
         }
     };
-    let figures = crate::root().join("docs").join("figures");
+    let figures = crate::cmd::root().join("docs").join("figures");
     if icount {
         let console = boot_bench()?;
         let r = parse(&console);
@@ -206,9 +206,9 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 fn build_images() -> Result<(PathBuf, PathBuf), String> {
     // Its own target directory: the `bench-pmu` engine must never be mistaken
     // for the test image, and building it must not invalidate that one.
-    let target = crate::root().join("target").join("aarch64-bench");
+    let target = crate::cmd::root().join("target").join("aarch64-bench");
     let (el2, payloads) =
-        crate::qemu::build_for_targets(&target, &["bench-pmu"], &["isola-host-payload"])?;
+        crate::build::build_for_targets(&target, &["bench-pmu"], &["isola-host-payload"])?;
     Ok((el2.join("isola"), payloads.join("isola-host")))
 }
 
@@ -327,38 +327,9 @@ fn boot(
     Ok(console)
 }
 
-/// `llvm-nm` from the toolchain's llvm-tools component.
-fn llvm_nm() -> Result<PathBuf, String> {
-    let out = |args: &[&str]| {
-        Command::new("rustc")
-            .current_dir(crate::root())
-            .args(args)
-            .output()
-            .map_err(|e| format!("rustc: {e}"))
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-    };
-    let sysroot = out(&["--print", "sysroot"])?;
-    let host = out(&["-vV"])?
-        .lines()
-        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
-        .ok_or("rustc -vV names no host")?;
-    let nm = Path::new(sysroot.trim())
-        .join("lib/rustlib")
-        .join(host)
-        .join("bin/llvm-nm");
-    if nm.exists() {
-        Ok(nm)
-    } else {
-        Err(format!(
-            "{} not found (rustup component add llvm-tools)",
-            nm.display()
-        ))
-    }
-}
-
 /// The engine image's text symbols, ascending: `(address, name)`.
 fn symbols(engine: &Path) -> Result<Vec<(u64, String)>, String> {
-    let out = Command::new(llvm_nm()?)
+    let out = Command::new(crate::build::llvm_tool("llvm-nm")?)
         .args(["-n", "-C"])
         .arg(engine)
         .output()
@@ -470,7 +441,7 @@ fn profile(op: &str) -> Result<(), String> {
     let start = symbol(&syms, "__image_start")?;
     let end = symbol(&syms, "__text_end")?;
     let entry = symbol(&syms, "isola_vectors")?.wrapping_add(0x400);
-    let log = crate::root()
+    let log = crate::cmd::root()
         .join("target")
         .join("aarch64-bench")
         .join("trace.log");
@@ -543,9 +514,11 @@ fn profile(op: &str) -> Result<(), String> {
 
 /// Runs the criterion scaling bench; `(variant, [(threads, speed-up)])`.
 fn run_scaling() -> Result<Scaling, String> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| crate::root().join("target").join("perf"), PathBuf::from);
-    let mut c = crate::cargo();
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || crate::cmd::root().join("target").join("perf"),
+        PathBuf::from,
+    );
+    let mut c = crate::cmd::cargo();
     c.args(["bench", "-p", "isola-perf", "--bench", "scaling"])
         .env("CARGO_TARGET_DIR", &target)
         .env("CRITERION_HOME", target.join("criterion"))

@@ -17,29 +17,29 @@
 //!    addresses on the kernel command line, and judge the console.
 //!
 //! Invariants:
-//! - The addresses below agree with `boot/src/layout.rs`: the engine owns
+//! - The addresses below are the engine's own (`isola_layout`): it owns
 //!   `[ENGINE_BASE, ENGINE_END)` and enters the host at [`HOST_ENTRY`] with
 //!   `x0` = its edited device tree; everything else of the 2 GiB is host RAM.
 //! - A run passes only on the console lines of [`story`] (in that order), none
 //!   of [`FORBIDDEN`], the engine's `exit status: ok` and QEMU's own exit 0
 //!   before the deadline. If the kernel or busybox cannot be fetched the test
-//!   reports itself skipped (see [`crate::SKIPPED`]), never passed.
+//!   reports itself skipped (see [`crate::cmd::SKIPPED`]), never passed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::qemu::{Run, watch};
-use crate::{is_root, root};
+use crate::cmd::{is_root, root};
+use crate::watch::{Run, watch};
 
-/// First byte of the engine's carve-out (`layout::CARVEOUT_BASE`).
-const ENGINE_BASE: u64 = 0x4000_0000;
-/// End of the engine's carve-out (`layout::CARVEOUT_END`): the host's RAM
-/// starts here in the device tree the engine passes on.
-const ENGINE_END: u64 = 0x4400_0000;
-/// Where the engine enters the host (`layout::HOST_ENTRY`): the `Image` is
-/// loaded here, which is 2 MiB aligned, so `text_offset` must be 0.
-const HOST_ENTRY: u64 = 0x4800_0000;
+/// First byte of the engine's carve-out.
+const ENGINE_BASE: u64 = isola_layout::CARVEOUT_BASE;
+/// End of the engine's carve-out: the host's RAM starts here in the device
+/// tree the engine passes on.
+const ENGINE_END: u64 = isola_layout::CARVEOUT_END;
+/// Where the engine enters the host: the `Image` is loaded here, which is
+/// 2 MiB aligned, so `text_offset` must be 0.
+const HOST_ENTRY: u64 = isola_layout::HOST_ENTRY;
 /// Where the initramfs is loaded (if the kernel's `image_size` leaves room).
 const INITRD_BASE: u64 = 0x5000_0000;
 /// RAM given to QEMU (`-m`); it ends at `RAM_END`.
@@ -159,7 +159,7 @@ pub fn main(args: &[String]) -> Result<(), String> {
     let cmd = if bare {
         bare_command(&assets, smp)
     } else {
-        let images = crate::qemu::build_images()?;
+        let images = crate::build::build_images()?;
         isola_command(&images.engine, &assets, smp, end)?
     };
     let run = watch(cmd, RUN_DEADLINE, true)?;
@@ -183,13 +183,13 @@ pub fn booted_test() -> Result<(), String> {
             let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
             return Err(format!(
                 "{}{}: Debian's kernel and busybox could not be fetched: {why}",
-                crate::SKIPPED,
+                crate::cmd::SKIPPED,
                 names.join(", ")
             ));
         }
         Err(FetchError::Broken(why)) => return Err(why),
     };
-    let images = crate::qemu::build_images()?;
+    let images = crate::build::build_images()?;
     let mut failures = Vec::new();
     for s in &SCENARIOS {
         // Guarded: a run that needs any QEMU data file fails here.
@@ -989,7 +989,6 @@ fn judge(run: &Run, smp: u32, end: End) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     #[test]

@@ -147,7 +147,7 @@ pub fn ensure_qemu() -> Result<(), String> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if crate::is_root() && have_apt {
+    if crate::cmd::is_root() && have_apt {
         let bookworm = std::fs::read_to_string("/etc/os-release")
             .is_ok_and(|s| s.lines().any(|l| l == "VERSION_CODENAME=bookworm"));
         let mut install = Command::new("apt-get");
@@ -163,9 +163,9 @@ pub fn ensure_qemu() -> Result<(), String> {
         }
         let mut update = Command::new("apt-get");
         update.args(["update", "-q"]);
-        crate::run(update)?;
+        crate::cmd::run(update)?;
         install.arg("qemu-system-arm");
-        crate::run(install)?;
+        crate::cmd::run(install)?;
         if new_enough(qemu_version()) {
             return Ok(());
         }

@@ -5,8 +5,8 @@ use core::ptr;
 
 use isola_abi::{GuestCall, HostCall, Status, psci};
 use isola_guest_payload::{
-    Attack, Behaviour, Checksum, PROBE_WRITE_VALUE, REGS_FPCR, SPINNING, STOP, STORM_CALLS, answer,
-    layout, msg, reg_pattern, vreg_byte,
+    Attack, Behaviour, Checksum, PROBE_WRITE_VALUE, SPINNING, STOP, STORM_CALLS, answer, layout,
+    msg, regs,
 };
 
 const PAGE: u64 = isola_abi::PAGE_SIZE;
@@ -104,123 +104,21 @@ guest_exception:
     fatal = const msg::FATAL,
 );
 
-// guest_regs_probe(x0 = function id, x1, x2 = arguments, x3 = buffer of
-// 97 words): fills x4..x30 with reg_pattern(0x5ee0, n), v0..v31 with the
-// byte 0x40 + n and FPCR with REGS_FPCR, makes the `hvc`, then stores x0..x30
-// (words 0..30), v0..v31 (words 32..95) and FPCR (word 96) into the buffer
-// and restores the callee-saved registers and FPCR.
-global_asm!(
-    r#"
-    .section .text.guest_regs_probe, "ax"
-    .global guest_regs_probe
-guest_regs_probe:
-    sub sp, sp, #192
-    stp x19, x20, [sp, #0]
-    stp x21, x22, [sp, #16]
-    stp x23, x24, [sp, #32]
-    stp x25, x26, [sp, #48]
-    stp x27, x28, [sp, #64]
-    stp x29, x30, [sp, #80]
-    stp d8, d9, [sp, #96]
-    stp d10, d11, [sp, #112]
-    stp d12, d13, [sp, #128]
-    stp d14, d15, [sp, #144]
-    str x3, [sp, #160]
-    mrs x4, fpcr
-    str x4, [sp, #168]
-    ldr x4, ={fpcr}
-    msr fpcr, x4
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
-    movi v\n\().16b, #(0x40 + \n)
-    .endr
-    .irp n, 4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30
-    movz x\n, #(0x100 + \n)
-    movk x\n, #0x5ee0, lsl #48
-    .endr
-    hvc #0
-    stp x0, x1, [sp, #176]
-    ldr x0, [sp, #160]
-    stp x2, x3, [x0, #16]
-    stp x4, x5, [x0, #32]
-    stp x6, x7, [x0, #48]
-    stp x8, x9, [x0, #64]
-    stp x10, x11, [x0, #80]
-    stp x12, x13, [x0, #96]
-    stp x14, x15, [x0, #112]
-    stp x16, x17, [x0, #128]
-    stp x18, x19, [x0, #144]
-    stp x20, x21, [x0, #160]
-    stp x22, x23, [x0, #176]
-    stp x24, x25, [x0, #192]
-    stp x26, x27, [x0, #208]
-    stp x28, x29, [x0, #224]
-    str x30, [x0, #240]
-    ldp x2, x3, [sp, #176]
-    stp x2, x3, [x0, #0]
-    add x1, x0, #256
-    stp q0, q1, [x1, #0]
-    stp q2, q3, [x1, #32]
-    stp q4, q5, [x1, #64]
-    stp q6, q7, [x1, #96]
-    stp q8, q9, [x1, #128]
-    stp q10, q11, [x1, #160]
-    stp q12, q13, [x1, #192]
-    stp q14, q15, [x1, #224]
-    stp q16, q17, [x1, #256]
-    stp q18, q19, [x1, #288]
-    stp q20, q21, [x1, #320]
-    stp q22, q23, [x1, #352]
-    stp q24, q25, [x1, #384]
-    stp q26, q27, [x1, #416]
-    stp q28, q29, [x1, #448]
-    stp q30, q31, [x1, #480]
-    mrs x2, fpcr
-    str x2, [x0, #768]
-    ldr x2, [sp, #168]
-    msr fpcr, x2
-    ldp x19, x20, [sp, #0]
-    ldp x21, x22, [sp, #16]
-    ldp x23, x24, [sp, #32]
-    ldp x25, x26, [sp, #48]
-    ldp x27, x28, [sp, #64]
-    ldp x29, x30, [sp, #80]
-    ldp d8, d9, [sp, #96]
-    ldp d10, d11, [sp, #112]
-    ldp d12, d13, [sp, #128]
-    ldp d14, d15, [sp, #144]
-    add sp, sp, #192
-    ret
-    .ltorg
-    "#,
-    fpcr = const REGS_FPCR,
-);
+isola_guest_payload::register_probe!("guest_regs_probe", isola_guest_payload::regs::GUEST);
 
 unsafe extern "C" {
-    fn guest_regs_probe(id: u64, a1: u64, a2: u64, buf: *mut [u64; 97]);
+    fn guest_regs_probe(id: u64, a1: u64, a2: u64, a3: u64, record: *mut [u64; regs::WORDS]);
 }
 
 /// Runs `guest_regs_probe` for one call; how many of `x4..x30`, the two
-/// halves of `v0..v31` and FPCR lost their value.
+/// halves of `v0..v31` and FPCR/FPSR lost their value.
 fn regs_lost(id: u64, a1: u64, a2: u64) -> u64 {
-    let mut buf = [0u64; 97];
-    // SAFETY: the routine writes exactly the 97 words of `buf` and restores
-    // every callee-saved register, SP and FPCR before returning; the `hvc`
-    // in it touches no memory Rust owns (as for `hvc`).
-    unsafe { guest_regs_probe(id, a1, a2, &raw mut buf) };
-    let x_lost = (4..=30u64)
-        .filter(|&n| buf.get(n as usize).copied() != Some(reg_pattern(0x5ee0, n)))
-        .count();
-    let v_lost = (0..32u8)
-        .filter(|&n| {
-            let want = u64::from_ne_bytes([vreg_byte(0x40, n); 8]);
-            let at = 32usize.wrapping_add(usize::from(n).wrapping_mul(2));
-            buf.get(at) != Some(&want) || buf.get(at.wrapping_add(1)) != Some(&want)
-        })
-        .count();
-    let fpcr_lost = buf.get(96) != Some(&REGS_FPCR);
-    (x_lost as u64)
-        .wrapping_add(v_lost as u64)
-        .wrapping_add(u64::from(fpcr_lost))
+    let mut record = [0u64; regs::WORDS];
+    // SAFETY: the routine writes exactly the words of `record` and restores
+    // every callee-saved register, SP, FPCR and FPSR before returning; the
+    // `hvc` in it touches no memory Rust owns (as for `hvc`).
+    unsafe { guest_regs_probe(id, a1, a2, 0, &raw mut record) };
+    regs::GUEST.lost(&record)
 }
 
 /// EL1/EL0 system registers the register test inspects: the host uses

@@ -35,7 +35,8 @@ use core::cell::UnsafeCell;
 
 use isola_abi::{Exit, GuestCall, HostCall, Status, perms};
 
-use super::{hvc, hvc5, line, status_name};
+use crate::calls::{hvc, hvc5, status_name};
+use crate::console::line;
 
 /// Samples per operation (the median, min and max are taken over them).
 const SAMPLES: usize = 1001;

@@ -11,15 +11,17 @@
 
 use core::arch::{asm, global_asm};
 use core::fmt;
-use core::sync::atomic::Ordering;
 
 use isola_abi::{Accounting, Exit, GuestCall, HostCall, Status, perms};
+use isola_fdt::devices;
+use isola_sync::atomic::Ordering;
 
-use crate::{SEA_FAR, fail, hvc};
+use crate::calls::hvc;
+use crate::console::{fail, failures, line};
+use crate::entry::SEA_FAR;
 
-#[allow(dead_code, reason = "the engine's module; the host uses the scan only")]
-#[path = "../../../boot/src/devices.rs"]
-mod devices;
+/// How the test prints a line.
+type Print = fn(fmt::Arguments<'_>);
 
 /// The test's host memory (unused by the other tests).
 const BASE: u64 = 0x6000_0000;
@@ -188,10 +190,10 @@ struct Scan(core::cell::UnsafeCell<devices::Devices>);
 unsafe impl Sync for Scan {}
 static SCAN: Scan = Scan(core::cell::UnsafeCell::new(devices::Devices::EMPTY));
 
-fn find_pci(dtb: &[u8]) -> Option<Pci> {
+fn find_pci(tree: &isola_fdt::Fdt<'_>) -> Option<Pci> {
     // SAFETY: only the boot CPU runs the DMA test, once (see `Scan`).
     let d = unsafe { &mut *SCAN.0.get() };
-    devices::scan_into(dtb, d).ok()?;
+    d.scan(tree).ok()?;
     let n = d.find(devices::Kind::Pcie)?;
     let ecam = n.ranges().first()?.base;
     // The 32-bit memory window: the largest window below 4 GiB after the
@@ -208,7 +210,7 @@ fn find_pci(dtb: &[u8]) -> Option<Pci> {
 
 /// Finds the `edu` function on bus 0, places its BAR0 at the start of the
 /// 32-bit window and turns on memory decoding and bus mastering.
-fn edu(pci: &Pci, print: crate::vms::Print) -> Option<Edu> {
+fn edu(pci: &Pci, print: Print) -> Option<Edu> {
     for devfn in 0..256u64 {
         let cfg = pci.ecam.wrapping_add(devfn << 12);
         if read32(cfg) != EDU_ID {
@@ -364,15 +366,16 @@ fn faults() -> (u64, u64, u64) {
     (r[1], r[2], r[3])
 }
 
-fn attack(print: crate::vms::Print, name: &str, outcome: fmt::Arguments<'_>) {
+fn attack(print: Print, name: &str, outcome: fmt::Arguments<'_>) {
     print(format_args!("attack {name}: {outcome}"));
 }
 
-/// The DMA test. `dtb` is the host's device tree, `gicr` its first
+/// The DMA test. `tree` is the host's device tree, `gicr` its first
 /// redistributor.
-pub fn main(dtb: &[u8], gicr: Option<u64>, print: crate::vms::Print) -> bool {
-    let failures = crate::FAILURES.load(Ordering::Relaxed);
-    let Some(pci) = find_pci(dtb) else {
+pub fn main(tree: &isola_fdt::Fdt<'_>, gicr: Option<u64>) -> bool {
+    let print: Print = line;
+    let failed_before = failures();
+    let Some(pci) = find_pci(tree) else {
         fail(format_args!("dma: no PCIe host bridge in the device tree"));
         return false;
     };
@@ -617,5 +620,5 @@ pub fn main(dtb: &[u8], gicr: Option<u64>, print: crate::vms::Print) -> bool {
     } else {
         fail(format_args!("dma: the engine counted no refused DMA"));
     }
-    crate::FAILURES.load(Ordering::Relaxed) == failures
+    failures() == failed_before
 }

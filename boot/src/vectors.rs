@@ -1,4 +1,10 @@
-//! EL2 exception vectors, the trap frame, and the way into EL1.
+//! The EL2 exception vectors (the trap entry), the map self-test's probes,
+//! the fatal path of an exception taken at EL2, and the way into EL1.
+//!
+//! A trap from a lower EL saves a [`TrapFrame`](crate::frame::TrapFrame) and calls
+//! `isola_handle_lower_sync`, the dispatch into the core (`dispatch.rs`); this
+//! file names that symbol only in assembly, so the entry depends on nothing
+//! above it.
 //!
 //! Invariants:
 //! - `SP_EL2` is at the top of this CPU's stack whenever the CPU runs at EL1:
@@ -16,43 +22,13 @@
 //!   restores them after) and [`enter_el1`] (which zeroes them).
 //! - An exception taken *at* EL2 is a bug in the engine: the vector moves to
 //!   this CPU's emergency stack (the normal one may be the overflowed one),
-//!   reports, and powers the machine off.
+//!   reports, and powers the machine off ([`crate::stop::fatal`]).
 
 use core::arch::global_asm;
 
+use crate::frame::FRAME_SIZE;
 use crate::layout::{EMERGENCY_SLOT, MAX_CPUS};
-
-/// The registers of the interrupted lower EL that the Rust handler may
-/// clobber, as saved on the EL2 stack: `x0..=x18` and `x30`. The others
-/// (`x19..=x29`, `SP_EL1`, FP/SIMD) are never touched by the handler.
-#[repr(C)]
-pub struct TrapFrame {
-    /// `x0..=x18`.
-    pub x: [u64; 19],
-    /// `x30` (the link register).
-    pub lr: u64,
-}
-
-/// Bytes of a [`TrapFrame`] (the assembly below depends on it; a multiple
-/// of 16 keeps `SP_EL2` aligned).
-pub const FRAME_SIZE: usize = 160;
-const _: () = assert!(core::mem::size_of::<TrapFrame>() == FRAME_SIZE);
-const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
-
-impl TrapFrame {
-    /// Register `xN` for `n` in `0..=18` (0 otherwise: no host-trap path
-    /// reads a callee-saved register, and the frame does not hold them).
-    pub fn reg(&self, n: usize) -> u64 {
-        self.x.get(n).copied().unwrap_or(0)
-    }
-
-    /// Sets register `xN` for `n` in `0..=18` (ignored otherwise).
-    pub fn set_reg(&mut self, n: usize, v: u64) {
-        if let Some(r) = self.x.get_mut(n) {
-            *r = v;
-        }
-    }
-}
+use crate::sysreg::SPSR_EL1H_MASKED;
 
 /// What a fatal vector was.
 #[derive(Clone, Copy, Debug)]
@@ -252,7 +228,7 @@ isola_fatal_entry:
 isola_enter_el1:
     mov sp, x2
     msr elr_el2, x0
-    mov x2, #0x3c5
+    mov x2, #{SPSR_EL1H}
     msr spsr_el2, x2
     mov x0, x1
     mov x1, xzr
@@ -328,6 +304,7 @@ isola_enter_el1:
     isb
 "#,
     FRAME = const FRAME_SIZE,
+    SPSR_EL1H = const SPSR_EL1H_MASKED.bits(),
     MAX_CPUS = const MAX_CPUS,
     EMERGENCY_SLOT = const EMERGENCY_SLOT,
     EL2_SYNC = const FatalKind::El2Sync as u64,
@@ -400,13 +377,7 @@ pub unsafe fn enter_el1(entry: u64, arg: u64, stack_top: u64) -> ! {
 /// Rust side of the fatal vectors: reports the syndrome and powers off.
 #[unsafe(no_mangle)]
 extern "C" fn isola_el2_fatal(kind: u64, esr: u64, elr: u64, far: u64, spsr: u64) -> ! {
-    crate::fatal(format_args!(
+    crate::stop::fatal(format_args!(
         "fatal exception at EL2 (kind {kind}, ESR_EL2 {esr:#x}, ELR_EL2 {elr:#x}, FAR_EL2 {far:#x}, SPSR_EL2 {spsr:#x})"
     ))
-}
-
-/// Rust side of a synchronous trap from a lower EL.
-#[unsafe(no_mangle)]
-extern "C" fn isola_handle_lower_sync(frame: &mut TrapFrame) {
-    crate::trap::handle(frame);
 }

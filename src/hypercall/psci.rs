@@ -25,7 +25,6 @@
 //! treated as standby, which PSCI allows); `MIGRATE_INFO_TYPE` says no
 //! Trusted OS needs migrating; `SYSTEM_OFF` and `SYSTEM_RESET` power the
 //! VM off. Any other PSCI id is `NOT_SUPPORTED`.
-#![forbid(unsafe_code)]
 
 use isola_abi::Exit;
 use isola_abi::psci::{self, affinity, ret};

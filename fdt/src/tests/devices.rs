@@ -1,37 +1,13 @@
-//! Host tests of the engine's device policy (`boot/src/devices.rs`, portable
-//! and included here by path): on a tree shaped like QEMU virt's with every
-//! kind of device it has, each node gets its verdict, the edit removes what
-//! the host must not see and keeps the tree valid, and a damaged tree never
-//! makes it panic.
+//! The device policy (`devices.rs`): on a tree shaped like QEMU virt's with
+//! every kind of device it has, each node gets its verdict, the edit removes
+//! what the host must not see and keeps the tree valid, and a damaged tree
+//! never makes the reader panic.
 
-use super::boot_devices::{self as dev, Kind, Range, Verdict};
-use super::boot_fdt::{self as fdt, Event, Fdt};
+use super::{build, cells, node, string};
+use crate::devices::{self as dev, Kind, Verdict};
+use crate::{self as fdt, Event, Fdt, Range};
 
-fn cells(v: &[u32]) -> Vec<u8> {
-    v.iter().flat_map(|c| c.to_be_bytes()).collect()
-}
-
-fn string(s: &str) -> Vec<u8> {
-    let mut v = s.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-struct Node {
-    name: String,
-    props: Vec<(&'static str, Vec<u8>)>,
-    children: Vec<Node>,
-}
-
-fn node(name: &str, props: Vec<(&'static str, Vec<u8>)>, children: Vec<Node>) -> Node {
-    Node {
-        name: name.to_string(),
-        props,
-        children,
-    }
-}
-
-fn device(name: &str, compatible: &[u8], reg: &[u32]) -> Node {
+fn device(name: &'static str, compatible: &[u8], reg: &[u32]) -> super::Node {
     node(
         name,
         vec![("compatible", compatible.to_vec()), ("reg", cells(reg))],
@@ -39,57 +15,8 @@ fn device(name: &str, compatible: &[u8], reg: &[u32]) -> Node {
     )
 }
 
-/// Serialises `root` as a version-17 DTB.
-fn build(root: &Node) -> Vec<u8> {
-    fn walk(n: &Node, st: &mut Vec<u8>, strings: &mut Vec<u8>) {
-        st.extend(1u32.to_be_bytes());
-        st.extend(n.name.as_bytes());
-        st.push(0);
-        while !st.len().is_multiple_of(4) {
-            st.push(0);
-        }
-        for (name, value) in &n.props {
-            let off = strings.len() as u32;
-            strings.extend(name.as_bytes());
-            strings.push(0);
-            st.extend(3u32.to_be_bytes());
-            st.extend((value.len() as u32).to_be_bytes());
-            st.extend(off.to_be_bytes());
-            st.extend(value);
-            while !st.len().is_multiple_of(4) {
-                st.push(0);
-            }
-        }
-        for c in &n.children {
-            walk(c, st, strings);
-        }
-        st.extend(2u32.to_be_bytes());
-    }
-    let (mut st, mut strings) = (Vec::new(), Vec::new());
-    walk(root, &mut st, &mut strings);
-    st.extend(9u32.to_be_bytes());
-    let off_struct = 56u32;
-    let off_strings = off_struct + st.len() as u32;
-    let total = off_strings + strings.len() as u32;
-    let mut b = Vec::new();
-    for v in [
-        0xd00d_feed,
-        total,
-        off_struct,
-        off_strings,
-        40,
-        17,
-        16,
-        0,
-        strings.len() as u32,
-        st.len() as u32,
-    ] {
-        b.extend(u32::to_be_bytes(v));
-    }
-    b.extend([0u8; 16]);
-    b.extend(st);
-    b.extend(strings);
-    b
+fn scan(blob: &[u8]) -> Result<dev::Devices, dev::Error> {
+    dev::scan(&Fdt::new(blob)?)
 }
 
 /// QEMU virt's tree with `iommu=smmuv3,highmem-ecam=off,highmem-mmio=off`
@@ -122,9 +49,9 @@ fn virt() -> Vec<u8> {
         ),
     ];
     for i in 0..32u32 {
-        let base = 0x0a00_0000 + i * 0x200;
+        let base = 0x0a00_0000_u32.wrapping_add(i.wrapping_mul(0x200));
         children.push(device(
-            &format!("virtio_mmio@{base:x}"),
+            String::leak(format!("virtio_mmio@{base:x}")),
             b"virtio,mmio\0",
             &[0, base, 0, 0x200],
         ));
@@ -232,7 +159,7 @@ fn virt() -> Vec<u8> {
 #[test]
 fn every_device_gets_its_verdict() {
     let blob = virt();
-    let d = dev::scan(&blob).unwrap();
+    let d = scan(&blob).unwrap();
     let verdicts: Vec<(String, Kind, Verdict)> = d
         .nodes()
         .iter()
@@ -306,7 +233,7 @@ fn walk(blob: &[u8]) -> Vec<(String, Vec<String>)> {
 #[test]
 fn the_hosts_tree_loses_what_the_host_does_not_get() {
     let mut blob = virt();
-    let d = dev::scan(&blob).unwrap();
+    let d = scan(&blob).unwrap();
     let before = blob.len();
     assert_eq!(d.remove_from(&mut blob, true), Ok(2 + 32 + 3));
     assert_eq!(blob.len(), before, "the tree keeps its size");
@@ -345,7 +272,7 @@ fn the_hosts_tree_loses_what_the_host_does_not_get() {
     let mut p = fdt::Platform::empty();
     fdt::parse_platform(&Fdt::new(&blob).unwrap(), &mut p).unwrap();
     assert_eq!(p.uart.map(|u| u.base), Some(0x0900_0000));
-    let again = dev::scan(&blob).unwrap();
+    let again = scan(&blob).unwrap();
     assert!(
         again
             .nodes()
@@ -355,7 +282,7 @@ fn the_hosts_tree_loses_what_the_host_does_not_get() {
     // Without the SMMU, PCIe goes as well.
     let mut blob = virt();
     assert_eq!(
-        dev::scan(&blob).unwrap().remove_from(&mut blob, false),
+        scan(&blob).unwrap().remove_from(&mut blob, false),
         Ok(2 + 32 + 4)
     );
     assert!(!walk(&blob).iter().any(|n| n.0.starts_with("pcie")));
@@ -365,13 +292,13 @@ fn the_hosts_tree_loses_what_the_host_does_not_get() {
 fn damaged_trees_never_panic() {
     let blob = virt();
     for len in (0..blob.len()).step_by(7) {
-        let _ = dev::scan(&blob[..len]);
+        let _ = scan(&blob[..len]);
     }
     for i in 0..blob.len() {
         for v in [0x00, 0x01, 0x02, 0x03, 0x04, 0x09, 0xff] {
             let mut b = blob.clone();
             b[i] = v;
-            if let Ok(d) = dev::scan(&b) {
+            if let Ok(d) = scan(&b) {
                 let _ = d.remove_from(&mut b, true);
             }
         }

@@ -1,0 +1,65 @@
+//! What the engine keeps per physical CPU: one record per CPU in an
+//! `isola-percpu` table, reached without a lock by the CPU it belongs to.
+//!
+//! Invariants:
+//! - A CPU touches only its own record ([`with_this`], which `isola-percpu`
+//!   makes exclusive with the slot's flag), except through [`TABLE`]'s
+//!   layout constants in assembly that runs on that same CPU after the Rust
+//!   code that wrote the record returned (see `idregs.rs`).
+//! - Everything that is this CPU's alone and outlives one exception belongs
+//!   here, not in a `[_; MAX_CPUS]` array of its own: the next state to move
+//!   in is which EL1 context is loaded on the CPU (the host's, or which
+//!   vCPU's) once the world switch stops exchanging it on every exit, and
+//!   per-CPU event counters (exits by kind, calls by status, injected
+//!   aborts) that `Accounting` can sum without a shared cache line.
+
+use isola_layout::MAX_CPUS;
+use isola_percpu::{PerCpu, PerCpuError, Slot};
+
+/// The host's pending write of one of `x19..=x29`: what the EL2h stub
+/// `isola_write_callee_saved` needs after the trap frame is restored
+/// (`idregs.rs`). `repr(C)`: the stub reads it by offset.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct CalleeSavedWrite {
+    /// The host's return address (past the trapped instruction).
+    pub elr: u64,
+    /// The host's `SPSR_EL2`.
+    pub spsr: u64,
+    /// The value for the register.
+    pub value: u64,
+    /// Which register: `0..=10` for `x19..=x29`.
+    pub reg: u64,
+}
+
+/// One CPU's record.
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct CpuState {
+    /// See [`CalleeSavedWrite`]. First, at offset 0 (the stub relies on it).
+    pub callee_saved_write: CalleeSavedWrite,
+}
+
+impl CpuState {
+    const fn new() -> Self {
+        Self {
+            callee_saved_write: CalleeSavedWrite {
+                elr: 0,
+                spsr: 0,
+                value: 0,
+                reg: 0,
+            },
+        }
+    }
+}
+
+const _: () = assert!(core::mem::offset_of!(CpuState, callee_saved_write) == 0);
+
+/// Every CPU's record.
+pub static TABLE: PerCpu<CpuState> =
+    PerCpu::from_slots([const { Slot::new(CpuState::new()) }; MAX_CPUS]);
+
+/// Runs `f` on this CPU's record.
+pub fn with_this<R>(f: impl FnOnce(&mut CpuState) -> R) -> Result<R, PerCpuError> {
+    TABLE.with_mut(f)
+}

@@ -1,0 +1,126 @@
+//! The dispatch into the core: every synchronous trap from the host at EL1
+//! (and its EL0) lands in [`isola_handle_lower_sync`], called by the vector
+//! (`vectors.rs`) with the trap frame. The syndrome decides who answers:
+//! the core (hypercalls, and the guest runs a `VcpuRun` starts; host
+//! Stage-2 aborts), the PSCI relay (`relay.rs`), the ID-register emulation
+//! (`idregs.rs`); the result goes out through the frame or `inject.rs`.
+//!
+//! Invariant: every trap from the host is handled to completion on this CPU
+//! and returns to the host (or powers this CPU or the machine off through
+//! PSCI); nothing the host does can make the engine stop.
+//!
+//! Only the hypercall is on the hot path; the other kinds are out of line
+//! (`#[cold]`, never inlined), so their registers and stack do not weigh on
+//! every hypercall's prologue.
+
+use isola::abort::{Esr, ec};
+use isola::engine::{Engine, HostAbortAction};
+use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
+
+use crate::arch::El2Arch;
+use crate::engine::engine;
+use crate::frame::TrapFrame;
+use crate::sysreg::{ESR_EL2, FAR_EL2, HPFAR_EL2, Readable};
+use crate::world::{self, GuestStage2, Vector};
+use crate::{cpu, idregs, inject, psci, relay, smmu};
+
+/// Rust side of a synchronous trap from a lower EL (the vector's `bl`).
+#[unsafe(no_mangle)]
+extern "C" fn isola_handle_lower_sync(frame: &mut TrapFrame) {
+    let esr = Esr(ESR_EL2.get());
+    // EC is ESR_EL2[31:26]; bits 63:32 hold ISS2 (FEAT_LS64, FEAT_THE...),
+    // which `Esr::ec` keeps out of the class.
+    match esr.ec() {
+        ec::HVC64 => host_hypercall(frame),
+        ec::SMC64 => smc(frame),
+        ec::SYSREG => idregs::trapped(frame, esr),
+        ec::DABT_LOW | ec::IABT_LOW => host_abort(esr),
+        // Everything else the host can make trap (RAS or LOR registers,
+        // SVE/SME, anything unknown) is UNDEFINED to it.
+        _ => inject::undefined(),
+    }
+}
+
+/// A host `hvc #0`: the core's dispatcher decides; `VcpuRun` runs the
+/// vCPU here through the world switch until the core says to go back to the
+/// host.
+fn host_hypercall(frame: &mut TrapFrame) {
+    // The core reads and writes `x0..=x6` in place in the trap frame: no
+    // copy in or out on the hot path.
+    let (Some(e), Some(regs)) = (engine(), frame.x.first_chunk_mut::<7>()) else {
+        frame.set_reg(0, isola_abi::Status::NotSupported.raw());
+        return;
+    };
+    match e.host_call(cpu::index(), regs) {
+        HostCallOutcome::Done => {}
+        HostCallOutcome::Run(vcpu) => run_vcpu(e, vcpu, regs),
+    }
+}
+
+/// Runs a loaded vCPU until an exit the core sends to the host. Out of line:
+/// the world switch's state stays off the plain hypercall's path.
+#[inline(never)]
+fn run_vcpu(e: &Engine<El2Arch>, vcpu: LoadedVcpu, regs: &mut [u64; 7]) {
+    let stage2 = GuestStage2::new(vcpu.vttbr(), u64::from(vcpu.index()));
+    loop {
+        // SAFETY: the core loaded this vCPU on this CPU (`vcpu_load` in
+        // `host_call`) and it stays loaded until `finish_run`; its context
+        // page and Stage-2 belong to the VM's pool, which cannot be freed
+        // while a vCPU is loaded (`VmDestroy` fails `Busy`); we are at EL2
+        // with interrupts masked.
+        let exit = unsafe { world::enter_guest(vcpu.context(), stage2) };
+        let trap = match exit.vector {
+            Vector::Irq | Vector::Fiq => Trap::Irq,
+            // Synchronous exceptions, and anything the engine does not
+            // handle (SError, AArch32): the core judges the syndrome.
+            Vector::Sync | Vector::SError | Vector::Aarch32 => Trap::Sync {
+                esr: exit.esr,
+                far: exit.far,
+                hpfar: exit.hpfar,
+            },
+        };
+        match e.guest_exit(&vcpu, trap) {
+            GuestExitAction::Resume => {}
+            GuestExitAction::ExitToHost(x) => {
+                e.finish_run(vcpu, x, regs);
+                return;
+            }
+        }
+    }
+}
+
+/// A host Stage-2 abort: the core maps the page (the access is retried),
+/// ignores a store to a read-only device register (the host resumes after
+/// it), or the host gets a synchronous external abort.
+#[cold]
+#[inline(never)]
+fn host_abort(esr: Esr) {
+    let far = FAR_EL2.get();
+    let hpfar = HPFAR_EL2.get();
+    match engine().map(|e| e.host_abort(esr.0, far, hpfar)) {
+        Some(HostAbortAction::Retry) => {}
+        Some(HostAbortAction::SkipWrite) => inject::skip_instruction(),
+        Some(HostAbortAction::InjectSea) | None => inject::external_abort(esr.0, far),
+    }
+    // A cold path the host takes now and then: report any DMA the SMMU
+    // refused meanwhile.
+    let _ = smmu::faults();
+}
+
+/// A trapped host `smc`: PSCI goes to the relay, anything else is
+/// `NOT_SUPPORTED`.
+#[cold]
+#[inline(never)]
+fn smc(frame: &mut TrapFrame) {
+    // A trapped `smc` returns to the instruction itself: skip it.
+    inject::skip_instruction();
+    // A cold path the host takes now and then: report any DMA the SMMU
+    // refused meanwhile.
+    let _ = smmu::faults();
+    let fid = frame.reg(0);
+    let result = match u32::try_from(fid) {
+        Ok(f) if relay::is_psci(f) => relay::relay(f, [frame.reg(1), frame.reg(2), frame.reg(3)]),
+        _ => psci::status::NOT_SUPPORTED,
+    };
+    frame.set_reg(0, result as u64);
+}

@@ -1,0 +1,65 @@
+//! isola's memory plan on QEMU virt, in one place: every constant that the
+//! EL2 image (`boot/`), the test payloads (`payloads/`), the device-tree
+//! reader (`fdt/`), the per-CPU slots (`percpu/`) and xtask must agree on.
+//!
+//! Plain constants only, so a build script can read them too: `boot/build.rs`
+//! and `payloads/host/build.rs` write the linker-script symbols from them,
+//! so the image, its linker script and the tools that load it cannot
+//! disagree. docs/boot.md draws the memory map.
+//!
+//! Invariants:
+//! - `[CARVEOUT_BASE, CARVEOUT_END)` is the engine's: QEMU's device tree, the
+//!   EL2 image ([`ENGINE_IMAGE_BASE`] upwards), its stacks, tables and the
+//!   pool the core allocates from. The host never sees it: its device tree
+//!   starts RAM at [`CARVEOUT_END`].
+//! - Everything from [`CARVEOUT_END`] to the end of RAM is the host's; the
+//!   host payload is linked at [`HOST_ENTRY`], above the host's device tree
+//!   ([`HOST_DTB`], at most [`HOST_DTB_MAX`] bytes).
+#![no_std]
+#![forbid(unsafe_code)]
+
+/// Most CPUs isola runs on: QEMU virt's limit with GICv3. The EL2 image has
+/// stacks for this many, a device-tree `Platform` records this many, and
+/// every per-CPU table has this many slots.
+pub const MAX_CPUS: usize = 512;
+
+/// Start of RAM on QEMU virt.
+pub const RAM_BASE: u64 = 0x4000_0000;
+
+/// QEMU virt's first PL011 UART: the console until the device tree names it.
+pub const VIRT_UART: u64 = 0x0900_0000;
+
+/// First byte of the engine's carve-out: the start of RAM, where QEMU also
+/// places its device tree.
+pub const CARVEOUT_BASE: u64 = RAM_BASE;
+/// End (exclusive) of the engine's carve-out: 64 MiB.
+pub const CARVEOUT_END: u64 = 0x4400_0000;
+
+/// Where the EL2 image is linked and loaded (QEMU's `-kernel`): 2 MiB into
+/// RAM, so QEMU finds room for its device tree below it.
+pub const ENGINE_IMAGE_BASE: u64 = 0x4020_0000;
+
+/// Bytes of one CPU's EL2 stack.
+pub const ENGINE_STACK_SIZE: u64 = 0x4000;
+/// Unmapped bytes below each EL2 stack: an overflow faults instead of
+/// corrupting the neighbour's stack.
+pub const ENGINE_GUARD_SIZE: u64 = 0x1000;
+/// One CPU's slot in the EL2 stack area: its guard page, then its stack.
+pub const ENGINE_STACK_SLOT: u64 = ENGINE_GUARD_SIZE + ENGINE_STACK_SIZE;
+/// One CPU's EL2 emergency stack, used only to report a fatal exception.
+pub const ENGINE_EMERGENCY_SLOT: u64 = 0x1000;
+
+/// Where the engine writes the host's copy of the device tree (the first
+/// page of host RAM).
+pub const HOST_DTB: u64 = CARVEOUT_END;
+/// Most bytes the host's device tree may take: it must end below the host
+/// payload.
+pub const HOST_DTB_MAX: u64 = 0x0100_0000;
+/// The host's entry point: the test host payload is linked here and loaded by
+/// QEMU's generic loader; a Linux host's `Image` is loaded here too.
+pub const HOST_ENTRY: u64 = 0x4800_0000;
+/// Bytes of one CPU's stack in the test host payload.
+pub const HOST_PAYLOAD_STACK: u64 = 0x4000;
+
+const _: () = assert!(HOST_DTB + HOST_DTB_MAX <= HOST_ENTRY);
+const _: () = assert!(CARVEOUT_BASE < ENGINE_IMAGE_BASE && ENGINE_IMAGE_BASE < CARVEOUT_END);

@@ -1,0 +1,162 @@
+//! The host's first tests: every CPU started through the engine's PSCI
+//! relay makes a hypercall (`smp`), the engine's memory is out of reach
+//! (`probe`), and hypercalls the engine must refuse get their status
+//! (`badcall`).
+//!
+//! Invariant: the boot CPU starts one other CPU at a time and waits for it to
+//! report and turn off before going on.
+
+use isola_abi::{HostCall, Status, psci};
+use isola_sync::atomic::{AtomicBool, Ordering};
+
+use crate::calls::{AFFINITY_INFO, AFFINITY_OFF, hvc, psci as psci_call, status_name};
+use crate::console::{fail, say};
+use crate::entry::{SEA_FAR, secondary_entry};
+
+/// The engine's image (its load address, in the carve-out the host's device
+/// tree no longer shows): what the probe tries to read.
+pub const ENGINE_PROBE: u64 = isola_layout::ENGINE_IMAGE_BASE;
+
+/// Makes the `Version` hypercall and describes the answer.
+pub fn version_line(cpu: usize) {
+    let [s, abi, ..] = hvc(HostCall::Version as u64, 0, 0, 0, 0);
+    say!(
+        "cpu {cpu} at EL1: Version -> {} (ABI {}.{})",
+        status_name(s),
+        abi >> 16,
+        abi & 0xffff
+    );
+    if s != Status::Success.raw() || abi != isola_abi::ABI_VERSION {
+        fail(format_args!(
+            "Version on cpu {cpu} returned status {s:#x}, ABI {abi:#x}"
+        ));
+    }
+}
+
+/// Set by each secondary once it has reported.
+static REPORTED: [AtomicBool; isola_layout::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; isola_layout::MAX_CPUS];
+
+/// A secondary CPU's part of `smp`: `Version`, report, turn off.
+pub fn secondary(i: usize) -> ! {
+    version_line(i);
+    if let Some(flag) = REPORTED.get(i) {
+        flag.store(true, Ordering::Release);
+    }
+    psci_call(psci::CPU_OFF, 0, 0, 0);
+    say!("cpu {i}: PSCI CPU_OFF returned");
+    loop {
+        // SAFETY: waiting for an event has no effect.
+        unsafe { core::arch::asm!("wfe", options(nomem, nostack)) };
+    }
+}
+
+/// Starts every other CPU through the relay, one at a time; each makes the
+/// `Version` hypercall, reports and turns itself off.
+pub fn smp(p: &isola_fdt::Platform) {
+    let entry = secondary_entry();
+    for (i, &mpidr) in p.cpus().iter().enumerate().skip(1) {
+        let r = psci_call(psci::CPU_ON, mpidr, entry, i as u64);
+        if r != 0 {
+            fail(format_args!("PSCI CPU_ON of cpu {i} returned {r}"));
+            continue;
+        }
+        let Some(flag) = REPORTED.get(i) else {
+            continue;
+        };
+        while !flag.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        // The CPU turns itself off right after reporting; wait for that so
+        // a second CPU_ON below sees a settled state.
+        while psci_call(AFFINITY_INFO, mpidr, 0, 0) != AFFINITY_OFF {
+            core::hint::spin_loop();
+        }
+    }
+    say!("all {} CPUs made the Version hypercall", p.cpu_count);
+    if let Some(&me) = p.cpus().first() {
+        let r = psci_call(psci::CPU_ON, me, entry, 0);
+        say!("PSCI CPU_ON of the running cpu 0 -> {r} (ALREADY_ON is -4)");
+        if r != -4 {
+            fail(format_args!("CPU_ON of a running CPU returned {r}"));
+        }
+    }
+}
+
+/// Reads the engine's image; the engine must refuse with an SEA.
+pub fn probe() {
+    SEA_FAR.store(0, Ordering::Relaxed);
+    // SAFETY: the engine's memory is not ours; the read is expected to be
+    // aborted (SEA), which `host_exception` catches and skips.
+    let v = unsafe { core::ptr::read_volatile(ENGINE_PROBE as *const u64) };
+    match SEA_FAR.load(Ordering::Relaxed) {
+        far if far == ENGINE_PROBE => say!("probe of engine memory at {far:#x} blocked (SEA)"),
+        0 => fail(format_args!(
+            "read engine memory at {ENGINE_PROBE:#x}: {v:#x}"
+        )),
+        far => fail(format_args!("SEA at {far:#x}, not at the probe")),
+    }
+}
+
+/// Host RAM the bad-call test lends a VM as its pool (well above the
+/// payload and its stacks).
+const POOL: u64 = 0x5000_0000;
+const POOL_PAGES: u64 = 16;
+
+/// Hypercalls the engine must refuse, with the status each gets. A real VM
+/// exists meanwhile, so the page checks are reached (the core checks the
+/// handle before ownership).
+pub fn bad_calls() {
+    let [s, handle, ..] = hvc(HostCall::VmCreate as u64, POOL, POOL_PAGES, 1, 0);
+    say!(
+        "VmCreate with {POOL_PAGES} pool pages at {POOL:#x} -> {}",
+        status_name(s)
+    );
+    if s != Status::Success.raw() {
+        fail(format_args!("VmCreate failed"));
+        return;
+    }
+    let donate = HostCall::Donate as u64;
+    let ipa = 0x1000_0000;
+    let r = isola_abi::perms::R;
+    let cases: [(&str, u64, [u64; 4]); 6] = [
+        ("unknown function id 0xc60000ff", 0xC600_00FF, [0; 4]),
+        (
+            "guest call id from the host",
+            isola_abi::GuestCall::Info as u64,
+            [0; 4],
+        ),
+        (
+            "Donate of an engine page",
+            donate,
+            [handle, ENGINE_PROBE, ipa, r],
+        ),
+        (
+            "Donate of 0xfffffffff000",
+            donate,
+            [handle, 0xFFFF_FFFF_F000, ipa, r],
+        ),
+        (
+            "Donate to a VM that does not exist",
+            donate,
+            [handle ^ 0x5a5a_0000, POOL + 0x10_0000, ipa, r],
+        ),
+        (
+            "VmCreate with an engine page as pool",
+            HostCall::VmCreate as u64,
+            [ENGINE_PROBE, 4, 1, 0],
+        ),
+    ];
+    for (what, fid, a) in cases {
+        let [s, ..] = hvc(fid, a[0], a[1], a[2], a[3]);
+        say!("bad hypercall ({what}) -> {}", status_name(s));
+        if s == Status::Success.raw() {
+            fail(format_args!("{what} succeeded"));
+        }
+    }
+    let [s, ..] = hvc(HostCall::VmDestroy as u64, handle, 0, 0, 0);
+    say!("VmDestroy -> {}", status_name(s));
+    if s != Status::Success.raw() {
+        fail(format_args!("VmDestroy failed"));
+    }
+}

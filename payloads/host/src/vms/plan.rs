@@ -1,0 +1,107 @@
+//! What the VM test makes: the host memory it donates from, how many VMs
+//! with which vCPUs, and what each vCPU is for.
+
+/// First byte of the host RAM this test donates from (see docs/guests.md).
+pub(super) const POOL_BASE: u64 = 0x8000_0000;
+
+/// End (exclusive) of that RAM: 768 MiB.
+pub(super) const POOL_END: u64 = 0xb000_0000;
+
+/// vCPUs of each ordinary VM: checksum, MMIO, share, demand.
+pub(super) const VCPUS: usize = 4;
+
+/// Most ordinary VMs (the engine's table has 255 slots; two more VMs are the
+/// attacker and the power-off VM).
+pub(super) const MAX_VMS: usize = 251;
+
+/// Record index of the attacker VM.
+pub(super) const ATTACKER_VM: usize = MAX_VMS;
+
+/// Record index of the VM that powers itself off.
+pub(super) const POWER_VM: usize = MAX_VMS + 1;
+
+/// Record index of the VM that resets itself.
+pub(super) const RESET_VM: usize = MAX_VMS + 2;
+
+/// Pool pages donated at `VmCreate` (metadata, contexts, Stage-2 tables).
+pub(super) const POOL_PAGES: u64 = 32;
+
+/// Random host calls each CPU makes while guests run.
+pub(super) const STORM_PER_CPU: u32 = 64;
+
+/// A physical address inside the engine's carve-out (docs/boot.md): 8 MiB
+/// below its end.
+pub(super) const ENGINE_PA: u64 = isola_layout::CARVEOUT_END - 0x80_0000;
+
+/// Where the host's GIC distributor is: a guest access there is only MMIO.
+pub(super) const GICD_IPA: u64 = 0x0800_0000;
+
+/// An IPA far beyond any guest's IPA space.
+pub(super) const BEYOND_IPA: u64 = 1 << 46;
+
+/// The attacker VM's vCPUs, by index.
+pub(super) const ATTACKER: [Role; 7] = [
+    Role::Attack,
+    Role::ProbeOtherVm,
+    Role::ProbeEngineWrite,
+    Role::ProbeBeyond,
+    Role::ProbeGic,
+    Role::Spin,
+    Role::Registers,
+];
+
+/// The attacker's vCPU that spins for the running-vCPU attacks.
+pub(super) const SPIN_INDEX: usize = 5;
+
+/// The power VMs' vCPUs: one each, since after `SYSTEM_OFF` (or
+/// `SYSTEM_RESET`) the engine runs no vCPU of that VM again.
+pub(super) const POWER: [Role; 1] = [Role::SystemOff];
+
+pub(super) const RESET: [Role; 1] = [Role::SystemReset];
+
+/// An ordinary VM's vCPUs.
+pub(super) const ORDINARY: [Role; VCPUS] = [Role::Checksum, Role::Mmio, Role::Share, Role::Demand];
+
+/// Most vCPUs any VM here has.
+pub(super) const MAX_VCPUS: usize = 7;
+
+/// Most demand-backed pages one VM may get.
+pub(super) const MAX_DEMAND: usize = 16;
+
+/// What a vCPU is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    Checksum,
+    Mmio,
+    Share,
+    Demand,
+    Attack,
+    ProbeOtherVm,
+    ProbeEngineWrite,
+    ProbeBeyond,
+    ProbeGic,
+    Spin,
+    Registers,
+    SystemOff,
+    SystemReset,
+}
+
+impl Role {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Role::Checksum => "checksum",
+            Role::Mmio => "mmio",
+            Role::Share => "share",
+            Role::Demand => "demand",
+            Role::Attack => "attack",
+            Role::ProbeOtherVm => "probe-other-vm",
+            Role::ProbeEngineWrite => "probe-engine",
+            Role::ProbeBeyond => "probe-beyond",
+            Role::ProbeGic => "probe-gic",
+            Role::Spin => "spin",
+            Role::Registers => "registers",
+            Role::SystemOff => "system-off",
+            Role::SystemReset => "system-reset",
+        }
+    }
+}
