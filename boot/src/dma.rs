@@ -118,7 +118,7 @@ pub fn decide() -> Decision {
     let usable = match smmu {
         Some((base, Ok(f))) => Some((base, f)),
         Some((base, Err(e))) => {
-            say!("SMMU at {base:#x} refused ({e:?}): PCIe is withheld from the host");
+            say!("SMMU at {base:#x} refused ({e}): PCIe is withheld from the host");
             None
         }
         None => None,
@@ -299,7 +299,7 @@ pub fn bring_up_smmu(layout: Layout, root: u64, shape: S2Shape) -> Result<(), &'
         fwb: dec.fwb,
     };
     if let Err(e) = smmu::init(&setup) {
-        say!("SMMU at {base:#x} did not come up: {e:?}");
+        say!("SMMU at {base:#x} did not come up: {e}");
         return Err("the SMMU did not come up");
     }
     let mut ids = Ids::default();

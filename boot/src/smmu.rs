@@ -191,7 +191,7 @@ pub fn invalidate_host(pa: u64, pages: u64) {
     };
     if let Err(e) = smmu.invalidate(pa, pages) {
         crate::console::say!(
-            "SMMU invalidation of {pages} page(s) at {pa:#x} failed: {e:?}; \
+            "SMMU invalidation of {pages} page(s) at {pa:#x} failed: {e}; \
              no page leaves the host any more"
         );
         // The guard stays alive: every later invalidation waits here too.
@@ -257,10 +257,13 @@ impl Line {
 
 impl Write for Line {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        let end = self.len.saturating_add(s.len());
-        let dst = self.buf.get_mut(self.len..end).ok_or(core::fmt::Error)?;
-        dst.copy_from_slice(s.as_bytes());
-        self.len = end;
+        // Byte by byte: `copy_from_slice` keeps a length-mismatch panic
+        // path the compiler cannot drop here.
+        for &b in s.as_bytes() {
+            let slot = self.buf.get_mut(self.len).ok_or(core::fmt::Error)?;
+            *slot = b;
+            self.len = self.len.saturating_add(1);
+        }
         Ok(())
     }
 }

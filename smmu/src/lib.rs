@@ -159,6 +159,27 @@ pub enum Error {
     Command(u32),
 }
 
+impl core::fmt::Display for Error {
+    /// Plain words (no `Debug` formatting of strings, whose escaping code
+    /// has panic paths the EL2 image must not contain).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoStage2 => f.write_str("no stage-2 translation (IDR0.S2P)"),
+            Self::NotAarch64 => f.write_str("no AArch64 table format (IDR0.TTF)"),
+            Self::NotCoherent => f.write_str("not coherent (IDR0.COHACC)"),
+            Self::NoGranule4k => f.write_str("no 4 KiB granule (IDR5.GRAN4K)"),
+            Self::Preset => f.write_str("hardware-fixed table or queue bases (IDR1)"),
+            Self::Size => f.write_str("a structure or StreamID beyond what it supports"),
+            Self::NoFwb => f.write_str("S2FWB not supported (IDR3.FWB)"),
+            Self::Timeout(what) => {
+                f.write_str("timed out: ")?;
+                f.write_str(what)
+            }
+            Self::Command(cons) => write!(f, "command queue error (CMDQ_CONS {cons:#x})"),
+        }
+    }
+}
+
 /// How long the driver polls a register before it gives up.
 pub const POLL_LIMIT: u32 = 1 << 24;
 
