@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         Some("test") => suite::test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP]"
                 .to_string(),
         ),
     };
