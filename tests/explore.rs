@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use isola::spec::{Config, Event};
 use isola::testing::MachineSpec;
-use isola_abi::{GuestCall, HostCall, PAGE_SIZE, lr, perms, vcpu_flags};
+use isola_abi::{GuestCall, HostCall, PAGE_SIZE, lr, perms, psci, vcpu_flags};
 use spec_common::engine::{Engine, Machine};
 use spec_common::explore::{Failure, IPA_A, IPA_B, Report, Setup, explore};
 use spec_common::{Bug, Planted, System};
@@ -42,6 +42,7 @@ fn machine() -> Machine {
             engine_pages: 6,
             vm_slots: 2,
             shard_shift: 21,
+            ..MachineSpec::default()
         },
         cpus: 2,
     }
@@ -105,16 +106,29 @@ fn two_vms(c: &Config) -> Vec<Event> {
     ]
 }
 
-/// [`two_vms`], then A shares its own page with the host, stores into the
-/// page the host lent it, and stops (WFI); B runs on CPU 1. Destroy,
-/// reclaim and the return of shared pages are a step or two away.
+/// [`two_vms`], then A's vCPU 0 starts vCPU 1 (`CPU_ON`), which runs,
+/// writes a register and turns itself off (`CPU_OFF`); vCPU 0 runs again,
+/// shares its own page with the host, stores into the page the host lent it
+/// and stops (`WFI`); B runs on CPU 1. Destroy, reclaim, the return of
+/// shared pages and a second `CPU_ON` of a vCPU that ran are a step or two
+/// away.
 fn teardown(c: &Config) -> Vec<Event> {
+    let guest = |regs: [u64; 3]| Event::GuestHvc {
+        cpu: 0,
+        regs: [regs[0], regs[1], regs[2], 0x20, 0, 0, 0],
+    };
     let mut v = two_vms(c);
     v.extend([
-        Event::GuestHvc {
+        guest([u64::from(psci::CPU_ON), psci::mpidr(1), 0x8000_0000]),
+        hvc(0, HostCall::VcpuRun, [A, 1, 0, 0, 0]),
+        Event::GuestSetReg {
             cpu: 0,
-            regs: [GuestCall::Share as u64, IPA_A, 0, 0, 0, 0, 0],
+            reg: 1,
+            value: 0x4755_0000_0000_0117,
         },
+        guest([u64::from(psci::CPU_OFF), 0, 0]),
+        hvc(0, HostCall::VcpuRun, [A, 0, 0, 0, 0]),
+        guest([GuestCall::Share as u64, IPA_A, 0]),
         Event::GuestSetReg {
             cpu: 0,
             reg: 1,
@@ -295,6 +309,9 @@ fn required() -> Vec<String> {
         "host store",
         "host load fault",
         "host store fault",
+        "DMA load",
+        "DMA store",
+        "DMA fault",
         "guest load RAM",
         "guest store RAM",
         "guest register write",
@@ -381,6 +398,15 @@ fn exploration_catches_a_kept_host_mapping() {
     let f = catch(Bug::KeepHostMappingOnDonate);
     assert_eq!(f.property, "invariants", "{f}");
     assert!(f.message.contains("host Stage-2 maps"), "{f}");
+}
+
+/// `Donate` leaves the page in the host's DMA view: the invariants fail.
+#[test]
+#[cfg_attr(debug_assertions, ignore = "release only")]
+fn exploration_catches_a_donated_page_left_in_the_dma_view() {
+    let f = catch(Bug::LeaveDonatedPageInDmaView);
+    assert_eq!(f.property, "invariants", "{f}");
+    assert!(f.message.contains("DMA view"), "{f}");
 }
 
 /// `Wfx` and `Irq` exits carry `x9`: noninterference fails.

@@ -7,12 +7,14 @@
 //! Stage-2 and only on a miss takes the abort path (as a translation fault
 //! with a valid syndrome), then retries; a guest access goes through the
 //! engine's own `guest_access` test aid, which does the same on the VM's
-//! Stage-2. The only state the harness keeps itself is which `LoadedVcpu`
-//! token each CPU holds; a VM's `max vcpus` and powered-off flag come from
-//! the engine's `vm_summary`.
+//! Stage-2; a DMA goes through `isola::testing::SimArch`'s IOMMU, whose TLB
+//! caches the host Stage-2's translations until the engine invalidates
+//! them. The only state the harness keeps itself is which `LoadedVcpu` token
+//! each CPU holds; a VM's `max vcpus` and powered-off flag come from the
+//! engine's `vm_summary`.
 //!
-//! The engine runs on a [`RecordingArch`], so a caller can also check that
-//! every step kept break-before-make ([`super::System::arch_check`]).
+//! `SimArch` also logs every request the engine makes, so a caller can check
+//! that every step kept break-before-make ([`super::System::arch_check`]).
 //!
 //! Unlike `MachineSpec::build`, which leaks its storage (fine for a test
 //! that boots a few engines), [`Engine::boot_on`] frees the engine's RAM and
@@ -25,18 +27,18 @@ use std::collections::BTreeMap;
 
 use isola::abort::{self, ec};
 use isola::addr::{Ipa, PAGE_SIZE, PhysAddr};
-use isola::arch::{RecordingArch, check_break_before_make};
-use isola::engine::{Engine as Core, EngineConfig, EngineStorage};
+use isola::arch::{Arch, check_break_before_make};
+use isola::engine::{Engine as Core, EngineStorage};
 use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
 use isola::mem::PhysMem;
 use isola::ownership::{Owner as RecOwner, PageDb, PageRecord, PageState as RecState, Shard};
 use isola::spec::guest::ESR_UNKNOWN;
 use isola::spec::{
-    Config, Contents, Cpu, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState, Pending,
-    RunState, State, Vcpu, Vm,
+    Config, Contents, Cpu, DmaFaults, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState,
+    Pending, RunState, State, Vcpu, Vm,
 };
-use isola::stage2::S2Config;
-use isola::testing::{GUEST_MMIO, HOST_UART, MachineSpec};
+use isola::testing::SimArch;
+use isola::testing::{GUEST_MMIO, MachineSpec};
 use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, SysReg, VcpuState};
 use isola::vm::{SlotState, VmHandle, VmSlot};
 use isola_abi::{HostCall, Status, lr};
@@ -48,7 +50,7 @@ const LIST_REGS: usize = 4;
 /// CPUs drive it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Machine {
-    /// RAM, engine pages, VM slots, shards.
+    /// RAM, engine pages, VM slots, shards, caches.
     pub spec: MachineSpec,
     /// Physical CPUs.
     pub cpus: usize,
@@ -94,6 +96,7 @@ impl Machine {
             vm_pages: vm_s2.root_pages(),
             vcpu_pages: 1,
             table_shifts: below_root,
+            dma_stream: isola::testing::DMA_STREAM,
         }
     }
 }
@@ -153,11 +156,10 @@ impl Drop for Storage {
     }
 }
 
-/// Builds the engine of `spec` on `storage` (as `MachineSpec::build` does,
-/// with storage that is freed later instead of leaked), offering
-/// [`LIST_REGS`] list registers.
-fn build(spec: &MachineSpec, storage: &Storage) -> Core<RecordingArch> {
-    let ram = [(PhysAddr::new(spec.ram_base), spec.ram_pages)];
+/// Builds the engine of `spec` on `storage` (`MachineSpec::build_on`, with
+/// storage that is freed later instead of leaked), offering [`LIST_REGS`]
+/// list registers.
+fn build(spec: &MachineSpec, storage: &Storage) -> Core<SimArch> {
     // SAFETY: `storage` holds `ram_pages` pages at `ram`, valid until it is
     // dropped, which happens after the engine built here is dropped (field
     // order of `Engine`); nothing else touches them.
@@ -179,21 +181,7 @@ fn build(spec: &MachineSpec, storage: &Storage) -> Core<RecordingArch> {
             vms: &*storage.vms,
         }
     };
-    let devices = [(PhysAddr::new(HOST_UART), 1)];
-    let cfg = EngineConfig {
-        ram: &ram,
-        reserved: &[],
-        host_s2_pool: (PhysAddr::new(spec.ram_base), spec.engine_pages),
-        host_devices: &devices,
-        shard_shift: spec.shard_shift,
-        vm_s2: isola::testing::VM_S2,
-        host_s2: S2Config::DEFAULT,
-        guest_mmio: GUEST_MMIO,
-    };
-    let mut core = match Core::new(cfg, RecordingArch::new(), mem, tables) {
-        Ok(e) => e,
-        Err(e) => panic!("test machine {spec:?}: {e:?}"),
-    };
+    let mut core = spec.build_on(SimArch::new(), mem, tables);
     core.set_list_registers(LIST_REGS);
     core
 }
@@ -201,7 +189,7 @@ fn build(spec: &MachineSpec, storage: &Storage) -> Core<RecordingArch> {
 /// The engine under test plus the harness's per-CPU tokens.
 pub struct Engine {
     // Declared before `storage`, so dropped before it.
-    core: Core<RecordingArch>,
+    core: Core<SimArch>,
     machine: Machine,
     /// Per CPU: the vCPU loaded there (its VM handle, index and token).
     loaded: Vec<Option<(Handle, u64, LoadedVcpu)>>,
@@ -272,7 +260,7 @@ impl Engine {
     }
 
     /// The engine itself, for checks beyond the abstraction.
-    pub fn core(&self) -> &Core<RecordingArch> {
+    pub fn core(&self) -> &Core<SimArch> {
         &self.core
     }
 
@@ -280,7 +268,7 @@ impl Engine {
     /// host Stage-2, taking the abort path on a miss.
     fn host_access(&self, pa: u64, write: Option<u64>) -> Outcome {
         let p = PhysAddr::new(pa);
-        let usable = |core: &Core<RecordingArch>| {
+        let usable = |core: &Core<SimArch>| {
             core.host_translate(p).is_some_and(|t| {
                 if write.is_some() {
                     t.desc.perms().w
@@ -348,6 +336,21 @@ impl Engine {
 impl super::System for Engine {
     fn step(&mut self, event: &Event) -> Outcome {
         self.dirty.set(true);
+        match *event {
+            Event::DmaRead { pa } => {
+                return match isola::testing::dma(&self.core, pa, None) {
+                    Ok(v) => Outcome::DmaLoaded(v),
+                    Err(()) => Outcome::DmaFault,
+                };
+            }
+            Event::DmaWrite { pa, value } => {
+                return match isola::testing::dma(&self.core, pa, Some(value)) {
+                    Ok(_) => Outcome::DmaStored,
+                    Err(()) => Outcome::DmaFault,
+                };
+            }
+            _ => {}
+        }
         let cpu = event.cpu();
         let running = self.loaded.get(cpu).is_some_and(Option::is_some);
         if cpu >= self.machine.cpus || running == event.is_host() {
@@ -386,6 +389,7 @@ impl super::System for Engine {
                 let a = self.core.guest_access(l, Ipa::new(ipa), size, write, reg);
                 self.after_guest(cpu, a, false)
             }
+            Event::DmaRead { .. } | Event::DmaWrite { .. } => Outcome::Inapplicable,
             Event::GuestSysReg { access, .. } => {
                 let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
                 let trap = Trap::Sync {
@@ -600,7 +604,13 @@ impl super::System for Engine {
                 None => Cpu::Host,
             })
             .collect();
-        State { pages, vms, cpus }
+        let [count, _, last] = core.arch().dma_faults();
+        State {
+            pages,
+            vms,
+            cpus,
+            dma: DmaFaults { count, last },
+        }
     }
 
     fn poke(&mut self, pa: u64, value: u64) {
@@ -616,15 +626,23 @@ impl super::System for Engine {
     }
 
     fn arch_check(&mut self) -> Result<(), String> {
-        let arch = self.core.arch();
-        let overflowed = arch.overflowed();
-        let mut events = Vec::with_capacity(arch.len());
-        arch.for_each(|e| events.push(e));
-        arch.clear();
+        let log = self.core.arch().log();
+        let overflowed = log.overflowed();
+        let mut events = Vec::with_capacity(log.len());
+        log.for_each(|e| events.push(e));
+        log.clear();
         if overflowed {
             return Err("the Arch log overflowed: break-before-make unchecked".into());
         }
         check_break_before_make(events).map_err(|v| format!("break-before-make: {v:?}"))
+    }
+
+    fn dma_view(&self) -> Vec<u64> {
+        let mut v = self.host_mapped();
+        v.extend(self.core.arch().cached());
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     fn host_mapped(&self) -> Vec<u64> {

@@ -83,6 +83,8 @@ pub const IPAS: [u64; 3] = [IPA_A, IPA_B, IPA_C];
 const ENTRY: u64 = 0x8000_0000;
 /// What the host stores.
 const HOST_VALUE: u64 = 0x4855_0000_0000_0001;
+/// What the host's device writes by DMA.
+const DMA_VALUE: u64 = 0x444d_4100_0000_0001;
 /// What the host passes to `VcpuRun` (the reply to a guest `HostCall`, or the
 /// value of a pending MMIO load).
 const RUN_VALUE: u64 = 0x5255_0000_0000_00f1;
@@ -421,12 +423,27 @@ fn check_step(
         return Err(("refinement", diff(next, &after)));
     }
     invariants(c, &after).map_err(|m| ("invariants", m))?;
-    for pa in sys.host_mapped() {
-        if !after.host_may_access(pa) {
-            let p = after.page(pa);
+    // The host's Stage-2, and what its devices reach through the IOMMU,
+    // are exactly the pages the host may touch.
+    let accessible: Vec<u64> = after
+        .pages
+        .keys()
+        .copied()
+        .filter(|&pa| after.host_may_access(pa))
+        .collect();
+    for (what, view) in [
+        ("host Stage-2 maps", sys.host_mapped()),
+        ("the DMA view reaches", sys.dma_view()),
+    ] {
+        if view != accessible {
+            let extra: Vec<_> = view
+                .iter()
+                .filter(|pa| !after.host_may_access(**pa))
+                .collect();
+            let missing: Vec<_> = accessible.iter().filter(|pa| !view.contains(pa)).collect();
             return Err((
                 "invariants",
-                format!("host Stage-2 maps {pa:#x}, which is {p:?}"),
+                format!("{what} {extra:x?}, which the host may not touch, and misses {missing:x?}"),
             ));
         }
     }
@@ -478,6 +495,9 @@ fn visit(
     }
     let mut children = Vec::new();
     let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+    // The shared engine's model: the node's, plus the DMA faults of the
+    // events run on it so far.
+    let mut chain = model.clone();
     for e in events(c, &model) {
         let (want, next) = model.step(&e);
         if want == Outcome::Inapplicable {
@@ -486,11 +506,14 @@ fn visit(
         }
         stats.transitions.fetch_add(1, Ordering::Relaxed);
         *seen.entry(label(&e, want)).or_default() += 1;
-        if next == model {
-            // Nothing abstract changes: run on the shared engine and twins.
+        if same_but_dma_faults(&next, &model) {
+            // Nothing abstract changes but perhaps the DMA fault record:
+            // run on the shared engine and twins, against the chain's model.
+            let (want, next) = chain.step(&e);
             shared_history.push(e.clone());
-            let a_after = check_step(c, &mut *shared, &before, &e, want, &next.state)
+            let a_after = check_step(c, &mut *shared, &chain.state, &e, want, &next.state)
                 .map_err(|(p, m)| failure(p, &shared_history, start_len, None, m))?;
+            chain = next;
             for (v, b) in &mut twins {
                 stats.twin_steps.fetch_add(1, Ordering::Relaxed);
                 twin_step(&a_after, want, &mut **b, &e, *v).map_err(|m| {
@@ -555,6 +578,9 @@ pub fn label(e: &Event, out: Outcome) -> String {
         (Event::GuestTimer { .. }, Outcome::GuestDone) => "guest timer".into(),
         (Event::GuestIntAck { .. }, Outcome::GuestDone) => "guest interrupt ack".into(),
         (Event::GuestIntEoi { .. }, Outcome::GuestDone) => "guest interrupt EOI".into(),
+        (Event::DmaRead { .. }, Outcome::DmaLoaded(_)) => "DMA load".into(),
+        (Event::DmaWrite { .. }, Outcome::DmaStored) => "DMA store".into(),
+        (Event::DmaRead { .. } | Event::DmaWrite { .. }, Outcome::DmaFault) => "DMA fault".into(),
         (Event::HostRead { .. }, Outcome::HostLoaded(_)) => "host load".into(),
         (Event::HostWrite { .. }, Outcome::HostStored) => "host store".into(),
         (Event::HostRead { .. }, Outcome::HostFault) => "host load fault".into(),
@@ -564,6 +590,17 @@ pub fn label(e: &Event, out: Outcome) -> String {
         (Event::GuestSetReg { .. }, Outcome::GuestDone) => "guest register write".into(),
         (e, o) => format!("{e:?} {o:?}"),
     }
+}
+
+/// Whether `a` is `b` but for the record of refused DMAs (a count and the
+/// last address), which only `Accounting(Dma)` reports.
+fn same_but_dma_faults(a: &Model, b: &Model) -> bool {
+    if a.state.dma == b.state.dma {
+        return a == b;
+    }
+    let mut a = a.clone();
+    a.state.dma = b.state.dma;
+    a == *b
 }
 
 /// Re-checks a failure on a fresh engine from its node's shortest path
@@ -674,7 +711,9 @@ fn twin_step(
 // ---- Canonical form ----
 
 /// A 128-bit digest of the canonical form of `m` (the least encoding over
-/// CPU permutations, with handles renamed by slot and generation distance).
+/// CPU permutations, with handles renamed by slot and generation distance,
+/// and without the record of refused DMAs, which changes on every refusal
+/// and matters to nothing but the `Accounting(Dma)` answer).
 pub fn canonical(m: &Model) -> u128 {
     let n = m.state.cpus.len();
     let mut best: Option<Vec<u64>> = None;
@@ -929,7 +968,34 @@ pub fn events(c: &Config, m: &Model) -> Vec<Event> {
             guest_events(c, cpu, vm, vcpu, &mut out);
         }
     }
+    dma_events(c, m, &mut out);
     out
+}
+
+/// The host's device, by DMA through the IOMMU, whatever the CPUs run:
+/// loads of the first word of every page of RAM, of the page after it and
+/// of an unaligned address; stores to every page the host may not touch,
+/// to one page of each class it may, and after RAM.
+fn dma_events(c: &Config, m: &Model, out: &mut Vec<Event>) {
+    let s = &m.state;
+    let pg = pages(c, s);
+    let end = c.ram_base + c.ram_pages * PAGE_SIZE;
+    for &pa in s.pages.keys().chain(&[end, c.ram_base + 4]) {
+        out.push(Event::DmaRead { pa });
+    }
+    let forbidden = s.pages.keys().copied().filter(|&pa| !s.host_may_access(pa));
+    let allowed = pg
+        .free
+        .iter()
+        .chain(&pg.other)
+        .copied()
+        .filter(|&pa| s.host_may_access(pa));
+    for pa in forbidden.chain(allowed).chain([end]) {
+        out.push(Event::DmaWrite {
+            pa,
+            value: DMA_VALUE,
+        });
+    }
 }
 
 fn host_events(c: &Config, m: &Model, cpu: usize, out: &mut Vec<Event>) {
@@ -1174,7 +1240,7 @@ fn host_events(c: &Config, m: &Model, cpu: usize, out: &mut Vec<Event>) {
     }
 
     // Accounting(selector, h).
-    for sel in [0, 1, 3] {
+    for sel in [0, 1, 3, 4] {
         out.push(call(HostCall::Accounting, [sel, 0, 0, 0, 0]));
     }
     for &h in live.iter().chain(&bad) {
@@ -1462,6 +1528,8 @@ pub fn show(e: &Event) -> String {
         Event::GuestTimer { cpu, ctl, cval } => {
             format!("cpu{cpu} guest timer ctl={ctl:#x} cval={cval:#x}")
         }
+        Event::DmaRead { pa } => format!("     DMA   load  [{pa:#x}]"),
+        Event::DmaWrite { pa, value } => format!("     DMA   store [{pa:#x}] = {value:#x}"),
         Event::GuestIntAck { cpu, intid } => format!("cpu{cpu} guest acknowledge vINTID {intid}"),
         Event::GuestIntEoi { cpu, intid } => format!("cpu{cpu} guest deactivate vINTID {intid}"),
     }

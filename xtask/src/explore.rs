@@ -21,6 +21,9 @@ const DEFAULT_DEPTH: u32 = 5;
 const PLANTED: &[&str] = &[
     "planted-bug-skip-scrub",
     "planted-bug-donate-keeps-host-mapping",
+    "planted-bug-donate-keeps-dma-view",
+    "planted-bug-guest-unshare-skips-maintenance",
+    "planted-bug-cpu-on-keeps-registers",
 ];
 
 /// `cargo test --release -p isola --test explore` in the exploration's

@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
         Some("explore") => explore::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke] | cargo xtask explore [--depth N] [--planted]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask explore [--depth N] [--planted]"
                 .to_string(),
         ),
     };

@@ -19,6 +19,7 @@ const EL2_CRATES: &[&str] = &[
     "isola-layout",
     "isola-fdt",
     "isola-sync",
+    "isola-smmu",
     "isola-percpu",
     "isola-boot",
 ];
