@@ -156,6 +156,21 @@ pub(crate) struct HostS2 {
     pub(crate) pool: PagePool,
 }
 
+/// A live VM's slot, as [`Engine::vm_summary`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmSummary {
+    /// Its Stage-2 root (in its pool).
+    pub root: Option<PhysAddr>,
+    /// Pool pages donated (`VmCreate`, `VmTopup`).
+    pub pool_total: u64,
+    /// Pool pages not yet used for tables or vCPU contexts.
+    pub pool_free: u64,
+    /// `max vcpus` given at create.
+    pub max_vcpus: u64,
+    /// A guest called PSCI `SYSTEM_OFF` or `SYSTEM_RESET`.
+    pub off: bool,
+}
+
 /// What the exception vector does after a host Stage-2 abort.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostAbortAction {
@@ -769,6 +784,20 @@ impl<A: Arch> Engine<A> {
                 .wrapping_add(s.config().root_pages())
         });
         Ok([g.owned, g.borrowed, g.pool.total(), g.pool.free(), tables])
+    }
+
+    /// The live VM `handle`'s slot as it stands, read without walking its
+    /// Stage-2 (unlike [`Engine::vm_usage`]): for observers that look after
+    /// every step, and for what no call reports (`max vcpus`, powered off).
+    pub fn vm_summary(&self, handle: u64) -> Result<VmSummary, Status> {
+        let (_, g) = self.lock_vm(handle)?;
+        Ok(VmSummary {
+            root: g.s2.map(|s| s.root()),
+            pool_total: g.pool.total(),
+            pool_free: g.pool.free(),
+            max_vcpus: u64::from(g.max_vcpus),
+            off: g.off,
+        })
     }
 
     /// Pages of destroyed VMs awaiting `Reclaim`, without taking any lock:

@@ -85,6 +85,32 @@ impl MachineSpec {
         let records: &'static mut [PageRecord] = Vec::leak(std::vec![PageRecord::HOST; nrecords]);
         let vms: &'static [VmSlot] = Vec::leak((0..self.vm_slots).map(|_| VmSlot::new()).collect());
         let mem = PhysMem::leak_host(PhysAddr::new(self.ram_base), self.ram_pages);
+        self.build_on(
+            arch,
+            mem,
+            EngineStorage {
+                shards,
+                records,
+                vms,
+            },
+        )
+    }
+
+    /// Builds the engine on RAM (`mem`, covering this spec's RAM) and tables
+    /// (`storage`, sized with [`PageDb::requirements`] and `vm_slots`) that
+    /// the caller provides: for a caller that boots many engines and frees
+    /// their storage itself (the exhaustive exploration), where
+    /// [`MachineSpec::build`] would leak it.
+    ///
+    /// # Panics
+    ///
+    /// If the spec or the storage is inconsistent (test setup error).
+    #[allow(
+        clippy::panic,
+        reason = "builds test machines for tests only: an inconsistent spec is a test bug, and the panic names it"
+    )]
+    pub fn build_on<A: Arch>(&self, arch: A, mem: PhysMem, storage: EngineStorage) -> Engine<A> {
+        let ram = [(PhysAddr::new(self.ram_base), self.ram_pages)];
         let devices = [
             DeviceRange::rw(PhysAddr::new(HOST_UART), 1),
             DeviceRange {
@@ -107,16 +133,7 @@ impl MachineSpec {
             guest_mmio: GUEST_MMIO,
             caches: self.caches,
         };
-        match Engine::new(
-            cfg,
-            arch,
-            mem,
-            EngineStorage {
-                shards,
-                records,
-                vms,
-            },
-        ) {
+        match Engine::new(cfg, arch, mem, storage) {
             Ok(e) => e,
             Err(e) => panic!("test machine: {e:?}"),
         }
@@ -145,6 +162,9 @@ struct IoTlb {
 /// spec's DMA properties see it.
 pub struct SimArch {
     tlb: isola_sync::Mutex<IoTlb>,
+    /// Every request, logged as [`crate::arch::RecordingArch`] does, so a
+    /// test can also check break-before-make ([`SimArch::log`]).
+    log: crate::arch::RecordingArch,
 }
 
 impl Default for SimArch {
@@ -162,7 +182,15 @@ impl SimArch {
                 next: 0,
                 faults: [0; 3],
             }),
+            log: crate::arch::RecordingArch::new(),
         }
+    }
+
+    /// The requests the engine made, in order, since the log was last
+    /// cleared (it holds [`crate::arch::RECORD_CAPACITY`], then counts
+    /// overflow).
+    pub fn log(&self) -> &crate::arch::RecordingArch {
+        &self.log
     }
 
     /// The pages the IOMMU's TLB holds a translation for.
@@ -172,16 +200,38 @@ impl SimArch {
 }
 
 impl Arch for SimArch {
-    fn tlbi_ipa(&self, _: crate::arch::Vmid, _: crate::addr::Ipa) {}
-    fn tlbi_vmid(&self, _: crate::arch::Vmid) {}
-    fn tlbi_all(&self) {}
-    fn dsb_ish(&self) {}
-    fn isb(&self) {}
-    fn clean_dcache_page(&self, _: PhysAddr) {}
-    fn clean_dcache_page_pou(&self, _: PhysAddr) {}
-    fn invalidate_icache_page(&self, _: PhysAddr) {}
-    fn invalidate_icache_all(&self) {}
+    fn tlbi_ipa(&self, vmid: crate::arch::Vmid, ipa: crate::addr::Ipa) {
+        self.log.tlbi_ipa(vmid, ipa);
+    }
+    fn tlbi_vmid(&self, vmid: crate::arch::Vmid) {
+        self.log.tlbi_vmid(vmid);
+    }
+    fn tlbi_all(&self) {
+        self.log.tlbi_all();
+    }
+    fn dsb_ish(&self) {
+        self.log.dsb_ish();
+    }
+    fn isb(&self) {
+        self.log.isb();
+    }
+    fn clean_dcache_page(&self, pa: PhysAddr) {
+        self.log.clean_dcache_page(pa);
+    }
+    fn clean_dcache_page_pou(&self, pa: PhysAddr) {
+        self.log.clean_dcache_page_pou(pa);
+    }
+    fn invalidate_icache_page(&self, pa: PhysAddr) {
+        self.log.invalidate_icache_page(pa);
+    }
+    fn invalidate_icache_all(&self) {
+        self.log.invalidate_icache_all();
+    }
+    fn pte_written(&self, entry: PhysAddr, old: u64, new: u64) {
+        self.log.pte_written(entry, old, new);
+    }
     fn dma_invalidate_host(&self, pa: PhysAddr, pages: u64) {
+        self.log.dma_invalidate_host(pa, pages);
         let end = pa.raw().saturating_add(pages.saturating_mul(PAGE_SIZE));
         for e in self.tlb.lock().pages.iter_mut() {
             if e.is_some_and(|p| (pa.raw()..end).contains(&p)) {

@@ -65,9 +65,7 @@ fn ok(e: E, c: HostCall, a: [u64; 4]) -> [u64; 3] {
 }
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut b = loom::model::Builder::new();
-    b.preemption_bound = Some(3);
-    b.check(f);
+    isola_loom_tests::model::exhaustive(f);
 }
 
 fn live_vms(e: E) -> usize {

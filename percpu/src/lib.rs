@@ -38,7 +38,7 @@ extern crate std;
 
 use core::fmt;
 
-use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering, Site, ordered};
 use isola_sync::cell::UnsafeCell;
 
 /// The most CPUs the EL2 image supports (`isola_layout::MAX_CPUS`): the
@@ -175,7 +175,8 @@ impl Drop for Claim<'_> {
         // Release: pairs with the Acquire swap of the slot's next claimant
         // (normally this same CPU), so our writes to the value happen-before
         // its accesses, whichever thread it is.
-        self.0.store(false, Ordering::Release);
+        self.0
+            .store(false, ordered(Site::PerCpuFree, Ordering::Release));
     }
 }
 
@@ -240,7 +241,10 @@ impl<T, const N: usize> PerCpu<T, N> {
         let slot = self.slots.get(cpu).ok_or(PerCpuError::CpuOutOfRange)?;
         // Acquire: pairs with the Release in `Claim::drop` of the previous
         // borrower, so its writes to the value happen-before ours.
-        if slot.busy.swap(true, Ordering::Acquire) {
+        if slot
+            .busy
+            .swap(true, ordered(Site::PerCpuClaim, Ordering::Acquire))
+        {
             return Err(PerCpuError::SlotBusy);
         }
         let _claim = Claim(&slot.busy);

@@ -364,6 +364,20 @@ impl Model {
         (outcome, next)
     }
 
+    /// The Stage-2 tables below the root each live VM has, as
+    /// `(shift, ipa >> shift)`: hidden bookkeeping that decides `NoMemory`,
+    /// so two models with equal states but different tables are different
+    /// models (the exhaustive exploration's canonical form needs it).
+    pub fn tables(&self) -> &BTreeMap<Handle, BTreeSet<(u32, u64)>> {
+        &self.tables
+    }
+
+    /// Per VM-table slot: the generation of the handle its current or next
+    /// VM has, and whether a live or destroyed VM holds it.
+    pub fn slots(&self) -> impl Iterator<Item = (u64, bool)> + '_ {
+        self.slots.iter().map(|s| (s.generation, s.taken))
+    }
+
     /// [`Model::step`] in place.
     pub fn apply(&mut self, event: &Event) -> Outcome {
         match *event {

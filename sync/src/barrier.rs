@@ -15,7 +15,7 @@
 
 use crossbeam_utils::CachePadded;
 
-use crate::shim::{AtomicU32, Ordering, SpinWait};
+use crate::shim::{AtomicU32, Ordering, Site, SpinWait, ordered};
 
 /// An N-participant barrier, reusable for any number of phases.
 #[derive(Debug)]
@@ -90,7 +90,9 @@ impl RendezvousBarrier {
         // sequence on `arrived`; the Acquire half lets the last arrival
         // synchronise with every earlier one, so all participants' pre-barrier
         // writes happen-before the leader's action and its release below.
-        let before = self.arrived.fetch_add(1, Ordering::AcqRel);
+        let before = self
+            .arrived
+            .fetch_add(1, ordered(Site::BarrierArrive, Ordering::AcqRel));
         if before.wrapping_add(1) == self.participants {
             // Relaxed: the next phase's arrivals happen after they observe
             // the new generation (Release below, Acquire in their spin), and
@@ -100,14 +102,20 @@ impl RendezvousBarrier {
             // Release: pairs with the Acquire spin below, publishing every
             // participant's pre-barrier writes (gathered above) and the
             // action's effects to all the waiters.
-            self.generation
-                .store(generation.wrapping_add(1), Ordering::Release);
+            self.generation.store(
+                generation.wrapping_add(1),
+                ordered(Site::BarrierRelease, Ordering::Release),
+            );
             true
         } else {
             // Acquire: pairs with the leader's Release store of the new
             // generation.
             let mut wait = SpinWait::new();
-            while self.generation.load(Ordering::Acquire) == generation {
+            while self
+                .generation
+                .load(ordered(Site::BarrierWait, Ordering::Acquire))
+                == generation
+            {
                 wait.spin();
             }
             false

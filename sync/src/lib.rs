@@ -37,9 +37,15 @@ pub use mutex::{Mutex, MutexGuard};
 pub use shim::{SpinWait, spin_hint};
 pub use ticket::TicketLock;
 
-/// Atomics: `core::sync::atomic`'s normally, loom's under `--cfg loom`.
+/// Atomics: `core::sync::atomic`'s normally, loom's under `--cfg loom`;
+/// and the named ordering sites ([`atomic::Site`], [`atomic::ordered`]) that
+/// loom models weaken one at a time.
 pub mod atomic {
-    pub use crate::shim::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+    #[cfg(loom)]
+    pub use crate::shim::weakened;
+    pub use crate::shim::{
+        AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, Site, fence, ordered,
+    };
 }
 
 /// Interior mutability whose accesses loom can track.

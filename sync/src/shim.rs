@@ -14,6 +14,92 @@ pub use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Orde
 #[cfg(loom)]
 pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
+/// An atomic access in `sync/` or `percpu/` whose ordering is stronger than
+/// `Relaxed`, by name. Each such access states its ordering through
+/// [`ordered`], so that a loom model can run with exactly one of them
+/// weakened ([`weakened`]) and show, by failing, that the ordering is
+/// needed: a broken twin of the real code rather than of a copy.
+/// `Relaxed` accesses have no site: nothing is weaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    /// `TicketLock::lock`: the spin on `now_serving` (Acquire).
+    TicketLockWait,
+    /// `TicketLock::try_lock`: the load of `now_serving` (Acquire).
+    TicketTryLockLoad,
+    /// `TicketLock::unlock`: the store of `now_serving` (Release).
+    TicketUnlock,
+    /// `TicketLock::queue_len` (and `is_locked`): the load of
+    /// `now_serving` (Acquire).
+    TicketQueueLenLoad,
+    /// `RendezvousBarrier::wait_with`: the arrival `fetch_add` (AcqRel).
+    BarrierArrive,
+    /// `RendezvousBarrier::wait_with`: the leader's store of the new
+    /// generation (Release).
+    BarrierRelease,
+    /// `RendezvousBarrier::wait_with`: the waiters' spin on `generation`
+    /// (Acquire).
+    BarrierWait,
+    /// `PerCpu::with_mut`: the swap that claims a slot (Acquire).
+    PerCpuClaim,
+    /// `PerCpu::with_mut`: the store that frees a slot (Release).
+    PerCpuFree,
+}
+
+impl Site {
+    /// Every site.
+    pub const ALL: [Site; 9] = [
+        Site::TicketLockWait,
+        Site::TicketTryLockLoad,
+        Site::TicketUnlock,
+        Site::TicketQueueLenLoad,
+        Site::BarrierArrive,
+        Site::BarrierRelease,
+        Site::BarrierWait,
+        Site::PerCpuClaim,
+        Site::PerCpuFree,
+    ];
+}
+
+/// The ordering of the access at `site`: `ordering`. Normally exactly that
+/// (the call compiles away); under loom, the weaker ordering a model chose
+/// for this site with [`weakened`], if it chose this one.
+#[inline(always)]
+#[must_use]
+pub fn ordered(site: Site, ordering: Ordering) -> Ordering {
+    #[cfg(loom)]
+    if let Some((weak, to)) = WEAKENED.with(core::cell::Cell::get)
+        && weak == site
+    {
+        return to;
+    }
+    let _ = site;
+    ordering
+}
+
+#[cfg(loom)]
+std::thread_local! {
+    /// The site a model weakened, and to what. Loom runs a model's threads
+    /// on the OS thread that called it, so this is per model run.
+    static WEAKENED: core::cell::Cell<Option<(Site, Ordering)>> =
+        const { core::cell::Cell::new(None) };
+}
+
+/// Runs `f` (a loom model) with the access at `site` using `to` instead of
+/// its own ordering, everywhere `f` reaches it; restored afterwards, also
+/// when `f` panics (as a broken twin should).
+#[cfg(loom)]
+pub fn weakened<R>(site: Site, to: Ordering, f: impl FnOnce() -> R) -> R {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WEAKENED.with(|w| w.set(None));
+        }
+    }
+    WEAKENED.with(|w| w.set(Some((site, to))));
+    let _restore = Restore;
+    f()
+}
+
 /// Tell the CPU (or loom's scheduler) that this thread is busy-waiting.
 ///
 /// On hardware this is `core::hint::spin_loop` (`yield` on AArch64, `pause`

@@ -15,7 +15,7 @@
 //!   (the engine's shards and VM slots) pads its own elements apart, so
 //!   unrelated locks never share a line.
 
-use crate::shim::{AtomicU32, Ordering, SpinWait};
+use crate::shim::{AtomicU32, Ordering, Site, SpinWait, ordered};
 
 /// A FIFO spin lock guarding no data of its own.
 ///
@@ -71,7 +71,11 @@ impl TicketLock {
         // Acquire: pairs with the Release store in `unlock` that wrote
         // `ticket`, so the previous critical section happens-before ours.
         let mut wait = SpinWait::new();
-        while self.now_serving.load(Ordering::Acquire) != ticket {
+        while self
+            .now_serving
+            .load(ordered(Site::TicketLockWait, Ordering::Acquire))
+            != ticket
+        {
             wait.spin();
         }
     }
@@ -87,7 +91,9 @@ impl TicketLock {
         // Acquire: if this reads `serving` written by the Release store in
         // `unlock`, the previous critical section happens-before ours should
         // the exchange below succeed.
-        let serving = self.now_serving.load(Ordering::Acquire);
+        let serving = self
+            .now_serving
+            .load(ordered(Site::TicketTryLockLoad, Ordering::Acquire));
         // The exchange succeeds only if no ticket `serving` has been drawn, so
         // nobody holds or waits for the lock, and `now_serving` (which only
         // the holder of ticket `serving - 1` could have advanced, to exactly
@@ -122,8 +128,10 @@ impl TicketLock {
         let ticket = self.now_serving.load(Ordering::Relaxed);
         // Release: pairs with the Acquire load in `lock`/`try_lock` of the
         // next holder, publishing everything written in this critical section.
-        self.now_serving
-            .store(ticket.wrapping_add(1), Ordering::Release);
+        self.now_serving.store(
+            ticket.wrapping_add(1),
+            ordered(Site::TicketUnlock, Ordering::Release),
+        );
     }
 
     /// Whether some CPU holds the lock at this instant.
@@ -147,7 +155,9 @@ impl TicketLock {
         // `s - 1`; so the Relaxed load of `next_ticket` below sees at least
         // `s` and the difference can never wrap to a huge "negative" length.
         // It can only overstate the queue by arrivals racing with this call.
-        let serving = self.now_serving.load(Ordering::Acquire);
+        let serving = self
+            .now_serving
+            .load(ordered(Site::TicketQueueLenLoad, Ordering::Acquire));
         self.next_ticket
             .load(Ordering::Relaxed)
             .wrapping_sub(serving)

@@ -8,19 +8,30 @@
 //! with a valid syndrome), then retries; a guest access goes through the
 //! engine's own `guest_access` test aid, which does the same on the VM's
 //! Stage-2; a DMA goes through `isola::testing::SimArch`'s IOMMU, whose TLB
-//! caches the host Stage-2's translations until the engine invalidates them. The only state the harness keeps itself is what the engine has
-//! no read-only view of: which `LoadedVcpu` token each CPU holds, a VM's
-//! `max vcpus` and whether it powered off (both recorded from the calls and
-//! exits that set them, and both checked through statuses anyway).
+//! caches the host Stage-2's translations until the engine invalidates
+//! them. The only state the harness keeps itself is which `LoadedVcpu` token
+//! each CPU holds; a VM's `max vcpus` and powered-off flag come from the
+//! engine's `vm_summary`.
+//!
+//! `SimArch` also logs every request the engine makes, so a caller can check
+//! that every step kept break-before-make ([`super::System::arch_check`]).
+//!
+//! Unlike `MachineSpec::build`, which leaks its storage (fine for a test
+//! that boots a few engines), [`Engine::boot_on`] frees the engine's RAM and
+//! tables when the harness is dropped: the exhaustive exploration boots
+//! hundreds of thousands of engines.
 
+use std::alloc::Layout;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use isola::abort::{self, ec};
 use isola::addr::{Ipa, PAGE_SIZE, PhysAddr};
-use isola::arch::Arch;
-use isola::engine::Engine as Core;
+use isola::arch::{Arch, check_break_before_make};
+use isola::engine::{Engine as Core, EngineStorage};
 use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
-use isola::ownership::{Owner as RecOwner, PageState as RecState};
+use isola::mem::PhysMem;
+use isola::ownership::{Owner as RecOwner, PageDb, PageRecord, PageState as RecState, Shard};
 use isola::spec::guest::ESR_UNKNOWN;
 use isola::spec::{
     Config, Contents, Cpu, DmaFaults, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState,
@@ -29,73 +40,222 @@ use isola::spec::{
 use isola::testing::SimArch;
 use isola::testing::{GUEST_MMIO, MachineSpec};
 use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, SysReg, VcpuState};
-use isola::vm::{SlotState, VmHandle};
-use isola_abi::{Exit, HostCall, Status, lr};
+use isola::vm::{SlotState, VmHandle, VmSlot};
+use isola_abi::{HostCall, Status, lr};
 
 /// List registers the test engine offers (`VcpuInterrupts`).
 const LIST_REGS: usize = 4;
 
-/// The test machine: 96 pages of RAM straddling a 2 MiB shard boundary (so
-/// two shards are in play), 8 engine pages (host Stage-2 reserve), 4 VM slots.
-fn machine() -> MachineSpec {
-    MachineSpec {
-        ram_base: 0x4020_0000 - 32 * PAGE_SIZE,
-        ..MachineSpec::default()
+/// A machine the harness boots: the engine's shape and how many physical
+/// CPUs drive it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Machine {
+    /// RAM, engine pages, VM slots, shards, caches.
+    pub spec: MachineSpec,
+    /// Physical CPUs.
+    pub cpus: usize,
+}
+
+impl Machine {
+    /// The property tests' machine: 96 pages of RAM straddling a 2 MiB
+    /// shard boundary (so two shards are in play), 8 engine pages (host
+    /// Stage-2 reserve), 4 VM slots, 3 CPUs.
+    pub fn standard() -> Self {
+        Self {
+            spec: MachineSpec {
+                ram_base: 0x4020_0000 - 32 * PAGE_SIZE,
+                ..MachineSpec::default()
+            },
+            cpus: 3,
+        }
+    }
+
+    /// The model's view of this machine.
+    pub fn config(&self) -> Config {
+        let m = self.spec;
+        let vm_s2 = isola::testing::VM_S2;
+        let below_root = (vm_s2.start_level() + 1..=3)
+            .map(|l| isola::stage2::level_shift(l - 1))
+            .collect();
+        let storage = Storage::new(&m);
+        let features = build(&m, &storage).features();
+        Config {
+            ram_base: m.ram_base,
+            ram_pages: m.ram_pages,
+            engine_pages: m.engine_pages,
+            cpus: self.cpus,
+            max_vms: m.vm_slots,
+            max_vcpus: MAX_VCPUS as u64,
+            features: features
+                | isola_abi::features::VIRTUAL_INTERRUPTS
+                | (LIST_REGS as u64) << isola_abi::features::LR_COUNT_SHIFT,
+            list_regs: LIST_REGS,
+            ipa_bits: u32::from(vm_s2.ipa_bits()),
+            mmio_base: GUEST_MMIO.0,
+            mmio_end: GUEST_MMIO.1,
+            vm_pages: vm_s2.root_pages(),
+            vcpu_pages: 1,
+            table_shifts: below_root,
+            dma_stream: isola::testing::DMA_STREAM,
+        }
     }
 }
 
-/// Physical CPUs the tests use.
-const CPUS: usize = 3;
-
-/// The model's view of the same machine.
+/// The model's view of the property tests' machine ([`Machine::standard`]).
 pub fn config() -> Config {
-    let m = machine();
-    let vm_s2 = isola::testing::VM_S2;
-    let below_root = (vm_s2.start_level() + 1..=3)
-        .map(|l| isola::stage2::level_shift(l - 1))
-        .collect();
-    Config {
-        ram_base: m.ram_base,
-        ram_pages: m.ram_pages,
-        engine_pages: m.engine_pages,
-        cpus: CPUS,
-        max_vms: m.vm_slots,
-        max_vcpus: MAX_VCPUS as u64,
-        features: machine().build(SimArch::new()).features()
-            | isola_abi::features::VIRTUAL_INTERRUPTS
-            | (LIST_REGS as u64) << isola_abi::features::LR_COUNT_SHIFT,
-        list_regs: LIST_REGS,
-        ipa_bits: u32::from(vm_s2.ipa_bits()),
-        mmio_base: GUEST_MMIO.0,
-        mmio_end: GUEST_MMIO.1,
-        vm_pages: vm_s2.root_pages(),
-        vcpu_pages: 1,
-        table_shifts: below_root,
-        dma_stream: isola::testing::DMA_STREAM,
+    Machine::standard().config()
+}
+
+/// The memory an engine lives in: its RAM and the tables `Engine::new`
+/// borrows for `'static`. Owned here and freed on drop, after the engine
+/// (see the field order of [`Engine`]).
+struct Storage {
+    ram: *mut u8,
+    ram_layout: Layout,
+    shards: *mut [Shard],
+    records: *mut [PageRecord],
+    vms: *mut [VmSlot],
+}
+
+impl Storage {
+    /// Zeroed RAM and fresh tables for `spec`.
+    fn new(spec: &MachineSpec) -> Self {
+        let ram = [(PhysAddr::new(spec.ram_base), spec.ram_pages)];
+        let (nshards, nrecords) = PageDb::requirements(&ram, spec.shard_shift).unwrap();
+        let ram_layout =
+            Layout::from_size_align((spec.ram_pages * PAGE_SIZE) as usize, PAGE_SIZE as usize)
+                .unwrap();
+        // SAFETY: the layout has a non-zero size (a machine has RAM).
+        let base = unsafe { std::alloc::alloc_zeroed(ram_layout) };
+        if base.is_null() {
+            std::alloc::handle_alloc_error(ram_layout);
+        }
+        Self {
+            ram: base,
+            ram_layout,
+            shards: Box::into_raw((0..nshards).map(|_| Shard::new()).collect()),
+            records: Box::into_raw(vec![PageRecord::HOST; nrecords].into_boxed_slice()),
+            vms: Box::into_raw((0..spec.vm_slots).map(|_| VmSlot::new()).collect()),
+        }
     }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // SAFETY: each pointer came from `Box::into_raw` (or `alloc_zeroed`
+        // with `ram_layout`) in `Storage::new` and is freed once, here. The
+        // only other user, the engine, is dropped before (it is declared
+        // before its storage in `Engine`, and `Machine::config` drops the one
+        // it builds first) and keeps nothing that outlives it.
+        unsafe {
+            drop(Box::from_raw(self.shards));
+            drop(Box::from_raw(self.records));
+            drop(Box::from_raw(self.vms));
+            std::alloc::dealloc(self.ram, self.ram_layout);
+        }
+    }
+}
+
+/// Builds the engine of `spec` on `storage` (`MachineSpec::build_on`, with
+/// storage that is freed later instead of leaked), offering [`LIST_REGS`]
+/// list registers.
+fn build(spec: &MachineSpec, storage: &Storage) -> Core<SimArch> {
+    // SAFETY: `storage` holds `ram_pages` pages at `ram`, valid until it is
+    // dropped, which happens after the engine built here is dropped (field
+    // order of `Engine`); nothing else touches them.
+    let mem = unsafe {
+        PhysMem::new(
+            storage.ram,
+            PhysAddr::new(spec.ram_base),
+            spec.ram_pages * PAGE_SIZE,
+        )
+    };
+    // SAFETY: as for `mem`: the tables stay allocated, and are reached only
+    // through the engine, for as long as the engine exists. The `'static`
+    // lifetime `EngineStorage` asks for is upheld by dropping the engine
+    // before its storage; no reference escapes the harness.
+    let tables = unsafe {
+        EngineStorage {
+            shards: &*storage.shards,
+            records: &mut *storage.records,
+            vms: &*storage.vms,
+        }
+    };
+    let mut core = spec.build_on(SimArch::new(), mem, tables);
+    core.set_list_registers(LIST_REGS);
+    core
 }
 
 /// The engine under test plus the harness's per-CPU tokens.
 pub struct Engine {
+    // Declared before `storage`, so dropped before it.
     core: Core<SimArch>,
+    machine: Machine,
     /// Per CPU: the vCPU loaded there (its VM handle, index and token).
     loaded: Vec<Option<(Handle, u64, LoadedVcpu)>>,
-    /// `max vcpus` of each VM, as created.
-    max_vcpus: BTreeMap<Handle, u64>,
-    /// VMs that called `SYSTEM_OFF` or `SYSTEM_RESET`.
-    off: Vec<Handle>,
+    /// The last Stage-2 walks, valid while RAM holds the same bytes.
+    walks: RefCell<Walks>,
+    /// Whether anything may have written RAM since the walks were checked.
+    dirty: Cell<bool>,
+    storage: Storage,
+}
+
+/// Results of walking Stage-2 tables, which are a function of the bytes of
+/// RAM (where every table lives) and of the root: `observe` runs after
+/// every step, most steps change no table, and the walks are most of its
+/// cost, so it keeps them while RAM is unchanged.
+#[derive(Default)]
+struct Walks {
+    /// RAM when they were taken.
+    ram: Vec<u8>,
+    /// Per VM handle and Stage-2 root: its mappings.
+    vms: BTreeMap<(Handle, u64), BTreeMap<u64, Mapping>>,
+    /// The RAM pages the host Stage-2 maps.
+    host: Option<Vec<u64>>,
 }
 
 impl Engine {
-    /// A freshly booted engine.
+    /// A freshly booted engine on the property tests' machine.
     pub fn boot() -> Self {
-        let mut core = machine().build(SimArch::new());
-        core.set_list_registers(LIST_REGS);
+        Self::boot_on(Machine::standard())
+    }
+
+    /// A freshly booted engine on `machine`.
+    pub fn boot_on(machine: Machine) -> Self {
+        let storage = Storage::new(&machine.spec);
+        let core = build(&machine.spec, &storage);
         Self {
             core,
-            loaded: (0..CPUS).map(|_| None).collect(),
-            max_vcpus: BTreeMap::new(),
-            off: Vec::new(),
+            machine,
+            loaded: (0..machine.cpus).map(|_| None).collect(),
+            walks: RefCell::default(),
+            dirty: Cell::new(true),
+            storage,
+        }
+    }
+
+    /// The bytes of the engine's RAM.
+    fn ram(&self) -> &[u8] {
+        // SAFETY: `storage.ram` holds `ram_layout.size()` initialised
+        // (zeroed, then written) bytes for as long as `self` lives. Nothing
+        // writes them while this shared borrow lives: the engine runs only
+        // inside `&mut self` methods of the harness, on this thread.
+        unsafe { std::slice::from_raw_parts(self.storage.ram, self.storage.ram_layout.size()) }
+    }
+
+    /// Forgets the cached walks if RAM changed since they were taken (the
+    /// host Stage-2 root never moves; a VM's root is part of its key).
+    fn refresh_walks(&self) {
+        if !self.dirty.replace(false) {
+            return;
+        }
+        let ram = self.ram();
+        let mut w = self.walks.borrow_mut();
+        if w.ram != ram {
+            w.ram.clear();
+            w.ram.extend_from_slice(ram);
+            w.vms.clear();
+            w.host = None;
         }
     }
 
@@ -150,10 +310,7 @@ impl Engine {
             }
             GuestExitAction::Resume => Outcome::GuestDone,
             GuestExitAction::ExitToHost(exit) => {
-                let (h, _, l) = self.loaded[cpu].take().unwrap();
-                if matches!(exit, Exit::SystemOff | Exit::SystemReset) {
-                    self.off.push(h);
-                }
+                let (_, _, l) = self.loaded[cpu].take().unwrap();
                 let mut regs = [HostCall::VcpuRun as u64, 0, 0, 0, 0, 0, 0];
                 self.core.finish_run(l, exit, &mut regs);
                 assert_eq!(
@@ -178,6 +335,7 @@ impl Engine {
 
 impl super::System for Engine {
     fn step(&mut self, event: &Event) -> Outcome {
+        self.dirty.set(true);
         match *event {
             Event::DmaRead { pa } => {
                 return match isola::testing::dma(&self.core, pa, None) {
@@ -195,7 +353,7 @@ impl super::System for Engine {
         }
         let cpu = event.cpu();
         let running = self.loaded.get(cpu).is_some_and(Option::is_some);
-        if cpu >= CPUS || running == event.is_host() {
+        if cpu >= self.machine.cpus || running == event.is_host() {
             return Outcome::Inapplicable;
         }
         let mem = self.core.mem();
@@ -204,9 +362,6 @@ impl super::System for Engine {
                 let mut r = regs;
                 match self.core.host_call(cpu as u32, &mut r) {
                     HostCallOutcome::Done => {
-                        if r[0] == 0 && regs[0] & 0xffff_ffff == HostCall::VmCreate as u64 {
-                            self.max_vcpus.insert(r[1], regs[3]);
-                        }
                         assert_eq!(r[4..], regs[4..], "x4..=x6 not preserved");
                         Outcome::HostReturn([r[0], r[1], r[2], r[3]])
                     }
@@ -329,6 +484,7 @@ impl super::System for Engine {
             slots.insert(h.slot() as u16, handle);
         });
         let mut pages = BTreeMap::new();
+        let ram = self.ram();
         core.for_each_page(|pa, rec| {
             let owner = Self::handle_of(&slots, rec.owner());
             let peer = rec.peer().map(|p| Self::handle_of(&slots, p));
@@ -340,11 +496,10 @@ impl super::System for Engine {
             };
             let contents = (owner != Owner::Engine).then(|| {
                 let mut c = Contents::new();
-                if mem.page_is_zero(pa) == Some(true) {
-                    return c;
-                }
-                for w in 0..PAGE_SIZE / 8 {
-                    let v = mem.read_u64(PhysAddr::new(pa.raw() + 8 * w)).unwrap();
+                let off = (pa.raw() - self.machine.spec.ram_base) as usize;
+                let page = &ram[off..off + PAGE_SIZE as usize];
+                for (w, word) in page.chunks_exact(8).enumerate() {
+                    let v = u64::from_le_bytes(word.try_into().unwrap());
                     if v != 0 {
                         c.insert(w as u16, v);
                     }
@@ -361,19 +516,30 @@ impl super::System for Engine {
             );
         });
         let mut vms = BTreeMap::new();
+        self.refresh_walks();
         for h in live {
-            let mut map = BTreeMap::new();
-            core.vm_mappings(h, |ipa, pa, p, _| {
-                let perms = u64::from(p.r) | u64::from(p.w) << 1 | u64::from(p.x) << 2;
-                map.insert(
-                    ipa.raw(),
-                    Mapping {
-                        pa: pa.raw(),
-                        perms,
-                    },
-                );
-            })
-            .unwrap();
+            let summary = core.vm_summary(h).unwrap();
+            let root = summary.root.map_or(0, PhysAddr::raw);
+            let cached = self.walks.borrow().vms.get(&(h, root)).cloned();
+            let map = match cached {
+                Some(map) => map,
+                None => {
+                    let mut map = BTreeMap::new();
+                    core.vm_mappings(h, |ipa, pa, p, _| {
+                        let perms = u64::from(p.r) | u64::from(p.w) << 1 | u64::from(p.x) << 2;
+                        map.insert(
+                            ipa.raw(),
+                            Mapping {
+                                pa: pa.raw(),
+                                perms,
+                            },
+                        );
+                    })
+                    .unwrap();
+                    self.walks.borrow_mut().vms.insert((h, root), map.clone());
+                    map
+                }
+            };
             let mut vcpus = BTreeMap::new();
             for i in 0..MAX_VCPUS as u64 {
                 let Ok((state, ctx)) = core.vcpu(h, i) else {
@@ -418,13 +584,12 @@ impl super::System for Engine {
                     },
                 );
             }
-            let usage = core.vm_usage(h).unwrap();
             let vm = Vm {
-                max_vcpus: self.max_vcpus.get(&h).copied().unwrap_or(0),
+                max_vcpus: summary.max_vcpus,
                 vcpus,
                 map,
-                pool_free: usage[3],
-                off: self.off.contains(&h),
+                pool_free: summary.pool_free,
+                off: summary.off,
             };
             vms.insert(h, vm);
         }
@@ -449,7 +614,27 @@ impl super::System for Engine {
     }
 
     fn poke(&mut self, pa: u64, value: u64) {
+        self.dirty.set(true);
         self.core.mem().write_u64(PhysAddr::new(pa), value);
+    }
+
+    fn set_reg(&mut self, vm: Handle, vcpu: u64, reg: u8, value: u64) {
+        self.dirty.set(true);
+        if let Ok((_, ctx)) = self.core.vcpu(vm, vcpu) {
+            ctx.set_x(self.core.mem(), reg, value);
+        }
+    }
+
+    fn arch_check(&mut self) -> Result<(), String> {
+        let log = self.core.arch().log();
+        let overflowed = log.overflowed();
+        let mut events = Vec::with_capacity(log.len());
+        log.for_each(|e| events.push(e));
+        log.clear();
+        if overflowed {
+            return Err("the Arch log overflowed: break-before-make unchecked".into());
+        }
+        check_break_before_make(events).map_err(|v| format!("break-before-make: {v:?}"))
     }
 
     fn dma_view(&self) -> Vec<u64> {
@@ -461,20 +646,25 @@ impl super::System for Engine {
     }
 
     fn host_mapped(&self) -> Vec<u64> {
-        let c = config();
-        let end = c.ram_base + c.ram_pages * PAGE_SIZE;
+        self.refresh_walks();
+        if let Some(v) = &self.walks.borrow().host {
+            return v.clone();
+        }
+        let m = self.machine.spec;
+        let end = m.ram_base + m.ram_pages * PAGE_SIZE;
         let mut v = Vec::new();
         self.core.host_mappings(|ipa, _, level| {
             let size = isola::stage2::block_size(level);
             let mut pa = ipa.raw();
             while pa < ipa.raw() + size {
-                if (c.ram_base..end).contains(&pa) {
+                if (m.ram_base..end).contains(&pa) {
                     v.push(pa);
                 }
                 pa += PAGE_SIZE;
             }
         });
         v.sort_unstable();
+        self.walks.borrow_mut().host = Some(v.clone());
         v
     }
 }

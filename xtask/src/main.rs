@@ -1,7 +1,8 @@
 //! isola's task runner: `cargo xtask run` boots the engine on QEMU virt,
 //! `cargo xtask test` runs every test suite, in the order a failure is cheapest
 //! to find (`suite.rs`), `cargo xtask linux` boots Debian's kernel as the host,
-//! `cargo xtask bench` measures.
+//! `cargo xtask bench` measures, `cargo xtask explore` runs the exhaustive
+//! exploration of the engine against its spec deeper (`explore.rs`).
 //!
 //! It calls nothing the README does not name: the only tools are the pinned
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
@@ -14,6 +15,7 @@ mod build;
 mod check;
 mod cmd;
 mod dtb;
+mod explore;
 #[cfg(test)]
 mod layers;
 mod linux;
@@ -36,8 +38,9 @@ fn main() -> ExitCode {
         Some("linux") => machine::ensure_qemu().and_then(|()| linux::main(&args[1..])),
         Some("test") => suite::test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
+        Some("explore") => explore::main(&args[1..]),
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask explore [--depth N] [--planted]"
                 .to_string(),
         ),
     };

@@ -1,12 +1,13 @@
 //! `cargo xtask test`: every suite, in the order a failure is cheapest to
-//! find (format, lints, host tests, model checks, Miri, the image's
-//! disassembly, booted runs); it stops at the first failure.
+//! find (format, lints, host tests, the exhaustive exploration, model
+//! checks, Miri, the image's disassembly, booted runs); it stops at the
+//! first failure.
 
 use std::process::Command;
 use std::time::Instant;
 
 use crate::cmd::{SKIPPED, cargo, root, run};
-use crate::{build, linux, machine, panic_free, qemu};
+use crate::{build, explore, linux, machine, panic_free, qemu};
 
 /// Crates that only build for the bare-metal targets.
 const TARGET_ONLY: &[&str] = &["isola-boot", "isola-host-payload", "isola-guest-payload"];
@@ -63,6 +64,10 @@ pub fn test_all() -> Result<(), String> {
         Step {
             name: "host unit and property tests",
             run: host_tests,
+        },
+        Step {
+            name: "exhaustive exploration against the spec (release)",
+            run: explore::test_step,
         },
         Step {
             name: "loom model checks",
