@@ -1,6 +1,6 @@
 //! isola's task runner: `cargo xtask run` boots the engine on QEMU virt,
 //! `cargo xtask test` runs every test suite, in the order a failure is cheapest
-//! to find (`suite.rs`), `cargo xtask linux` boots Debian's kernel as the host,
+//! to find (`suite.rs`), `cargo xtask linux` boots Debian's kernel as the host, `cargo xtask guest` as a guest,
 //! `cargo xtask bench` measures.
 //!
 //! It calls nothing the README does not name: the only tools are the pinned
@@ -14,6 +14,7 @@ mod build;
 mod check;
 mod cmd;
 mod dtb;
+mod guest;
 #[cfg(test)]
 mod layers;
 mod linux;
@@ -34,10 +35,11 @@ fn main() -> ExitCode {
             qemu::run_main_job(smp)
         }),
         Some("linux") => machine::ensure_qemu().and_then(|()| linux::main(&args[1..])),
+        Some("guest") => machine::ensure_qemu().and_then(|()| guest::main(&args[1..])),
         Some("test") => suite::test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke]"
                 .to_string(),
         ),
     };

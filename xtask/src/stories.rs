@@ -220,6 +220,58 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
     e
 }
 
+/// The VM test with `guests` Linux guests beside its VMs
+/// (`isola.linux.guests=`, `cargo xtask guest --beside`; docs/guests.md):
+/// each guest is made after the VMs and the host's attacks, prints its
+/// init's lines while the VMs run (in any order with theirs), powers off,
+/// and is torn down before the accounting, which must be exact for all.
+pub fn vms_with_linux_story(smp: u32, guests: u32, release: &str) -> Vec<Expect> {
+    let mut e = vms_story(smp);
+    let at = |e: &[Expect], want: &str| {
+        e.iter()
+            .position(|x| matches!(x, Expect::Line(l) if l == want))
+    };
+    let made: Vec<Expect> = (0..guests)
+        .flat_map(|k| {
+            [
+                line(format!(
+                    "host: linux{k}: Debian's kernel, its initramfs and device tree in 128 MiB of guest RAM, all 32768 pages donated (the VM owns 32768); 4 vCPUs, 1 on"
+                )),
+                line(format!(
+                    "host: linux{k}: host reads of its RAM (first, middle, last page): refused (SEA)"
+                )),
+            ]
+        })
+        .collect();
+    // The set of lines printed while the VMs run (the guests' console).
+    let running = e
+        .iter()
+        .position(|x| matches!(x, Expect::AnyOrder(ls) if ls.iter().any(|l| l.contains("hello through emulated MMIO"))))
+        .unwrap_or(e.len());
+    if let Some(Expect::AnyOrder(set)) = e.get_mut(running) {
+        for k in 0..guests {
+            set.extend([
+                format!("host: linux{k}: isola-guest: init running on Linux {release}"),
+                format!("host: linux{k}: isola-guest: nproc 4"),
+                format!(
+                    "host: linux{k}: isola-guest: timer interrupts moving on every CPU: 4 of 4"
+                ),
+                format!("host: linux{k}: isola-guest: powering off"),
+                format!("host: linux{k}: powered off (PSCI SYSTEM_OFF)"),
+            ]);
+        }
+    }
+    e.splice(running..running, made);
+    let accounting = at(&e, "host: vms: accounting exact after teardown").unwrap_or(e.len());
+    let gone = (0..guests).map(|k| {
+        line(format!(
+            "host: linux{k}: destroyed; all 32768 RAM pages reclaimed and its 160 pool pages back, all zeroed"
+        ))
+    });
+    e.splice(accounting..accounting, gone);
+    e
+}
+
 /// The `no-gicv3` scenario (its tree made by `dtb::unknown_gic`): the
 /// engine reads the tree, refuses it and powers off with a failure status
 /// (the host never runs).
@@ -236,6 +288,34 @@ pub fn unusable_tree_story(_smp: u32) -> Vec<Expect> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn linux_guests_join_the_vm_story_in_their_places() {
+        let e = vms_with_linux_story(8, 2, "6.1.0-57-arm64");
+        let lines: Vec<String> = e
+            .iter()
+            .flat_map(|x| match x {
+                Expect::Line(l) => vec![l.clone()],
+                Expect::AnyOrder(ls) => ls.clone(),
+            })
+            .collect();
+        let pos = |s: &str| lines.iter().position(|l| l.contains(s)).unwrap();
+        assert!(pos("attack guest-call-from-host") < pos("linux0: Debian's kernel"));
+        assert!(pos("linux1: host reads") < pos("linux1: isola-guest: nproc 4"));
+        assert!(pos("donate-to-destroyed-vm") < pos("linux1: destroyed"));
+        assert!(pos("linux1: destroyed") < pos("vms: accounting exact"));
+        assert_eq!(
+            lines.len(),
+            vms_story(8)
+                .iter()
+                .map(|x| match x {
+                    Expect::Line(_) => 1,
+                    Expect::AnyOrder(ls) => ls.len(),
+                })
+                .sum::<usize>()
+                + 2 * 8
+        );
+    }
 
     #[test]
     fn mpidrs_follow_qemu_virt_clusters() {

@@ -6,8 +6,9 @@
 //! every other CPU from `host_secondary_entry` (started through the engine's
 //! PSCI relay) with `x0` = the CPU's index. What it tests is chosen by the
 //! boot argument `isola.test=` (`/chosen/bootargs`, set with QEMU's
-//! `-append`): `smp`, `probe`, `badcall`, `vms`, `bench` or `all` (the
-//! default, every one but `bench`).
+//! `-append`): `smp`, `probe`, `badcall`, `vms`, `bench`, `guest` (a
+//! Linux guest, `cargo xtask guest`) or `all` (the default: `smp`, `probe`,
+//! `badcall` and `vms`).
 //!
 //! | module | job |
 //! |---|---|
@@ -15,8 +16,10 @@
 //! | `console` | whole lines under a lock, the failed-check count |
 //! | `calls` | `hvc` and PSCI calls, status names |
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
-//! | `vms` | the VM test (docs/guests.md), a folder of its own |
+//! | `vms` | the VM test (docs/guests.md), a folder of its own, with the Linux guests (`vms/linux/`) |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
+//! | `heap` | the global allocator the VMM (`isola-vmm`) needs |
+//! | `wake` | the host's own GIC and timer: idle CPUs sleep, busy ones are kicked |
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -38,12 +41,24 @@ mod console;
     reason = "the first instructions, the stage-1 map, the exception vectors"
 )]
 mod entry;
+#[allow(
+    unsafe_code,
+    reason = "a global allocator hands out raw memory from the heap's range"
+)]
+mod heap;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
     reason = "its probes, the register probe, cache maintenance, and the vCPU records only the claiming CPU touches"
 )]
 mod vms;
+#[allow(
+    unsafe_code,
+    reason = "GIC registers (memory-mapped and system registers), the timer, WFI"
+)]
+mod wake;
+
+extern crate alloc;
 
 use core::cell::UnsafeCell;
 
@@ -85,11 +100,12 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if let Some(u) = p.uart {
         console::set_uart(u.base);
     }
-    let test = fdt::bootargs(&tree)
-        .ok()
-        .flatten()
-        .and_then(|a| a.split(' ').find_map(|w| w.strip_prefix("isola.test=")))
+    let args = fdt::bootargs(&tree).ok().flatten().unwrap_or("");
+    let test = args
+        .split(' ')
+        .find_map(|w| w.strip_prefix("isola.test="))
         .unwrap_or("all");
+    vms::linux::configure(args);
     let ram = p.ram().first().copied().unwrap_or_default();
     say!(
         "up at EL1 on cpu 0: device tree at {dtb:#x}, {} CPUs, RAM {:#x}..{:#x}, test {test}",
@@ -117,8 +133,11 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if all || test == "badcall" {
         basic::bad_calls();
     }
-    if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry()) {
+    if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry(), p) {
         fail(format_args!("the VM test failed"));
+    }
+    if test == "guest" && !vms::linux::main(p.cpus(), entry::secondary_entry(), p) {
+        fail(format_args!("the Linux guest test failed"));
     }
     match console::failures() {
         0 => say!("verdict: PASS"),
@@ -132,6 +151,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
     vms::secondary(i);
+    vms::linux::secondary(i);
     basic::secondary(i)
 }
 

@@ -34,7 +34,9 @@
 //! | `setup.rs` | creating the VMs and the attacks that need no running vCPU |
 //! | `run.rs` | running vCPUs on every CPU, their exits, the storm, the running-vCPU attacks |
 //! | `teardown.rs` | destroying, reclaiming, reporting every vCPU, the accounting |
+//! | `linux/` | Debian's Linux kernel as a guest through the VMM, alone (`isola.test=guest`) or beside the VMs above (`isola.linux.guests=`) |
 
+pub mod linux;
 mod pages;
 mod plan;
 mod probe;
@@ -86,12 +88,12 @@ fn barrier() -> &'static RendezvousBarrier {
 /// until the others are off again and tears down alone. (Other CPUs would
 /// only spin during setup and teardown, and under TCG a spinning CPU takes
 /// real time from the working one.) Returns whether every check passed.
-pub fn main(mpidrs: &[u64], entry: u64) -> bool {
+pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool {
     let cpus = mpidrs.len().max(1);
     // SAFETY: no other CPU of the test runs yet (see `BarrierCell`).
     unsafe { *BARRIER.0.get() = RendezvousBarrier::new(cpus as u32) };
     let host_vectors = install_vectors();
-    if setup(cpus).is_none() {
+    if setup(cpus).is_none() || !linux::setup_beside(mpidrs, platform) {
         restore_vectors(host_vectors);
         return false;
     }
@@ -145,11 +147,12 @@ pub fn secondary(index: usize) {
     }
 }
 
-/// What every CPU does together: run the vCPUs, then the running-vCPU
-/// attacks.
+/// What every CPU does together: run the vCPUs (and any Linux guests
+/// beside them, to their end), then the running-vCPU attacks.
 fn run_phases(cpu: usize, cpus: usize) {
     barrier().wait();
     run_vcpus(cpu, cpus);
+    linux::finish(cpu);
     barrier().wait();
     spin_attacks(cpu, cpus);
     barrier().wait();

@@ -84,6 +84,8 @@ pub(super) fn run_vcpus(cpu: usize, cpus: usize) {
                 break;
             }
         }
+        // Linux guests beside the VMs (vms/linux/) get a turn too.
+        super::linux::step(cpu);
         if storm_left > 0 {
             rng = guest::splitmix64(rng);
             storm_call(rng);

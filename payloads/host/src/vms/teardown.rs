@@ -115,6 +115,8 @@ pub(super) fn teardown() {
             [vm0_handle, POOL_BASE, layout::IPA_BASE, perms::R, 0, 0],
         )[0],
     );
+    // Linux guests beside the VMs (vms/linux/): under the same accounting.
+    super::linux::teardown(None);
     let after = totals();
     let before = BEFORE.each_ref().map(|b| b.load(Ordering::Relaxed));
     let share = sharing();

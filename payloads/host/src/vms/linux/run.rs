@@ -1,0 +1,428 @@
+//! Running the Linux guests' vCPUs on every host CPU: claim a runnable
+//! vCPU under its guest's lock, hand the engine its list registers, run it
+//! to its next exit, give the exit to the VMM and do what it says; kick a
+//! CPU whose running vCPU has a new interrupt; sleep in `WFI` when nothing
+//! is runnable, until the earliest guest timer or a kick.
+//!
+//! Invariants:
+//! - A CPU holds a guest's lock only between runs, never across a
+//!   `VcpuRun`, and never two guests' locks at once.
+//! - A CPU that finds nothing to run marks itself idle, looks once more,
+//!   then waits; a CPU that makes a vCPU runnable kicks every idle CPU
+//!   after making it so (each side fences between its store and its load),
+//!   so a wake-up is never lost.
+
+use alloc::vec::Vec;
+
+use isola_abi::{Exit, ExitStatus, HostCall, LrState, Status, lr};
+use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use isola_vmm::vm::{Action, VcpuState};
+
+use super::guest::{self, FREE, Guest, Outcome, State, VCPUS};
+use crate::calls::{St, call};
+use crate::console::say;
+use crate::wake;
+
+/// A guest that prints nothing for this long (counter time) has stopped
+/// making progress: its run ends as `Stalled`.
+pub(super) const STALL_SECONDS: u64 = 60;
+
+/// Which CPUs wait in `WFI` for work.
+static IDLE: [AtomicBool; isola_layout::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; isola_layout::MAX_CPUS];
+/// Each host CPU's MPIDR (for kicks).
+static MPIDR: [AtomicU64; isola_layout::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; isola_layout::MAX_CPUS];
+/// CPUs whose GIC interface is set up.
+static READY: [AtomicBool; isola_layout::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; isola_layout::MAX_CPUS];
+/// The redistributor regions (base, size) and how many.
+static GICR: [(AtomicU64, AtomicU64); isola_fdt::MAX_GICR] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; isola_fdt::MAX_GICR];
+
+/// Boot CPU, before any guest runs: the CPUs' MPIDRs, the distributor on.
+pub(super) fn init(mpidrs: &[u64], p: &isola_fdt::Platform) {
+    for (slot, &m) in MPIDR.iter().zip(mpidrs) {
+        slot.store(m, Ordering::Relaxed);
+    }
+    for (slot, r) in GICR.iter().zip(p.gicr()) {
+        slot.0.store(r.base, Ordering::Relaxed);
+        slot.1.store(r.size, Ordering::Relaxed);
+    }
+    if let Some(d) = p.gicd {
+        wake::init_distributor(d.base);
+    }
+}
+
+/// This CPU's GIC interface, once.
+fn init_cpu(cpu: usize) {
+    let Some(flag) = READY.get(cpu) else { return };
+    if flag.load(Ordering::Relaxed) {
+        return;
+    }
+    let regions: Vec<(u64, u64)> = GICR
+        .iter()
+        .map(|(b, s)| (b.load(Ordering::Relaxed), s.load(Ordering::Relaxed)))
+        .filter(|&(_, s)| s > 0)
+        .collect();
+    if !wake::init_cpu(cpu, &regions) {
+        say!("linux: FAIL cpu {cpu} found no redistributor of its own");
+        crate::vms::tally::count_failure();
+    }
+    flag.store(true, Ordering::Relaxed);
+}
+
+fn all_done() -> bool {
+    guest::all().all(|g| g.done.load(Ordering::Acquire))
+}
+
+/// Kicks every idle CPU but `me`.
+fn wake_idle(me: usize) {
+    fence(Ordering::SeqCst);
+    for (c, idle) in IDLE.iter().enumerate() {
+        if c != me && idle.load(Ordering::Relaxed) {
+            wake::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
+        }
+    }
+}
+
+/// What one look for work found.
+enum Look {
+    /// Ran a vCPU to its next exit.
+    Ran,
+    /// Nothing runnable; the earliest deadline of a waiting vCPU.
+    Nothing(Option<u64>),
+}
+
+/// Beside the VM test, between its own runs: one look for a Linux vCPU to
+/// run, and runs it if there is one (never waits).
+pub fn step(cpu: usize) {
+    if guest::all().next().is_none() {
+        return;
+    }
+    init_cpu(cpu);
+    wake::drain();
+    let _ = look(cpu);
+}
+
+/// Runs Linux vCPUs until every guest is done, idling when none is
+/// runnable.
+pub fn finish(cpu: usize) {
+    if guest::all().next().is_none() {
+        return;
+    }
+    init_cpu(cpu);
+    while !all_done() {
+        if let Look::Nothing(deadline) = look(cpu) {
+            let Some(idle) = IDLE.get(cpu) else { return };
+            idle.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            if let Look::Nothing(deadline2) = look(cpu)
+                && !all_done()
+            {
+                // Wake at the earliest deadline, or in a second anyway to
+                // look for a stalled guest.
+                let d = match (deadline, deadline2) {
+                    (Some(a), Some(b)) => a.min(b),
+                    (a, b) => a.or(b).unwrap_or(u64::MAX),
+                };
+                let second = wake::now().saturating_add(wake::frequency());
+                wake::idle_until(Some(d.min(second)));
+            }
+            idle.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One pass over the guests: runs the first runnable, unclaimed vCPU.
+fn look(cpu: usize) -> Look {
+    let mut earliest: Option<u64> = None;
+    let now = wake::now();
+    let stall = wake::frequency().saturating_mul(STALL_SECONDS);
+    for g in guest::all() {
+        if g.done.load(Ordering::Acquire) {
+            continue;
+        }
+        let mut s = g.lock();
+        if s.outcome != Outcome::Running {
+            continue;
+        }
+        if now.saturating_sub(s.t_output) > stall {
+            end(g, &mut s, Outcome::Stalled, now);
+            continue;
+        }
+        let ready = s.vm.runnable(now);
+        let pick = ready
+            .iter()
+            .copied()
+            .find(|&v| s.claim.get(v) == Some(&FREE));
+        let Some(v) = pick else {
+            for v in 0..VCPUS {
+                if s.claim.get(v) == Some(&FREE)
+                    && let Some(VcpuState::Waiting(Some(d))) = s.vm.state(v)
+                {
+                    earliest = Some(earliest.map_or(d, |e| e.min(d)));
+                }
+            }
+            let running = s.claim.iter().any(|&c| c != FREE);
+            let alive = (0..VCPUS).any(|v| s.vm.state(v) != Some(VcpuState::Off));
+            if !running && !alive {
+                end(g, &mut s, Outcome::AllStopped, now);
+            }
+            continue;
+        };
+        if let Some(c) = s.claim.get_mut(v) {
+            *c = cpu;
+        }
+        let lrs = s.vm.list_registers(v);
+        let value = s.value.get(v).copied().unwrap_or(0);
+        let same = s.engine_lrs.get(v) == Some(&lrs);
+        if !same {
+            s.interrupt_calls = s.interrupt_calls.saturating_add(1);
+        }
+        drop(s);
+        run_vcpu(g, v, lrs, same, value, cpu);
+        return Look::Ran;
+    }
+    Look::Nothing(earliest)
+}
+
+/// Ends a guest's run.
+fn end(g: &Guest, s: &mut State, outcome: Outcome, now: u64) {
+    s.outcome = outcome;
+    s.t_end = Some(now);
+    g.done.store(true, Ordering::Release);
+    let k = g.k;
+    match outcome {
+        Outcome::PoweredOff => say!("linux{k}: powered off (PSCI SYSTEM_OFF)"),
+        Outcome::Reset => {
+            say!("linux{k}: FAIL the guest reset itself (PSCI SYSTEM_RESET: a kernel panic?)")
+        }
+        Outcome::AllStopped => match s.error_esr {
+            Some(esr) => {
+                say!("linux{k}: FAIL every vCPU stopped; the engine stopped one on ESR {esr:#x}")
+            }
+            None => say!("linux{k}: FAIL every vCPU turned off without a power-off"),
+        },
+        Outcome::Stalled => say!(
+            "linux{k}: FAIL no console output for {STALL_SECONDS} s: the guest stopped making progress"
+        ),
+        Outcome::HostError | Outcome::Running => {}
+    }
+    if outcome != Outcome::PoweredOff {
+        s.failures = s.failures.saturating_add(1);
+        crate::vms::tally::count_failure();
+    }
+}
+
+/// The engine's list registers after an exit: what it held, with the
+/// states the exit reports (an invalid one is empty: taken and done).
+fn after_exit(held: [u64; lr::SLOTS], status: &ExitStatus) -> [u64; lr::SLOTS] {
+    let mut out = held;
+    for (w, st) in out.iter_mut().zip(status.lrs) {
+        let bits = match st {
+            LrState::Invalid => {
+                *w = 0;
+                continue;
+            }
+            LrState::Pending => lr::PENDING,
+            LrState::Active => lr::ACTIVE,
+            LrState::PendingActive => lr::PENDING | lr::ACTIVE,
+        };
+        *w = (*w & !(lr::PENDING | lr::ACTIVE)) | bits;
+    }
+    out
+}
+
+/// Runs vCPU `v` of `g` (claimed by this CPU) to its next exit and handles
+/// it.
+fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, cpu: usize) {
+    let h = g.handle;
+    let mut failed: Option<(&str, u64)> = None;
+    if !same {
+        let [a, b, c, d] = lrs;
+        let r = call(HostCall::VcpuInterrupts, [h, v as u64, a, b, c, d]);
+        if r[0] != Status::Success.raw() {
+            failed = Some(("VcpuInterrupts", r[0]));
+        }
+    }
+    let r = if failed.is_none() {
+        call(HostCall::VcpuRun, [h, v as u64, value, 0, 0, 0])
+    } else {
+        [0; 4]
+    };
+    if failed.is_none() && r[0] != Status::Success.raw() {
+        failed = Some(("VcpuRun", r[0]));
+    }
+    let regs = [r[1], r[2], r[3]];
+    let exit = Exit::decode(regs);
+    if matches!(exit, Some(Exit::Irq | Exit::Eoi)) {
+        wake::drain();
+    }
+    let now = wake::now();
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    let mut s = g.lock();
+    if let Some(c) = s.claim.get_mut(v) {
+        *c = FREE;
+    }
+    if let Some((what, st)) = failed {
+        say!("linux{}: FAIL {what} of vCPU {v}: {}", g.k, St(st));
+        end(g, &mut s, Outcome::HostError, now);
+        return;
+    }
+    let status = ExitStatus::from_word(regs[0]);
+    if let Some(held) = s.engine_lrs.get_mut(v) {
+        *held = after_exit(lrs, &status);
+    }
+    let mmio_kind = match exit {
+        Some(Exit::Mmio { ipa, .. }) => {
+            let (uart, size) = s.vm.layout.uart();
+            if (uart..uart.wrapping_add(size)).contains(&ipa) {
+                0
+            } else if s.vm.gic.claims(ipa) {
+                1
+            } else {
+                2
+            }
+        }
+        _ => 0,
+    };
+    if let Some(e) = &exit {
+        s.count(e, mmio_kind);
+        if let Exit::Error { esr } = e {
+            s.error_esr.get_or_insert(*esr);
+            say!(
+                "linux{}: vCPU {v} stopped by the engine (Exit::Error, ESR {esr:#x})",
+                g.k
+            );
+        }
+    }
+    let before: Vec<bool> = (0..VCPUS)
+        .map(|w| s.vm.state(w) == Some(VcpuState::Ready))
+        .collect();
+    let action = s.vm.exit(v, regs);
+    match action {
+        Action::Run { value } => {
+            if let Some(x) = s.value.get_mut(v) {
+                *x = value;
+            }
+        }
+        Action::InjectAbort => {
+            let r = call(HostCall::VcpuInjectAbort, [h, v as u64, 0, 0, 0, 0]);
+            if r[0] != Status::Success.raw() {
+                say!(
+                    "linux{}: FAIL VcpuInjectAbort of vCPU {v}: {}",
+                    g.k,
+                    St(r[0])
+                );
+                end(g, &mut s, Outcome::HostError, now);
+            }
+        }
+        Action::Wait { .. } | Action::Stop => {}
+        Action::PowerOff { reset } => {
+            take_lines(g, &mut s, now, &mut lines);
+            let outcome = if reset {
+                Outcome::Reset
+            } else {
+                Outcome::PoweredOff
+            };
+            print_lines(g, &lines);
+            lines.clear();
+            end(g, &mut s, outcome, now);
+        }
+        Action::Malformed => {
+            say!("linux{}: FAIL undecodable exit {:#x}", g.k, regs[0]);
+            end(g, &mut s, Outcome::HostError, now);
+        }
+    }
+    take_lines(g, &mut s, now, &mut lines);
+    // Kicks: a running vCPU with an interrupt it does not hold yet exits
+    // to see it; vCPUs that just became runnable wake an idle CPU; after a
+    // power-off every running vCPU is made to stop.
+    let done = s.outcome != Outcome::Running;
+    let mut kick: Vec<usize> = Vec::new();
+    let mut woke = false;
+    for w in (0..VCPUS).filter(|&w| w != v) {
+        let c = s.claim.get(w).copied().unwrap_or(FREE);
+        if c != FREE && c != cpu && (done || s.vm.needs_kick(w)) {
+            kick.push(c);
+        }
+        let ready = s.vm.state(w) == Some(VcpuState::Ready);
+        if c == FREE && ready && !before.get(w).copied().unwrap_or(true) {
+            woke = true;
+        }
+    }
+    drop(s);
+    for c in kick {
+        wake::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
+    }
+    if woke {
+        wake_idle(cpu);
+    }
+    print_lines(g, &lines);
+}
+
+/// Moves the complete lines the guest's UART sent into `lines`, noting the
+/// time of the first userspace line and of the last output.
+fn take_lines(g: &Guest, s: &mut State, now: u64, lines: &mut Vec<Vec<u8>>) {
+    if s.vm.uart.output.is_empty() {
+        return;
+    }
+    s.t_output = now;
+    let out = core::mem::take(&mut s.vm.uart.output);
+    for b in out {
+        match b {
+            b'\n' => {
+                let line = core::mem::take(&mut s.line);
+                if line.starts_with(USER) {
+                    s.user_lines = s.user_lines.saturating_add(1);
+                    if s.t_first_line.is_none() {
+                        s.t_first_line = Some(now);
+                    }
+                }
+                if wanted(g, &line) {
+                    lines.push(line);
+                }
+            }
+            b'\r' => {}
+            b => {
+                if s.line.len() < 512 {
+                    s.line.push(b);
+                }
+            }
+        }
+    }
+}
+
+/// The prefix of every line the guest's init prints.
+const USER: &[u8] = b"isola-guest: ";
+
+/// Kernel messages that mean the guest is broken: shown (and failed) even
+/// when only the init's lines are.
+const ALARMS: [&[u8]; 6] = [
+    b"Kernel panic",
+    b"Oops",
+    b"BUG:",
+    b"WARNING:",
+    b"Call trace:",
+    b"Internal error",
+];
+
+fn wanted(g: &Guest, line: &[u8]) -> bool {
+    match g.console {
+        super::create::Console::Everything => true,
+        super::create::Console::InitOnly => {
+            line.starts_with(USER)
+                || ALARMS
+                    .iter()
+                    .any(|a| line.windows(a.len()).any(|w| w == *a))
+        }
+    }
+}
+
+fn print_lines(g: &Guest, lines: &[Vec<u8>]) {
+    for l in lines {
+        let text = core::str::from_utf8(l).unwrap_or("<not utf-8>");
+        say!("linux{}: {text}", g.k);
+    }
+}
