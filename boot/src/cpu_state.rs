@@ -38,6 +38,9 @@ pub struct CalleeSavedWrite {
 pub struct CpuState {
     /// See [`CalleeSavedWrite`]. First, at offset 0 (the stub relies on it).
     pub callee_saved_write: CalleeSavedWrite,
+    /// This CPU's GICv3 redistributor (`RD_base`, `gic::Redistributor`),
+    /// found when the CPU first enters the host; 0 if none was found.
+    pub redistributor: u64,
 }
 
 impl CpuState {
@@ -49,6 +52,7 @@ impl CpuState {
                 value: 0,
                 reg: 0,
             },
+            redistributor: 0,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::arch::El2Arch;
 use crate::console::say;
 use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
 use crate::sysreg::{ID_AA64MMFR0_EL1, Readable, VTCR_EL2, VTTBR_EL2, Value, write_isb};
+use crate::{gic, idregs};
 
 /// Page size.
 const PAGE: u64 = 4096;
@@ -187,7 +188,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         records,
         vms,
     };
-    let engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
+    let mut engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
         isola::engine::InitError::Db(_) => "page database rejected the RAM layout",
         isola::engine::InitError::BadReserved => "bad reserved range",
         isola::engine::InitError::BadHostPool => "bad host Stage-2 pool",
@@ -196,6 +197,14 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         isola::engine::InitError::BadGuestMmio => "bad guest MMIO window",
         isola::engine::InitError::BadWindow => "memory window does not cover RAM",
     })?;
+    // The world switch carries the virtual CPU interface (`world.rs`): the
+    // host may fill as many list registers as the CPU has (up to the core's
+    // slots). Guests see the ID registers the core derives from the CPU's.
+    // Every CPU of the machine is the same model, so the boot CPU's values
+    // are everyone's (a heterogeneous machine would pass the lowest common
+    // value of each field here).
+    engine.set_list_registers(gic::read_shape().map_or(0, |s| usize::from(s.lrs)));
+    engine.set_guest_id_registers(idregs::raw_id_registers());
     // SAFETY: only the boot CPU runs, and `READY` is clear, so no reference
     // to the cell exists.
     unsafe { (*ENGINE.0.get()).write(engine) };

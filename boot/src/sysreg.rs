@@ -27,17 +27,16 @@
 //! Invariant: nothing in the EL2 image writes a system register except
 //! through these macros, the bring-up assembly (`entry.rs`, `mmu.rs`'s
 //! switch of maps) and the world switch's context save/restore
-//! (`world.rs`), each of which says why it cannot use them.
+//! (`world.rs`, and the virtual CPU interface's in `gic.rs`), each of which
+//! says why it cannot use them.
 
 use core::marker::PhantomData;
 
 pub use aarch64_cpu::registers::{
     CNTHCTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2,
     HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
-    ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2, ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2,
-    ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_HCR_EL2, ICH_VMCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1,
-    MAIR_EL2, MDCR_EL2, MIDR_EL1, MPIDR_EL1, SCTLR_EL2, SPSR_EL1, SPSR_EL2, TCR_EL2, VBAR_EL1,
-    VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    ICH_HCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1, MAIR_EL2, MDCR_EL2, MIDR_EL1, MPIDR_EL1, SCTLR_EL2,
+    SPSR_EL1, SPSR_EL2, TCR_EL2, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use tock_registers::RegisterLongName;
 pub use tock_registers::fields::FieldValue;

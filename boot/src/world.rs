@@ -28,11 +28,16 @@
 //!   saves the host's `q0..q31`, FPSR and FPCR before loading the guest's and
 //!   restores them after saving the guest's, so the host never sees a
 //!   guest's FP/SIMD values and keeps its own.
-//! - The GICv3 virtual CPU interface (`ICH_HCR_EL2`, `ICH_VMCR_EL2`,
+//! - The GICv3 virtual CPU interface (list registers, `ICH_VMCR_EL2`,
 //!   `ICH_AP<m>R<n>_EL2`), which a guest's `ICC_*_EL1` accesses reach under
-//!   `IMO`/`FMO`, is reset to 0 before every guest entry
-//!   ([`gic::reset_virtual_interface`]): no guest reads what another left
-//!   there.
+//!   `IMO`/`FMO`, holds the running vCPU's own state from its context page
+//!   and is enabled (`ICH_HCR_EL2.En`) only while a guest runs
+//!   ([`gic::VcpuInterface`]): no guest reads what another left there.
+//! - While a guest's virtual timer interrupt is asserted at entry (the host
+//!   was told at the last exit, and injects it), the physical PPI 27 is
+//!   disabled in this CPU's redistributor for the run and given back after
+//!   ([`gic::Redistributor::mask_ppi`]), so the guest's own pending timer
+//!   does not end every turn before it can take the virtual one.
 //! - Where SME exists, `TPIDR2_EL0` (not trapped by `CPTR_EL2.TSM`) is 0
 //!   while a guest runs and the host's value on return; a guest's own value
 //!   is not kept across exits (the context has no slot for it).
@@ -46,14 +51,16 @@ use isola::vcpu::{
     Context, OFF_FPCR, OFF_FPSR, OFF_PC, OFF_PSTATE, OFF_SYSREGS, OFF_V, OFF_X, SYSREG_COUNT,
     SysReg,
 };
+use isola_abi::vgic::VTIMER_INTID;
 
+use crate::gic::{self, Redistributor, VcpuInterface};
 use crate::pmu::HostCounters;
 use crate::sysreg::{
     CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, ELR_EL2, ESR_EL2, FAR_EL2, HCR_EL2, HPFAR_EL2,
     ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2, VTTBR_EL2, Value, read,
     write_batched,
 };
-use crate::{gic, timer};
+use crate::{cpu_state, timer};
 
 /// Which vector of the guest-only table the guest's exception came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +145,8 @@ impl GuestStage2 {
 ///   maintenance is broadcast, because its vCPUs move between CPUs.
 /// - `TWI`, `TWE` (13, 14): `WFI`/`WFE` exit, so an idle guest gives the CPU
 ///   back instead of sleeping on it.
+/// - `TID3` (18): reads of the ID registers trap, so the guest sees only
+///   the features the engine switches (the core's `guest_id_value`).
 /// - `TSC` (19): `SMC` traps: the guest never reaches firmware; PSCI calls
 ///   become exits.
 /// - `TIDCP` (20): implementation-defined system registers trap.
@@ -162,6 +171,7 @@ pub const HCR_GUEST: Value<HCR_EL2::Register> = Value::new(&[
     HCR_EL2::BSU::InnerShareable,
     HCR_EL2::TWI::SET,
     HCR_EL2::TWE::SET,
+    HCR_EL2::TID3::SET,
     HCR_EL2::TSC::SET,
     HCR_EL2::TIDCP::SET,
     HCR_EL2::TACR::SET,
@@ -284,6 +294,11 @@ el1_registers!(
 );
 
 impl El1State {
+    /// The value of register `r`.
+    fn get(&self, r: SysReg) -> u64 {
+        self.0.get(r as usize).copied().unwrap_or(0)
+    }
+
     /// The guest's values from its context page.
     ///
     /// # Safety
@@ -403,6 +418,22 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // guest's `eret` puts it in force.
     unsafe { host.counters.stop() };
     let host_el1 = El1State::read();
+    // SAFETY: the caller guarantees the context page is this CPU's.
+    let guest_el1 = unsafe { El1State::load_from(page) };
+    let vgic = gic::shape();
+    let redistributor = cpu_state::with_this(|s| s.redistributor)
+        .ok()
+        .and_then(Redistributor::from_raw);
+    // The guest's timer interrupt was asserted at its last exit (the host
+    // injects it): keep the physical one from ending this run. Given back
+    // below, before the host runs.
+    let vtimer_masked = match redistributor {
+        Some(rd) if isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0)) => {
+            // SAFETY: restored after the run (`unmask` below).
+            unsafe { rd.mask_ppi(VTIMER_INTID) }
+        }
+        _ => false,
+    };
     let mdcr = host.mdcr_el2.union(MDCR_GUEST_TRAPS);
     // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
@@ -412,11 +443,13 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // this CPU's.
     unsafe {
         write_batched!(CNTVOFF_EL2, timer::CNTVOFF_GUEST);
-        gic::reset_virtual_interface();
+        if let Some(s) = vgic {
+            VcpuInterface::load(page, s);
+        }
         if host.tpidr2_el0.is_some() {
             write_batched!(TPIDR2_EL0 as "s3_3_c13_c0_5", Value::raw(0));
         }
-        El1State::load_from(page).write();
+        guest_el1.write();
         write_batched!(VTTBR_EL2, stage2.vttbr);
         write_batched!(VMPIDR_EL2, stage2.vmpidr);
         write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
@@ -450,8 +483,14 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // host runs again only after the `eret` of its trap.
     unsafe {
         El1State::read().store_to(page);
+        if let Some(s) = vgic {
+            VcpuInterface::save(page, s);
+        }
         host_el1.write();
         host.restore();
+        if let (true, Some(rd)) = (vtimer_masked, redistributor) {
+            rd.enable_ppi(VTIMER_INTID);
+        }
     }
     exit
 }
