@@ -265,6 +265,12 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
     if let Some(c) = s.claim.get_mut(v) {
         *c = FREE;
     }
+    if s.outcome != Outcome::Running {
+        // The guest powered off (or failed) while this vCPU ran or was
+        // about to: the engine refuses its run (`Denied`), and nothing of
+        // its exit matters any more.
+        return;
+    }
     if let Some((what, st)) = failed {
         say!("linux{}: FAIL {what} of vCPU {v}: {}", g.k, St(st));
         end(g, &mut s, Outcome::HostError, now);
