@@ -9,7 +9,9 @@
 //! interrupt whatever `PSTATE.I` says, and a guest's run ends at EL2 on
 //! one, since the engine routes physical IRQs there while a guest runs):
 //! - SGI [`KICK_SGI`], which one host CPU sends another;
-//! - PPI 30, the EL1 physical timer, the host's alarm clock while idle;
+//! - PPI 30, the EL1 physical timer, the host's alarm clock while idle and
+//!   its time slice while a guest runs (a vCPU that spins without exiting
+//!   must not keep the CPU from the others);
 //! - PPI 27, the virtual timer: a guest's timer, firing while the guest
 //!   runs, ends its turn so the host can inject it;
 //! - PPI 25, the GIC maintenance interrupt: a guest finished an interrupt
@@ -20,8 +22,9 @@
 //!   pending on, after the guest's run or the idle wait they ended; the
 //!   level-sensitive ones (25, 27) are low again by then, since the host's
 //!   timer and virtual-interface state are back in the CPU.
-//! - The physical timer is armed only inside [`idle_until`] and disarmed
-//!   before it returns: it never ends a guest's run.
+//! - The physical timer is armed only inside [`idle_until`], and between
+//!   [`slice_start`] and [`slice_end`] around one guest run; it is disarmed
+//!   (its line low) whenever the host does anything else.
 
 use core::arch::asm;
 
@@ -240,4 +243,34 @@ pub fn idle_until(deadline: Option<u64>) {
         );
     }
     drain();
+}
+
+/// Arms the physical timer to end the guest run about to start at counter
+/// value `deadline` (a time slice).
+pub fn slice_start(deadline: u64) {
+    // SAFETY: the host's own EL1 physical timer, armed for one guest run
+    // (the engine routes its interrupt to EL2 while the guest runs: the run
+    // ends as `Exit::Irq`); `slice_end` disarms it.
+    unsafe {
+        asm!(
+            "msr cntp_cval_el0, {d}",
+            "msr cntp_ctl_el0, {one}",
+            d = in(reg) deadline,
+            one = in(reg) 1u64,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+}
+
+/// Disarms the time slice after the run (its interrupt, if it fired, is
+/// low again and needs no acknowledgement).
+pub fn slice_end() {
+    // SAFETY: disarming the host's own timer.
+    unsafe {
+        asm!(
+            "msr cntp_ctl_el0, xzr",
+            "isb",
+            options(nomem, nostack, preserves_flags)
+        )
+    };
 }

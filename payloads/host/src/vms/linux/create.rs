@@ -246,6 +246,9 @@ pub(super) fn create(k: usize, console: Console) -> Option<&'static Guest> {
         state: Mutex::new(State {
             vm,
             claim: [FREE; VCPUS],
+            next: 0,
+            runs: [0; VCPUS],
+            last_exit: [0; VCPUS],
             value: [0; VCPUS],
             engine_lrs: [[0; isola_abi::lr::SLOTS]; VCPUS],
             line: Vec::new(),

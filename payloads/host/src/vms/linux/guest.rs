@@ -64,6 +64,11 @@ pub(super) struct State {
     pub(super) vm: Vm,
     /// The host CPU running each vCPU, or [`FREE`].
     pub(super) claim: [usize; VCPUS],
+    /// Where the next search for a vCPU to run starts (round robin).
+    pub(super) next: usize,
+    /// Runs of each vCPU, and the kind ([`KINDS`]) of its last exit.
+    pub(super) runs: [u64; VCPUS],
+    pub(super) last_exit: [usize; VCPUS],
     /// `VcpuRun`'s `x3` for each vCPU's next run (an MMIO read's value).
     pub(super) value: [u64; VCPUS],
     /// What the engine holds in each vCPU's list registers.
@@ -121,8 +126,8 @@ impl Guest {
 }
 
 impl State {
-    /// Counts an exit.
-    pub(super) fn count(&mut self, exit: &Exit, mmio_kind: usize) {
+    /// Counts an exit of vCPU `v`.
+    pub(super) fn count(&mut self, v: usize, exit: &Exit, mmio_kind: usize) {
         let kind = match exit {
             Exit::Mmio { .. } => mmio_kind,
             Exit::MemFault { .. } => 3,
@@ -138,6 +143,10 @@ impl State {
         };
         if let Some(c) = self.exits.get_mut(kind) {
             *c = c.saturating_add(1);
+        }
+        if let (Some(r), Some(l)) = (self.runs.get_mut(v), self.last_exit.get_mut(v)) {
+            *r = r.saturating_add(1);
+            *l = kind;
         }
     }
 }
@@ -167,7 +176,7 @@ pub(super) fn add(g: Guest) -> Option<&'static Guest> {
 }
 
 /// The guests.
-pub(super) fn all() -> impl Iterator<Item = &'static Guest> {
+pub(super) fn all() -> impl Iterator<Item = &'static Guest> + Clone {
     let n = TABLE.count.load(Ordering::Acquire).min(MAX_GUESTS);
     TABLE.guests.iter().take(n).filter_map(|p| {
         let p = p.load(Ordering::Acquire);

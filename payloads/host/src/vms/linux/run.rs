@@ -15,7 +15,7 @@
 use alloc::vec::Vec;
 
 use isola_abi::{Exit, ExitStatus, HostCall, LrState, Status, lr};
-use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use isola_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use isola_vmm::vm::{Action, VcpuState};
 
 use super::guest::{self, FREE, Guest, Outcome, State, VCPUS};
@@ -26,6 +26,13 @@ use crate::wake;
 /// A guest that prints nothing for this long (counter time) has stopped
 /// making progress: its run ends as `Stalled`.
 pub(super) const STALL_SECONDS: u64 = 60;
+
+/// A vCPU runs at most 1/this of a second (counter time) before the host
+/// takes the CPU back (its time slice, `wake::slice_start`): 10 ms.
+const SLICES_PER_SECOND: u64 = 100;
+
+/// Looks made, on every CPU: where the next look starts.
+static ROUND: AtomicUsize = AtomicUsize::new(0);
 
 /// Which CPUs wait in `WFI` for work.
 static IDLE: [AtomicBool; isola_layout::MAX_CPUS] =
@@ -139,7 +146,11 @@ fn look(cpu: usize) -> Look {
     let mut earliest: Option<u64> = None;
     let now = wake::now();
     let stall = wake::frequency().saturating_mul(STALL_SECONDS);
-    for g in guest::all() {
+    // Each look starts at another guest, so no guest is always served last.
+    let first = ROUND.fetch_add(1, Ordering::Relaxed);
+    let count = guest::all().count().max(1);
+    let skip = first.checked_rem(count).unwrap_or(0);
+    for g in guest::all().cycle().skip(skip).take(count) {
         if g.done.load(Ordering::Acquire) {
             continue;
         }
@@ -148,14 +159,16 @@ fn look(cpu: usize) -> Look {
             continue;
         }
         if now.saturating_sub(s.t_output) > stall {
-            end(g, &mut s, Outcome::Stalled, now);
+            finish_guest(g, &mut s, Outcome::Stalled, now);
             continue;
         }
+        // Round robin from the vCPU after the last one run: a vCPU that
+        // spins without exiting (waiting for another vCPU) must not keep
+        // the others from ever running on a single host CPU.
         let ready = s.vm.runnable(now);
-        let pick = ready
-            .iter()
-            .copied()
-            .find(|&v| s.claim.get(v) == Some(&FREE));
+        let pick = (0..VCPUS)
+            .map(|i| s.next.wrapping_add(i) % VCPUS)
+            .find(|v| ready.contains(v) && s.claim.get(*v) == Some(&FREE));
         let Some(v) = pick else {
             for v in 0..VCPUS {
                 if s.claim.get(v) == Some(&FREE)
@@ -167,13 +180,14 @@ fn look(cpu: usize) -> Look {
             let running = s.claim.iter().any(|&c| c != FREE);
             let alive = (0..VCPUS).any(|v| s.vm.state(v) != Some(VcpuState::Off));
             if !running && !alive {
-                end(g, &mut s, Outcome::AllStopped, now);
+                finish_guest(g, &mut s, Outcome::AllStopped, now);
             }
             continue;
         };
         if let Some(c) = s.claim.get_mut(v) {
             *c = cpu;
         }
+        s.next = v.wrapping_add(1);
         let lrs = s.vm.list_registers(v);
         let value = s.value.get(v).copied().unwrap_or(0);
         let same = s.engine_lrs.get(v) == Some(&lrs);
@@ -181,14 +195,14 @@ fn look(cpu: usize) -> Look {
             s.interrupt_calls = s.interrupt_calls.saturating_add(1);
         }
         drop(s);
-        run_vcpu(g, v, lrs, same, value, cpu);
+        turn(g, v, Next { lrs, same, value }, cpu);
         return Look::Ran;
     }
     Look::Nothing(earliest)
 }
 
 /// Ends a guest's run.
-fn end(g: &Guest, s: &mut State, outcome: Outcome, now: u64) {
+fn finish_guest(g: &Guest, s: &mut State, outcome: Outcome, now: u64) {
     s.outcome = outcome;
     s.t_end = Some(now);
     g.done.store(true, Ordering::Release);
@@ -204,9 +218,30 @@ fn end(g: &Guest, s: &mut State, outcome: Outcome, now: u64) {
             }
             None => say!("linux{k}: FAIL every vCPU turned off without a power-off"),
         },
-        Outcome::Stalled => say!(
-            "linux{k}: FAIL no console output for {STALL_SECONDS} s: the guest stopped making progress"
-        ),
+        Outcome::Stalled => {
+            say!(
+                "linux{k}: FAIL no console output for {STALL_SECONDS} s: the guest stopped making progress"
+            );
+            // What each vCPU was doing, for whoever reads the log.
+            for v in 0..VCPUS {
+                say!(
+                    "linux{k}: vCPU {v}: {:?}, {}, {} runs, last exit {}, interrupt waiting {}, list registers {:x?}",
+                    s.vm.state(v),
+                    if s.claim.get(v) == Some(&FREE) {
+                        "not running"
+                    } else {
+                        "running"
+                    },
+                    s.runs.get(v).copied().unwrap_or(0),
+                    s.last_exit
+                        .get(v)
+                        .and_then(|&k| guest::KINDS.get(k))
+                        .unwrap_or(&"-"),
+                    s.vm.gic.has_pending(v),
+                    s.engine_lrs.get(v)
+                );
+            }
+        }
         Outcome::HostError | Outcome::Running => {}
     }
     if outcome != Outcome::PoweredOff {
@@ -234,9 +269,33 @@ fn after_exit(held: [u64; lr::SLOTS], status: &ExitStatus) -> [u64; lr::SLOTS] {
     out
 }
 
+/// What a vCPU's next run needs: the list registers to hand the engine
+/// (and whether it holds them already), and `VcpuRun`'s `x3`.
+struct Next {
+    lrs: [u64; lr::SLOTS],
+    same: bool,
+    value: u64,
+}
+
+/// Runs vCPU `v` of `g` (claimed by this CPU) for one turn: run after run
+/// until its time slice is over, it waits or stops, or its guest ends.
+/// Exits the VMM answers at once (an interrupt to inject, its completion,
+/// MMIO) do not end the turn: a vCPU that got only one interrupt handled
+/// per turn would, on an overcommitted CPU, spend every turn in its timer
+/// handler and never get further.
+fn turn(g: &Guest, v: usize, first: Next, cpu: usize) {
+    let end = wake::now().saturating_add(wake::frequency() / SLICES_PER_SECOND);
+    let mut next = first;
+    while let Some(n) = run_vcpu(g, v, next, cpu, end) {
+        next = n;
+    }
+}
+
 /// Runs vCPU `v` of `g` (claimed by this CPU) to its next exit and handles
-/// it.
-fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, cpu: usize) {
+/// it; what its next run needs if its turn (ending at counter value `end`)
+/// goes on, else `None` (and the claim is released).
+fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Next> {
+    let Next { lrs, same, value } = next;
     let h = g.handle;
     let mut failed: Option<(&str, u64)> = None;
     if !same {
@@ -247,13 +306,18 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
         }
     }
     let r = if failed.is_none() {
-        call(HostCall::VcpuRun, [h, v as u64, value, 0, 0, 0])
+        wake::slice_start(end);
+        let r = call(HostCall::VcpuRun, [h, v as u64, value, 0, 0, 0]);
+        wake::slice_end();
+        r
     } else {
         [0; 4]
     };
     if failed.is_none() && r[0] != Status::Success.raw() {
         failed = Some(("VcpuRun", r[0]));
     }
+    #[cfg(feature = "planted-bug-lose-timer")]
+    let r = [r[0], r[1] & !isola_abi::EXIT_VTIMER, r[2], r[3]];
     let regs = [r[1], r[2], r[3]];
     let exit = Exit::decode(regs);
     if matches!(exit, Some(Exit::Irq | Exit::Eoi)) {
@@ -262,19 +326,18 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
     let now = wake::now();
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut s = g.lock();
-    if let Some(c) = s.claim.get_mut(v) {
-        *c = FREE;
-    }
     if s.outcome != Outcome::Running {
         // The guest powered off (or failed) while this vCPU ran or was
         // about to: the engine refuses its run (`Denied`), and nothing of
         // its exit matters any more.
-        return;
+        release(&mut s, v);
+        return None;
     }
     if let Some((what, st)) = failed {
         say!("linux{}: FAIL {what} of vCPU {v}: {}", g.k, St(st));
-        end(g, &mut s, Outcome::HostError, now);
-        return;
+        release(&mut s, v);
+        finish_guest(g, &mut s, Outcome::HostError, now);
+        return None;
     }
     let status = ExitStatus::from_word(regs[0]);
     if let Some(held) = s.engine_lrs.get_mut(v) {
@@ -294,7 +357,7 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
         _ => 0,
     };
     if let Some(e) = &exit {
-        s.count(e, mmio_kind);
+        s.count(v, e, mmio_kind);
         if let Exit::Error { esr } = e {
             s.error_esr.get_or_insert(*esr);
             say!(
@@ -321,7 +384,7 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
                     g.k,
                     St(r[0])
                 );
-                end(g, &mut s, Outcome::HostError, now);
+                finish_guest(g, &mut s, Outcome::HostError, now);
             }
         }
         Action::Wait { .. } | Action::Stop => {}
@@ -334,11 +397,11 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
             };
             print_lines(g, &lines);
             lines.clear();
-            end(g, &mut s, outcome, now);
+            finish_guest(g, &mut s, outcome, now);
         }
         Action::Malformed => {
             say!("linux{}: FAIL undecodable exit {:#x}", g.k, regs[0]);
-            end(g, &mut s, Outcome::HostError, now);
+            finish_guest(g, &mut s, Outcome::HostError, now);
         }
     }
     take_lines(g, &mut s, now, &mut lines);
@@ -358,6 +421,25 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
             woke = true;
         }
     }
+    // The turn goes on while the vCPU can run and its slice lasts.
+    let goes_on = !done
+        && now < end
+        && matches!(action, Action::Run { .. } | Action::InjectAbort)
+        && s.vm.state(v) == Some(VcpuState::Ready);
+    let next = if goes_on {
+        let lrs = s.vm.list_registers(v);
+        let same = s.engine_lrs.get(v) == Some(&lrs);
+        if !same {
+            s.interrupt_calls = s.interrupt_calls.saturating_add(1);
+        }
+        let value = s.value.get(v).copied().unwrap_or(0);
+        Some(Next { lrs, same, value })
+    } else {
+        // Still runnable (its slice is over): an idle CPU may take it.
+        woke |= !done && s.vm.state(v) == Some(VcpuState::Ready);
+        release(&mut s, v);
+        None
+    };
     drop(s);
     for c in kick {
         wake::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
@@ -366,6 +448,14 @@ fn run_vcpu(g: &Guest, v: usize, lrs: [u64; lr::SLOTS], same: bool, value: u64, 
         wake_idle(cpu);
     }
     print_lines(g, &lines);
+    next
+}
+
+/// Ends this CPU's claim on vCPU `v`.
+fn release(s: &mut State, v: usize) {
+    if let Some(c) = s.claim.get_mut(v) {
+        *c = FREE;
+    }
 }
 
 /// Moves the complete lines the guest's UART sent into `lines`, noting the
