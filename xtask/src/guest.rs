@@ -177,8 +177,10 @@ fn command(
 /// `cargo xtask guest [--beside] [--icount]`: boots the guest (alone, or
 /// [`BESIDE`] of them beside the VM test with `--beside`), streams the
 /// console and judges it as the test does. `--icount` runs the guest alone
-/// on one host CPU under `-icount shift=0`, where the counter figures the
-/// host prints are instructions (QEMU 10's counter runs at 1 GHz).
+/// on one host CPU under `-icount shift=0` with the benchmark's EL2 image,
+/// so the host's figures add the PMU's count of every instruction the
+/// machine ran (the counter's ticks there are virtual nanoseconds: one per
+/// instruction, plus the time QEMU skips while every CPU waits in `WFI`).
 pub fn main(args: &[String]) -> Result<(), String> {
     let mut beside = false;
     let mut icount = false;
@@ -197,7 +199,11 @@ pub fn main(args: &[String]) -> Result<(), String> {
         FetchError::Broken(why) => why,
     })?;
     println!("kernel: {}", s.package);
-    let images = crate::build::build_images()?;
+    let images = if icount {
+        bench_images()?
+    } else {
+        crate::build::build_images()?
+    };
     let smp = if icount { 1 } else { SMP };
     let test = if beside {
         format!("vms isola.linux.guests={BESIDE}")
@@ -216,6 +222,23 @@ pub fn main(args: &[String]) -> Result<(), String> {
         judge(&run, &s, smp)
     };
     verdict.map_err(|e| format!("{e}\n(see the console above)"))
+}
+
+/// The images with the benchmark's EL2 image (`bench-pmu`: the host's PMU
+/// counters count at EL2 and keep counting while a guest runs), in the
+/// benchmark's target directory, for `--icount`.
+fn bench_images() -> Result<Images, String> {
+    let dir = root().join("target").join("aarch64-bench");
+    let (el2, payloads) = crate::build::build_for_targets(
+        &dir,
+        &["bench-pmu"],
+        &["isola-host-payload", "isola-guest-payload"],
+    )?;
+    Ok(Images {
+        engine: el2.join("isola"),
+        host: payloads.join("isola-host"),
+        guest: payloads.join("isola-guest"),
+    })
 }
 
 /// The test command's step: the guest alone, then [`BESIDE`] beside the

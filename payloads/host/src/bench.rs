@@ -83,14 +83,14 @@ static SAMPLE_BUF: Samples = Samples(UnsafeCell::new([[0; SAMPLES]; 2]));
 
 /// One reading of the three counters.
 #[derive(Clone, Copy)]
-struct Reading {
+pub(crate) struct Reading {
     el2: u64,
-    total: u64,
+    pub(crate) total: u64,
     el1: u64,
 }
 
 #[inline(always)]
-fn read() -> Reading {
+pub(crate) fn read() -> Reading {
     let (el2, total, el1): (u64, u64, u64);
     // SAFETY: reading the PMU's event counters has no side effect; the `isb`
     // makes the reads happen after everything before them retired.
@@ -108,7 +108,8 @@ fn read() -> Reading {
 }
 
 /// Programs the three counters; `None` if the PMU has fewer than three.
-fn pmu_setup() -> Option<()> {
+/// (The Linux guest's figures use the all-EL counter too.)
+pub(crate) fn pmu_setup() -> Option<()> {
     let pmcr: u64;
     // SAFETY: reading PMCR_EL0 has no side effect.
     unsafe { asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };

@@ -169,6 +169,7 @@ pub(super) fn create(k: usize, console: Console) -> Option<&'static Guest> {
     drop(dtb);
 
     let t_create = crate::wake::now();
+    let i_create = guest::instructions();
     let r = call(
         HostCall::VmCreate,
         [pool, POOL_PAGES, VCPUS as u64, 0, 0, 0],
@@ -258,6 +259,9 @@ pub(super) fn create(k: usize, console: Console) -> Option<&'static Guest> {
             t_first_line: None,
             t_end: None,
             t_output: t_create,
+            i_create,
+            i_first_line: None,
+            i_end: None,
             error_esr: None,
             outcome: Outcome::Running,
             user_lines: 0,

@@ -83,6 +83,11 @@ pub(super) struct State {
     pub(super) t_create: u64,
     pub(super) t_first_line: Option<u64>,
     pub(super) t_end: Option<u64>,
+    /// The PMU's all-EL instruction count at the same three points, when
+    /// it counts (one host CPU, `-icount`: see [`instructions`]).
+    pub(super) i_create: u64,
+    pub(super) i_first_line: Option<u64>,
+    pub(super) i_end: Option<u64>,
     pub(super) t_output: u64,
     /// The first `Exit::Error`'s syndrome, if any.
     pub(super) error_esr: Option<u64>,
@@ -206,6 +211,24 @@ pub(super) fn all_passed() -> bool {
     })
 }
 
+/// Whether [`instructions`] counts every instruction the machine executes:
+/// set by the guest-only run on a single host CPU once the PMU is set up.
+pub(super) static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// The PMU's count of instructions retired at every EL on this CPU (0 when
+/// not [`COUNTING`]). With one host CPU, and an engine that lets EL2 be
+/// counted and keeps the host's counters running in guests (the
+/// `bench-pmu` image, as `cargo xtask guest --icount` builds it), that is
+/// every instruction of host, engine and guest. QEMU counts instructions
+/// only under `-icount`.
+pub(super) fn instructions() -> u64 {
+    if COUNTING.load(Ordering::Relaxed) {
+        crate::bench::read().total
+    } else {
+        0
+    }
+}
+
 /// Counter ticks as milliseconds.
 fn ms(ticks: u64) -> u64 {
     let f = crate::wake::frequency().max(1);
@@ -221,18 +244,26 @@ pub(super) fn report_all() {
     for g in all() {
         let s = g.lock();
         let k = g.k;
+        let counted = |i: Option<u64>| match i {
+            Some(i) if COUNTING.load(Ordering::Relaxed) => {
+                alloc::format!(", {} instructions", i.wrapping_sub(s.i_create))
+            }
+            _ => alloc::string::String::new(),
+        };
         if let Some(t) = s.t_first_line {
             let d = t.wrapping_sub(s.t_create);
             say!(
-                "linux{k}: figures: VmCreate to the first userspace line: {d} ticks ({} ms)",
-                ms(d)
+                "linux{k}: figures: VmCreate to the first userspace line: {d} ticks ({} ms){}",
+                ms(d),
+                counted(s.i_first_line)
             );
         }
         let Some(end) = s.t_end else { continue };
         let d = end.wrapping_sub(s.t_create);
         say!(
-            "linux{k}: figures: VmCreate to power-off: {d} ticks ({} ms)",
-            ms(d)
+            "linux{k}: figures: VmCreate to power-off: {d} ticks ({} ms){}",
+            ms(d),
+            counted(s.i_end)
         );
         let total: u64 = s.exits.iter().fold(0, |a, &b| a.saturating_add(b));
         let per_second = |n: u64| n.saturating_mul(1000).checked_div(ms(d)).unwrap_or(0);

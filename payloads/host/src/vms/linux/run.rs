@@ -205,6 +205,7 @@ fn look(cpu: usize) -> Look {
 fn finish_guest(g: &Guest, s: &mut State, outcome: Outcome, now: u64) {
     s.outcome = outcome;
     s.t_end = Some(now);
+    s.i_end = Some(guest::instructions());
     g.done.store(true, Ordering::Release);
     let k = g.k;
     match outcome {
@@ -474,6 +475,7 @@ fn take_lines(g: &Guest, s: &mut State, now: u64, lines: &mut Vec<Vec<u8>>) {
                     s.user_lines = s.user_lines.saturating_add(1);
                     if s.t_first_line.is_none() {
                         s.t_first_line = Some(now);
+                        s.i_first_line = Some(guest::instructions());
                     }
                 }
                 if wanted(g, &line) {
