@@ -36,22 +36,12 @@ use isola_abi::{Exit, GuestCall, HostCall, Status, perms};
 
 use crate::calls::{hvc, hvc5, status_name};
 use crate::console::line;
+use crate::pmu::{self, read};
 
 /// Samples per operation (the median, min and max are taken over them).
 const SAMPLES: usize = 1001;
 /// Pages donated per sample in the batched donate-and-map.
 const BATCH: u64 = 512;
-/// `INST_RETIRED`, the architectural instructions-retired event.
-const INST_RETIRED: u64 = 0x08;
-/// PMEVTYPER<n>_EL0.P: do not count at EL1.
-const FILTER_P: u64 = 1 << 31;
-/// PMEVTYPER<n>_EL0.U: do not count at EL0.
-const FILTER_U: u64 = 1 << 30;
-/// PMEVTYPER<n>_EL0.NSH: count at (non-secure) EL2.
-const FILTER_NSH: u64 = 1 << 27;
-/// PMCR_EL0.E (enable) and P (reset the event counters).
-const PMCR_E: u64 = 1 << 0;
-const PMCR_P: u64 = 1 << 1;
 
 /// First byte of the bench's memory (host RAM).
 const BENCH_BASE: u64 = 0x8000_0000;
@@ -80,62 +70,6 @@ struct Samples(UnsafeCell<[[u32; SAMPLES]; 2]>);
 // there is never a second accessor.
 unsafe impl Sync for Samples {}
 static SAMPLE_BUF: Samples = Samples(UnsafeCell::new([[0; SAMPLES]; 2]));
-
-/// One reading of the three counters.
-#[derive(Clone, Copy)]
-pub(crate) struct Reading {
-    el2: u64,
-    pub(crate) total: u64,
-    el1: u64,
-}
-
-#[inline(always)]
-pub(crate) fn read() -> Reading {
-    let (el2, total, el1): (u64, u64, u64);
-    // SAFETY: reading the PMU's event counters has no side effect; the `isb`
-    // makes the reads happen after everything before them retired.
-    unsafe {
-        asm!(
-            "isb",
-            "mrs {0}, pmevcntr0_el0",
-            "mrs {1}, pmevcntr1_el0",
-            "mrs {2}, pmevcntr2_el0",
-            out(reg) el2, out(reg) total, out(reg) el1,
-            options(nostack, preserves_flags)
-        );
-    }
-    Reading { el2, total, el1 }
-}
-
-/// Programs the three counters; `None` if the PMU has fewer than three.
-/// (The Linux guest's figures use the all-EL counter too.)
-pub(crate) fn pmu_setup() -> Option<()> {
-    let pmcr: u64;
-    // SAFETY: reading PMCR_EL0 has no side effect.
-    unsafe { asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };
-    if (pmcr >> 11) & 0x1f < 3 {
-        return None;
-    }
-    let el2 = FILTER_P | FILTER_U | FILTER_NSH | INST_RETIRED;
-    let all = FILTER_NSH | INST_RETIRED;
-    let el1 = FILTER_U | INST_RETIRED;
-    // SAFETY: programming the host's own PMU counters (MDCR_EL2.HPMN gives
-    // them to EL1); nothing else in bench mode uses them.
-    unsafe {
-        asm!(
-            "msr pmevtyper0_el0, {el2}",
-            "msr pmevtyper1_el0, {all}",
-            "msr pmevtyper2_el0, {el1}",
-            "msr pmcntenset_el0, {mask}",
-            "msr pmcr_el0, {pmcr}",
-            "isb",
-            el2 = in(reg) el2, all = in(reg) all, el1 = in(reg) el1,
-            mask = in(reg) 0b111_u64, pmcr = in(reg) pmcr | PMCR_E | PMCR_P,
-            options(nostack)
-        );
-    }
-    Some(())
-}
 
 /// Median, min, max of a sample set (sorts it).
 fn stats(v: &mut [u32]) -> (u32, u32, u32) {
@@ -574,7 +508,7 @@ fn timed_loop<const HVC: bool>(n: u64) -> u64 {
 
 /// Runs the whole benchmark and prints its lines.
 pub fn run() {
-    if pmu_setup().is_none() {
+    if pmu::setup().is_none() {
         line(format_args!(
             "bench skipped: the PMU has fewer than 3 event counters"
         ));

@@ -19,6 +19,7 @@
 //! | `vms` | the VM test (docs/guests.md), a folder of its own, with the Linux guests (`vms/linux/`) |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 //! | `heap` | the global allocator the VMM (`isola-vmm`) needs |
+//! | `pmu` | the instruction counters the benchmark and the Linux guest's figures read |
 //! | `wake` | the host's own GIC and timer: idle CPUs sleep, busy ones are kicked |
 #![no_std]
 #![no_main]
@@ -46,6 +47,8 @@ mod entry;
     reason = "a global allocator hands out raw memory from the heap's range"
 )]
 mod heap;
+#[allow(unsafe_code, reason = "PMU registers are system registers")]
+mod pmu;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,

@@ -223,7 +223,7 @@ pub(super) static COUNTING: AtomicBool = AtomicBool::new(false);
 /// only under `-icount`.
 pub(super) fn instructions() -> u64 {
     if COUNTING.load(Ordering::Relaxed) {
-        crate::bench::read().total
+        crate::pmu::read().total
     } else {
         0
     }

@@ -120,9 +120,9 @@ pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool 
     let before = teardown::totals();
     // On one CPU the PMU's all-EL count is every instruction the machine
     // runs: the figures give it beside the counter's ticks.
-    if mpidrs.len() == 1 && crate::bench::pmu_setup().is_some() {
-        let a = crate::bench::read().total;
-        let b = crate::bench::read().total;
+    if mpidrs.len() == 1 && crate::pmu::setup().is_some() {
+        let a = crate::pmu::read().total;
+        let b = crate::pmu::read().total;
         guest::COUNTING.store(b != a, Ordering::Relaxed);
     }
     run::init(mpidrs, platform);
