@@ -33,8 +33,8 @@
 use core::marker::PhantomData;
 
 pub use aarch64_cpu::registers::{
-    CNTHCTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2,
-    HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
+    CNTHCTL_EL2, CNTHP_CTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2,
+    HCR_EL2, HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
     ICH_HCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1, MAIR_EL2, MDCR_EL2, MIDR_EL1, MPIDR_EL1, SCTLR_EL2,
     SPSR_EL1, SPSR_EL2, TCR_EL2, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
@@ -263,6 +263,9 @@ own_registers! {
         /// Trap SVE instructions and registers.
         TZ OFFSET(8) NUMBITS(1) [],
     ];
+    /// Counter-timer Hypervisor Physical Timer CompareValue: the EL2
+    /// physical timer's deadline, in physical counts.
+    cnthp_cval_el2::CNTHP_CVAL_EL2 = "cnthp_cval_el2";
     /// Hypervisor System Trap Register: AArch32 CP15 traps.
     hstr_el2::HSTR_EL2 = "hstr_el2";
     /// Extended Hypervisor Configuration Register (FEAT_HCX), by encoding.

@@ -107,6 +107,13 @@ const SCENARIOS: &[Scenario] = &[
         dtb: None,
     },
     Scenario {
+        name: "vms1: the same on 1 CPU, where only the host's own tick can end a guest that never exits",
+        smp: 1,
+        test: "vms",
+        expected: stories::vms_story,
+        dtb: None,
+    },
+    Scenario {
         name: "no-gicv3: a device tree the engine cannot use is reported, and the run fails cleanly",
         smp: 1,
         test: "smp",
@@ -171,6 +178,34 @@ pub fn booted_tests() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} booted scenario(s) failed"))
+    }
+}
+
+/// `cargo xtask planted FEATURE SCENARIO`: boots the scenario whose name
+/// starts with `SCENARIO` on an engine built with the planted-bug feature
+/// `FEATURE` of `isola-boot`, and succeeds only if the scenario *fails*:
+/// the check has teeth. Prints the failure it found.
+pub fn planted(feature: &str, scenario: &str) -> Result<(), String> {
+    crate::machine::guard_available()?;
+    if !feature.starts_with("planted-bug-") {
+        return Err(format!("{feature:?} is not a planted-bug feature"));
+    }
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.name.split(':').next() == Some(scenario))
+        .ok_or_else(|| format!("no booted scenario named {scenario:?}"))?;
+    let images = crate::build::build_images_with(&[feature])?;
+    match judge(&images, s) {
+        Ok(t) => Err(format!(
+            "{} passes on an engine built with {feature} ({:.1} s): the check has no teeth",
+            s.name,
+            t.as_secs_f64()
+        )),
+        Err(e) => {
+            let first = e.lines().next().unwrap_or("");
+            println!("the check has teeth: {scenario} fails with {feature}: {first}");
+            Ok(())
+        }
     }
 }
 

@@ -388,6 +388,7 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::SystemReset) => psci_off_smc(psci::SYSTEM_RESET),
         Some(Behaviour::Spin) => spin(index),
         Some(Behaviour::Registers) => registers(),
+        Some(Behaviour::Hold) => hold(param),
         None => {
             host_call(msg::FATAL, x0);
         }
@@ -460,6 +461,40 @@ fn spin(index: u64) {
         core::hint::spin_loop();
     }
     host_call(msg::SPUN, guest_call(GuestCall::Unshare, page));
+}
+
+/// 2 KiB of zeroes, aligned as a vector table must be: every entry is an
+/// undefined instruction, whose exception enters the same table again.
+#[repr(C, align(2048))]
+struct ZeroVectors([u32; 512]);
+
+static ZERO_VECTORS: ZeroVectors = ZeroVectors([0; 512]);
+
+/// Never exits (see `Behaviour::Hold`).
+fn hold(param: u64) -> ! {
+    if param & 1 == 0 {
+        // SAFETY: masks this vCPU's interrupts and spins; touches nothing.
+        unsafe {
+            asm!(
+                "msr daifset, #0xf",
+                "2: b 2b",
+                options(nomem, nostack, noreturn)
+            )
+        }
+    }
+    let table = &raw const ZERO_VECTORS as u64;
+    // SAFETY: the guest's own vectors now point at zeroes in its image (RWX
+    // at Stage 2, executable with the MMU off): the `udf` enters them and
+    // every entry is another `udf`, forever, at EL1 with interrupts masked.
+    unsafe {
+        asm!(
+            "msr vbar_el1, {t}",
+            "isb",
+            "udf #0",
+            t = in(reg) table,
+            options(nomem, nostack, noreturn)
+        )
+    }
 }
 
 /// An IPA inside the demand window that nobody backs.

@@ -97,6 +97,12 @@ pub enum Behaviour {
     /// [`msg::REGS`]); after each, count the registers that lost their value;
     /// report [`msg::REGS_RESULT`].
     Registers = 10,
+    /// Never give the CPU back: spin with every interrupt masked (parameter
+    /// bit 0 clear), or loop in its own exception vectors, a page of zeroes
+    /// (undefined instructions) it points `VBAR_EL1` at (bit 0 set). Only
+    /// the engine's bound on a run (the host's own timer deadline) ends its
+    /// turn.
+    Hold = 11,
 }
 
 /// The value the register test puts in `x<n>` (guest side: `owner` 0x5ee0;
@@ -133,6 +139,7 @@ impl Behaviour {
             8 => Self::SystemReset,
             9 => Self::Spin,
             10 => Self::Registers,
+            11 => Self::Hold,
             _ => return None,
         })
     }
@@ -332,6 +339,7 @@ mod tests {
             Behaviour::SystemReset,
             Behaviour::Spin,
             Behaviour::Registers,
+            Behaviour::Hold,
         ] {
             let x0 = b.x0(0x4000_1001);
             assert_eq!(Behaviour::from_x0(x0), Some(b));

@@ -14,6 +14,7 @@
 //! | `entry` | first instructions, the stage-1 map, the exception vectors |
 //! | `console` | whole lines under a lock, the failed-check count |
 //! | `calls` | `hvc` and PSCI calls, status names |
+//! | `irq` | the GIC and the host's tick on the virtual timer |
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
@@ -38,6 +39,11 @@ mod console;
     reason = "the first instructions, the stage-1 map, the exception vectors"
 )]
 mod entry;
+#[allow(
+    unsafe_code,
+    reason = "the GIC's registers, the timer and the IRQ vector entry are the CPU's"
+)]
+mod irq;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
@@ -85,6 +91,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if let Some(u) = p.uart {
         console::set_uart(u.base);
     }
+    irq::init_distributor(p);
     let test = fdt::bootargs(&tree)
         .ok()
         .flatten()

@@ -51,7 +51,7 @@ use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::calls::{AFFINITY_INFO, AFFINITY_OFF, psci};
 use probe::{install_vectors, restore_vectors};
-use run::{run_vcpus, spin_attacks};
+use run::{hold_run, run_vcpus, spin_attacks};
 use setup::setup;
 use tally::check;
 use teardown::teardown;
@@ -115,7 +115,7 @@ pub fn main(mpidrs: &[u64], entry: u64) -> bool {
     }
     JOIN.store(0, Ordering::Release);
     if started {
-        teardown();
+        teardown(cpus);
     }
     restore_vectors(host_vectors);
     tally::failures() == 0
@@ -145,12 +145,28 @@ pub fn secondary(index: usize) {
     }
 }
 
-/// What every CPU does together: run the vCPUs, then the running-vCPU
-/// attacks.
+/// The host's tick while guests run, on the virtual timer: 250 Hz, as
+/// Debian's kernel ticks.
+const TICK_HZ: u64 = 250;
+
+/// What every CPU does together, ticking on its virtual timer: run the
+/// vCPUs, then the running-vCPU attacks, then one run each of a vCPU that
+/// never exits by itself, which the host's tick must end.
 fn run_phases(cpu: usize, cpus: usize) {
     barrier().wait();
+    let ticking = crate::irq::init_cpu();
+    if ticking {
+        crate::irq::start_tick(crate::irq::frequency() / TICK_HZ);
+    }
     run_vcpus(cpu, cpus);
     barrier().wait();
     spin_attacks(cpu, cpus);
+    if ticking {
+        // Again: the spinner's CPU stopped its tick for the attacks.
+        crate::irq::start_tick(crate::irq::frequency() / TICK_HZ);
+        hold_run(cpu, cpus);
+    }
+    crate::irq::stop_tick();
+    tally::note_ticks(cpu, ticking);
     barrier().wait();
 }

@@ -8,16 +8,16 @@ use isola_guest_payload::{self as guest, Attack, layout, msg};
 use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::pages::{alloc, fill};
-use super::plan::{ATTACKER_VM, MAX_VCPUS, MAX_VMS, SPIN_INDEX, STORM_PER_CPU};
+use super::plan::{ATTACKER_VM, HOLD_VM, MAX_VCPUS, SPIN_INDEX, STORM_PER_CPU, VM_RECORDS};
 use super::probe::{clean_page, invalidate_page, probe_read, probe_write, vcpu_run_checked};
-use super::records::{DONE, End, READY, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
+use super::records::{DONE, End, READY, RESERVED, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
 use super::tally::{attack, attack_probe, check};
 use crate::calls::call;
 use crate::calls::{St, hvc6, status};
 use crate::console::say;
 
 /// Slots of the run list: every vCPU of every VM record.
-const RUN_SLOTS: usize = (MAX_VMS + 3) * MAX_VCPUS;
+const RUN_SLOTS: usize = VM_RECORDS * MAX_VCPUS;
 
 /// What the CPUs share while they run the vCPUs.
 struct Schedule {
@@ -180,9 +180,15 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
             false
         }
         Exit::MemFault { ipa } => memfault(k, i, vm, d, ipa),
+        // The host's tick (taken as soon as this returns): keep running.
+        Exit::Irq => {
+            super::tally::note_irq_exit();
+            d.irq_exits = d.irq_exits.saturating_add(1);
+            false
+        }
         // The test guests start no vCPUs and send no SGIs; an interrupt
         // completion needs nothing from this host either: keep running.
-        Exit::Wfx { .. } | Exit::Irq | Exit::Eoi | Exit::CpuOn { .. } | Exit::Sgi { .. } => false,
+        Exit::Wfx { .. } | Exit::Eoi | Exit::CpuOn { .. } | Exit::Sgi { .. } => false,
         Exit::CpuOff => {
             d.end = End::CpuOff;
             true
@@ -442,6 +448,11 @@ fn checksum(at: Exiting<'_>, value: u64, cpus: usize) -> u64 {
 
 /// CPU 1 runs the attacker's spinning vCPU; meanwhile CPU 0 tries to run it
 /// too and to destroy its VM (both must be `Busy`), then lets it finish.
+/// CPU 1 stops its tick first: its timer would end the spinner's run (the
+/// engine bounds a run by the host's tick) and leave it unloaded between
+/// two runs, where CPU 0 may rightly run it. With one CPU there is no
+/// attack: the CPU, ticking, runs the spinner, and between two runs the
+/// host's tick ended it stops it.
 pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     let n = ATTACKER_VM;
     let Some(vm) = WORLD.vms.get(n) else { return };
@@ -452,8 +463,19 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
         .share_pa
         .load(Ordering::Relaxed)
         .wrapping_add((SPIN_INDEX as u64).wrapping_mul(PAGE_SIZE));
-    let runner = if cpus > 1 { 1 } else { 0 };
-    if cpu == runner {
+    if cpus == 1 {
+        say!("vms: running-vCPU attacks skipped (one CPU)");
+        while !run_once(n, SPIN_INDEX, slot, cpus) {
+            invalidate_page(share_page);
+            if probe_read(share_page) == Ok(guest::SPINNING) {
+                let _ = probe_write(share_page.wrapping_add(8), guest::STOP);
+                clean_page(share_page);
+            }
+        }
+        return;
+    }
+    if cpu == 1 {
+        crate::irq::stop_tick();
         SCHEDULE.spin_phase.store(1, Ordering::Release);
         let mut done = false;
         while !done {
@@ -462,10 +484,6 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
         SCHEDULE.spin_phase.store(2, Ordering::Release);
     }
     if cpu != 0 {
-        return;
-    }
-    if cpus == 1 {
-        say!("vms: running-vCPU attacks skipped (one CPU)");
         return;
     }
     // Wait until the guest spins: its shared page's word 0 says so.
@@ -500,4 +518,45 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     while SCHEDULE.spin_phase.load(Ordering::Acquire) != 2 {
         core::hint::spin_loop();
     }
+}
+
+/// Every CPU, ticking: runs one vCPU of the hold VM (which never exits by
+/// itself: it spins with interrupts masked, or loops in its own vectors)
+/// until a run ends with `Exit::Irq`: the engine ended it at this CPU's own
+/// timer deadline. Answers the vCPU's first `INFO` on the way. CPU `cpu`
+/// takes vCPU `cpu % count`, waiting for it if another CPU has it (only
+/// with more CPUs than hold vCPUs).
+pub(super) fn hold_run(cpu: usize, cpus: usize) {
+    let Some(vm) = WORLD.vms.get(HOLD_VM) else {
+        return;
+    };
+    let i = cpu
+        .checked_rem(vm.vcpus.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    let Some(slot) = vm.slot(i) else { return };
+    while slot
+        .state
+        .compare_exchange(RESERVED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let irq_exits = || {
+        // SAFETY: this CPU holds the claim (RESERVED -> RUNNING, Acquire)
+        // until the Release store below.
+        unsafe { (*slot.data.get()).irq_exits }
+    };
+    let before = irq_exits();
+    // A hold vCPU reports INFO once, then never exits by itself: a bounded
+    // number of runs suffices.
+    for _ in 0..4 {
+        if run_once(HOLD_VM, i, slot, cpus) || irq_exits() != before {
+            break;
+        }
+    }
+    check(
+        irq_exits() != before,
+        format_args!("cpu {cpu}: hold vCPU {i}: no run ended with Exit::Irq"),
+    );
+    slot.state.store(RESERVED, Ordering::Release);
 }
