@@ -428,7 +428,10 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // injects it): keep the physical one from ending this run. Given back
     // below, before the host runs.
     let vtimer_masked = match redistributor {
-        Some(rd) if isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0)) => {
+        Some(rd)
+            if isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0))
+                && !cfg!(feature = "planted-bug-vtimer-unmasked") =>
+        {
             // SAFETY: restored after the run (`unmask` below).
             unsafe { rd.mask_ppi(VTIMER_INTID) }
         }

@@ -144,7 +144,7 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
     e.extend(host_start(smp, "vms"));
     e.push(line("host: vms: guest image found at 0x7ff00000"));
     e.push(line(format!(
-        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 7 vCPUs, two power VMs and a hold VM of {} vCPUs",
+        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 8 vCPUs, two power VMs and a hold VM of {} vCPUs",
         smp.min(8)
     )));
     let refused = |name: &str, status: &str| format!("host: attack {name}: refused ({status})");
@@ -215,6 +215,7 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
         line("host: attack guest-access-beyond-ipa-space: contained (the engine stopped the vCPU (Exit::Error))"),
         line("host: attack guest-read-gic-distributor: contained (host did not back IPA 0x8000000)"),
         line("host: vms: world switch: the guest saw none of the host's EL1 registers and kept x4-x30, v0-v31, FPCR and its EL1 registers across a call handled at EL2 and one handled by the host"),
+        line("host: vms: virtual interrupts: an SPI, the guest's own SGI and 3 ticks of its timer reached it through its list registers; the timer's completions ended runs with Exit::Eoi"),
         line("host: vms: power VM: PSCI SYSTEM_OFF exit"),
         line("host: vms: reset VM: PSCI SYSTEM_RESET exit"),
         line(refused("run-vcpu-of-powered-off-vm", "Denied")),

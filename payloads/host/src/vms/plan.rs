@@ -45,8 +45,9 @@ pub(super) const GICD_IPA: u64 = 0x0800_0000;
 /// An IPA far beyond any guest's IPA space.
 pub(super) const BEYOND_IPA: u64 = 1 << 46;
 
-/// The attacker VM's vCPUs, by index.
-pub(super) const ATTACKER: [Role; 7] = [
+/// The attacker VM's vCPUs, by index (and one that takes virtual
+/// interrupts).
+pub(super) const ATTACKER: [Role; 8] = [
     Role::Attack,
     Role::ProbeOtherVm,
     Role::ProbeEngineWrite,
@@ -54,7 +55,11 @@ pub(super) const ATTACKER: [Role; 7] = [
     Role::ProbeGic,
     Role::Spin,
     Role::Registers,
+    Role::VirtualIrq,
 ];
+
+/// Timer interrupts the [`Role::VirtualIrq`] vCPU waits for.
+pub(super) const VIRQ_TICKS: u64 = 3;
 
 /// The attacker's vCPU that spins for the running-vCPU attacks.
 pub(super) const SPIN_INDEX: usize = 5;
@@ -107,6 +112,7 @@ pub(super) enum Role {
     SystemReset,
     HoldMasked,
     HoldVectors,
+    VirtualIrq,
 }
 
 impl Role {
@@ -127,6 +133,7 @@ impl Role {
             Role::SystemReset => "system-reset",
             Role::HoldMasked => "hold-masked",
             Role::HoldVectors => "hold-vectors",
+            Role::VirtualIrq => "virtual-irq",
         }
     }
 }

@@ -50,6 +50,13 @@ pub(super) struct VcpuData {
     pub(super) message: u64,
     /// Runs that ended with `Exit::Irq`.
     pub(super) irq_exits: u32,
+    /// The list-register words this host gave the vCPU, as it last set
+    /// them (their states as the last exit reported).
+    pub(super) lrs: [u64; isola_abi::lr::SLOTS],
+    /// Runs that ended with `Exit::Eoi`.
+    pub(super) eoi_exits: u32,
+    /// Interrupts injected (`VcpuInterrupts` that succeeded).
+    pub(super) injected: u32,
 }
 
 impl VcpuData {
@@ -67,6 +74,9 @@ impl VcpuData {
             value: 0,
             message: 0,
             irq_exits: 0,
+            lrs: [0; isola_abi::lr::SLOTS],
+            eoi_exits: 0,
+            injected: 0,
         }
     }
 }

@@ -8,7 +8,7 @@ use isola_guest_payload::{self as guest, Attack, layout, msg};
 use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::pages::{alloc, fill};
-use super::plan::{ATTACKER_VM, HOLD_VM, MAX_VCPUS, SPIN_INDEX, STORM_PER_CPU, VM_RECORDS};
+use super::plan::{ATTACKER_VM, HOLD_VM, MAX_VCPUS, Role, SPIN_INDEX, STORM_PER_CPU, VM_RECORDS};
 use super::probe::{clean_page, invalidate_page, probe_read, probe_write, vcpu_run_checked};
 use super::records::{DONE, End, READY, RESERVED, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
 use super::tally::{attack, attack_probe, check};
@@ -151,6 +151,9 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
         d.end = End::RunFailed(r[0]);
         return true;
     }
+    if d.role == Role::VirtualIrq {
+        virq_exit_status(vm, i, d, r[1]);
+    }
     let Some(exit) = Exit::decode([r[1], r[2], r[3]]) else {
         check(
             false,
@@ -186,9 +189,19 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
             d.irq_exits = d.irq_exits.saturating_add(1);
             false
         }
-        // The test guests start no vCPUs and send no SGIs; an interrupt
-        // completion needs nothing from this host either: keep running.
-        Exit::Wfx { .. } | Exit::Eoi | Exit::CpuOn { .. } | Exit::Sgi { .. } => false,
+        Exit::Eoi => {
+            d.eoi_exits = d.eoi_exits.saturating_add(1);
+            false
+        }
+        Exit::Sgi { targets, intid } => {
+            // Only the virtual-interrupt vCPU sends one, to itself.
+            if targets & 1u16.wrapping_shl(i as u32) != 0 {
+                inject(vm, i, d, u32::from(intid), false);
+            }
+            false
+        }
+        // The test guests start no vCPUs: keep running.
+        Exit::Wfx { .. } | Exit::CpuOn { .. } => false,
         Exit::CpuOff => {
             d.end = End::CpuOff;
             true
@@ -205,6 +218,48 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
             d.end = End::Error(esr);
             true
         }
+    }
+}
+
+/// After a run of the virtual-interrupt vCPU: its list registers' states
+/// as the exit word reports them, and the timer's level, which the host
+/// answers as Linux's KVM does: inject PPI 27 (with `EOI`, so its
+/// completion ends a run with `Exit::Eoi`) unless a list register has it.
+fn virq_exit_status(vm: &Vm, i: usize, d: &mut VcpuData, word: u64) {
+    let status = isola_abi::ExitStatus::from_word(word);
+    for (w, s) in d.lrs.iter_mut().zip(status.lrs) {
+        *w = match s {
+            isola_abi::LrState::Invalid => 0,
+            s => *w & !(3 << 62) | (s as u64) << 62,
+        };
+    }
+    let has_timer = d
+        .lrs
+        .iter()
+        .any(|&w| w != 0 && isola_abi::lr::intid(w) == 27);
+    if status.vtimer && !has_timer {
+        inject(vm, i, d, isola_abi::vgic::VTIMER_INTID, true);
+    }
+}
+
+/// Puts `intid` (pending, group 1, priority 0xa0) in a free list register
+/// of vCPU `i`, keeping the others as they are.
+fn inject(vm: &Vm, i: usize, d: &mut VcpuData, intid: u32, eoi: bool) {
+    let Some(free) = d.lrs.iter_mut().find(|w| **w == 0) else {
+        check(false, format_args!("vCPU {i}: no free list register"));
+        return;
+    };
+    *free = isola_abi::lr::pending(intid, 0xa0, eoi);
+    let [l0, l1, l2, l3] = d.lrs;
+    let r = call(
+        HostCall::VcpuInterrupts,
+        [vm.handle(), i as u64, l0, l1, l2, l3],
+    );
+    if check(
+        r[0] == Status::Success.raw(),
+        format_args!("vCPU {i}: VcpuInterrupts of {intid}: {}", St(r[0])),
+    ) {
+        d.injected = d.injected.saturating_add(1);
     }
 }
 
@@ -353,6 +408,14 @@ fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
             0
         }
         msg::REGS => 0,
+        msg::VIRQ_READY => {
+            inject(vm, i, d, guest::VIRQ_SPI as u32, false);
+            0
+        }
+        msg::VIRQ_RESULT => {
+            d.value = value;
+            0
+        }
         msg::REGS_RESULT => {
             d.value = value;
             0

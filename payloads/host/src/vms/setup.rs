@@ -108,6 +108,7 @@ fn x0_for(role: Role, seed: u64) -> u64 {
         Role::SystemReset => Behaviour::SystemReset.x0(0),
         Role::HoldMasked => Behaviour::Hold.x0(0),
         Role::HoldVectors => Behaviour::Hold.x0(1),
+        Role::VirtualIrq => Behaviour::VirtualIrq.x0(super::plan::VIRQ_TICKS),
     }
 }
 

@@ -279,6 +279,25 @@ fn report_vcpu(k: usize, i: usize, d: &VcpuData) {
                 );
             }
         }
+        Role::VirtualIrq => {
+            let (ticks, taken) = (d.value >> 32, d.value & 0xffff_ffff);
+            let want = super::plan::VIRQ_TICKS;
+            // The SPI, the SGI and every tick, each injected by this host.
+            if check(
+                off && ticks == want
+                    && taken == want.wrapping_add(2)
+                    && u64::from(d.injected) == taken
+                    && d.eoi_exits > 0,
+                format_args!(
+                    "vm{k}.{i} {role}: ended {:?}, {ticks} timer ticks, {taken} interrupts taken, {} injected, {} Exit::Eoi",
+                    d.end, d.injected, d.eoi_exits
+                ),
+            ) {
+                say!(
+                    "vms: virtual interrupts: an SPI, the guest's own SGI and {want} ticks of its timer reached it through its list registers; the timer's completions ended runs with Exit::Eoi"
+                );
+            }
+        }
         Role::HoldMasked | Role::HoldVectors => {
             check(
                 d.end == End::Running && d.irq_exits > 0,
