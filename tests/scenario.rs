@@ -83,7 +83,7 @@ impl Host {
         let p = PhysAddr::new(pa);
         if self.engine.host_translate(p).is_none() {
             let esr = isola::abort::data_abort_esr(8, false, 0, false, true, 0b000111);
-            if self.engine.host_abort(esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
+            if self.engine.host_abort(0, esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
                 return None;
             }
         }
@@ -502,7 +502,7 @@ fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
 fn the_host_faults_in_only_what_it_may_touch() {
     let host = Host::new();
     let esr = isola::abort::data_abort_esr(8, true, 0, false, true, 0b000111);
-    let fault = |pa: u64| host.engine.host_abort(esr, pa, (pa >> 12) << 4);
+    let fault = |pa: u64| host.engine.host_abort(0, esr, pa, (pa >> 12) << 4);
     // The engine's own pages (host Stage-2 tables) and memory that is neither
     // RAM nor a device the host was given: an external abort.
     assert_eq!(fault(host.page(0)), HostAbortAction::InjectSea);
@@ -529,7 +529,7 @@ fn the_host_faults_in_only_what_it_may_touch() {
     let perm = isola::abort::data_abort_esr(8, true, 0, false, true, 0b001111);
     assert_eq!(
         host.engine
-            .host_abort(perm, host.page(40), (host.page(40) >> 12) << 4),
+            .host_abort(0, perm, host.page(40), (host.page(40) >> 12) << 4),
         HostAbortAction::InjectSea
     );
     // A VM's page: refused, before and after the VM is destroyed, until reclaimed.

@@ -19,6 +19,7 @@ use isola::engine::{Engine, EngineConfig, EngineStorage};
 use isola::mem::PhysMem;
 use isola::ownership::{PageDb, PageRecord, Shard};
 use isola::stage2::S2Config;
+use isola::stats::CpuStats;
 use isola::vm::VmSlot;
 use isola_fdt::Platform;
 use isola_sync::atomic::{AtomicBool, Ordering};
@@ -140,6 +141,19 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     }
     // SAFETY: every element was initialised above; never freed.
     let vms: &'static [VmSlot] = unsafe { core::slice::from_raw_parts(vms_ptr, VM_SLOTS) };
+    let cpus = p.cpu_count.max(1);
+    let stats_at = bump.take(
+        (core::mem::size_of::<CpuStats>() as u64).saturating_mul(cpus as u64),
+        core::mem::align_of::<CpuStats>() as u64,
+    )?;
+    let stats_ptr = stats_at as *mut CpuStats;
+    for i in 0..cpus {
+        // SAFETY: engine RAM just taken from the bump allocator, aligned for
+        // `CpuStats`, referenced by nothing else.
+        unsafe { stats_ptr.add(i).write(CpuStats::new()) };
+    }
+    // SAFETY: every element was initialised above; never freed.
+    let stats: &'static [CpuStats] = unsafe { core::slice::from_raw_parts(stats_ptr, cpus) };
     let shards_ptr = shards_at as *mut Shard;
     for i in 0..nshards {
         // SAFETY: `[shards_at, shards_at + shard_bytes)` is engine RAM just
@@ -187,6 +201,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         shards,
         records,
         vms,
+        stats,
     };
     let mut engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
         isola::engine::InitError::Db(_) => "page database rejected the RAM layout",

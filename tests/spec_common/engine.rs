@@ -38,6 +38,7 @@ const LIST_REGS: usize = 4;
 fn machine() -> MachineSpec {
     MachineSpec {
         ram_base: 0x4020_0000 - 32 * PAGE_SIZE,
+        cpus: CPUS,
         ..MachineSpec::default()
     }
 }
@@ -103,7 +104,7 @@ impl Engine {
 
     /// A host load or store at `pa`, as the CPU would do it: through the
     /// host Stage-2, taking the abort path on a miss.
-    fn host_access(&self, pa: u64, write: Option<u64>) -> Outcome {
+    fn host_access(&self, cpu: usize, pa: u64, write: Option<u64>) -> Outcome {
         let p = PhysAddr::new(pa);
         let usable = |core: &Core<NoopArch>| {
             core.host_translate(p).is_some_and(|t| {
@@ -116,7 +117,7 @@ impl Engine {
         };
         if !usable(&self.core) {
             let esr = abort::data_abort_esr(8, write.is_some(), 0, false, true, 0b000111);
-            let action = self.core.host_abort(esr, pa, (pa >> 12) << 4);
+            let action = self.core.host_abort(cpu as u32, esr, pa, (pa >> 12) << 4);
             if action != isola::engine::HostAbortAction::Retry || !usable(&self.core) {
                 return Outcome::HostFault;
             }
@@ -198,8 +199,8 @@ impl super::System for Engine {
                     }
                 }
             }
-            Event::HostRead { pa, .. } => self.host_access(pa, None),
-            Event::HostWrite { pa, value, .. } => self.host_access(pa, Some(value)),
+            Event::HostRead { cpu, pa } => self.host_access(cpu, pa, None),
+            Event::HostWrite { cpu, pa, value } => self.host_access(cpu, pa, Some(value)),
             Event::GuestSetReg { reg, value, .. } => {
                 let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
                 l.context().set_x(mem, reg, value);

@@ -106,6 +106,14 @@ pub fn probe_story(smp: u32) -> Vec<Expect> {
     e.push(line(
         "host: probe of engine memory at 0x40200000 blocked (SEA)",
     ));
+    for n in [64, 128] {
+        e.push(line(format!(
+            "isola: cpu 0: {n} aborts injected into the host in a row at one instruction (FAR 0x40200000, EC 0x24): is it looping?"
+        )));
+    }
+    e.push(line(
+        "host: probe: 150 more reads of it in a loop, each blocked; the engine counted 150 aborts",
+    ));
     e.extend(clean_end());
     e
 }

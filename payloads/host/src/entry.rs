@@ -202,6 +202,8 @@ macro_rules! sysreg {
 
 /// FAR of the last SEA the host took, 0 if none.
 pub static SEA_FAR: isola_sync::atomic::AtomicU64 = isola_sync::atomic::AtomicU64::new(0);
+/// SEAs the host took (outside the VM test's own vectors).
+pub static SEA_COUNT: isola_sync::atomic::AtomicU64 = isola_sync::atomic::AtomicU64::new(0);
 
 /// Every exception the host takes lands here. A synchronous external abort
 /// on a data read is the probe's expected outcome: note it and skip the
@@ -213,6 +215,7 @@ extern "C" fn host_exception() {
     let elr = sysreg!("elr_el1");
     if esr >> 26 == 0x25 && esr & 0x3f == 0x10 {
         SEA_FAR.store(far, isola_sync::atomic::Ordering::Relaxed);
+        SEA_COUNT.fetch_add(1, isola_sync::atomic::Ordering::Relaxed);
         // SAFETY: resuming after the aborted load (a 32-bit instruction);
         // its destination register just keeps a stale value.
         unsafe { asm!("msr elr_el1, {}", in(reg) elr.wrapping_add(4), options(nomem, nostack)) };

@@ -529,6 +529,9 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     if cpus == 1 {
         say!("vms: running-vCPU attacks skipped (one CPU)");
         while !run_once(n, SPIN_INDEX, slot, cpus) {
+            if super::setup::sharing()[1] == 0 {
+                continue;
+            }
             invalidate_page(share_page);
             if probe_read(share_page) == Ok(guest::SPINNING) {
                 let _ = probe_write(share_page.wrapping_add(8), guest::STOP);
@@ -549,8 +552,16 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     if cpu != 0 {
         return;
     }
-    // Wait until the guest spins: its shared page's word 0 says so.
+    // Wait until the guest spins: its shared page's word 0 says so. Read
+    // it only once the engine counts a guest page shared with the host (the
+    // spinner's: every other vCPU is done): before that, each read would be
+    // refused, and a loop of refused reads is what the engine reports as a
+    // host that may be looping.
     loop {
+        if super::setup::sharing()[1] == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
         invalidate_page(share_page);
         if probe_read(share_page) == Ok(guest::SPINNING) {
             break;
