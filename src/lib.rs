@@ -13,7 +13,8 @@
 //! | [`pool`] | free lists of donated pages |
 //! | [`stage2`] | VMSAv8-64 Stage-2 tables, break-before-make |
 //! | [`vm`], [`vcpu`] | the VM table, handles, vCPU contexts |
-//! | [`engine`] | construction, host aborts, observation |
+//! | [`engine`] | construction, the host's Stage-2 (kept exact: it is also the host's DMA view), host aborts, observation |
+//! | [`handover`] | the one place that decides what each ownership transition needs: the DMA view's invalidation, scrub, data- and instruction-cache maintenance |
 //! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
 //! | [`psci`] | guest PSCI: the per-vCPU power states, `CPU_ON`, `AFFINITY_INFO` (`src/hypercall/psci.rs`) |
 //! | [`vgic`] | list registers the host gives a vCPU, what exits report of them and of the timer |
@@ -69,8 +70,12 @@
 //! Cargo features, never for real builds:
 //! `planted-bug-skip-scrub` (pages change hands without being zeroed),
 //! `planted-bug-donate-keeps-host-mapping` (`Donate` leaves the host's
-//! Stage-2 mapping) and `planted-bug-cpu-on-keeps-registers` (a guest's
-//! `CPU_ON` starts the vCPU with the registers it had when it went off). Run e.g.
+//! Stage-2 mapping), `planted-bug-cpu-on-keeps-registers` (a guest's
+//! `CPU_ON` starts the vCPU with the registers it had when it went off),
+//! `planted-bug-donate-keeps-dma-view` (`Donate` leaves the host's devices
+//! able to reach the page: no SMMU invalidation) and
+//! `planted-bug-guest-unshare-skips-maintenance` (a guest's `Unshare` skips
+//! the maintenance [`handover`] plans for it). Run e.g.
 //! `cargo test -p isola --features planted-bug-skip-scrub --test scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]
@@ -83,6 +88,7 @@ pub use isola_abi as abi;
 pub mod addr;
 pub mod arch;
 pub mod engine;
+pub mod handover;
 pub mod hypercall;
 /// Guest PSCI and guest system-register traps are guest calls
 /// (`src/hypercall/`), kept at their own paths.

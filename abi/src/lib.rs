@@ -395,6 +395,11 @@ pub enum Accounting {
     /// `(x2 = handle) -> (x1 = pages the VM owns, x2 = pages it borrows,
     /// x3 = pool pages)`.
     Vm = 2,
+    /// `-> (x1 = DMA accesses of the host's devices the IOMMU refused so
+    /// far, x2 = the StreamID of the last, x3 = the address it aimed at)`:
+    /// the engine drains the IOMMU's fault records first. All zero on a
+    /// machine whose host gets no DMA-capable device.
+    Dma = 3,
     /// `(x2 = counter | cpu << 32) -> (x1 = CPU cpu's count, x2 = the sum
     /// over every CPU, x3 = 0)`: one of the engine's per-CPU event counters
     /// ([`counter`]). `InvalidArgument` for a counter at or above
@@ -451,6 +456,7 @@ impl Accounting {
             0 => Some(Self::Totals),
             1 => Some(Self::Sharing),
             2 => Some(Self::Vm),
+            3 => Some(Self::Dma),
             4 => Some(Self::Counter),
             _ => None,
         }

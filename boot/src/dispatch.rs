@@ -24,7 +24,7 @@ use crate::engine::engine;
 use crate::frame::TrapFrame;
 use crate::sysreg::{ELR_EL2, ESR_EL2, FAR_EL2, HPFAR_EL2, Readable};
 use crate::world::{self, GuestStage2, Vector};
-use crate::{cpu, idregs, inject, psci, relay};
+use crate::{cpu, idregs, inject, psci, relay, smmu};
 
 /// Rust side of a synchronous trap from a lower EL (the vector's `bl`).
 #[unsafe(no_mangle)]
@@ -92,7 +92,8 @@ fn run_vcpu(e: &Engine<El2Arch>, vcpu: LoadedVcpu, regs: &mut [u64; 7]) {
 }
 
 /// A host Stage-2 abort: the core maps the page (the access is retried),
-/// or the host gets a synchronous external abort.
+/// ignores a store to a read-only device register (the host resumes after
+/// it), or the host gets a synchronous external abort.
 #[cold]
 #[inline(never)]
 fn host_abort(esr: Esr) {
@@ -101,6 +102,7 @@ fn host_abort(esr: Esr) {
     let cpu = cpu::index();
     match engine().map(|e| e.host_abort(cpu, esr.0, far, hpfar)) {
         Some(HostAbortAction::Retry) => {}
+        Some(HostAbortAction::SkipWrite) => inject::skip_instruction(),
         Some(HostAbortAction::InjectSea) | None => {
             note_abort_loop(cpu, esr, far);
             inject::external_abort(esr.0, far);
@@ -135,6 +137,9 @@ fn note_abort_loop(cpu: u32, esr: Esr, far: u64) {
             esr.ec()
         );
     }
+    // A cold path the host takes now and then: report any DMA the SMMU
+    // refused meanwhile.
+    let _ = smmu::faults();
 }
 
 /// A trapped host `smc`: PSCI goes to the relay, anything else is
@@ -144,6 +149,9 @@ fn note_abort_loop(cpu: u32, esr: Esr, far: u64) {
 fn smc(frame: &mut TrapFrame) {
     // A trapped `smc` returns to the instruction itself: skip it.
     inject::skip_instruction();
+    // A cold path the host takes now and then: report any DMA the SMMU
+    // refused meanwhile.
+    let _ = smmu::faults();
     let fid = frame.reg(0);
     let result = match u32::try_from(fid) {
         Ok(f) if relay::is_psci(f) => relay::relay(f, [frame.reg(1), frame.reg(2), frame.reg(3)]),

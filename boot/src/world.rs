@@ -60,7 +60,7 @@ use crate::sysreg::{
     HCR_EL2, HPFAR_EL2, ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2,
     VTTBR_EL2, Value, read, write_batched,
 };
-use crate::{cpu_state, timer};
+use crate::{caches, cpu_state, timer};
 
 /// Which vector of the guest-only table the guest's exception came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -478,7 +478,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
         write_batched!(MDCR_EL2, mdcr);
         write_batched!(CPTR_EL2, host.cptr_el2.union(CPTR_GUEST_TRAPS));
-        write_batched!(HCR_EL2, HCR_GUEST);
+        write_batched!(HCR_EL2, HCR_GUEST.union(caches::hcr_fwb()));
         asm!("isb", options(nostack, preserves_flags));
     }
     let raw: u64;

@@ -39,6 +39,7 @@ const SPEC: MachineSpec = MachineSpec {
     vm_slots: 2,
     shard_shift: 21,
     cpus: 4,
+    caches: isola::handover::CachePolicy::MAINTAIN_ALL,
 };
 const IPA: u64 = 0x8000_0000;
 

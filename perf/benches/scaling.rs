@@ -70,6 +70,7 @@ impl Machine {
             vm_slots: threads.max(2),
             shard_shift: 21,
             cpus: threads + 2,
+            caches: isola::handover::CachePolicy::MAINTAIN_ALL,
         };
         Self {
             engine: spec.build(NoopArch),

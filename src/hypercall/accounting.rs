@@ -19,6 +19,7 @@ impl<A: Arch> Engine<A> {
                 let c = self.db.totals();
                 Ok([c.host_shared, c.guest_shared, self.awaiting_reclaim()])
             }
+            Accounting::Dma => Ok(self.arch.dma_faults()),
             Accounting::Vm => {
                 let (_, g) = self.lock_vm(handle)?;
                 Ok([g.owned, g.borrowed, g.pool.total()])

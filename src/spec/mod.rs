@@ -37,7 +37,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 pub use state::{
-    Contents, Cpu, El1, Handle, Mapping, Owner, Page, PageState, Pending, RunState, State, Vcpu, Vm,
+    Contents, Cpu, DmaFaults, El1, Handle, Mapping, Owner, Page, PageState, Pending, RunState,
+    State, Vcpu, Vm,
 };
 
 /// The fixed shape of the machine and the implementation's sizing choices
@@ -77,6 +78,9 @@ pub struct Config {
     /// the VM does not have yet costs one pool page. Tables live until the
     /// VM is destroyed.
     pub table_shifts: Vec<u32>,
+    /// The StreamID of the host's DMA-capable device (`Accounting(Dma)`
+    /// names it for the last refused access).
+    pub dma_stream: u64,
 }
 
 /// One thing that happens on one physical CPU.
@@ -193,12 +197,27 @@ pub enum Event {
         /// The vINTID.
         intid: u64,
     },
+    /// A device of the host reads the 64-bit word at `pa` by DMA, through
+    /// the IOMMU: on no CPU, whatever the CPUs run.
+    DmaRead {
+        /// 8-byte aligned physical address.
+        pa: u64,
+    },
+    /// A device of the host writes `value` at `pa` by DMA, through the IOMMU.
+    DmaWrite {
+        /// 8-byte aligned physical address.
+        pa: u64,
+        /// Written value.
+        value: u64,
+    },
 }
 
 impl Event {
-    /// The physical CPU the event happens on.
+    /// The physical CPU the event happens on (0 for DMA, which happens on
+    /// none: see [`Event::is_dma`]).
     pub fn cpu(&self) -> usize {
         match *self {
+            Event::DmaRead { .. } | Event::DmaWrite { .. } => 0,
             Event::HostHvc { cpu, .. }
             | Event::HostRead { cpu, .. }
             | Event::HostWrite { cpu, .. }
@@ -216,12 +235,19 @@ impl Event {
         }
     }
 
-    /// Whether the event is something the host does (else a guest, or an interrupt in a guest).
+    /// Whether the event is something the host does on a CPU (else a
+    /// guest, an interrupt in a guest, or DMA).
     pub fn is_host(&self) -> bool {
         matches!(
             self,
             Event::HostHvc { .. } | Event::HostRead { .. } | Event::HostWrite { .. }
         )
+    }
+
+    /// Whether the event is a DMA access by a device of the host (applicable
+    /// whatever the CPUs run; the host is its actor).
+    pub fn is_dma(&self) -> bool {
+        matches!(self, Event::DmaRead { .. } | Event::DmaWrite { .. })
     }
 }
 
@@ -245,6 +271,13 @@ pub enum Outcome {
     /// A host access to a page it may not touch was refused (an abort is
     /// injected into the host); nothing changed.
     HostFault,
+    /// A DMA read returned this value.
+    DmaLoaded(u64),
+    /// A DMA write took effect.
+    DmaStored,
+    /// The IOMMU refused a DMA access: the page is not in the host's DMA
+    /// view. Nothing changed but the engine's count of refused accesses.
+    DmaFault,
     /// The guest continues: a guest call returned `x0..=x3` to it.
     GuestReturn([u64; 4]),
     /// The guest continues: a load or store to its RAM, or a register write, took effect.
@@ -316,6 +349,7 @@ impl Model {
             pages,
             vms: BTreeMap::new(),
             cpus: alloc::vec![Cpu::Host; config.cpus],
+            dma: DmaFaults::default(),
         };
         let counters = alloc::vec![[0; isola_abi::counter::COUNT as usize]; config.cpus];
         Model {
@@ -337,6 +371,11 @@ impl Model {
 
     /// [`Model::step`] in place.
     pub fn apply(&mut self, event: &Event) -> Outcome {
+        match *event {
+            Event::DmaRead { pa } => return self.dma(pa, None),
+            Event::DmaWrite { pa, value } => return self.dma(pa, Some(value)),
+            _ => {}
+        }
         let Some(&cpu_state) = self.state.cpus.get(event.cpu()) else {
             return Outcome::Inapplicable;
         };

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             _ => Err("usage: cargo xtask planted FEATURE SCENARIO".to_string()),
         },
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke] | cargo xtask planted FEATURE SCENARIO"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask planted FEATURE SCENARIO"
                 .to_string(),
         ),
     };

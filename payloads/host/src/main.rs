@@ -6,8 +6,8 @@
 //! every other CPU from `host_secondary_entry` (started through the engine's
 //! PSCI relay) with `x0` = the CPU's index. What it tests is chosen by the
 //! boot argument `isola.test=` (`/chosen/bootargs`, set with QEMU's
-//! `-append`): `smp`, `probe`, `badcall`, `vms`, `bench` or `all` (the
-//! default, every one but `bench`).
+//! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `bench` or `all`
+//! (the default, every one but `bench`).
 //!
 //! | module | job |
 //! |---|---|
@@ -16,6 +16,7 @@
 //! | `calls` | `hvc` and PSCI calls, status names |
 //! | `irq` | the GIC and the host's tick on the virtual timer |
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
+//! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 #![no_std]
@@ -34,6 +35,12 @@ mod bench;
 mod calls;
 #[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
+/// The DMA test (`isola.test=dma`, part of `all`): docs/devices.md.
+#[allow(
+    unsafe_code,
+    reason = "the device's registers and PCI config space are MMIO; the guest's code; the probes of the pages the device wrote"
+)]
+mod dma;
 #[allow(
     unsafe_code,
     reason = "the first instructions, the stage-1 map, the exception vectors"
@@ -123,6 +130,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
     }
     if all || test == "badcall" {
         basic::bad_calls();
+    }
+    if (all || test == "dma") && !dma::main(&tree, p.gicr().first().map(|r| r.base)) {
+        fail(format_args!("the DMA test failed"));
     }
     if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the VM test failed"));
