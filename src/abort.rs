@@ -216,6 +216,12 @@ pub enum HostAbort {
     MapRam,
     /// Map the host's device page (identity, Device memory) and retry.
     MapDevice,
+    /// Map the host's read-only device page (identity, Device memory,
+    /// read-only) and retry.
+    MapDeviceReadOnly,
+    /// A store to a read-only device page: skip the instruction (the write
+    /// is ignored, as a read-only register ignores it).
+    IgnoreWrite,
     /// Inject a synchronous external abort into the host.
     InjectSea,
 }
@@ -229,6 +235,9 @@ pub enum HostPage {
     Forbidden,
     /// A device range the host was given at init.
     Device,
+    /// A device range the host was given read-only at init (registers it
+    /// may read but must not write, such as a redistributor's LPI controls).
+    DeviceReadOnly,
     /// Nothing the host may map.
     Unknown,
 }
@@ -244,6 +253,18 @@ pub fn classify_host_abort(esr: Esr, page: HostPage) -> HostAbort {
         }
         (FaultKind::Translation(_) | FaultKind::AccessFlag(_), HostPage::Device) => {
             HostAbort::MapDevice
+        }
+        (FaultKind::Translation(_) | FaultKind::AccessFlag(_), HostPage::DeviceReadOnly) => {
+            HostAbort::MapDeviceReadOnly
+        }
+        (FaultKind::Permission(_), HostPage::DeviceReadOnly)
+            if esr.ec() == ec::DABT_LOW
+                && esr.flags().contains(DataAbortIss::WNR)
+                && !esr
+                    .flags()
+                    .intersects(DataAbortIss::S1PTW | DataAbortIss::CM) =>
+        {
+            HostAbort::IgnoreWrite
         }
         _ => HostAbort::InjectSea,
     }
@@ -465,6 +486,32 @@ mod tests {
         assert_eq!(
             classify_host_abort(t, HostPage::Device),
             HostAbort::MapDevice
+        );
+        assert_eq!(
+            classify_host_abort(t, HostPage::DeviceReadOnly),
+            HostAbort::MapDeviceReadOnly
+        );
+        // A store to a read-only device page is ignored; a load never
+        // faults on permission there, and a cache maintenance or a
+        // stage-1 walk that does is not a store to skip.
+        let perm_write = Esr(data_abort_esr(4, true, 3, false, false, 0b001111));
+        assert_eq!(
+            classify_host_abort(perm_write, HostPage::DeviceReadOnly),
+            HostAbort::IgnoreWrite
+        );
+        assert_eq!(
+            classify_host_abort(perm_write, HostPage::Device),
+            HostAbort::InjectSea
+        );
+        let perm_read = Esr(data_abort_esr(4, false, 3, false, false, 0b001111));
+        assert_eq!(
+            classify_host_abort(perm_read, HostPage::DeviceReadOnly),
+            HostAbort::InjectSea
+        );
+        let cm = Esr(perm_write.0 | DataAbortIss::CM.bits());
+        assert_eq!(
+            classify_host_abort(cm, HostPage::DeviceReadOnly),
+            HostAbort::InjectSea
         );
         assert_eq!(
             classify_host_abort(t, HostPage::Forbidden),

@@ -24,7 +24,25 @@
 //!   mapping is gone; a scrubbed page), because with `HCR_EL2.FWB = 0` the
 //!   new owner may access it non-cacheably (a guest with its MMU off): a
 //!   stale line left dirty by the old owner must be neither seen by it nor
-//!   evicted later over what it wrote.
+//!   evicted later over what it wrote. Whether a transition needs it is
+//!   decided in one place, [`crate::handover`].
+//! - [`Arch::clean_dcache_page_pou`]: clean a page to the point of
+//!   unification (`dc cvau` per line), so instruction fetches see its data;
+//!   completes at the next [`Arch::dsb_ish`].
+//! - [`Arch::invalidate_icache_page`]: invalidate the instruction cache
+//!   lines of a page to the point of unification, inner shareable (`ic
+//!   ivau` per line); [`Arch::invalidate_icache_all`]: every instruction
+//!   cache of the inner shareable domain (`ic ialluis`). Both complete at the
+//!   next [`Arch::dsb_ish`]; the new owner's next entry (an `eret`) is its
+//!   context synchronisation.
+//! - [`Arch::dma_invalidate_host`]: the host's DMA view (an IOMMU that
+//!   translates the host's devices through the host's Stage-2) forgets every
+//!   cached translation of `[pa, pa + pages)`, and the IOMMU has *completed*
+//!   that (a `CMD_SYNC` consumed) when the call returns: after it no device
+//!   access can use a translation of those pages that the host Stage-2 no
+//!   longer holds. The caller has already removed them from the host
+//!   Stage-2 and completed the CPU's TLBI.
+//! - [`Arch::dma_faults`]: the IOMMU's fault records drained and counted.
 
 use crate::addr::{Ipa, PhysAddr};
 use isola_sync::Mutex;
@@ -54,6 +72,24 @@ pub trait Arch: Sync {
     /// Clean and invalidate the data cache lines of a page to the PoC
     /// (complete only after the caller's next [`Arch::dsb_ish`]).
     fn clean_dcache_page(&self, pa: PhysAddr);
+    /// Clean the data cache lines of a page to the PoU (complete only after
+    /// the caller's next [`Arch::dsb_ish`]).
+    fn clean_dcache_page_pou(&self, pa: PhysAddr);
+    /// Invalidate the instruction cache lines of a page to the PoU, inner
+    /// shareable (complete only after the caller's next [`Arch::dsb_ish`]).
+    fn invalidate_icache_page(&self, pa: PhysAddr);
+    /// Invalidate every instruction cache of the inner shareable domain to
+    /// the PoU (complete only after the caller's next [`Arch::dsb_ish`]).
+    fn invalidate_icache_all(&self);
+    /// Remove `[pa, pa + pages)` from the host's DMA view and wait for the
+    /// IOMMU to complete it (see the module docs).
+    fn dma_invalidate_host(&self, pa: PhysAddr, pages: u64);
+    /// The host's DMA faults so far: `[count, StreamID of the last, address
+    /// of the last]` (zeros without an IOMMU). Drains the IOMMU's fault
+    /// records first.
+    fn dma_faults(&self) -> [u64; 3] {
+        [0; 3]
+    }
     /// Hook: the core just wrote the Stage-2 descriptor at `entry` (the
     /// physical address of the 8-byte entry) from `old` to `new`. Hardware
     /// needs nothing here; the recorder logs it to check ordering.
@@ -74,6 +110,10 @@ impl Arch for NoopArch {
     fn dsb_ish(&self) {}
     fn isb(&self) {}
     fn clean_dcache_page(&self, _: PhysAddr) {}
+    fn clean_dcache_page_pou(&self, _: PhysAddr) {}
+    fn invalidate_icache_page(&self, _: PhysAddr) {}
+    fn invalidate_icache_all(&self) {}
+    fn dma_invalidate_host(&self, _: PhysAddr, _: u64) {}
 }
 
 /// One request the core made, as logged by [`RecordingArch`].
@@ -91,12 +131,20 @@ pub enum ArchEvent {
     Isb,
     /// [`Arch::clean_dcache_page`].
     CleanDcache(PhysAddr),
+    /// [`Arch::clean_dcache_page_pou`].
+    CleanDcachePou(PhysAddr),
+    /// [`Arch::invalidate_icache_page`].
+    InvalIcache(PhysAddr),
+    /// [`Arch::invalidate_icache_all`].
+    InvalIcacheAll,
+    /// [`Arch::dma_invalidate_host`].
+    DmaInvalidate { pa: PhysAddr, pages: u64 },
     /// [`Arch::pte_written`].
     PteWrite { entry: PhysAddr, old: u64, new: u64 },
 }
 
 /// How many events [`RecordingArch`] keeps before it counts overflow.
-pub const RECORD_CAPACITY: usize = 1024;
+pub const RECORD_CAPACITY: usize = 4096;
 
 struct Log {
     events: [Option<ArchEvent>; RECORD_CAPACITY],
@@ -208,6 +256,18 @@ impl Arch for RecordingArch {
     fn clean_dcache_page(&self, pa: PhysAddr) {
         self.push(ArchEvent::CleanDcache(pa));
     }
+    fn clean_dcache_page_pou(&self, pa: PhysAddr) {
+        self.push(ArchEvent::CleanDcachePou(pa));
+    }
+    fn invalidate_icache_page(&self, pa: PhysAddr) {
+        self.push(ArchEvent::InvalIcache(pa));
+    }
+    fn invalidate_icache_all(&self) {
+        self.push(ArchEvent::InvalIcacheAll);
+    }
+    fn dma_invalidate_host(&self, pa: PhysAddr, pages: u64) {
+        self.push(ArchEvent::DmaInvalidate { pa, pages });
+    }
     fn pte_written(&self, entry: PhysAddr, old: u64, new: u64) {
         self.push(ArchEvent::PteWrite { entry, old, new });
     }
@@ -223,9 +283,15 @@ pub enum BbmViolation {
     RemadeTooEarly { entry: PhysAddr },
     /// The log ended with an invalidation whose TLBI sequence is incomplete.
     Unfinished { entry: PhysAddr },
-    /// More concurrent invalidations than the checker tracks (16).
+    /// More concurrent invalidations than the checker tracks
+    /// ([`BBM_PENDING`]).
     TooMany,
 }
+
+/// How many invalidations [`check_break_before_make`] tracks at once: a
+/// batched unmap invalidates a whole level-3 table's entries (512) before
+/// its one TLBI.
+pub const BBM_PENDING: usize = 1024;
 
 /// Checks a log for break-before-make: every valid entry that is replaced or
 /// removed goes *valid → invalid*, then `dsb ish`, a TLBI, `dsb ish`, and only
@@ -236,7 +302,7 @@ pub fn check_break_before_make(
     events: impl IntoIterator<Item = ArchEvent>,
 ) -> Result<(), BbmViolation> {
     // (entry, stage): 0 = needs DSB, 1 = needs TLBI, 2 = needs DSB, 3 = done.
-    let mut pending: [Option<(PhysAddr, u8)>; 16] = [None; 16];
+    let mut pending: [Option<(PhysAddr, u8)>; BBM_PENDING] = [None; BBM_PENDING];
     for e in events {
         match e {
             ArchEvent::DsbIsh => {
@@ -279,7 +345,12 @@ pub fn check_break_before_make(
                     *slot = Some((entry, 0));
                 }
             }
-            ArchEvent::Isb | ArchEvent::CleanDcache(_) => {}
+            ArchEvent::Isb
+            | ArchEvent::CleanDcache(_)
+            | ArchEvent::CleanDcachePou(_)
+            | ArchEvent::InvalIcache(_)
+            | ArchEvent::InvalIcacheAll
+            | ArchEvent::DmaInvalidate { .. } => {}
         }
     }
     match pending.iter().flatten().find(|(_, st)| *st < 3) {

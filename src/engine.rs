@@ -3,29 +3,90 @@
 //! path and read-only observation.
 //!
 //! Invariants (see `docs/ownership.md` for the full argument):
-//! - The host Stage-2 maps a page only if its record says the host may
-//!   access it (owns it or borrows it); it is edited only while holding the
-//!   lock of the shard the page lives in, then the host Stage-2 lock.
+//! - The host Stage-2 maps a RAM page exactly when its record says the host
+//!   may access it (owns it or borrows it): it is built whole at boot and
+//!   every transition that gives the host a page maps it before the call
+//!   returns, because the same tables are the host's DMA view (an IOMMU
+//!   walks them for the host's devices, which cannot fault and retry). It is
+//!   edited only while holding the lock of the shard the page lives in, then
+//!   the host Stage-2 lock.
 //! - A VM's Stage-2 maps a page only if the VM owns it or borrows it; it is
 //!   edited only under the VM's slot lock.
 //! - A page that changes hands away from a world is first removed from that
-//!   world's Stage-2 (break-before-make, TLBI), and scrubbed before it reaches
-//!   a world that did not own it, except on `Share` (whose point is access).
+//!   world's Stage-2 (break-before-make, TLBI), then gets the maintenance
+//!   [`crate::handover`] decides (the DMA view's invalidation, the scrub,
+//!   cache maintenance), and only then is mapped for anyone else; it is
+//!   scrubbed before it reaches a world that did not own it, except on
+//!   `Share` (whose point is access).
 
 use crate::abort::{self, Esr, HostAbort, HostPage};
 use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
 use crate::arch::{Arch, Vmid};
+use crate::handover::CachePolicy;
 use crate::mem::PhysMem;
-use crate::ownership::{DbError, Owner, PageDb, PageGuard, PageRecord, Shard};
+use crate::ownership::{DbError, Owner, PageDb, PageGuard, PageRecord, Shard, ShardGuard};
 use crate::pool::PagePool;
 use crate::stage2::{self, MemType, Perms, S2Config, S2Error, Stage2, Translation};
+use crate::stats::CpuStats;
 use crate::vcpu::{Context, VcpuState};
 use crate::vm::{MAX_SLOTS, SlotState, VmHandle, VmInner, VmSlot};
 use isola_abi::Status;
 use isola_sync::{Mutex, MutexGuard};
 
 /// The most device ranges the host may be given.
-pub const MAX_DEVICE_RANGES: usize = 8;
+pub const MAX_DEVICE_RANGES: usize = 16;
+
+/// Which pages of a [`DeviceRange`] the host may only read (mapped
+/// read-only; a store there is skipped and its write ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadOnly {
+    /// None: every page read-write.
+    None,
+    /// Every page.
+    All,
+    /// In every `every` pages from the range's base, the first `first`
+    /// (e.g. each GICv3 redistributor's `RD_base` frame: 16 of every 32).
+    Frames {
+        /// The period, in pages (non-zero).
+        every: u64,
+        /// Read-only pages at the start of each period.
+        first: u64,
+    },
+}
+
+/// A device range given to the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRange {
+    /// First byte (page aligned).
+    pub base: PhysAddr,
+    /// Pages.
+    pub pages: u64,
+    /// Which pages the host may only read.
+    pub read_only: ReadOnly,
+}
+
+impl DeviceRange {
+    /// A range the host may read and write.
+    pub const fn rw(base: PhysAddr, pages: u64) -> Self {
+        Self {
+            base,
+            pages,
+            read_only: ReadOnly::None,
+        }
+    }
+
+    /// Whether page `index` of the range is read-only.
+    const fn page_read_only(&self, index: u64) -> bool {
+        match self.read_only {
+            ReadOnly::None => false,
+            ReadOnly::All => true,
+            ReadOnly::Frames { every, first } => match index.checked_rem(every) {
+                Some(i) => i < first,
+                None => true,
+            },
+        }
+    }
+}
 
 /// How the engine is set up at boot.
 #[derive(Clone, Copy, Debug)]
@@ -40,9 +101,9 @@ pub struct EngineConfig<'a> {
     /// aligned to them); size it with [`Engine::host_s2_pages_needed`] so a
     /// block split never runs out.
     pub host_s2_pool: (PhysAddr, u64),
-    /// Device ranges `(base, pages)` the host may access (mapped as Device
-    /// on its first access).
-    pub host_devices: &'a [(PhysAddr, u64)],
+    /// Device ranges the host may access (mapped as Device on its first
+    /// access), at most [`MAX_DEVICE_RANGES`].
+    pub host_devices: &'a [DeviceRange],
     /// log2 of the shard size in bytes (21 = 2 MiB ... 30 = 1 GiB).
     pub shard_shift: u32,
     /// Shape of every VM's Stage-2.
@@ -52,6 +113,10 @@ pub struct EngineConfig<'a> {
     /// Guest IPAs in `[start, end)` are MMIO: never mapped, accesses exit
     /// to the host as `Exit::Mmio`.
     pub guest_mmio: (u64, u64),
+    /// How the CPU's caches behave (FEAT_S2FWB in use, `CTR_EL0.DIC`,
+    /// `CTR_EL0.IDC`): decides the maintenance of every transition
+    /// ([`crate::handover`]) and the encoding of RAM's Stage-2 leaves.
+    pub caches: CachePolicy,
 }
 
 /// Storage the engine needs, provided by the caller (no allocator).
@@ -62,6 +127,9 @@ pub struct EngineStorage {
     pub records: &'static mut [PageRecord],
     /// The VM table: its length is the most VMs (live or awaiting reclaim).
     pub vms: &'static [VmSlot],
+    /// One record of event counters per physical CPU (index = the `cpu`
+    /// the engine's entry points are given).
+    pub stats: &'static [CpuStats],
 }
 
 /// Why the engine could not start.
@@ -99,6 +167,9 @@ pub enum HostAbortAction {
     Retry,
     /// Inject a synchronous external abort into the host.
     InjectSea,
+    /// A store to a read-only device page: skip the instruction, its write
+    /// ignored.
+    SkipWrite,
 }
 
 /// The engine. One instance serves every CPU (`Sync`); each entry runs to
@@ -111,7 +182,11 @@ pub struct Engine<A: Arch> {
     pub(crate) host: Mutex<HostS2>,
     pub(crate) vm_s2: S2Config,
     pub(crate) guest_mmio: (u64, u64),
-    devices: [(u64, u64); MAX_DEVICE_RANGES],
+    pub(crate) caches: CachePolicy,
+    /// The memory type of every RAM leaf: forced write-back under FWB.
+    pub(crate) normal: MemType,
+    /// Device ranges `(start, end, range)`.
+    devices: [(u64, u64, DeviceRange); MAX_DEVICE_RANGES],
     ndevices: usize,
     /// List registers the host may fill (0: no virtual interrupts); see
     /// [`Engine::set_list_registers`].
@@ -119,6 +194,8 @@ pub struct Engine<A: Arch> {
     /// The ID registers guests' values are derived from, by `[CRm - 1][Op2]`;
     /// see [`Engine::set_guest_id_registers`].
     guest_ids: [[u64; 8]; 7],
+    /// Per-CPU event counters ([`crate::stats`]).
+    stats: &'static [CpuStats],
 }
 
 fn range_end(base: PhysAddr, pages: u64) -> Option<u64> {
@@ -184,11 +261,17 @@ impl<A: Arch> Engine<A> {
         if mmio_start >= mmio_end || mmio_end > cfg.vm_s2.ipa_limit() {
             return Err(InitError::BadGuestMmio);
         }
-        let mut devices = [(0u64, 0u64); MAX_DEVICE_RANGES];
-        if cfg.host_devices.len() > MAX_DEVICE_RANGES {
+        let empty = DeviceRange::rw(PhysAddr::new(0), 0);
+        let mut devices = [(0u64, 0u64, empty); MAX_DEVICE_RANGES];
+        let ndevices = cfg.host_devices.len();
+        if ndevices > MAX_DEVICE_RANGES {
             return Err(InitError::BadDevices);
         }
-        for (slot, &(base, pages)) in devices.iter_mut().zip(cfg.host_devices) {
+        for (slot, &d) in devices.iter_mut().zip(cfg.host_devices) {
+            let (base, pages) = (d.base, d.pages);
+            if matches!(d.read_only, ReadOnly::Frames { every: 0, .. }) {
+                return Err(InitError::BadDevices);
+            }
             let end = range_end(base, pages).ok_or(InitError::BadDevices)?;
             if !base.is_page_aligned() || pages == 0 || end > cfg.host_s2.ipa_limit() {
                 return Err(InitError::BadDevices);
@@ -200,7 +283,7 @@ impl<A: Arch> Engine<A> {
                 }
                 pa = pa.wrapping_add_bytes(PAGE_SIZE);
             }
-            *slot = (base.raw(), end);
+            *slot = (base.raw(), end, d);
         }
         // Engine-owned RAM: reserved ranges, then the host Stage-2 pool.
         let take = |base: PhysAddr, pages: u64| -> Result<(), InitError> {
@@ -244,7 +327,7 @@ impl<A: Arch> Engine<A> {
             s2: Stage2::new(hp_base, cfg.host_s2, Vmid::HOST),
             pool,
         };
-        Ok(Self {
+        let engine = Self {
             arch,
             mem,
             db,
@@ -252,11 +335,99 @@ impl<A: Arch> Engine<A> {
             host: Mutex::new(host),
             vm_s2: cfg.vm_s2,
             guest_mmio: cfg.guest_mmio,
+            caches: cfg.caches,
+            normal: if cfg.caches.fwb {
+                MemType::NormalForcedWb
+            } else {
+                MemType::Normal
+            },
             devices,
-            ndevices: cfg.host_devices.len(),
+            ndevices,
             list_regs: 0,
             guest_ids: [[0; 8]; 7],
-        })
+            stats: storage.stats,
+        };
+        engine.map_host_ram()?;
+        Ok(engine)
+    }
+
+    /// Maps every page the host may access into its Stage-2, shard by
+    /// shard, with the largest blocks that lie in one shard and hold only
+    /// host pages (a shard of only host pages, aligned to its size, is one
+    /// block). Done once, at boot: from then on each transition keeps the
+    /// map exact.
+    fn map_host_ram(&self) -> Result<(), InitError> {
+        for shard in 0..self.db.shard_count() {
+            let Some(mut sg) = self.db.lock_shard(shard) else {
+                continue;
+            };
+            let base = sg.base();
+            let pages = sg.pages();
+            let mut i = 0u64;
+            while i < pages {
+                let pfn = Pfn::new(base.raw().wrapping_add(i));
+                let accessible = sg
+                    .records(pfn, 1)
+                    .and_then(|r| r.first())
+                    .is_some_and(|r| r.host_accessible());
+                let Some(pa) = pfn.checked_addr() else {
+                    return Err(InitError::BadWindow);
+                };
+                if !accessible {
+                    i = i.wrapping_add(1);
+                    continue;
+                }
+                let level = self.host_block_level(&sg, pa);
+                let mut h = self.host.lock();
+                let s2 = h.s2;
+                match s2.map_identity_shrinking(
+                    &self.mem,
+                    &self.arch,
+                    &mut h.pool,
+                    Ipa::new(pa.raw()),
+                    level,
+                    Perms::RWX,
+                    self.normal,
+                ) {
+                    Ok(()) | Err(S2Error::AlreadyMapped) => {}
+                    Err(_) => return Err(InitError::BadHostPool),
+                }
+                drop(h);
+                sg.set_host_mapped();
+                // Skip the rest of the block just mapped.
+                let bs = stage2::block_size(level) / PAGE_SIZE;
+                let in_block = pfn.raw() & bs.wrapping_sub(1);
+                i = i.wrapping_add(bs.wrapping_sub(in_block));
+            }
+        }
+        Ok(())
+    }
+
+    /// The level of the largest block containing `pa` that lies in `sg`'s
+    /// shard and whose pages the host may all access (3: just the page).
+    fn host_block_level(&self, sg: &ShardGuard<'_>, pa: PhysAddr) -> u8 {
+        let start = self.host.lock().s2.config().start_level();
+        for l in [1u8, 2] {
+            if l < start {
+                continue;
+            }
+            let bs = stage2::block_size(l);
+            let base = Pfn::containing(pa.align_down(bs));
+            let n = bs / PAGE_SIZE;
+            // A block that is the whole shard is decided by the shard's
+            // counts (kept exact by every record change) in O(1); a block
+            // smaller than its shard by its records.
+            let all = if sg.base() == base && sg.pages() == n {
+                sg.counts().host_accessible == n
+            } else {
+                sg.records(base, n)
+                    .is_some_and(|r| r.iter().all(|r| r.host_accessible()))
+            };
+            if all {
+                return l;
+            }
+        }
+        3
     }
 
     /// Turns on virtual interrupts with `count` list registers (the CPU's
@@ -292,6 +463,30 @@ impl<A: Arch> Engine<A> {
             .and_then(|r| r.get(usize::from(op2)))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Counts one `counter` event (`isola_abi::counter`) on `cpu`, which
+    /// must be the CPU running this code (`stats`' invariant).
+    #[inline]
+    pub(crate) fn count(&self, cpu: u32, counter: u64) {
+        if let Some(s) = usize::try_from(cpu).ok().and_then(|c| self.stats.get(c)) {
+            s.add(counter);
+        }
+    }
+
+    /// `counter` of CPU `cpu` and its sum over every CPU; `None` for an
+    /// unknown counter or CPU.
+    pub(crate) fn counter(&self, cpu: u64, counter: u64) -> Option<(u64, u64)> {
+        if counter >= isola_abi::counter::COUNT {
+            return None;
+        }
+        let mine = usize::try_from(cpu).ok().and_then(|c| self.stats.get(c))?;
+        let sum = self
+            .stats
+            .iter()
+            .map(|s| s.get(counter))
+            .fold(0, u64::wrapping_add);
+        Some((mine.get(counter), sum))
     }
 
     /// The architecture backend (tests inspect a `RecordingArch` here).
@@ -337,84 +532,132 @@ impl<A: Arch> Engine<A> {
         (self.guest_mmio.0..self.guest_mmio.1).contains(&ipa.raw())
     }
 
-    /// Scrubs a page the engine holds before it changes hands: zero it and
-    /// clean it to the point of coherency.
-    pub(crate) fn scrub(&self, pa: PhysAddr) {
-        #[cfg(not(feature = "planted-bug-skip-scrub"))]
-        let _ = self.mem.zero_page(pa);
-        self.arch.clean_dcache_page(pa);
-        self.arch.dsb_ish();
-    }
-
-    /// Cleans and invalidates the `pages` pages from `pa` to the PoC, then
-    /// one `dsb ish` waits for them all. Called on a run the host just lost
-    /// (records changed, host Stage-2 entries invalidated and their TLBI
-    /// complete), before any other owner's mapping of it is written: the
-    /// host can dirty no line of it any more, and no line it left dirty can
-    /// later be written back over what a non-cacheable new owner wrote.
-    pub(crate) fn clean_run(&self, pa: PhysAddr, pages: u64) {
-        for i in 0..pages {
-            self.arch
-                .clean_dcache_page(pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE)));
-        }
-        self.arch.dsb_ish();
-    }
-
-    /// Removes `pa` from the host Stage-2, if the host may have it mapped.
-    /// The caller holds `page` (the page's shard lock), which is what keeps
-    /// a concurrent host abort from mapping it again.
+    /// Removes `pa` from the host Stage-2 (CPU side: entry invalidated, TLBI
+    /// complete). The caller holds `page` (the page's shard lock), which is
+    /// what keeps a concurrent host abort from mapping it again, and then
+    /// settles the transition ([`Engine::settle`]), which takes it out of the
+    /// host's DMA view.
     pub(crate) fn host_unmap(&self, page: &PageGuard<'_>, pa: PhysAddr) {
         if !page.host_mapped() {
             return;
         }
-        let mut h = self.host.lock();
-        let s2 = h.s2;
-        let ipa = Ipa::new(pa.raw());
-        if s2.unmap_page(&self.mem, &self.arch, &mut h.pool, ipa) == Err(S2Error::NoMemory) {
-            // The reserve is sized so a split never fails; if it did, drop
-            // the whole block instead: the host refaults on its other pages.
-            let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
+        if let Some(first) = Pfn::from_aligned(pa) {
+            self.host_unmap_run(first, 1);
         }
     }
 
-    /// Removes the `pages` pages from `first` from the host Stage-2, under
-    /// one host Stage-2 lock. The caller holds the lock of the shard they
-    /// all live in (see [`Engine::host_unmap`]).
+    /// Removes the `pages` pages from `first` from the host Stage-2 as one
+    /// batch ([`Stage2::unmap_run`]: one TLBI), under one host Stage-2
+    /// lock. The caller holds the lock of the shard they all live in (see
+    /// [`Engine::host_unmap`]).
+    #[inline(never)]
     pub(crate) fn host_unmap_run(&self, first: Pfn, pages: u64) {
+        let Some(pa) = first.checked_addr() else {
+            return;
+        };
         let mut h = self.host.lock();
         let s2 = h.s2;
-        for i in 0..pages {
-            let Some(pa) = Pfn::new(first.raw().wrapping_add(i)).checked_addr() else {
-                continue;
-            };
-            let ipa = Ipa::new(pa.raw());
-            if s2.unmap_page(&self.mem, &self.arch, &mut h.pool, ipa) == Err(S2Error::NoMemory) {
-                let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
+        let ipa = Ipa::new(pa.raw());
+        if s2.unmap_run(&self.mem, &self.arch, &mut h.pool, ipa, pages) == Err(S2Error::NoMemory) {
+            // The reserve is sized so a split never fails; if it did, drop
+            // each remaining leaf whole instead: the host refaults its other
+            // pages through the abort path.
+            for i in 0..pages {
+                let at = Ipa::new(pa.raw().wrapping_add(i.wrapping_mul(PAGE_SIZE)));
+                let _ = s2.unmap_leaf(&self.mem, &self.arch, at);
             }
         }
     }
 
-    fn host_device(&self, pa: PhysAddr) -> bool {
+    /// Maps the page `pa`, which the host may now access, into the host
+    /// Stage-2 (a page entry; a block if the page's whole block is the
+    /// host's and unmapped). The caller holds the page's shard lock and has
+    /// settled the transition first, so the host sees the page only after
+    /// its maintenance.
+    #[inline(never)]
+    pub(crate) fn host_map(&self, page: &mut PageGuard<'_>, pa: PhysAddr) {
+        let mut h = self.host.lock();
+        let s2 = h.s2;
+        let _ = s2.map_identity_shrinking(
+            &self.mem,
+            &self.arch,
+            &mut h.pool,
+            Ipa::new(pa.raw()),
+            3,
+            Perms::RWX,
+            self.normal,
+        );
+        drop(h);
+        page.set_host_mapped();
+    }
+
+    /// [`Engine::host_map`] for the `k` pages from `first`, all in `sg`'s
+    /// shard, under one host Stage-2 lock.
+    pub(crate) fn host_map_run(&self, sg: &mut ShardGuard<'_>, first: Pfn, k: u64) {
+        let mut h = self.host.lock();
+        let s2 = h.s2;
+        for i in 0..k {
+            let Some(pa) = Pfn::new(first.raw().wrapping_add(i)).checked_addr() else {
+                continue;
+            };
+            let _ = s2.map_identity_shrinking(
+                &self.mem,
+                &self.arch,
+                &mut h.pool,
+                Ipa::new(pa.raw()),
+                3,
+                Perms::RWX,
+                self.normal,
+            );
+        }
+        drop(h);
+        sg.set_host_mapped();
+    }
+
+    /// Whether `pa` is in a device range given to the host: `Some(read_only)`.
+    fn host_device(&self, pa: PhysAddr) -> Option<bool> {
         self.devices
             .iter()
             .take(self.ndevices)
-            .any(|&(s, e)| (s..e).contains(&pa.raw()))
+            .find(|&&(s, e, _)| (s..e).contains(&pa.raw()))
+            .map(|&(s, _, d)| d.page_read_only(pa.raw().wrapping_sub(s) / PAGE_SIZE))
     }
 
     /// A Stage-2 abort taken from the host (`esr`, `far`, `hpfar` as read
     /// from ESR_EL2, FAR_EL2, HPFAR_EL2). Maps the page with the largest
     /// block whose pages are all the host's (owned or borrowed) and returns
-    /// `Retry`, or returns `InjectSea` for anything the host may not touch.
-    pub fn host_abort(&self, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
+    /// `Retry`, or returns `InjectSea` for anything the host may not touch,
+    /// which is counted on `cpu` (the CPU that took the abort).
+    pub fn host_abort(&self, cpu: u32, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
+        let action = self.host_abort_action(esr, far, hpfar);
+        if action == HostAbortAction::InjectSea {
+            self.count(cpu, isola_abi::counter::HOST_ABORTS);
+        }
+        action
+    }
+
+    fn host_abort_action(&self, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
         let esr = Esr(esr);
         let ipa = abort::fault_ipa(hpfar, far);
         let pa = PhysAddr::new(ipa.raw()).page_floor();
         if self.db.is_ram(pa) {
             self.host_abort_ram(esr, pa)
-        } else if self.host_device(pa) {
-            if abort::classify_host_abort(esr, HostPage::Device) != HostAbort::MapDevice {
-                return HostAbortAction::InjectSea;
-            }
+        } else if let Some(ro) = self.host_device(pa) {
+            let page = if ro {
+                HostPage::DeviceReadOnly
+            } else {
+                HostPage::Device
+            };
+            let perms = match abort::classify_host_abort(esr, page) {
+                HostAbort::MapDevice => Perms::RW,
+                HostAbort::MapDeviceReadOnly => Perms {
+                    r: true,
+                    w: false,
+                    x: false,
+                },
+                HostAbort::IgnoreWrite => return HostAbortAction::SkipWrite,
+                HostAbort::MapRam | HostAbort::InjectSea => return HostAbortAction::InjectSea,
+            };
             let mut h = self.host.lock();
             let s2 = h.s2;
             let r = s2.map_identity_shrinking(
@@ -423,7 +666,7 @@ impl<A: Arch> Engine<A> {
                 &mut h.pool,
                 ipa,
                 3,
-                Perms::RW,
+                perms,
                 MemType::Device,
             );
             match r {
@@ -455,31 +698,12 @@ impl<A: Arch> Engine<A> {
         if abort::classify_host_abort(esr, page) != HostAbort::MapRam {
             return HostAbortAction::InjectSea;
         }
-        // The largest block inside this shard whose pages the host may all access.
+        // The largest block inside this shard whose pages the host may all
+        // access. With the map kept exact this path only serves pages a
+        // failed split dropped (see `host_unmap_run`).
+        let level = self.host_block_level(&sg, pa);
         let mut h = self.host.lock();
         let s2 = h.s2;
-        let mut level = 3u8;
-        for l in [1u8, 2] {
-            if l < s2.config().start_level() {
-                continue;
-            }
-            let bs = stage2::block_size(l);
-            let base = Pfn::containing(pa.align_down(bs));
-            let n = bs / PAGE_SIZE;
-            // A block that is the whole shard is decided by the shard's
-            // counts (kept exact by every record change) in O(1); a block
-            // smaller than its shard by its records.
-            let all = if sg.base() == base && sg.pages() == n {
-                sg.counts().host_accessible == n
-            } else {
-                sg.records(base, n)
-                    .is_some_and(|r| r.iter().all(|r| r.host_accessible()))
-            };
-            if all {
-                level = l;
-                break;
-            }
-        }
         let r = s2.map_identity_shrinking(
             &self.mem,
             &self.arch,
@@ -487,7 +711,7 @@ impl<A: Arch> Engine<A> {
             Ipa::new(pa.raw()),
             level,
             Perms::RWX,
-            MemType::Normal,
+            self.normal,
         );
         sg.set_host_mapped();
         match r {
@@ -633,38 +857,38 @@ mod tests {
     #[test]
     fn init_rejects_inconsistent_layouts() {
         let spec = MachineSpec::default();
-        let build = |reserved: &[(PhysAddr, u64)],
-                     pool: (PhysAddr, u64),
-                     devices: &[(PhysAddr, u64)],
-                     mmio| {
-            let ram = [(spec.page(0), spec.ram_pages)];
-            let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
-            let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
-            let records = Vec::leak(vec![PageRecord::HOST; nr]);
-            let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
-            let cfg = EngineConfig {
-                ram: &ram,
-                reserved,
-                host_s2_pool: pool,
-                host_devices: devices,
-                shard_shift: 21,
-                vm_s2: VM_S2,
-                host_s2: S2Config::DEFAULT,
-                guest_mmio: mmio,
+        let build =
+            |reserved: &[(PhysAddr, u64)], pool: (PhysAddr, u64), devices: &[DeviceRange], mmio| {
+                let ram = [(spec.page(0), spec.ram_pages)];
+                let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
+                let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
+                let records = Vec::leak(vec![PageRecord::HOST; nr]);
+                let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
+                let cfg = EngineConfig {
+                    ram: &ram,
+                    reserved,
+                    host_s2_pool: pool,
+                    host_devices: devices,
+                    shard_shift: 21,
+                    vm_s2: VM_S2,
+                    host_s2: S2Config::DEFAULT,
+                    guest_mmio: mmio,
+                    caches: CachePolicy::MAINTAIN_ALL,
+                };
+                let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
+                Engine::new(
+                    cfg,
+                    NoopArch,
+                    mem,
+                    EngineStorage {
+                        shards,
+                        records,
+                        vms,
+                        stats: &[],
+                    },
+                )
+                .err()
             };
-            let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
-            Engine::new(
-                cfg,
-                NoopArch,
-                mem,
-                EngineStorage {
-                    shards,
-                    records,
-                    vms,
-                },
-            )
-            .err()
-        };
         let pool = (spec.page(0), 8);
         assert_eq!(build(&[], pool, &[], GUEST_MMIO), None);
         assert_eq!(
@@ -688,7 +912,7 @@ mod tests {
             "not RAM"
         );
         assert_eq!(
-            build(&[], pool, &[(spec.page(20), 1)], GUEST_MMIO),
+            build(&[], pool, &[DeviceRange::rw(spec.page(20), 1)], GUEST_MMIO),
             Some(InitError::BadDevices),
             "device in RAM"
         );

@@ -13,19 +13,22 @@
 //! | [`pool`] | free lists of donated pages |
 //! | [`stage2`] | VMSAv8-64 Stage-2 tables, break-before-make |
 //! | [`vm`], [`vcpu`] | the VM table, handles, vCPU contexts |
-//! | [`engine`] | construction, host aborts, observation |
+//! | [`engine`] | construction, the host's Stage-2 (kept exact: it is also the host's DMA view), host aborts, observation |
+//! | [`handover`] | the one place that decides what each ownership transition needs: the DMA view's invalidation, scrub, data- and instruction-cache maintenance |
 //! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
 //! | [`psci`] | guest PSCI: the per-vCPU power states, `CPU_ON`, `AFFINITY_INFO` (`src/hypercall/psci.rs`) |
 //! | [`vgic`] | list registers the host gives a vCPU, what exits report of them and of the timer |
 //! | [`sysreg`] | guest system-register traps: SGIs, read-as-zero groups, ID registers (`src/hypercall/sysreg.rs`) |
 //! | [`abort`] | ESR decoding and the abort policy |
+//! | [`stats`] | the per-CPU event counters `Accounting::Counter` reads |
 //! | [`testing`] | building a test machine on the host |
 //!
 //! # For the EL2 image (`boot/`)
 //!
 //! 1. At boot, carve from the engine's own memory: `[Shard; n]`,
-//!    `[PageRecord; ram_pages]` and `[VmSlot; vms]` (`Shard::new` and
-//!    `VmSlot::new` are `const`; size them with
+//!    `[PageRecord; ram_pages]`, `[VmSlot; vms]` and one
+//!    [`stats::CpuStats`] per CPU (`Shard::new`, `VmSlot::new` and
+//!    `CpuStats::new` are `const`; size them with
 //!    [`ownership::PageDb::requirements`]), a host Stage-2 reserve of
 //!    [`engine::Engine::host_s2_pages_needed`] pages, and build an
 //!    [`engine::Engine`] with an [`arch::Arch`] that executes instructions and
@@ -39,7 +42,7 @@
 //!    [`engine::Engine::guest_exit`]; `Resume` re-enters, `ExitToHost(exit)`
 //!    ends with [`engine::Engine::finish_run`], which fills the host's
 //!    `x0..=x3`.
-//! 3. Host Stage-2 abort: [`engine::Engine::host_abort`] with ESR/FAR/HPFAR;
+//! 3. Host Stage-2 abort: [`engine::Engine::host_abort`] with the CPU and ESR/FAR/HPFAR;
 //!    `Retry` returns to the host, `InjectSea` injects an external abort.
 //!
 //! # Observation (for `src/spec/` and property tests)
@@ -67,8 +70,12 @@
 //! Cargo features, never for real builds:
 //! `planted-bug-skip-scrub` (pages change hands without being zeroed),
 //! `planted-bug-donate-keeps-host-mapping` (`Donate` leaves the host's
-//! Stage-2 mapping) and `planted-bug-cpu-on-keeps-registers` (a guest's
-//! `CPU_ON` starts the vCPU with the registers it had when it went off). Run e.g.
+//! Stage-2 mapping), `planted-bug-cpu-on-keeps-registers` (a guest's
+//! `CPU_ON` starts the vCPU with the registers it had when it went off),
+//! `planted-bug-donate-keeps-dma-view` (`Donate` leaves the host's devices
+//! able to reach the page: no SMMU invalidation) and
+//! `planted-bug-guest-unshare-skips-maintenance` (a guest's `Unshare` skips
+//! the maintenance [`handover`] plans for it). Run e.g.
 //! `cargo test -p isola --features planted-bug-skip-scrub --test scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]
@@ -81,6 +88,7 @@ pub use isola_abi as abi;
 pub mod addr;
 pub mod arch;
 pub mod engine;
+pub mod handover;
 pub mod hypercall;
 /// Guest PSCI and guest system-register traps are guest calls
 /// (`src/hypercall/`), kept at their own paths.
@@ -94,6 +102,7 @@ pub mod ownership;
 pub mod pool;
 pub mod spec;
 pub mod stage2;
+pub mod stats;
 #[cfg(not(target_os = "none"))]
 pub mod testing;
 pub mod vcpu;

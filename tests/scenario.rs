@@ -83,7 +83,7 @@ impl Host {
         let p = PhysAddr::new(pa);
         if self.engine.host_translate(p).is_none() {
             let esr = isola::abort::data_abort_esr(8, false, 0, false, true, 0b000111);
-            if self.engine.host_abort(esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
+            if self.engine.host_abort(0, esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
                 return None;
             }
         }
@@ -502,7 +502,7 @@ fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
 fn the_host_faults_in_only_what_it_may_touch() {
     let host = Host::new();
     let esr = isola::abort::data_abort_esr(8, true, 0, false, true, 0b000111);
-    let fault = |pa: u64| host.engine.host_abort(esr, pa, (pa >> 12) << 4);
+    let fault = |pa: u64| host.engine.host_abort(0, esr, pa, (pa >> 12) << 4);
     // The engine's own pages (host Stage-2 tables) and memory that is neither
     // RAM nor a device the host was given: an external abort.
     assert_eq!(fault(host.page(0)), HostAbortAction::InjectSea);
@@ -529,7 +529,7 @@ fn the_host_faults_in_only_what_it_may_touch() {
     let perm = isola::abort::data_abort_esr(8, true, 0, false, true, 0b001111);
     assert_eq!(
         host.engine
-            .host_abort(perm, host.page(40), (host.page(40) >> 12) << 4),
+            .host_abort(0, perm, host.page(40), (host.page(40) >> 12) << 4),
         HostAbortAction::InjectSea
     );
     // A VM's page: refused, before and after the VM is destroyed, until reclaimed.
@@ -976,8 +976,8 @@ fn racing_batched_donations_across_shards_leave_exactly_one_winner() {
 
 /// Checks a donate's log for the cache maintenance its pages need (HCR_EL2.FWB
 /// is 0, so the guest may read them non-cacheably): every page of `pas`
-/// leaves the host Stage-2 (its entry invalidated, then its TLBI, then a DSB)
-/// before any is cleaned; the cleans of the run come in a row with no barrier
+/// leaves the host Stage-2 (its entry invalidated, then its TLBI, by IPA for
+/// one page or by VMID for a batch, then a DSB) before any is cleaned; the cleans of the run come in a row with no barrier
 /// between them; exactly one DSB follows them; and only then does the VM's
 /// Stage-2 get a leaf naming any of the pages.
 fn check_donate_cleans(ev: &[ArchEvent], pas: &[u64]) {
@@ -1012,15 +1012,16 @@ fn check_donate_cleans(ev: &[ArchEvent], pas: &[u64]) {
             .iter()
             .position(|e| matches!(*e, ArchEvent::PteWrite { old, new, .. } if old & 1 == 1 && new & 1 == 0 && addr(old) == p))
             .unwrap_or_else(|| panic!("host entry of {p:#x} invalidated: {ev:?}"));
-        let tlbi = ev
-            .iter()
-            .position(|e| {
-                *e == ArchEvent::TlbiIpa {
-                    vmid: Vmid::HOST,
-                    ipa: Ipa::new(p),
-                }
-            })
-            .unwrap();
+        let tlbi = unmap
+            + ev[unmap..]
+                .iter()
+                .position(|e| {
+                    *e == ArchEvent::TlbiIpa {
+                        vmid: Vmid::HOST,
+                        ipa: Ipa::new(p),
+                    } || *e == ArchEvent::TlbiVmid(Vmid::HOST)
+                })
+                .unwrap();
         assert!(
             unmap < tlbi && tlbi < first,
             "{p:#x}: unmap, TLBI, then clean"
@@ -1081,4 +1082,56 @@ fn donated_pages_are_cleaned_to_poc_after_the_host_loses_them_and_before_the_vm_
     assert!(!host.engine.arch().overflowed());
     check_break_before_make(ev.iter().copied()).unwrap();
     check_donate_cleans(&ev, &pas[1..]);
+}
+
+#[test]
+fn a_read_only_device_page_is_mapped_for_reads_and_its_writes_are_ignored() {
+    use isola::testing::HOST_GICR_RD;
+    let host = Host::new();
+    let read = isola::abort::data_abort_esr(4, false, 1, false, false, 0b000111);
+    let hpfar = (HOST_GICR_RD >> 12) << 4;
+    assert_eq!(
+        host.engine.host_abort(0, read, HOST_GICR_RD + 0x70, hpfar),
+        HostAbortAction::Retry
+    );
+    let t = host
+        .engine
+        .host_translate(PhysAddr::new(HOST_GICR_RD))
+        .unwrap();
+    assert_eq!(
+        t.desc.perms(),
+        Perms {
+            r: true,
+            w: false,
+            x: false
+        }
+    );
+    assert_eq!(t.desc.mem_type(), isola::stage2::MemType::Device);
+    // The store (say, to GICR_PROPBASER) now faults on permission: skipped.
+    let write = isola::abort::data_abort_esr(8, true, 1, false, true, 0b001111);
+    assert_eq!(
+        host.engine.host_abort(0, write, HOST_GICR_RD + 0x70, hpfar),
+        HostAbortAction::SkipWrite
+    );
+    // A read-write device page is not treated so.
+    let uart = isola::testing::HOST_UART;
+    assert_eq!(
+        host.engine.host_abort(0, write, uart, (uart >> 12) << 4),
+        HostAbortAction::InjectSea,
+        "a permission fault on a read-write device is no skip"
+    );
+}
+
+#[test]
+fn a_redistributors_sgi_frame_stays_writable() {
+    use isola::testing::HOST_GICR_RD;
+    let host = Host::new();
+    let sgi = HOST_GICR_RD + 0x10000 + 0x100;
+    let write = isola::abort::data_abort_esr(4, true, 1, false, false, 0b000111);
+    assert_eq!(
+        host.engine.host_abort(0, write, sgi, (sgi >> 12) << 4),
+        HostAbortAction::Retry
+    );
+    let t = host.engine.host_translate(PhysAddr::new(sgi)).unwrap();
+    assert_eq!(t.desc.perms(), Perms::RW);
 }

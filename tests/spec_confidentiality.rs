@@ -6,7 +6,8 @@
 //! VMs' pages and registers — up to what the secret VM itself declassifies:
 //! pages it shares with the host, and values it writes to MMIO, to pages it
 //! borrows, or passes in a hypercall (the harness gives those the same,
-//! public, value in both runs, so any remaining difference is a leak).
+//! public, value in both runs, so any remaining difference is a leak). The
+//! host observes through its CPUs and through DMA by its device alike.
 //!
 //! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_confidentiality`.
 #![allow(
@@ -95,8 +96,9 @@ fn noninterferent(
         let s = a.observe();
         let e = event(op, &s, &c);
         let cpu = e.cpu();
-        let by_secret =
-            matches!(s.cpus[cpu], Cpu::Guest { vm, .. } if vm == secret) && !e.is_host();
+        let by_secret = matches!(s.cpus[cpu], Cpu::Guest { vm, .. } if vm == secret)
+            && !e.is_host()
+            && !e.is_dma();
         let mut eb = e.clone();
         match e {
             // The secret computes on different values in run B.
@@ -135,12 +137,19 @@ fn noninterferent(
         }
         let (oa, ob) = (a.step(&e), b.step(&eb));
         // Contents of a page the secret shares with the host are declassified.
+        let shared_by_secret = |pa: u64| {
+            s.page(pa & !(PAGE_SIZE - 1)).is_some_and(|p| {
+                p.owner == Owner::Vm(secret) && p.state == PageState::Shared { with: Owner::Host }
+            })
+        };
         let declassified = match e {
             Event::HostRead { pa, .. } => {
-                s.page(pa & !(PAGE_SIZE - 1)).is_some_and(|p| {
-                    p.owner == Owner::Vm(secret)
-                        && p.state == PageState::Shared { with: Owner::Host }
-                }) && matches!((oa, ob), (Outcome::HostLoaded(_), Outcome::HostLoaded(_)))
+                shared_by_secret(pa)
+                    && matches!((oa, ob), (Outcome::HostLoaded(_), Outcome::HostLoaded(_)))
+            }
+            Event::DmaRead { pa } => {
+                shared_by_secret(pa)
+                    && matches!((oa, ob), (Outcome::DmaLoaded(_), Outcome::DmaLoaded(_)))
             }
             _ => false,
         };
@@ -195,6 +204,18 @@ fn confidentiality_catches_a_skipped_scrub() {
     let msg = catches(Bug::SkipScrub);
     assert!(
         msg.contains("differs") || msg.contains("HostLoaded"),
+        "unexpected counterexample: {msg}"
+    );
+}
+
+/// A planted bug breaks it: after `Donate` the host's device can still read
+/// the page by DMA (the IOMMU's TLB kept the translation), so the secret
+/// VM's private page reaches the host.
+#[test]
+fn confidentiality_catches_dma_through_a_stale_iommu_translation() {
+    let msg = catches(Bug::LeaveDonatedPageInDmaView);
+    assert!(
+        msg.contains("DmaRead") || msg.contains("differs"),
         "unexpected counterexample: {msg}"
     );
 }

@@ -59,3 +59,23 @@ fn integrity_catches_host_writes_through_a_stale_mapping() {
         "the planted bug went unnoticed: {msg}"
     );
 }
+
+/// A planted bug breaks it: after `Donate` the host's device can still
+/// write the page by DMA (the IOMMU's TLB kept the translation).
+#[test]
+fn integrity_catches_dma_through_a_stale_iommu_translation() {
+    let mut runner = spec_common::planted_runner(16);
+    let found = runner.run(&ops(150..400), |ops| {
+        let r = holds(
+            &mut Planted::new(engine::Engine::boot(), Bug::LeaveDonatedPageInDmaView),
+            &ops,
+        );
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        Ok(())
+    });
+    let msg = format!("{found:?}");
+    assert!(
+        msg.contains("changed VM") && msg.contains("DmaWrite"),
+        "the planted bug went unnoticed: {msg}"
+    );
+}

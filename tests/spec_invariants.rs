@@ -1,9 +1,11 @@
 //! Invariants of the engine's state after every step of long random
 //! sequences: every page of RAM has exactly one owner; every valid Stage-2
 //! entry of a VM maps a page that VM owns or borrows, with known, non-empty
-//! permissions; the host's Stage-2 maps only pages the host owns or
-//! borrows, so engine pages, pools and VM pages are mapped nowhere; and the
-//! engine's own accounting adds up to all of RAM.
+//! permissions; the host's Stage-2 maps exactly the pages the host owns or
+//! borrows, so engine pages, pools and VM pages are mapped nowhere; the
+//! host's DMA view (the IOMMU: the host Stage-2 it walks, and its TLB) is
+//! exactly the same set; and the engine's own accounting adds up to all of
+//! RAM.
 //!
 //! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_invariants`.
 #![allow(
@@ -32,6 +34,28 @@ fn check(c: &Config, s: &State, sys: &mut dyn System) -> Result<(), String> {
             let p = s.page(pa);
             return Err(format!("host Stage-2 maps {pa:#x}, which is {p:?}"));
         }
+    }
+    let accessible: Vec<u64> = s
+        .pages
+        .keys()
+        .copied()
+        .filter(|&pa| s.host_may_access(pa))
+        .collect();
+    if sys.host_mapped() != accessible {
+        let missing: Vec<_> = accessible
+            .iter()
+            .filter(|pa| !sys.host_mapped().contains(pa))
+            .collect();
+        return Err(format!(
+            "host Stage-2 does not map pages the host may access: {missing:x?}"
+        ));
+    }
+    let view = sys.dma_view();
+    if view != accessible {
+        let extra: Vec<_> = view.iter().filter(|pa| !s.host_may_access(**pa)).collect();
+        return Err(format!(
+            "the DMA view reaches {extra:x?}, which the host may not access"
+        ));
     }
     // The engine's own totals count every page of RAM exactly once, by owner.
     let Some(cpu) = s.cpus.iter().position(|c| *c == Cpu::Host) else {
@@ -76,6 +100,26 @@ proptest! {
         let r = holds(&mut engine::Engine::boot(), &ops);
         prop_assert!(r.is_ok(), "{}", r.unwrap_err());
     }
+}
+
+/// A planted bug breaks them: `Donate` that leaves the page in the host's
+/// DMA view (the IOMMU's TLB keeps its translation).
+#[test]
+fn invariants_catch_a_page_left_in_the_dma_view_after_donate() {
+    let mut runner = spec_common::planted_runner(16);
+    let found = runner.run(&ops(150..400), |ops| {
+        let r = holds(
+            &mut Planted::new(engine::Engine::boot(), Bug::LeaveDonatedPageInDmaView),
+            &ops,
+        );
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        Ok(())
+    });
+    let msg = format!("{found:?}");
+    assert!(
+        msg.contains("the DMA view reaches"),
+        "the planted bug went unnoticed: {msg}"
+    );
 }
 
 /// A planted bug breaks them: `Donate` that leaves the page in the host's Stage-2.

@@ -55,6 +55,7 @@ fn model_config() -> Config {
         vm_pages: 2,
         vcpu_pages: 1,
         table_shifts: vec![30, 21],
+        dma_stream: 0x8,
     }
 }
 const fn page(i: u64) -> u64 {
@@ -203,7 +204,7 @@ fn status_order_follows_the_abi() {
         Status::AlreadyMapped
     );
     assert_eq!(
-        status(host(&mut m, HostCall::Accounting, [3, h, 0, 0])),
+        status(host(&mut m, HostCall::Accounting, [4, h, 0, 0])),
         Status::InvalidArgument
     );
     let unknown = m.apply(&Event::HostHvc {
@@ -421,6 +422,11 @@ fn generator_covers_the_abi() {
                     "host fault".into()
                 }
                 (Event::HostRead { .. } | Event::HostWrite { .. }, _) => "host access".into(),
+                (Event::DmaRead { .. } | Event::DmaWrite { .. }, Outcome::DmaFault) => {
+                    "dma fault".into()
+                }
+                (Event::DmaRead { .. }, _) => "dma read".into(),
+                (Event::DmaWrite { .. }, _) => "dma write".into(),
                 _ => return Ok(()),
             };
             *seen.entry(what).or_default() += 1;
@@ -460,7 +466,17 @@ fn generator_covers_the_abi() {
         .map(gok),
     );
     want.extend((1..=9).map(|k| format!("exit {k}")));
-    want.extend(["host fault", "host access", "guest access GuestDone"].map(String::from));
+    want.extend(
+        [
+            "host fault",
+            "host access",
+            "guest access GuestDone",
+            "dma fault",
+            "dma read",
+            "dma write",
+        ]
+        .map(String::from),
+    );
     want.push("host Some(VcpuRun) Entered".into());
     want.push("host Donate run Success".into());
     for s in [

@@ -1,11 +1,12 @@
 //! The core's architecture boundary (`isola::arch::Arch`), implemented with
-//! instructions: TLB invalidation, barriers and cache maintenance. The core
-//! asks; this module only executes.
+//! instructions: TLB invalidation, barriers and cache maintenance; the host's
+//! DMA view is the engine's SMMU (`smmu.rs`). The core asks; this module
+//! only executes.
 
 use core::arch::asm;
 
-use crate::cpu;
 use crate::sysreg::{Readable, VTTBR_EL2, Value, write_isb};
+use crate::{caches, cpu, smmu};
 
 /// The core's architecture boundary at EL2 (see `isola::arch` for the
 /// semantics each method must provide).
@@ -68,5 +69,25 @@ impl isola::arch::Arch for El2Arch {
         // No barrier: the trait leaves completion to the caller's next
         // `dsb_ish`, so a batched Donate waits once for a whole run.
         cpu::clean_inval_dcache(pa.raw() & !0xfff, 4096);
+    }
+
+    fn clean_dcache_page_pou(&self, pa: isola::addr::PhysAddr) {
+        caches::clean_dcache_pou(pa.raw() & !0xfff, 4096);
+    }
+
+    fn invalidate_icache_page(&self, pa: isola::addr::PhysAddr) {
+        caches::invalidate_icache(pa.raw() & !0xfff, 4096);
+    }
+
+    fn invalidate_icache_all(&self) {
+        caches::invalidate_icache_all();
+    }
+
+    fn dma_invalidate_host(&self, pa: isola::addr::PhysAddr, pages: u64) {
+        smmu::invalidate_host(pa.raw(), pages);
+    }
+
+    fn dma_faults(&self) -> [u64; 3] {
+        smmu::faults()
     }
 }

@@ -15,7 +15,8 @@ use crate::layout::{
 };
 use crate::stop::{Verdict, fatal, power_off};
 use crate::{
-    console, cpu, cpu_state, engine, gic, host, layout, mmu, platform, psci, relay, vectors,
+    caches, console, cpu, cpu_state, dma, engine, gic, host, layout, mmu, platform, psci, relay,
+    vectors,
 };
 
 /// Set once bring-up is over: a CPU entering the warm entry afterwards was
@@ -145,6 +146,16 @@ fn build_map(p: &Platform, s: &Sections) -> Result<(usize, usize), mmu::MapError
         let end = page_up(d.end().ok_or(mmu::MapError::OutOfRange)?)?;
         b.map(base, end.wrapping_sub(base), Attr::Device)?;
     }
+    // The engine's own devices (the SMMU) and the PCIe ECAM it reads once.
+    let mut extra = Ok(());
+    dma::el2_mmio(|base, size| {
+        let base4k = base & !0xfff;
+        if extra.is_ok() {
+            extra = page_up(base.saturating_add(size))
+                .and_then(|end| b.map(base4k, end.wrapping_sub(base4k), Attr::Device));
+        }
+    });
+    extra?;
     Ok(b.tables_used())
 }
 
@@ -221,6 +232,9 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
             }
         })
     };
+    if let Err(e) = dma::scan(&tree) {
+        fatal(format_args!("device tree: {e}"));
+    }
     #[cfg(feature = "planted-bug-panic-path")]
     planted_panic_path(p);
     let ram: u64 = p.ram().iter().map(|r| r.size).fold(0, u64::saturating_add);
@@ -246,6 +260,9 @@ extern "C" fn isola_boot_main(x0: u64) -> ! {
     }
     say!("EL2 map self-test: stack guard unmapped, text and rodata read-only, data not executable");
 
+    dma::decide();
+    dma::report();
+    dma::wake_redistributors(p.gicr());
     engine::init(p, &s).unwrap_or_else(|e| fatal(format_args!("engine core: {e}")));
 
     // SAFETY: no other CPU runs yet, so nobody holds a reference into the
@@ -298,8 +315,9 @@ fn meet_at_barrier() {
     });
 }
 
-/// Copies QEMU's device tree into host memory and removes the engine's
-/// carve-out from its `/memory` node.
+/// Copies QEMU's device tree into host memory, removes the engine's
+/// carve-out from its `/memory` node and the devices the host does not get
+/// (`dma::edit_host_dtb`).
 fn prepare_host_dtb(dtb: &[u8]) {
     let len = dtb.len() as u64;
     if len > HOST_DTB_MAX {
@@ -318,8 +336,9 @@ fn prepare_host_dtb(dtb: &[u8]) {
         )),
         Err(e) => fatal(format_args!("editing the host device tree: {e}")),
     }
+    let removed = dma::edit_host_dtb(copy).unwrap_or_else(|e| fatal(format_args!("{e}")));
     say!(
-        "host device tree at {HOST_DTB:#x} shows RAM from {CARVEOUT_END:#x}; engine carve-out {CARVEOUT_BASE:#x}..{CARVEOUT_END:#x} hidden"
+        "host device tree at {HOST_DTB:#x} shows RAM from {CARVEOUT_END:#x}; engine carve-out {CARVEOUT_BASE:#x}..{CARVEOUT_END:#x} hidden; {removed} device nodes removed"
     );
 }
 
@@ -354,7 +373,7 @@ fn enter_host(index: usize, entry: u64, arg: u64) -> ! {
     }
     // SAFETY: interrupts are masked, the core installed the host's Stage-2
     // for this CPU (`install_host_stage2`), and we are about to leave EL2.
-    unsafe { host::configure(host::HCR_HOST_STAGE2) };
+    unsafe { host::configure(host::HCR_HOST_STAGE2.union(caches::hcr_fwb())) };
     // SAFETY: EL2 is configured for the host; `top` is this CPU's stack top
     // and nothing on the stack is needed again.
     unsafe { vectors::enter_el1(entry, arg, top) }

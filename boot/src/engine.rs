@@ -15,10 +15,11 @@ use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 
 use isola::addr::PhysAddr;
-use isola::engine::{Engine, EngineConfig, EngineStorage};
+use isola::engine::{DeviceRange, Engine, EngineConfig, EngineStorage};
 use isola::mem::PhysMem;
 use isola::ownership::{PageDb, PageRecord, Shard};
 use isola::stage2::S2Config;
+use isola::stats::CpuStats;
 use isola::vm::VmSlot;
 use isola_fdt::Platform;
 use isola_sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,7 @@ use crate::arch::El2Arch;
 use crate::console::say;
 use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
 use crate::sysreg::{ID_AA64MMFR0_EL1, Readable, VTCR_EL2, VTTBR_EL2, Value, write_isb};
-use crate::{gic, idregs};
+use crate::{caches, dma, gic, idregs};
 
 /// Page size.
 const PAGE: u64 = 4096;
@@ -89,23 +90,16 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         *slot = (PhysAddr::new(r.base), r.size / PAGE);
     }
     let ram = ram.get(..p.ram_count).ok_or("RAM ranges")?;
-    // The host may touch every non-RAM address below RAM (QEMU virt's
-    // devices: GIC, UART, RTC, virtio, PCIe windows) and the redistributor
-    // regions above it.
-    let mut devices = [(PhysAddr::new(0), 0_u64); 1 + isola_fdt::MAX_GICR];
-    let mut ndev = 0_usize;
-    let low_end = p.ram().iter().map(|r| r.base).min().unwrap_or(0);
-    if let Some(slot) = devices.get_mut(ndev) {
-        *slot = (PhysAddr::new(0), low_end / PAGE);
-        ndev = ndev.saturating_add(1);
-    }
-    for r in p.gicr().iter().filter(|r| r.base >= low_end) {
-        if let Some(slot) = devices.get_mut(ndev) {
-            *slot = (PhysAddr::new(r.base & !0xfff), r.size.div_ceil(PAGE));
-            ndev = ndev.saturating_add(1);
-        }
-    }
+    // The host's devices: what the device policy gives it (`dma.rs`,
+    // `isola_fdt::devices`), decided from the tree before this call.
+    let mut devices = [DeviceRange::rw(PhysAddr::new(0), 0); isola::engine::MAX_DEVICE_RANGES];
+    let ndev = dma::host_ranges(&mut devices);
     let devices = devices.get(..ndev).ok_or("device ranges")?;
+    let mut spans = [(PhysAddr::new(0), 0_u64); isola::engine::MAX_DEVICE_RANGES];
+    for (slot, d) in spans.iter_mut().zip(devices) {
+        *slot = (d.base, d.pages);
+    }
+    let spans = spans.get(..ndev).ok_or("device ranges")?;
 
     let (nshards, nrecords) = PageDb::requirements(ram, SHARD_SHIFT)
         .ok_or("RAM layout too large for the page database")?;
@@ -121,7 +115,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         .checked_mul(nrecords as u64)
         .ok_or("records")?;
     let records_at = bump.take(record_bytes, PAGE)?;
-    let pool_pages = Engine::<El2Arch>::host_s2_pages_needed(S2, ram, devices);
+    let pool_pages = Engine::<El2Arch>::host_s2_pages_needed(S2, ram, spans);
     let pool_at = bump.take(
         pool_pages.checked_mul(PAGE).ok_or("pool")?,
         S2.root_pages().saturating_mul(PAGE),
@@ -140,6 +134,31 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     }
     // SAFETY: every element was initialised above; never freed.
     let vms: &'static [VmSlot] = unsafe { core::slice::from_raw_parts(vms_ptr, VM_SLOTS) };
+    let cpus = p.cpu_count.max(1);
+    let stats_at = bump.take(
+        (core::mem::size_of::<CpuStats>() as u64).saturating_mul(cpus as u64),
+        core::mem::align_of::<CpuStats>() as u64,
+    )?;
+    let stats_ptr = stats_at as *mut CpuStats;
+    for i in 0..cpus {
+        // SAFETY: engine RAM just taken from the bump allocator, aligned for
+        // `CpuStats`, referenced by nothing else.
+        unsafe { stats_ptr.add(i).write(CpuStats::new()) };
+    }
+    // SAFETY: every element was initialised above; never freed.
+    let stats: &'static [CpuStats] = unsafe { core::slice::from_raw_parts(stats_ptr, cpus) };
+    // The SMMU's stream table (bus 0: 256 StreamIDs), command queue (256
+    // entries) and event queue (2048 entries: one failed DMA of a page can
+    // fault once per access, 1024 times): engine memory, each aligned to
+    // its size.
+    let smmu_layout = isola_smmu::Layout {
+        strtab: bump.take(64 << 8, 64 << 8)?,
+        strtab_log2: 8,
+        cmdq: bump.take(16 << 8, 16 << 8)?,
+        cmdq_log2: 8,
+        eventq: bump.take(32 << 11, 32 << 11)?,
+        eventq_log2: 11,
+    };
     let shards_ptr = shards_at as *mut Shard;
     for i in 0..nshards {
         // SAFETY: `[shards_at, shards_at + shard_bytes)` is engine RAM just
@@ -176,6 +195,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         vm_s2: S2,
         host_s2: S2,
         guest_mmio: GUEST_MMIO,
+        caches: caches::policy(dma::decision().fwb),
     };
     let limit = p.ram().iter().filter_map(|r| r.end()).max().unwrap_or(0);
     // SAFETY: the EL2 map (installed before this call) maps all RAM below
@@ -187,6 +207,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         shards,
         records,
         vms,
+        stats,
     };
     let mut engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
         isola::engine::InitError::Db(_) => "page database rejected the RAM layout",
@@ -205,6 +226,20 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     // value of each field here).
     engine.set_list_registers(gic::read_shape().map_or(0, |s| usize::from(s.lrs)));
     engine.set_guest_id_registers(idregs::raw_id_registers());
+    let policy = engine.cache_policy();
+    // The SMMU walks the host's Stage-2 from its root (the pool's first
+    // pages), with the CPU's shape, capped at the SMMU's output size.
+    let parange = ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange).min(0b101) as u8;
+    let oas = dma::decision().smmu.map_or(parange, |(_, f)| f.oas);
+    let shape = isola_smmu::S2Shape {
+        t0sz: S2.vtcr_t0sz() as u8,
+        sl0: S2.vtcr_sl0() as u8,
+        ps: parange.min(oas),
+    };
+    dma::bring_up_smmu(smmu_layout, pool_at, shape)?;
+    if policy.fwb {
+        caches::enable_fwb();
+    }
     // SAFETY: only the boot CPU runs, and `READY` is clear, so no reference
     // to the cell exists.
     unsafe { (*ENGINE.0.get()).write(engine) };
@@ -212,6 +247,17 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     READY.store(true, Ordering::Release);
     say!(
         "core ready: {nrecords} pages of RAM in {nshards} shards, host Stage-2 pool of {pool_pages} pages"
+    );
+    say!(
+        "caches: HCR_EL2.FWB {}, CTR_EL0.DIC {} IDC {}: {}",
+        if policy.fwb { "on" } else { "off" },
+        u8::from(policy.dic),
+        u8::from(policy.idc),
+        if policy.fwb {
+            "no page is cleaned when it changes hands"
+        } else {
+            "every page that changes hands is cleaned to PoC"
+        }
     );
     Ok(())
 }

@@ -354,6 +354,10 @@ const SGI_FRAME: u64 = 0x1_0000;
 const GICR_ISENABLER0: u64 = SGI_FRAME + 0x100;
 /// `GICR_ICENABLER0` (SGI frame): clear-enable.
 const GICR_ICENABLER0: u64 = SGI_FRAME + 0x180;
+/// `GICR_IGROUPR0` (SGI frame): group 1 when set.
+const GICR_IGROUPR0: u64 = SGI_FRAME + 0x80;
+/// `GICR_IPRIORITYR<n>` (SGI frame): one byte per SGI/PPI.
+const GICR_IPRIORITYR: u64 = SGI_FRAME + 0x400;
 
 impl Redistributor {
     /// The frame of the CPU with MPIDR `mpidr` in `regions` (`(base,
@@ -427,6 +431,37 @@ impl Redistributor {
                 1 << (intid & 31),
             )
         };
+    }
+
+    /// Makes sure the engine's own PPI `intid` (< 32; the EL2 timer's) can
+    /// be signalled: if it is not enabled (a host that configures its GIC
+    /// clears every PPI's enable, not knowing this one), puts it in group 1
+    /// at the highest priority and enables it. One register read when it
+    /// already is.
+    ///
+    /// # Safety
+    /// `intid` is an interrupt no host can raise (only EL2 can program its
+    /// source), so the host's configuration of it is meaningless.
+    pub unsafe fn claim_ppi(self, intid: u32) {
+        if self.ppi_enabled(intid) {
+            return;
+        }
+        let bit = 1u32.wrapping_shl(intid);
+        let group = self.rd_base.wrapping_add(GICR_IGROUPR0);
+        // SAFETY: this CPU's redistributor (`find`'s contract); the
+        // engine's own interrupt (this function's contract). Group 1 is
+        // what a host's interrupts are in; priority 0 passes any priority
+        // mask but 0.
+        unsafe {
+            mmio_write32(group, mmio_read32(group) | bit);
+            core::ptr::with_exposed_provenance_mut::<u8>(
+                self.rd_base
+                    .wrapping_add(GICR_IPRIORITYR)
+                    .wrapping_add(u64::from(intid & 31)) as usize,
+            )
+            .write_volatile(0);
+            self.enable_ppi(intid);
+        }
     }
 
     /// Disables PPI `intid` (< 32) if it is enabled, and says whether it

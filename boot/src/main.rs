@@ -38,8 +38,8 @@
 //! | 6 | `relay` | the host's PSCI calls |
 //! | 5 | `world`, `vectors`, `platform` | the world switch; the trap entry; the machine's description |
 //! | 4 | `engine`, `entry`, `stop` | the core built at boot; the first instructions; reporting and powering off |
-//! | 3 | `host`, `idregs`, `arch`, `mmu`, `psci` | the host's EL2 controls; ID-register emulation; the core's architecture boundary; the EL2 map; firmware calls |
-//! | 2 | `gic`, `pmu`, `timer`, `inject`, `cpu` | the hardware blocks; carrying a result to the host; plain instructions |
+//! | 3 | `host`, `idregs`, `arch`, `mmu`, `psci`, `dma` | the host's EL2 controls; ID-register emulation; the core's architecture boundary; the EL2 map; firmware calls; the device policy applied and the SMMU brought up |
+//! | 2 | `gic`, `pmu`, `timer`, `smmu`, `caches`, `inject`, `cpu` | the hardware blocks; carrying a result to the host; plain instructions |
 //! | 1 | `sysreg`, `cpu_state`, `frame`, `layout`, `console` | typed registers; per-CPU records; the trap frame; the memory plan; the UART |
 //!
 //! A new hardware block (an SMMU) is a file of its own on row 2 (or higher,
@@ -59,6 +59,11 @@ mod arch;
     reason = "reads the device tree and edits the host's copy in memory no Rust value owns; the entry points the assembly calls by name"
 )]
 mod bringup;
+#[allow(
+    unsafe_code,
+    reason = "data- and instruction-cache maintenance are instructions"
+)]
+mod caches;
 #[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
 #[allow(
@@ -72,6 +77,11 @@ mod cpu_state;
     reason = "the entry the vector calls by name; runs a guest through the world switch"
 )]
 mod dispatch;
+#[allow(
+    unsafe_code,
+    reason = "the device scan is written once at boot, read everywhere after; reads PCI config space and wakes the GIC's redistributors through their registers"
+)]
+mod dma;
 #[allow(
     unsafe_code,
     reason = "carves the core's storage out of the engine's own RAM; writes VTTBR_EL2/VTCR_EL2"
@@ -117,6 +127,11 @@ mod pmu;
 #[allow(unsafe_code, reason = "names the warm entry, an assembly symbol")]
 mod psci;
 mod relay;
+#[allow(
+    unsafe_code,
+    reason = "the SMMU's registers are memory-mapped I/O; its tables and queues are engine memory no Rust value owns"
+)]
+mod smmu;
 mod stop;
 #[allow(unsafe_code, reason = "reads and writes system registers")]
 mod sysreg;

@@ -11,7 +11,7 @@
 
 use core::fmt;
 
-use crate::{console, cpu, psci};
+use crate::{console, cpu, psci, smmu};
 
 /// How the run ended, as the final console line states it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub fn power_off(verdict: Verdict, why: &str) -> ! {
         Verdict::Ok => "ok",
         Verdict::Failure => "failure",
     };
+    // The last DMA faults the SMMU recorded, before the verdict.
+    let _ = smmu::faults();
     console::line(format_args!(
         "isola: power off ({why}); exit status: {status}"
     ));

@@ -33,10 +33,10 @@
 use core::marker::PhantomData;
 
 pub use aarch64_cpu::registers::{
-    CNTHCTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2,
-    HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
-    ICH_HCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1, MAIR_EL2, MDCR_EL2, MIDR_EL1, MPIDR_EL1, SCTLR_EL2,
-    SPSR_EL1, SPSR_EL2, TCR_EL2, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    CNTHCTL_EL2, CNTHP_CTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2,
+    HCR_EL2, HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
+    ICH_HCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1, ID_AA64MMFR2_EL1, MAIR_EL2, MDCR_EL2, MIDR_EL1,
+    MPIDR_EL1, SCTLR_EL2, SPSR_EL1, SPSR_EL2, TCR_EL2, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use tock_registers::RegisterLongName;
 pub use tock_registers::fields::FieldValue;
@@ -244,8 +244,16 @@ macro_rules! own_registers {
 own_registers! {
     /// Cache Type Register.
     ctr_el0::CTR_EL0 = "ctr_el0" [
+        /// Instruction-cache invalidation to the PoU is not needed for
+        /// instruction-to-data coherence.
+        DIC OFFSET(29) NUMBITS(1) [],
+        /// Data-cache clean to the PoU is not needed for instruction-to-data
+        /// coherence.
+        IDC OFFSET(28) NUMBITS(1) [],
         /// log2 of the smallest data cache line, in words.
         DminLine OFFSET(16) NUMBITS(4) [],
+        /// log2 of the smallest instruction cache line, in words.
+        IminLine OFFSET(0) NUMBITS(4) [],
     ];
     /// Architectural Feature Trap Register (EL2), non-VHE layout
     /// (`aarch64-cpu` names only `TAM`).
@@ -263,6 +271,9 @@ own_registers! {
         /// Trap SVE instructions and registers.
         TZ OFFSET(8) NUMBITS(1) [],
     ];
+    /// Counter-timer Hypervisor Physical Timer CompareValue: the EL2
+    /// physical timer's deadline, in physical counts.
+    cnthp_cval_el2::CNTHP_CVAL_EL2 = "cnthp_cval_el2";
     /// Hypervisor System Trap Register: AArch32 CP15 traps.
     hstr_el2::HSTR_EL2 = "hstr_el2";
     /// Extended Hypervisor Configuration Register (FEAT_HCX), by encoding.

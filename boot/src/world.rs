@@ -56,11 +56,11 @@ use isola_abi::vgic::VTIMER_INTID;
 use crate::gic::{self, Redistributor, VcpuInterface};
 use crate::pmu::HostCounters;
 use crate::sysreg::{
-    CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, ELR_EL2, ESR_EL2, FAR_EL2, HCR_EL2, HPFAR_EL2,
-    ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2, VTTBR_EL2, Value, read,
-    write_batched,
+    CNTHCTL_EL2, CNTHP_CTL_EL2, CNTHP_CVAL_EL2, CNTVOFF_EL2, CPTR_EL2, ELR_EL2, ESR_EL2, FAR_EL2,
+    HCR_EL2, HPFAR_EL2, ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2,
+    VTTBR_EL2, Value, read, write_batched,
 };
-use crate::{cpu_state, timer};
+use crate::{caches, cpu_state, timer};
 
 /// Which vector of the guest-only table the guest's exception came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -428,12 +428,35 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // injects it): keep the physical one from ending this run. Given back
     // below, before the host runs.
     let vtimer_masked = match redistributor {
-        Some(rd) if isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0)) => {
+        Some(rd)
+            if isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0))
+                && !cfg!(feature = "planted-bug-vtimer-unmasked") =>
+        {
             // SAFETY: restored after the run (`unmask` below).
             unsafe { rd.mask_ppi(VTIMER_INTID) }
         }
         _ => false,
     };
+    // The host's tick bounds the run: the EL2 physical timer fires at the
+    // host's virtual-timer deadline, which the guest's CNTV_* replace for
+    // the run (the IRQ exits with `Trap::Irq`). Disarmed below before the
+    // host runs.
+    let host_deadline = timer::host_deadline(
+        host_el1.get(SysReg::CntvCtlEl0),
+        host_el1.get(SysReg::CntvCvalEl0),
+        host.cntvoff_el2.bits(),
+    )
+    .filter(|_| !cfg!(feature = "planted-bug-no-run-bound"));
+    if let (Some(deadline), Some(rd)) = (host_deadline, redistributor) {
+        // SAFETY: the EL2 timer and its PPI are the engine's; the timer
+        // fires only while the guest runs (disarmed before the host runs),
+        // and its interrupt then only ends the guest's turn.
+        unsafe {
+            rd.claim_ppi(timer::HYP_TIMER_PPI);
+            write_batched!(CNTHP_CVAL_EL2, Value::raw(deadline));
+            write_batched!(CNTHP_CTL_EL2, timer::CNTHP_ARMED);
+        }
+    }
     let mdcr = host.mdcr_el2.union(MDCR_GUEST_TRAPS);
     // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
@@ -455,7 +478,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
         write_batched!(MDCR_EL2, mdcr);
         write_batched!(CPTR_EL2, host.cptr_el2.union(CPTR_GUEST_TRAPS));
-        write_batched!(HCR_EL2, HCR_GUEST);
+        write_batched!(HCR_EL2, HCR_GUEST.union(caches::hcr_fwb()));
         asm!("isb", options(nostack, preserves_flags));
     }
     let raw: u64;
@@ -487,6 +510,9 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
             VcpuInterface::save(page, s);
         }
         host_el1.write();
+        if host_deadline.is_some() {
+            write_batched!(CNTHP_CTL_EL2, timer::CNTHP_OFF);
+        }
         host.restore();
         if let (true, Some(rd)) = (vtimer_masked, redistributor) {
             rd.enable_ppi(VTIMER_INTID);

@@ -50,8 +50,9 @@ pub enum Event<'a> {
         value: &'a [u8],
         offset: usize,
     },
-    /// The node at `depth` ends.
-    End { depth: usize },
+    /// The node at `depth` ends; `offset` is where its `FDT_END_NODE` token
+    /// is in the blob (for in-place edits).
+    End { depth: usize, offset: usize },
 }
 
 /// A validated device tree blob.
@@ -149,7 +150,10 @@ impl<'a> Fdt<'a> {
                     if !open {
                         return Err(FdtError::BadStructure);
                     }
-                    f(Event::End { depth });
+                    f(Event::End {
+                        depth,
+                        offset: token_at,
+                    });
                     match depth.checked_sub(1) {
                         Some(d) => depth = d,
                         None => open = false,

@@ -1,7 +1,7 @@
 //! In-place edits of a tree (the host's copy): each rewrites bytes of the
 //! blob without changing its size, so the header stays valid.
 
-use crate::blob::{Event, Fdt, be32};
+use crate::blob::{Event, Fdt, TOKEN_NOP, be32};
 use crate::error::FdtError;
 use crate::platform::{MAX_RAM, NodeProps};
 use crate::props::{Range, reg_entry, write_reg_entry};
@@ -47,7 +47,7 @@ pub fn clip_memory_below(blob: &mut [u8], keep_from: u64) -> Result<usize, FdtEr
                     reg_at = (offset, value.len());
                 }
             }
-            Event::End { depth: 1 } if node.device_type == b"memory\0" => {
+            Event::End { depth: 1, .. } if node.device_type == b"memory\0" => {
                 if let Some(slot) = regs.get_mut(count) {
                     *slot = reg_at;
                     count = count.saturating_add(1);
@@ -84,4 +84,20 @@ pub fn clip_memory_below(blob: &mut [u8], keep_from: u64) -> Result<usize, FdtEr
         }
     }
     Ok(changed)
+}
+
+/// Overwrites the whole tokens in `[from, to)` of `blob` with `FDT_NOP`,
+/// which every reader skips: a node from its `FDT_BEGIN_NODE` to just past
+/// its `FDT_END_NODE`, or one property from its `FDT_PROP`. The tree keeps
+/// its size and stays valid if `[from, to)` is such a span (the caller's
+/// offsets come from [`Event`]).
+pub fn nop_out(blob: &mut [u8], from: usize, to: usize) -> Result<(), FdtError> {
+    if !from.is_multiple_of(4) || !to.is_multiple_of(4) || from > to {
+        return Err(FdtError::BadStructure);
+    }
+    let words = blob.get_mut(from..to).ok_or(FdtError::Truncated)?;
+    for w in words.chunks_exact_mut(4) {
+        w.copy_from_slice(&TOKEN_NOP.to_be_bytes());
+    }
+    Ok(())
 }

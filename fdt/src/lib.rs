@@ -10,13 +10,13 @@
 //! | [`blob`] | the header, the structure-block walk ([`Fdt`], [`Event`]) |
 //! | [`props`] | property values: `reg` entries ([`Range`]), string lists |
 //! | [`platform`] | what the engine needs to know ([`Platform`]), `/chosen` `bootargs` |
-//! | [`edit`] | in-place edits of the host's copy ([`clip_memory_below`]) |
+//! | [`devices`] | which devices the host gets: the default-deny policy, the device nodes ([`Devices`]) |
+//! | [`edit`] | in-place edits of the host's copy ([`clip_memory_below`], [`nop_out`]) |
 //!
-//! A reader of a new kind of node (say, which devices the host gets) belongs
-//! beside [`platform`]; a new edit (say, removing a node by overwriting it
-//! with `FDT_NOP` tokens, which [`Fdt::walk`] already skips) beside
-//! [`edit::clip_memory_below`], using [`Event::Prop`]'s `offset` and
-//! [`Event::Begin`]'s `offset` to find the bytes to rewrite.
+//! A reader of a new kind of node belongs beside [`platform`] and
+//! [`devices`]; a new edit beside [`edit::clip_memory_below`], using the
+//! `offset` of [`Event::Begin`], [`Event::Prop`] and [`Event::End`] to find
+//! the bytes to rewrite.
 //!
 //! Invariants:
 //! - Every read goes through `get`/checked arithmetic: a malformed or
@@ -28,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blob;
+pub mod devices;
 pub mod edit;
 mod error;
 pub mod platform;
@@ -36,7 +37,8 @@ pub mod props;
 mod tests;
 
 pub use blob::{Event, FDT_MAGIC, Fdt, header_total_size};
-pub use edit::clip_memory_below;
+pub use devices::{Devices, Kind, Verdict};
+pub use edit::{clip_memory_below, nop_out};
 pub use error::FdtError;
 pub use platform::{MAX_CPUS, MAX_GICR, MAX_RAM, Platform, PsciConduit, bootargs, parse_platform};
 pub use props::{Range, reg_entry, strlist_contains};

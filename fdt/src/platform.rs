@@ -148,7 +148,7 @@ pub fn parse_platform(fdt: &Fdt<'_>, p: &mut Platform) -> Result<(), FdtError> {
                     value,
                     ..
                 } => depth2.take(name, value),
-                Event::End { depth: 2 } if depth1.name == "cpus" => {
+                Event::End { depth: 2, .. } if depth1.name == "cpus" => {
                     if depth2.device_type.starts_with(b"cpu\0") {
                         let ac = depth1.address_cells.unwrap_or(1);
                         let r = reg_entry(depth2.reg, ac, 0, 0)?.ok_or(FdtError::BadReg)?;
@@ -158,7 +158,7 @@ pub fn parse_platform(fdt: &Fdt<'_>, p: &mut Platform) -> Result<(), FdtError> {
                         }
                     }
                 }
-                Event::End { depth: 1 } => {
+                Event::End { depth: 1, .. } => {
                     let (ac, sc) = (
                         root.address_cells.unwrap_or(2),
                         root.size_cells.unwrap_or(1),

@@ -4,6 +4,8 @@
 
 use crate::{self as fdt, Event, Fdt, Platform, PsciConduit, Range};
 
+mod devices;
+
 /// A node of a tree to build: name, properties, children.
 struct Node {
     name: &'static str,

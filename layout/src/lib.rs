@@ -81,11 +81,13 @@ pub const HOST_HEAP_BASE: u64 = GUEST_INITRD_STAGE + GUEST_INITRD_MAX;
 /// End (exclusive) of the test host's heap: 32 MiB.
 pub const HOST_HEAP_END: u64 = HOST_HEAP_BASE + 0x0200_0000;
 /// The host RAM the test host donates to Linux guests (their RAM and their
-/// VM pools): `[LINUX_POOL_BASE, LINUX_POOL_END)`, up to the test guest's
-/// image, which QEMU's loader puts at 0x7ff0_0000.
-pub const LINUX_POOL_BASE: u64 = HOST_HEAP_END;
+/// VM pools): `[LINUX_POOL_BASE, LINUX_POOL_END)`, above the 16 MiB the DMA
+/// test uses from 0x6000_0000 and up to the test guest's image, which
+/// QEMU's loader puts at 0x7ff0_0000: room for three 128 MiB guests.
+pub const LINUX_POOL_BASE: u64 = 0x6100_0000;
 /// End (exclusive) of the Linux guests' pool.
 pub const LINUX_POOL_END: u64 = 0x7ff0_0000;
 
 const _: () = assert!(HOST_ENTRY + 0x0100_0000 <= GUEST_KERNEL_STAGE);
-const _: () = assert!(HOST_HEAP_END == 0x6000_0000 && LINUX_POOL_BASE < LINUX_POOL_END);
+const _: () = assert!(HOST_HEAP_END == 0x6000_0000 && HOST_HEAP_END < LINUX_POOL_BASE);
+const _: () = assert!(LINUX_POOL_BASE < LINUX_POOL_END);

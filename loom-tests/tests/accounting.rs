@@ -35,6 +35,8 @@ const SPEC: MachineSpec = MachineSpec {
     engine_pages: 4,
     vm_slots: 2,
     shard_shift: 21,
+    cpus: 4,
+    caches: isola::handover::CachePolicy::MAINTAIN_ALL,
 };
 const IPA: u64 = 0x8000_0000;
 
@@ -133,12 +135,16 @@ fn lock_free_totals_count_every_page_once_during_a_cross_shard_donate() {
     // Two shards of 2 MiB would need 1024 pages; a machine whose RAM starts
     // 8 pages below a 2 MiB boundary puts pages 0..8 in one shard and the
     // rest in the next, so a run from page 6 crosses shards.
+    // The host's Stage-2 maps its RAM at boot, a level-3 table for each
+    // shard: 6 pages of pool (pages 0..6, below the run).
     const SPLIT: MachineSpec = MachineSpec {
         ram_base: 0x401f_8000,
         ram_pages: 24,
-        engine_pages: 4,
+        engine_pages: 6,
         vm_slots: 1,
         shard_shift: 21,
+        cpus: 4,
+        caches: isola::handover::CachePolicy::MAINTAIN_ALL,
     };
     model(|| {
         let e: E = Box::leak(Box::new(SPLIT.build(NoopArch)));

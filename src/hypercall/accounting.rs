@@ -1,4 +1,5 @@
-//! `Accounting`: page counts by owner and sharing, and one VM's usage.
+//! `Accounting`: page counts by owner and sharing, one VM's usage, and the
+//! per-CPU event counters.
 
 use crate::arch::Arch;
 use crate::engine::Engine;
@@ -18,9 +19,16 @@ impl<A: Arch> Engine<A> {
                 let c = self.db.totals();
                 Ok([c.host_shared, c.guest_shared, self.awaiting_reclaim()])
             }
+            Accounting::Dma => Ok(self.arch.dma_faults()),
             Accounting::Vm => {
                 let (_, g) = self.lock_vm(handle)?;
                 Ok([g.owned, g.borrowed, g.pool.total()])
+            }
+            Accounting::Counter => {
+                let (mine, sum) = self
+                    .counter(handle >> 32, handle & 0xffff_ffff)
+                    .ok_or(Status::InvalidArgument)?;
+                Ok([mine, sum, 0])
             }
         }
     }

@@ -6,12 +6,14 @@
 use crate::addr::{PAGE_SIZE, PhysAddr};
 use crate::arch::Arch;
 use crate::engine::Engine;
+use crate::handover::Transition;
 use crate::ownership::{Owner, PageRecord};
 use crate::stage2::Stage2;
 use crate::vcpu::{Context, MAX_VCPUS, VcpuState};
 use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
 use isola_abi::{Status, vcpu_flags};
 
+use super::memory::all_host;
 use super::*;
 
 impl<A: Arch> Engine<A> {
@@ -20,6 +22,12 @@ impl<A: Arch> Engine<A> {
     /// pages already moved and fails `NotOwner`.
     /// The first `in_use` pages are the engine's at once (the Stage-2 root):
     /// zeroed and counted in the pool but not put on its free list.
+    ///
+    /// Shard by shard the records change and the host's Stage-2 loses the
+    /// pages (one batch each); then the transition is settled: the host's DMA
+    /// view forgets the run, completed, before the engine writes a byte of it
+    /// (a zeroed root, the pool's free-list links), so no device of the host
+    /// can reach them afterwards.
     pub(super) fn take_into_pool(
         &self,
         slot: usize,
@@ -29,21 +37,23 @@ impl<A: Arch> Engine<A> {
         in_use: u64,
     ) -> Result<(), Status> {
         let rec = PageRecord::pool(slot as u16);
-        let mut p = pa;
-        for i in 0..pages {
-            let Some(mut pg) = self.db.lock_page(p) else {
-                self.give_back(pa, i);
-                return Err(Status::NotOwner);
-            };
-            if pg.get() != PageRecord::HOST {
-                drop(pg);
-                self.give_back(pa, i);
+        let mut moved = 0u64;
+        let taken = self.for_each_shard_run(pa, pages, &mut |sg, first, k| {
+            if !all_host(sg, first, k) {
                 return Err(Status::NotOwner);
             }
-            pg.set(rec);
-            self.host_unmap(&pg, p);
-            p = p.wrapping_add_bytes(PAGE_SIZE);
+            self.take_from_host(sg, first, k, rec);
+            moved = moved.wrapping_add(k);
+            Ok(())
+        });
+        if let Err(e) = taken {
+            self.give_back_run(pa, moved);
+            return Err(match e {
+                Status::InvalidArgument => Status::NotOwner,
+                e => e,
+            });
         }
+        self.settle(Transition::HostToPool, pa, pages);
         let mut p = pa;
         for i in 0..pages {
             if i < in_use {
@@ -55,18 +65,6 @@ impl<A: Arch> Engine<A> {
             p = p.wrapping_add_bytes(PAGE_SIZE);
         }
         Ok(())
-    }
-
-    /// Undoes `take_into_pool` for the first `n` pages (never seen by
-    /// anyone: not yet in the pool, contents untouched).
-    pub(super) fn give_back(&self, pa: PhysAddr, n: u64) {
-        let mut p = pa;
-        for _ in 0..n {
-            if let Some(mut pg) = self.db.lock_page(p) {
-                pg.set(PageRecord::HOST);
-            }
-            p = p.wrapping_add_bytes(PAGE_SIZE);
-        }
     }
 
     /// `VmCreate(pa, pages, max_vcpus)`.
@@ -141,13 +139,18 @@ impl<A: Arch> Engine<A> {
                     return;
                 };
                 let r = pg.get();
+                // No vCPU of this VM is loaded, and none can be while the
+                // slot is held: the VM has lost its access to every page
+                // already, so each transition is settled here, in the walk.
                 if r == PageRecord::shared(Owner::Host, me) {
+                    self.settle(Transition::LendEnds, pa, 1);
                     pg.set(PageRecord::HOST);
                     borrowed = borrowed.wrapping_add(1);
                     lent_left = lent_left.saturating_sub(1);
                 } else if r == PageRecord::shared(me, Owner::Host) {
                     pg.set(PageRecord::owned(me));
                     self.host_unmap(&pg, pa);
+                    self.settle(Transition::GuestUnshares, pa, 1);
                     shared_left = shared_left.saturating_sub(1);
                 }
             });
@@ -167,9 +170,10 @@ impl<A: Arch> Engine<A> {
             }
         }
         while let Some(p) = g.pool.drain_one(&self.mem) {
-            self.scrub(p);
             if let Some(mut pg) = self.db.lock_page(p) {
+                self.settle(Transition::PoolToHost, p, 1);
                 pg.set(PageRecord::HOST);
+                self.host_map(&mut pg, p);
             }
         }
         g.borrowed = g.borrowed.wrapping_sub(borrowed);

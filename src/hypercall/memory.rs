@@ -4,14 +4,16 @@
 //!
 //! Every transition takes the VM's slot lock first, then page or shard
 //! locks, then the host Stage-2 lock (the lock order of docs/ownership.md),
-//! and removes the losing side's mapping (with its TLBI) before the new
-//! owner's mapping is written.
+//! removes the losing side's mapping (with its TLBI), settles the transition
+//! (the maintenance [`crate::handover::plan`] decides: the host's DMA view,
+//! the scrub, the caches) and only then writes the new side's mapping.
 
 use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
 use crate::arch::Arch;
 use crate::engine::Engine;
+use crate::handover::Transition;
 use crate::ownership::{Owner, PageRecord, ShardGuard};
-use crate::stage2::{MemType, Perms, S2Error, Stage2, desc};
+use crate::stage2::{Perms, S2Error, Stage2, desc};
 use crate::vm::{SlotState, VmInner};
 use isola_abi::{DONATE_MAX_PAGES, Status};
 
@@ -100,11 +102,12 @@ impl<A: Arch> Engine<A> {
             .map_err(s2_status)?;
         pg.set(PageRecord::shared(Owner::Host, me));
         g.borrowed = g.borrowed.wrapping_add(1);
+        self.settle(Transition::HostLends { exec: perms.x }, pa, 1);
         s2.install_leaf(
             &self.mem,
             &self.arch,
             entry,
-            desc::Desc::leaf(pa, 3, perms, MemType::Normal, desc::SW_BORROWED),
+            desc::Desc::leaf(pa, 3, perms, self.normal, desc::SW_BORROWED),
         );
         Ok([0; 3])
     }
@@ -117,9 +120,11 @@ impl<A: Arch> Engine<A> {
     /// handle, ownership (one shard lock per shard crossed), every IPA
     /// unmapped and the pool holding the tables needed. Then, shard by
     /// shard, the records change and the host loses its mappings (shard lock
-    /// → host Stage-2 lock: the lock order; the unmap ends with its TLBI and
-    /// `dsb ish`); then every page is cleaned to the PoC with one `dsb ish`
-    /// for the run ([`Engine::clean_run`]); last the VM's Stage-2 gets the
+    /// → host Stage-2 lock: the lock order; the unmap of a shard's part is
+    /// one batch with one TLBI and `dsb ish`); then the run is settled once
+    /// ([`Engine::settle`]: one DMA-view invalidation and sync for the whole
+    /// run, the clean to the PoC unless FWB, the instruction cache if the
+    /// mapping is executable, one `dsb ish`); last the VM's Stage-2 gets the
     /// whole run with one barrier. Between the ownership check and the
     /// commit of a run crossing shards the shard locks are dropped, so a
     /// page another CPU took in between (a host racing its own calls on the
@@ -146,7 +151,8 @@ impl<A: Arch> Engine<A> {
         let (slot, mut g) = self.lock_vm(handle)?;
         let me = PageRecord::owned(Owner::Vm(slot as u16));
         let s2 = g.s2.ok_or(Status::NotFound)?;
-        let mt = MemType::Normal;
+        let mt = self.normal;
+        let handover = Transition::HostDonates { exec: perms.x };
         let leaf = |i: u64| {
             desc::Desc::leaf(
                 pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE)),
@@ -173,7 +179,7 @@ impl<A: Arch> Engine<A> {
                     .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
                     .map_err(s2_status)?;
                 self.take_from_host(&mut sg, first, 1, me);
-                self.clean_run(pa, 1);
+                self.settle(handover, pa, 1);
                 s2.install_leaf(&self.mem, &self.arch, entry, leaf(0));
                 g.owned = g.owned.wrapping_add(1);
                 return Ok([0; 3]);
@@ -215,7 +221,7 @@ impl<A: Arch> Engine<A> {
                 return Err(e);
             }
         }
-        self.clean_run(pa, n);
+        self.settle(handover, pa, n);
         if let Err(e) = self.map_donated_run(s2, &mut g, ipa, n, &mut |i| leaf(i)) {
             let kept = self.undo_donate(s2, pa, ipa, n);
             g.owned = g.owned.wrapping_add(kept);
@@ -251,7 +257,7 @@ impl<A: Arch> Engine<A> {
     ///
     /// Every page the VM's Stage-2 maps at its IPA is unmapped (break-before-
     /// make, with the VM's TLBI) and scrubbed, since a running vCPU may have
-    /// written it; then the pages go back to the host, which refaults them,
+    /// written it; then the pages go back to the host and into its Stage-2,
     /// so ownership is as before the call. Two traces stay, neither of them
     /// ownership: the scrubbed pages lost the host's data (a guest may have
     /// replaced it), and tables `map_run` built stay in the VM's Stage-2,
@@ -266,37 +272,48 @@ impl<A: Arch> Engine<A> {
             let p = pa.wrapping_add_bytes(off);
             let at = Ipa::new(ipa.raw().wrapping_add(off));
             let mapped = |s2: &Stage2| s2.translate(&self.mem, at).is_some_and(|t| t.pa == p);
-            if mapped(&s2) {
+            let transition = if mapped(&s2) {
                 let _ = s2.unmap_leaf(&self.mem, &self.arch, at);
                 if mapped(&s2) {
                     kept = kept.wrapping_add(1);
                     continue;
                 }
-                self.scrub(p);
-            }
+                Transition::VmToHost
+            } else {
+                Transition::HostTakesBack
+            };
             if let Some(mut pg) = self.db.lock_page(p) {
+                self.settle(transition, p, 1);
                 pg.set(PageRecord::HOST);
+                self.host_map(&mut pg, p);
             }
         }
         kept
     }
 
     /// Gives the first `n` pages of the run from `pa` back to the host, one
-    /// shard lock at a time: the undo of a `Donate` that moved them but
-    /// never mapped them anywhere.
+    /// shard lock at a time, records and Stage-2: the undo of a `Donate`,
+    /// `VmCreate` or `VmTopup` that took them from the host but let no other
+    /// world see them (contents unchanged, nothing to maintain).
     pub(super) fn give_back_run(&self, pa: PhysAddr, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.settle(Transition::HostTakesBack, pa, n);
         let _ = self.for_each_shard_run(pa, n, &mut |sg, first, k| {
             for i in 0..k {
                 sg.set(Pfn::new(first.raw().wrapping_add(i)), PageRecord::HOST);
             }
+            self.host_map_run(sg, first, k);
             Ok(())
         });
     }
 
     /// Gives the `k` pages from `first` (all in `sg`'s shard, all checked
     /// host-owned under this same lock hold) the record `to`, and removes
-    /// them from the host Stage-2 if the host may have mapped them: the host
-    /// loses the pages before the guest gets them.
+    /// them from the host Stage-2 as one batch: the host's CPUs lose the
+    /// pages before anyone else gets them (its DMA view loses them when the
+    /// caller settles the transition).
     pub(super) fn take_from_host(
         &self,
         sg: &mut ShardGuard<'_>,
@@ -360,6 +377,7 @@ impl<A: Arch> Engine<A> {
         }
         s2.unmap_page(&self.mem, &self.arch, &mut g.pool, ipa)
             .map_err(s2_status)?;
+        self.settle(Transition::LendEnds, pa, 1);
         pg.set(PageRecord::HOST);
         g.borrowed = g.borrowed.wrapping_sub(1);
         Ok([0; 3])
@@ -381,8 +399,9 @@ impl<A: Arch> Engine<A> {
         if pg.get() != PageRecord::owned(Owner::Vm(slot)) || g.state != SlotState::Dead {
             return Err(Status::NotOwner);
         }
-        self.scrub(pa);
+        self.settle(Transition::VmToHost, pa, 1);
         pg.set(PageRecord::HOST);
+        self.host_map(&mut pg, pa);
         g.owned = g.owned.wrapping_sub(1);
         if g.owned == 0 {
             g.state = SlotState::Free;
@@ -411,18 +430,22 @@ impl<A: Arch> Engine<A> {
         match op {
             PageOp::Share if rec == PageRecord::owned(me) => {
                 pg.set(PageRecord::shared(me, Owner::Host));
+                self.settle(Transition::GuestShares, pa, 1);
+                self.host_map(&mut pg, pa);
                 g.guest_shared = g.guest_shared.wrapping_add(1);
             }
             PageOp::Unshare if rec == PageRecord::shared(me, Owner::Host) => {
                 pg.set(PageRecord::owned(me));
                 self.host_unmap(&pg, pa);
+                self.settle(Transition::GuestUnshares, pa, 1);
                 g.guest_shared = g.guest_shared.wrapping_sub(1);
             }
             PageOp::Relinquish if rec == PageRecord::owned(me) => {
                 s2.unmap_page(&self.mem, &self.arch, &mut g.pool, ipa)
                     .map_err(s2_status)?;
-                self.scrub(pa);
+                self.settle(Transition::VmToHost, pa, 1);
                 pg.set(PageRecord::HOST);
+                self.host_map(&mut pg, pa);
                 g.owned = g.owned.wrapping_sub(1);
             }
             _ => return Err(Status::NotOwner),
@@ -432,7 +455,7 @@ impl<A: Arch> Engine<A> {
 }
 
 /// Whether the `n` pages from `first` (in `sg`'s shard) are all the host's, unshared.
-fn all_host(sg: &ShardGuard<'_>, first: Pfn, n: u64) -> bool {
+pub(super) fn all_host(sg: &ShardGuard<'_>, first: Pfn, n: u64) -> bool {
     sg.records(first, n)
         .is_some_and(|r| r.iter().all(|&r| r == PageRecord::HOST))
 }

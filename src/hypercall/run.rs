@@ -106,6 +106,11 @@ impl<A: Arch> Engine<A> {
             }
         }
         let [word, a, b] = exit.encode();
+        self.count(
+            vcpu.cpu,
+            isola_abi::counter::EXITS.wrapping_add(word & 0xff),
+        );
+        self.count(vcpu.cpu, isola_abi::counter::host_calls(Status::Success));
         write_result(regs, Ok([word | status, a, b]));
     }
 
@@ -130,11 +135,16 @@ impl<A: Arch> Engine<A> {
             return GuestExitAction::ExitToHost(Exit::Error { esr });
         };
         match e.ec() {
-            ec::HVC64 => self.guest_call(vcpu, ctx),
-            ec::SMC64 => {
-                // The preferred return of a trapped SMC is the SMC itself.
-                ctx.set_pc(ctx.pc().wrapping_add(4));
-                self.guest_call(vcpu, ctx)
+            ec::HVC64 | ec::SMC64 => {
+                if e.ec() == ec::SMC64 {
+                    // The preferred return of a trapped SMC is the SMC itself.
+                    ctx.set_pc(ctx.pc().wrapping_add(4));
+                }
+                let action = self.guest_call(vcpu, ctx);
+                if action == GuestExitAction::Resume {
+                    self.count(vcpu.cpu, isola_abi::counter::GUEST_CALLS);
+                }
+                action
             }
             ec::WFX => {
                 ctx.set_pc(ctx.pc().wrapping_add(4));

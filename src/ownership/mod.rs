@@ -259,6 +259,11 @@ impl PageGuard<'_> {
         self.guard.host_mapped
     }
 
+    /// Records that the host Stage-2 now maps something in this page's shard.
+    pub fn set_host_mapped(&mut self) {
+        self.guard.host_mapped = true;
+    }
+
     /// The index of the shard (for lock-order assertions and diagnostics).
     pub fn shard_index(&self) -> usize {
         self.shard

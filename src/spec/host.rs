@@ -65,6 +65,25 @@ impl Model {
         }
     }
 
+    /// A DMA access by a device of the host: the host's DMA view is exactly
+    /// what its CPUs may access, so it succeeds where a host load or store
+    /// would; otherwise the IOMMU refuses it and the engine counts it.
+    pub(super) fn dma(&mut self, pa: u64, write: Option<u64>) -> Outcome {
+        let cpu = match write {
+            Some(v) => self.host_write(pa, v),
+            None => self.host_read(pa),
+        };
+        match cpu {
+            Outcome::HostLoaded(v) => Outcome::DmaLoaded(v),
+            Outcome::HostStored => Outcome::DmaStored,
+            _ => {
+                self.state.dma.count = self.state.dma.count.saturating_add(1);
+                self.state.dma.last = pa;
+                Outcome::DmaFault
+            }
+        }
+    }
+
     /// A host store to `pa`.
     pub(super) fn host_write(&mut self, pa: u64, value: u64) -> Outcome {
         let Some((page, word)) = self.host_word(pa) else {
@@ -527,6 +546,15 @@ impl Model {
                 }),
                 s.awaiting_reclaim(),
             ]),
+            Accounting::Dma => Ok([
+                s.dma.count,
+                if s.dma.count > 0 {
+                    self.config.dma_stream
+                } else {
+                    0
+                },
+                s.dma.last,
+            ]),
             Accounting::Vm => {
                 self.vm(h)?;
                 Ok([
@@ -537,6 +565,12 @@ impl Model {
                     }),
                     s.count(|p| p.state == PageState::Pool { vm: h }),
                 ])
+            }
+            Accounting::Counter => {
+                let (mine, sum) = self
+                    .counter(h >> 32, h & 0xffff_ffff)
+                    .ok_or(Status::InvalidArgument)?;
+                Ok([mine, sum, 0])
             }
         }
     }

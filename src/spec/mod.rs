@@ -37,7 +37,8 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 pub use state::{
-    Contents, Cpu, El1, Handle, Mapping, Owner, Page, PageState, Pending, RunState, State, Vcpu, Vm,
+    Contents, Cpu, DmaFaults, El1, Handle, Mapping, Owner, Page, PageState, Pending, RunState,
+    State, Vcpu, Vm,
 };
 
 /// The fixed shape of the machine and the implementation's sizing choices
@@ -77,6 +78,9 @@ pub struct Config {
     /// the VM does not have yet costs one pool page. Tables live until the
     /// VM is destroyed.
     pub table_shifts: Vec<u32>,
+    /// The StreamID of the host's DMA-capable device (`Accounting(Dma)`
+    /// names it for the last refused access).
+    pub dma_stream: u64,
 }
 
 /// One thing that happens on one physical CPU.
@@ -193,12 +197,27 @@ pub enum Event {
         /// The vINTID.
         intid: u64,
     },
+    /// A device of the host reads the 64-bit word at `pa` by DMA, through
+    /// the IOMMU: on no CPU, whatever the CPUs run.
+    DmaRead {
+        /// 8-byte aligned physical address.
+        pa: u64,
+    },
+    /// A device of the host writes `value` at `pa` by DMA, through the IOMMU.
+    DmaWrite {
+        /// 8-byte aligned physical address.
+        pa: u64,
+        /// Written value.
+        value: u64,
+    },
 }
 
 impl Event {
-    /// The physical CPU the event happens on.
+    /// The physical CPU the event happens on (0 for DMA, which happens on
+    /// none: see [`Event::is_dma`]).
     pub fn cpu(&self) -> usize {
         match *self {
+            Event::DmaRead { .. } | Event::DmaWrite { .. } => 0,
             Event::HostHvc { cpu, .. }
             | Event::HostRead { cpu, .. }
             | Event::HostWrite { cpu, .. }
@@ -216,12 +235,19 @@ impl Event {
         }
     }
 
-    /// Whether the event is something the host does (else a guest, or an interrupt in a guest).
+    /// Whether the event is something the host does on a CPU (else a
+    /// guest, an interrupt in a guest, or DMA).
     pub fn is_host(&self) -> bool {
         matches!(
             self,
             Event::HostHvc { .. } | Event::HostRead { .. } | Event::HostWrite { .. }
         )
+    }
+
+    /// Whether the event is a DMA access by a device of the host (applicable
+    /// whatever the CPUs run; the host is its actor).
+    pub fn is_dma(&self) -> bool {
+        matches!(self, Event::DmaRead { .. } | Event::DmaWrite { .. })
     }
 }
 
@@ -245,6 +271,13 @@ pub enum Outcome {
     /// A host access to a page it may not touch was refused (an abort is
     /// injected into the host); nothing changed.
     HostFault,
+    /// A DMA read returned this value.
+    DmaLoaded(u64),
+    /// A DMA write took effect.
+    DmaStored,
+    /// The IOMMU refused a DMA access: the page is not in the host's DMA
+    /// view. Nothing changed but the engine's count of refused accesses.
+    DmaFault,
     /// The guest continues: a guest call returned `x0..=x3` to it.
     GuestReturn([u64; 4]),
     /// The guest continues: a load or store to its RAM, or a register write, took effect.
@@ -264,6 +297,9 @@ pub struct Model {
     /// The VM table: which handle each slot gives out next, and whether it
     /// is taken (by a live VM, or a destroyed one whose pages await reclaim).
     slots: Vec<Slot>,
+    /// Per physical CPU, the engine's event counters (`isola_abi::counter`),
+    /// which `Accounting::Counter` reads.
+    counters: Vec<[u64; isola_abi::counter::COUNT as usize]>,
 }
 
 /// One slot of the VM table.
@@ -313,12 +349,15 @@ impl Model {
             pages,
             vms: BTreeMap::new(),
             cpus: alloc::vec![Cpu::Host; config.cpus],
+            dma: DmaFaults::default(),
         };
+        let counters = alloc::vec![[0; isola_abi::counter::COUNT as usize]; config.cpus];
         Model {
             config,
             state,
             tables: BTreeMap::new(),
             slots,
+            counters,
         }
     }
 
@@ -332,10 +371,15 @@ impl Model {
 
     /// [`Model::step`] in place.
     pub fn apply(&mut self, event: &Event) -> Outcome {
+        match *event {
+            Event::DmaRead { pa } => return self.dma(pa, None),
+            Event::DmaWrite { pa, value } => return self.dma(pa, Some(value)),
+            _ => {}
+        }
         let Some(&cpu_state) = self.state.cpus.get(event.cpu()) else {
             return Outcome::Inapplicable;
         };
-        match (cpu_state, event) {
+        let outcome = match (cpu_state, event) {
             (Cpu::Host, Event::HostHvc { cpu, regs }) => self.host_call(*cpu, regs),
             (Cpu::Host, Event::HostRead { pa, .. }) => self.host_read(*pa),
             (Cpu::Host, Event::HostWrite { pa, value, .. }) => self.host_write(*pa, *value),
@@ -343,7 +387,70 @@ impl Model {
                 self.guest_event(event.cpu(), vm, vcpu, event)
             }
             _ => Outcome::Inapplicable,
+        };
+        self.count_outcome(event, outcome);
+        outcome
+    }
+
+    /// The counters an event moves, once its outcome is known (after it:
+    /// an `Accounting::Counter` read does not count itself). Every host call
+    /// by its status (a `VcpuRun` when it returns); every exit by reason;
+    /// guest calls the engine answered; aborts injected into the host and,
+    /// by `VcpuInjectAbort`, into guests. The system-register counters move
+    /// in [`Model::guest_event`]'s handling of the access, which alone knows
+    /// whether it was emulated or refused.
+    fn count_outcome(&mut self, event: &Event, outcome: Outcome) {
+        use isola_abi::counter;
+        let status = |x0: u64| {
+            isola_abi::Status::from_raw(x0 as i64).unwrap_or(isola_abi::Status::NotSupported)
+        };
+        let cpu = event.cpu();
+        match (event, outcome) {
+            (Event::HostHvc { regs, .. }, Outcome::HostReturn(r)) => {
+                self.count(cpu, counter::host_calls(status(r[0])));
+                let injected = regs[0] & 0xffff_ffff == isola_abi::HostCall::VcpuInjectAbort as u64;
+                if injected && r[0] == isola_abi::Status::Success.raw() {
+                    self.count(cpu, counter::GUEST_ABORTS);
+                }
+            }
+            (Event::HostRead { .. } | Event::HostWrite { .. }, Outcome::HostFault) => {
+                self.count(cpu, counter::HOST_ABORTS);
+            }
+            (Event::GuestHvc { .. }, Outcome::GuestReturn(_)) => {
+                self.count(cpu, counter::GUEST_CALLS);
+            }
+            (_, Outcome::Exit([word, ..])) => {
+                self.count(cpu, counter::EXITS.wrapping_add(word & 0xff));
+                self.count(cpu, counter::host_calls(isola_abi::Status::Success));
+            }
+            _ => {}
         }
+    }
+
+    /// Adds one to `counter` of `cpu`.
+    fn count(&mut self, cpu: usize, counter: u64) {
+        let slot = self
+            .counters
+            .get_mut(cpu)
+            .and_then(|c| c.get_mut(usize::try_from(counter).ok()?));
+        if let Some(c) = slot {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    /// `counter` of `cpu` and its sum over every CPU, as
+    /// `Accounting::Counter` answers; `None` for an unknown counter or CPU.
+    fn counter(&self, cpu: u64, counter: u64) -> Option<(u64, u64)> {
+        let i = usize::try_from(counter)
+            .ok()
+            .filter(|&i| i < isola_abi::counter::COUNT as usize)?;
+        let mine = self.counters.get(usize::try_from(cpu).ok()?)?;
+        let sum = self
+            .counters
+            .iter()
+            .filter_map(|c| c.get(i))
+            .fold(0u64, |a, &b| a.wrapping_add(b));
+        Some((mine.get(i).copied().unwrap_or(0), sum))
     }
 }
 

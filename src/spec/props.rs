@@ -27,6 +27,9 @@ pub enum Actor {
 
 /// Who acts for `event` in `state` (the state before the event).
 pub fn actor(state: &State, event: &Event) -> Actor {
+    if event.is_dma() {
+        return Actor::Host;
+    }
     match state.cpus.get(event.cpu()) {
         Some(&Cpu::Guest { vm, .. }) if !event.is_host() => Actor::Vm(vm),
         _ => Actor::Host,
@@ -261,6 +264,9 @@ pub fn integrity(before: &State, after: &State, event: &Event) -> Result<(), Str
 pub fn low_equivalent(a: &State, b: &State, secret: Handle) -> Result<(), String> {
     if a.cpus != b.cpus {
         return Err(format!("CPU states differ: {:?} vs {:?}", a.cpus, b.cpus));
+    }
+    if a.dma != b.dma {
+        return Err(format!("refused DMA differs: {:?} vs {:?}", a.dma, b.dma));
     }
     for ((&pa, p), (&pb, q)) in a.pages.iter().zip(b.pages.iter()) {
         if pa != pb || p.owner != q.owner || p.state != q.state {

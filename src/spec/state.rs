@@ -12,7 +12,9 @@
 //! - a page owned by a live VM is mapped exactly once in that VM;
 //! - engine and pool pages are mapped nowhere and their contents are opaque;
 //! - pages owned by a VM that is not live await `Reclaim` and are mapped
-//!   nowhere.
+//!   nowhere;
+//! - the host's DMA view (what its devices reach through the IOMMU) is
+//!   exactly what its CPUs may reach ([`State::host_may_access`]).
 
 use super::alloc::collections::BTreeMap;
 
@@ -218,6 +220,15 @@ pub enum Cpu {
     },
 }
 
+/// What the engine reports of the DMA its IOMMU refused (`Accounting(Dma)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DmaFaults {
+    /// Refused accesses so far.
+    pub count: u64,
+    /// The address the last one aimed at (0 before any).
+    pub last: u64,
+}
+
 /// The whole abstract machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct State {
@@ -227,6 +238,8 @@ pub struct State {
     pub vms: BTreeMap<Handle, Vm>,
     /// Every physical CPU.
     pub cpus: super::alloc::vec::Vec<Cpu>,
+    /// The host's DMA the IOMMU refused.
+    pub dma: DmaFaults,
 }
 
 impl State {
@@ -236,7 +249,8 @@ impl State {
     }
 
     /// Whether the host may touch the page at `pa`: it owns it, or a guest
-    /// shared it with the host.
+    /// shared it with the host. This is also the host's DMA view: a device
+    /// of the host reaches exactly these pages.
     pub fn host_may_access(&self, pa: u64) -> bool {
         self.page(pa).is_some_and(|p| {
             matches!(

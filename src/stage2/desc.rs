@@ -6,7 +6,7 @@
 //! |-------|-------|---------|
 //! | 0     | valid | |
 //! | 1     | type  | 1 = table (levels 0–2) or page (level 3); 0 = block |
-//! | 5:2   | MemAttr | with `HCR_EL2.FWB = 0`: 0b1111 Normal WB, 0b0001 Device-nGnRE |
+//! | 5:2   | MemAttr | with `HCR_EL2.FWB = 0`: 0b1111 Normal WB, 0b0001 Device-nGnRE; with `HCR_EL2.FWB = 1`: 0b0110 Normal WB whatever stage 1 says, 0b0001 Device-nGnRE |
 //! | 7:6   | S2AP  | bit 6 = readable, bit 7 = writable |
 //! | 9:8   | SH    | 0b11 inner shareable |
 //! | 10    | AF    | access flag, always set (no access-flag faults) |
@@ -26,7 +26,11 @@ pub const TYPE_TABLE_OR_PAGE: u64 = 1 << 1;
 pub const MEMATTR_SHIFT: u32 = 2;
 /// MemAttr for Normal memory, inner and outer write-back cacheable.
 pub const MEMATTR_NORMAL_WB: u64 = 0b1111 << MEMATTR_SHIFT;
-/// MemAttr for Device-nGnRE memory.
+/// MemAttr with `HCR_EL2.FWB = 1` (FEAT_S2FWB): Normal write-back, forced
+/// whatever the stage-1 attributes say, so no world can make a non-cacheable
+/// alias of RAM.
+pub const MEMATTR_NORMAL_FORCED_WB: u64 = 0b0110 << MEMATTR_SHIFT;
+/// MemAttr for Device-nGnRE memory (the same encoding with or without FWB).
 pub const MEMATTR_DEVICE_NGNRE: u64 = 0b0001 << MEMATTR_SHIFT;
 /// MemAttr field mask.
 pub const MEMATTR_MASK: u64 = 0b1111 << MEMATTR_SHIFT;
@@ -99,8 +103,13 @@ impl Perms {
 /// The memory type of a leaf mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MemType {
-    /// RAM: Normal, write-back, inner shareable.
+    /// RAM: Normal, write-back, inner shareable; the stage-1 attributes
+    /// combine with it (`HCR_EL2.FWB = 0`), so a world may still map it
+    /// non-cacheable.
     Normal,
+    /// RAM with `HCR_EL2.FWB = 1`: Normal write-back, inner shareable,
+    /// whatever stage 1 says (no non-cacheable alias can exist).
+    NormalForcedWb,
     /// MMIO: Device-nGnRE.
     Device,
 }
@@ -146,6 +155,7 @@ impl Desc {
         }
         d |= match mem {
             MemType::Normal => MEMATTR_NORMAL_WB | SH_INNER,
+            MemType::NormalForcedWb => MEMATTR_NORMAL_FORCED_WB | SH_INNER,
             MemType::Device => MEMATTR_DEVICE_NGNRE,
         };
         if perms.r {
@@ -171,10 +181,10 @@ impl Desc {
 
     /// The memory type of a leaf.
     pub const fn mem_type(self) -> MemType {
-        if self.0 & MEMATTR_MASK == MEMATTR_NORMAL_WB {
-            MemType::Normal
-        } else {
-            MemType::Device
+        match self.0 & MEMATTR_MASK {
+            MEMATTR_NORMAL_WB => MemType::Normal,
+            MEMATTR_NORMAL_FORCED_WB => MemType::NormalForcedWb,
+            _ => MemType::Device,
         }
     }
 
@@ -224,6 +234,15 @@ mod tests {
         assert_eq!(b.mem_type(), MemType::Device);
         assert!(b.borrowed());
         assert_eq!(b.perms(), Perms::RWX);
+        let f = Desc::leaf(
+            PhysAddr::new(0x4000_1000),
+            3,
+            Perms::RW,
+            MemType::NormalForcedWb,
+            0,
+        );
+        assert_eq!(f.0 & MEMATTR_MASK, 0b0110 << 2, "FWB: forced write-back");
+        assert_eq!(f.mem_type(), MemType::NormalForcedWb);
         let t = Desc::table(PhysAddr::new(0x4000_3000));
         assert!(t.is_table(1) && !t.is_leaf(1));
         let s = b.with_level_and_addr(3, PhysAddr::new(0x4020_1000));

@@ -611,6 +611,126 @@ impl Stage2 {
         }
     }
 
+    /// Removes every mapping of the `pages` 4 KiB pages from `ipa` (page
+    /// aligned) as one batch, and returns how many of them were mapped.
+    ///
+    /// A leaf wholly inside the run is invalidated as one entry (a 2 MiB
+    /// block goes with one write); a block only partly inside it is split
+    /// first (its own break-before-make) and the covered pages invalidated.
+    /// Then one `dsb ish`, one TLBI (by IPA when the batch was a single
+    /// page, else by VMID: a TLB may hold a block fractured, and one
+    /// VMID-wide invalidation is cheaper than hundreds by IPA), one `dsb ish`:
+    /// when this returns no CPU can use a translation of the run. Pages not
+    /// mapped are skipped. On `NoMemory` (a split with an empty pool) the
+    /// invalidations made so far are still completed before returning.
+    pub fn unmap_run<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        pages: u64,
+    ) -> Result<u64, S2Error> {
+        let end = pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|len| ipa.raw().checked_add(len))
+            .ok_or(S2Error::OutOfRange)?;
+        if !ipa.is_page_aligned() || end > self.cfg.ipa_limit() {
+            return Err(S2Error::OutOfRange);
+        }
+        let mut unmapped = 0u64;
+        let mut entries = 0u64;
+        let mut last_page = None;
+        let mut result = Ok(());
+        let mut cur = ipa.raw();
+        'run: while cur < end {
+            let at = Ipa::new(cur);
+            let mut table = self.root;
+            let mut level = self.cfg.start_level;
+            loop {
+                let Some(entry) = self.entry(table, at, level) else {
+                    result = Err(S2Error::OutOfRange);
+                    break 'run;
+                };
+                if level == 3 {
+                    // The rest of this level-3 table in one pass: no
+                    // re-walk from the root per page.
+                    let idx = (cur >> level_shift(3)) & ENTRIES.wrapping_sub(1);
+                    let n = ENTRIES
+                        .wrapping_sub(idx)
+                        .min(end.wrapping_sub(cur) / PAGE_SIZE);
+                    // The table page is checked once; its entries are then
+                    // read and written by offset (`Page` keeps every offset
+                    // inside it).
+                    let table_pa = PhysAddr::new(entry.raw() & !PAGE_SIZE.wrapping_sub(1));
+                    let Some(t) = mem.page(table_pa) else {
+                        result = Err(S2Error::OutOfRange);
+                        break 'run;
+                    };
+                    let mut off = idx.wrapping_mul(8);
+                    for k in 0..n {
+                        let d = Desc(t.read_u64(off));
+                        if d.is_valid() {
+                            t.write_u64(off, Desc::INVALID.0);
+                            arch.pte_written(
+                                table_pa.wrapping_add_bytes(off),
+                                d.0,
+                                Desc::INVALID.0,
+                            );
+                            unmapped = unmapped.wrapping_add(1);
+                            entries = entries.wrapping_add(1);
+                            last_page = Some(Ipa::new(cur.wrapping_add(k.wrapping_mul(PAGE_SIZE))));
+                        }
+                        off = off.wrapping_add(8);
+                    }
+                    cur = cur.wrapping_add(n.wrapping_mul(PAGE_SIZE));
+                    break;
+                }
+                let d = Self::read(mem, entry);
+                let bs = block_size(level);
+                let base = cur & !bs.wrapping_sub(1);
+                let next = base.saturating_add(bs);
+                if !d.is_valid() {
+                    cur = next;
+                    break;
+                }
+                if d.is_leaf(level) {
+                    if base >= ipa.raw() && next <= end {
+                        Self::write(mem, arch, entry, d, Desc::INVALID);
+                        unmapped = unmapped.wrapping_add(bs / PAGE_SIZE);
+                        entries = entries.wrapping_add(1);
+                        last_page = None;
+                        cur = next;
+                        break;
+                    }
+                    match self.split(mem, arch, alloc, entry, d, level) {
+                        Ok(t) => table = t,
+                        Err(e) => {
+                            result = Err(e);
+                            break 'run;
+                        }
+                    }
+                } else {
+                    table = d.addr();
+                }
+                level = level.wrapping_add(1);
+                if level > 3 {
+                    result = Err(S2Error::OutOfRange);
+                    break 'run;
+                }
+            }
+        }
+        if entries > 0 {
+            arch.dsb_ish();
+            match (entries, last_page) {
+                (1, Some(page)) => arch.tlbi_ipa(self.vmid, page),
+                _ => arch.tlbi_vmid(self.vmid),
+            }
+            arch.dsb_ish();
+        }
+        result.map(|()| unmapped)
+    }
+
     /// Replaces the block `d` at `entry` (level `level`) by a table of the
     /// next level that maps the same memory the same way.
     fn split<A: Arch, T: TableAlloc>(

@@ -237,3 +237,90 @@ fn vttbr_carries_vmid_and_root() {
     let s2 = Stage2::new(PhysAddr::new(0x4000_2000), S2Config::DEFAULT, Vmid(0x2a));
     assert_eq!(s2.vttbr(), (0x2a << 48) | 0x4000_2000);
 }
+
+#[test]
+fn unmap_run_drops_a_whole_block_with_one_entry_and_one_tlbi() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let block = Ipa::new(0x8_0020_0000);
+    let pa = PhysAddr::new(0x8_0020_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        block,
+        pa,
+        2,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    arch.clear();
+    assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, block, 512), Ok(512));
+    let ev = events(&arch);
+    check_break_before_make(ev.iter().copied()).unwrap();
+    let writes = ev
+        .iter()
+        .filter(|e| matches!(e, ArchEvent::PteWrite { .. }))
+        .count();
+    assert_eq!(writes, 1, "one block entry, no split: {ev:?}");
+    assert!(ev.contains(&ArchEvent::TlbiVmid(Vmid(5))));
+    assert!(s2.translate(&mem, block).is_none());
+    assert!(s2.translate(&mem, Ipa::new(0x8_003f_f000)).is_none());
+}
+
+#[test]
+fn unmap_run_splits_a_partly_covered_block_and_batches_the_pages() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let block = Ipa::new(0x8_0020_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        block,
+        PhysAddr::new(0x8_0020_0000),
+        2,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    arch.clear();
+    let first = Ipa::new(0x8_0020_3000);
+    assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, first, 4), Ok(4));
+    let ev = events(&arch);
+    check_break_before_make(ev.iter().copied()).unwrap();
+    for i in 0..6u64 {
+        let at = Ipa::new(0x8_0020_2000 + i * PAGE_SIZE);
+        let mapped = s2.translate(&mem, at).is_some();
+        assert_eq!(mapped, !(1..=4).contains(&i), "page {i}");
+    }
+    // After the split: four invalidations, then exactly one DSB, TLBI, DSB.
+    let last_inval = ev
+        .iter()
+        .rposition(|e| matches!(e, ArchEvent::PteWrite { new: 0, .. }))
+        .unwrap();
+    assert_eq!(
+        ev[last_inval + 1..],
+        [
+            ArchEvent::DsbIsh,
+            ArchEvent::TlbiVmid(Vmid(5)),
+            ArchEvent::DsbIsh
+        ]
+    );
+    // One page alone is invalidated by IPA.
+    arch.clear();
+    let one = Ipa::new(0x8_0020_9000);
+    assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, one, 1), Ok(1));
+    let ev = events(&arch);
+    assert!(ev.contains(&ArchEvent::TlbiIpa {
+        vmid: Vmid(5),
+        ipa: one
+    }));
+    // Nothing mapped: nothing written, no barrier.
+    arch.clear();
+    assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, one, 1), Ok(0));
+    assert!(events(&arch).is_empty());
+}

@@ -7,7 +7,8 @@
 //! Stage-2 and only on a miss takes the abort path (as a translation fault
 //! with a valid syndrome), then retries; a guest access goes through the
 //! engine's own `guest_access` test aid, which does the same on the VM's
-//! Stage-2. The only state the harness keeps itself is what the engine has
+//! Stage-2; a DMA goes through `isola::testing::SimArch`'s IOMMU, whose TLB
+//! caches the host Stage-2's translations until the engine invalidates them. The only state the harness keeps itself is what the engine has
 //! no read-only view of: which `LoadedVcpu` token each CPU holds, a VM's
 //! `max vcpus` and whether it powered off (both recorded from the calls and
 //! exits that set them, and both checked through statuses anyway).
@@ -16,15 +17,16 @@ use std::collections::BTreeMap;
 
 use isola::abort::{self, ec};
 use isola::addr::{Ipa, PAGE_SIZE, PhysAddr};
-use isola::arch::NoopArch;
+use isola::arch::Arch;
 use isola::engine::Engine as Core;
 use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
 use isola::ownership::{Owner as RecOwner, PageState as RecState};
 use isola::spec::guest::ESR_UNKNOWN;
 use isola::spec::{
-    Config, Contents, Cpu, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState, Pending,
-    RunState, State, Vcpu, Vm,
+    Config, Contents, Cpu, DmaFaults, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState,
+    Pending, RunState, State, Vcpu, Vm,
 };
+use isola::testing::SimArch;
 use isola::testing::{GUEST_MMIO, MachineSpec};
 use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, SysReg, VcpuState};
 use isola::vm::{SlotState, VmHandle};
@@ -38,6 +40,7 @@ const LIST_REGS: usize = 4;
 fn machine() -> MachineSpec {
     MachineSpec {
         ram_base: 0x4020_0000 - 32 * PAGE_SIZE,
+        cpus: CPUS,
         ..MachineSpec::default()
     }
 }
@@ -59,7 +62,7 @@ pub fn config() -> Config {
         cpus: CPUS,
         max_vms: m.vm_slots,
         max_vcpus: MAX_VCPUS as u64,
-        features: machine().build(NoopArch).features()
+        features: machine().build(SimArch::new()).features()
             | isola_abi::features::VIRTUAL_INTERRUPTS
             | (LIST_REGS as u64) << isola_abi::features::LR_COUNT_SHIFT,
         list_regs: LIST_REGS,
@@ -69,12 +72,13 @@ pub fn config() -> Config {
         vm_pages: vm_s2.root_pages(),
         vcpu_pages: 1,
         table_shifts: below_root,
+        dma_stream: isola::testing::DMA_STREAM,
     }
 }
 
 /// The engine under test plus the harness's per-CPU tokens.
 pub struct Engine {
-    core: Core<NoopArch>,
+    core: Core<SimArch>,
     /// Per CPU: the vCPU loaded there (its VM handle, index and token).
     loaded: Vec<Option<(Handle, u64, LoadedVcpu)>>,
     /// `max vcpus` of each VM, as created.
@@ -86,7 +90,7 @@ pub struct Engine {
 impl Engine {
     /// A freshly booted engine.
     pub fn boot() -> Self {
-        let mut core = machine().build(NoopArch);
+        let mut core = machine().build(SimArch::new());
         core.set_list_registers(LIST_REGS);
         Self {
             core,
@@ -97,15 +101,15 @@ impl Engine {
     }
 
     /// The engine itself, for checks beyond the abstraction.
-    pub fn core(&self) -> &Core<NoopArch> {
+    pub fn core(&self) -> &Core<SimArch> {
         &self.core
     }
 
     /// A host load or store at `pa`, as the CPU would do it: through the
     /// host Stage-2, taking the abort path on a miss.
-    fn host_access(&self, pa: u64, write: Option<u64>) -> Outcome {
+    fn host_access(&self, cpu: usize, pa: u64, write: Option<u64>) -> Outcome {
         let p = PhysAddr::new(pa);
-        let usable = |core: &Core<NoopArch>| {
+        let usable = |core: &Core<SimArch>| {
             core.host_translate(p).is_some_and(|t| {
                 if write.is_some() {
                     t.desc.perms().w
@@ -116,7 +120,7 @@ impl Engine {
         };
         if !usable(&self.core) {
             let esr = abort::data_abort_esr(8, write.is_some(), 0, false, true, 0b000111);
-            let action = self.core.host_abort(esr, pa, (pa >> 12) << 4);
+            let action = self.core.host_abort(cpu as u32, esr, pa, (pa >> 12) << 4);
             if action != isola::engine::HostAbortAction::Retry || !usable(&self.core) {
                 return Outcome::HostFault;
             }
@@ -175,6 +179,21 @@ impl Engine {
 
 impl super::System for Engine {
     fn step(&mut self, event: &Event) -> Outcome {
+        match *event {
+            Event::DmaRead { pa } => {
+                return match isola::testing::dma(&self.core, pa, None) {
+                    Ok(v) => Outcome::DmaLoaded(v),
+                    Err(()) => Outcome::DmaFault,
+                };
+            }
+            Event::DmaWrite { pa, value } => {
+                return match isola::testing::dma(&self.core, pa, Some(value)) {
+                    Ok(_) => Outcome::DmaStored,
+                    Err(()) => Outcome::DmaFault,
+                };
+            }
+            _ => {}
+        }
         let cpu = event.cpu();
         let running = self.loaded.get(cpu).is_some_and(Option::is_some);
         if cpu >= CPUS || running == event.is_host() {
@@ -198,8 +217,8 @@ impl super::System for Engine {
                     }
                 }
             }
-            Event::HostRead { pa, .. } => self.host_access(pa, None),
-            Event::HostWrite { pa, value, .. } => self.host_access(pa, Some(value)),
+            Event::HostRead { cpu, pa } => self.host_access(cpu, pa, None),
+            Event::HostWrite { cpu, pa, value } => self.host_access(cpu, pa, Some(value)),
             Event::GuestSetReg { reg, value, .. } => {
                 let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
                 l.context().set_x(mem, reg, value);
@@ -216,6 +235,7 @@ impl super::System for Engine {
                 let a = self.core.guest_access(l, Ipa::new(ipa), size, write, reg);
                 self.after_guest(cpu, a, false)
             }
+            Event::DmaRead { .. } | Event::DmaWrite { .. } => Outcome::Inapplicable,
             Event::GuestSysReg { access, .. } => {
                 let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
                 let trap = Trap::Sync {
@@ -420,11 +440,25 @@ impl super::System for Engine {
                 None => Cpu::Host,
             })
             .collect();
-        State { pages, vms, cpus }
+        let [count, _, last] = core.arch().dma_faults();
+        State {
+            pages,
+            vms,
+            cpus,
+            dma: DmaFaults { count, last },
+        }
     }
 
     fn poke(&mut self, pa: u64, value: u64) {
         self.core.mem().write_u64(PhysAddr::new(pa), value);
+    }
+
+    fn dma_view(&self) -> Vec<u64> {
+        let mut v = self.host_mapped();
+        v.extend(self.core.arch().cached());
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     fn host_mapped(&self) -> Vec<u64> {

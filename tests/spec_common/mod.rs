@@ -32,6 +32,10 @@ pub trait System {
     /// The RAM pages the host's Stage-2 maps right now (the host can touch
     /// them without a fault), in address order.
     fn host_mapped(&self) -> Vec<u64>;
+    /// The RAM pages a device of the host can reach by DMA right now (the
+    /// IOMMU's view: the host Stage-2 it walks and what its TLB caches), in
+    /// address order.
+    fn dma_view(&self) -> Vec<u64>;
 }
 
 impl System for Model {
@@ -48,6 +52,9 @@ impl System for Model {
             .copied()
             .filter(|&pa| self.state.host_may_access(pa))
             .collect()
+    }
+    fn dma_view(&self) -> Vec<u64> {
+        self.host_mapped()
     }
     fn poke(&mut self, pa: u64, value: u64) {
         let page = pa & !(PAGE_SIZE - 1);
@@ -241,11 +248,27 @@ fn pick_perms(pick: u16, raw: u64) -> u64 {
     }
 }
 
-/// The concrete event for `op` in state `s`.
+/// The concrete event for `op` in state `s`. One in sixteen is a DMA by the
+/// host's device, whatever the CPUs run.
 pub fn event(op: &Op, s: &State, c: &Config) -> Event {
     let cpu = usize::from(op.cpu) % c.cpus;
     let [p0, p1, p2, p3] = op.pick;
     let [r0, r1, r2] = op.raw;
+    if op.kind >= 0xf0 {
+        // Mostly the first words of a page, where the warm-up and the
+        // confidentiality harness put their values.
+        let page = pick_host_access(s, c, p1, r1) & !(PAGE_SIZE - 1);
+        let pa = if p2.is_multiple_of(4) {
+            pick_host_access(s, c, p1, r1) & !7
+        } else {
+            page + 8 * u64::from(p3 % 4)
+        };
+        return if op.kind.is_multiple_of(2) {
+            Event::DmaRead { pa }
+        } else {
+            Event::DmaWrite { pa, value: r2 }
+        };
+    }
     match s.cpus[cpu] {
         Cpu::Host => host_event(cpu, op.kind, [p0, p1, p2, p3], [r0, r1, r2], s, c),
         Cpu::Guest { vm, .. } => {
@@ -418,7 +441,29 @@ fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Con
             };
             hvc(cpu, HostCall::Reclaim, [pa, 0, 0, 0])
         }
-        22 => hvc(cpu, HostCall::Accounting, [u64::from(p[1] % 4), h, 0, 0]),
+        22 => {
+            // Selectors 0..=5 (5 unknown); a counter: a defined one,
+            // one beyond the last, any CPU up to one beyond the last.
+            let selector = u64::from(p[1] % 6);
+            let handle = if selector == isola_abi::Accounting::Counter as u64 {
+                let counter = [
+                    isola_abi::counter::host_calls(isola_abi::Status::Success),
+                    isola_abi::counter::host_calls(isola_abi::Status::NotFound),
+                    isola_abi::counter::exits(isola_abi::ExitReason::HostCall),
+                    isola_abi::counter::GUEST_CALLS,
+                    isola_abi::counter::GUEST_SYSREGS,
+                    isola_abi::counter::GUEST_UNDEFINED,
+                    isola_abi::counter::HOST_ABORTS,
+                    isola_abi::counter::GUEST_ABORTS,
+                    isola_abi::counter::COUNT,
+                    r[1] & 0xffff_ffff,
+                ][usize::from(p[2] % 10)];
+                counter | (u64::from(p[3]) % (c.cpus as u64 + 1)) << 32
+            } else {
+                h
+            };
+            hvc(cpu, HostCall::Accounting, [selector, handle, 0, 0])
+        }
         23 => hvc(cpu, HostCall::Version, [0; 4]),
         24 => {
             let id = [
@@ -693,6 +738,13 @@ pub fn warm_up(sys: &mut dyn System, c: &Config) {
                 pa,
                 value: pa ^ 0x1111,
             });
+            // The host's device reads it first: the IOMMU caches the
+            // translation, which Donate must then take away.
+            assert_eq!(
+                sys.step(&Event::DmaRead { pa }),
+                Outcome::DmaLoaded(pa ^ 0x1111),
+                "warm-up DMA"
+            );
             let call = if k == 2 {
                 HostCall::Share
             } else {
@@ -740,6 +792,9 @@ pub enum Bug {
     KeepHostMappingOnDonate,
     /// `Wfx` and `Irq` exits carry the guest's `x9` in `x3`.
     LeakRegisterIntoExit,
+    /// `Donate` leaves the page in the host's DMA view (the IOMMU's TLB is
+    /// not invalidated): the host's device can still read and write it.
+    LeaveDonatedPageInDmaView,
 }
 
 /// A system with a bug planted: every step goes to `inner`, then the bug
@@ -775,6 +830,18 @@ impl<S: System> Planted<S> {
 impl<S: System> System for Planted<S> {
     fn step(&mut self, event: &Event) -> Outcome {
         let before = self.inner.observe();
+        if self.bug == Bug::LeaveDonatedPageInDmaView {
+            match *event {
+                Event::DmaRead { pa } if self.leaked.contains(&(pa & !(PAGE_SIZE - 1))) => {
+                    return Outcome::DmaLoaded(Self::word(&before, pa));
+                }
+                Event::DmaWrite { pa, value } if self.leaked.contains(&(pa & !(PAGE_SIZE - 1))) => {
+                    self.inner.poke(pa, value);
+                    return Outcome::DmaStored;
+                }
+                _ => {}
+            }
+        }
         if self.bug == Bug::KeepHostMappingOnDonate {
             match *event {
                 Event::HostRead { pa, .. }
@@ -806,7 +873,7 @@ impl<S: System> System for Planted<S> {
                     }
                 }
             }
-            Bug::KeepHostMappingOnDonate => {
+            Bug::KeepHostMappingOnDonate | Bug::LeaveDonatedPageInDmaView => {
                 if let (Event::HostHvc { regs, .. }, Outcome::HostReturn([0, ..])) = (event, out)
                     && regs[0] == HostCall::Donate as u64
                 {
@@ -843,7 +910,18 @@ impl<S: System> System for Planted<S> {
     }
     fn host_mapped(&self) -> Vec<u64> {
         let mut v = self.inner.host_mapped();
-        v.extend(self.leaked.iter().copied());
+        if self.bug == Bug::KeepHostMappingOnDonate {
+            v.extend(self.leaked.iter().copied());
+        }
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+    fn dma_view(&self) -> Vec<u64> {
+        let mut v = self.inner.dma_view();
+        if self.bug == Bug::LeaveDonatedPageInDmaView {
+            v.extend(self.leaked.iter().copied());
+        }
         v.sort_unstable();
         v.dedup();
         v

@@ -136,13 +136,14 @@ pub fn table(r: &Report) -> String {
     s
 }
 
-/// Entry point: `cargo xtask bench [--icount | --scaling | --smoke]`.
+/// Entry point: `cargo xtask bench [--icount | --scaling | --smoke | --fwb]`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let (icount, scaling, smoke) = match args.first().map(String::as_str) {
         None => (true, true, false),
         Some("--icount") => (true, false, false),
         Some("--scaling") => (false, true, false),
         Some("--smoke") => (true, false, true),
+        Some("--fwb") => return fwb(),
         Some("--profile") => {
             let op = args
                 .get(1)
@@ -151,7 +152,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         }
         Some(a) => {
             return Err(format!(
-                "bench: unknown argument {a:?} (--icount, --scaling, --smoke, --profile OP)"
+                "bench: unknown argument {a:?} (--icount, --scaling, --smoke, --fwb, --profile OP)"
             ));
         }
     };
@@ -215,19 +216,40 @@ fn build_images() -> Result<(PathBuf, PathBuf), String> {
 /// boot that does not end with the engine's clean power-off.
 fn boot_bench() -> Result<String, String> {
     let (engine, host) = build_images()?;
-    boot(&engine, &host, &[], None)
+    boot("", &engine, &host, &[], None)
+}
+
+/// `cargo xtask bench --fwb`: the same benchmark on QEMU virt without its
+/// SMMU (`iommu=none`). The engine then withholds PCIe from the host (no
+/// IOMMU to hold its DMA), no other agent walks the host's Stage-2, and it
+/// runs with `HCR_EL2.FWB` on (QEMU's `-cpu max` has FEAT_S2FWB; its SMMU
+/// model does not honour `S2FWB`, docs/devices.md): what donation costs
+/// without the per-page clean. Prints the table, writes nothing.
+fn fwb() -> Result<(), String> {
+    let (engine, host) = build_images()?;
+    let console = boot(",iommu=none", &engine, &host, &[], None)?;
+    if !console
+        .lines()
+        .any(|l| l.contains("caches: HCR_EL2.FWB on"))
+    {
+        return Err("the engine did not turn HCR_EL2.FWB on without the SMMU".into());
+    }
+    let r = parse(&console);
+    println!("\n{}", table(&r));
+    Ok(())
 }
 
 /// Boots the benchmark images with `extra` QEMU arguments. With `stop`, QEMU
 /// is killed as soon as a console line starts with it (a traced run need not
 /// finish); otherwise the run must end with the engine's clean power-off.
 fn boot(
+    machine: &str,
     engine: &Path,
     host: &Path,
     extra: &[String],
     stop: Option<&str>,
 ) -> Result<String, String> {
-    let mut cmd = crate::machine::virt("", 1, "2G");
+    let mut cmd = crate::machine::virt(machine, 1, "2G");
     cmd.args(["-icount", "shift=0"])
         .arg("-kernel")
         .arg(engine)
@@ -431,7 +453,13 @@ fn profile(op: &str) -> Result<(), String> {
         "-dfilter".to_string(),
         format!("{start:#x}..{end:#x}"),
     ];
-    let console = boot(&engine, &host, &extra, Some(&format!("host: bench {op} ")))?;
+    let console = boot(
+        "",
+        &engine,
+        &host,
+        &extra,
+        Some(&format!("host: bench {op} ")),
+    )?;
     let report = parse(&console);
     let row = report
         .rows

@@ -8,12 +8,13 @@
 //! 2. turn the package's `vmlinuz` into a raw arm64 `Image` (it is raw on
 //!    bookworm; gzip and EFI zboot are unpacked too) and check its header;
 //! 3. write an initramfs (cpio "newc", written here) holding busybox, a
-//!    `/dev/console` node, the virtio-mmio and virtio-blk modules from the
+//!    `/dev/console` node, the virtio-pci and virtio-blk modules from the
 //!    same kernel package, and `linux/init`; and a small labelled disk;
 //! 4. boot QEMU virt with the engine as `-kernel`, the `Image` at the
 //!    engine's host entry and the initramfs after it (QEMU's generic
-//!    loader), the disk on a virtio-mmio slot, the initramfs location and
-//!    the probe addresses on the kernel command line, and judge the console.
+//!    loader), the disk on virtio-blk-pci behind the engine's SMMU and QEMU's
+//!    `edu` DMA device on the PCIe bus, the initramfs location and the probe
+//!    addresses on the kernel command line, and judge the console.
 //!
 //! Invariants:
 //! - The addresses below are the engine's own (`isola_layout`): it owns
@@ -85,7 +86,7 @@ pub(crate) struct Assets {
     image_size: u64,
     /// The initramfs (uncompressed cpio newc).
     initramfs: PathBuf,
-    /// The virtio-mmio disk's contents (see [`write_disk`]).
+    /// The virtio-blk-pci disk's contents (see [`write_disk`]).
     disk: PathBuf,
     /// Kernel package name, for the report.
     pub(crate) kernel_package: String,
@@ -587,22 +588,24 @@ pub(crate) fn cpio(members: &[Member<'_>]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The kernel modules the init script loads, and where they are under
-/// `lib/modules/<release>/kernel/`: Debian builds the virtio-mmio transport
-/// and the virtio block driver as modules (the virtio core is built in, and
-/// neither module depends on another).
-const MODULES: [(&str, &str); 2] = [
-    ("virtio_mmio.ko", "drivers/virtio"),
+/// The kernel modules the init script loads, in this order, and where they
+/// are under `lib/modules/<release>/kernel/`: Debian builds the virtio-pci
+/// transport (with its two helper libraries, which it needs) and the virtio
+/// block driver as modules; the virtio core is built in.
+const MODULES: [(&str, &str); 4] = [
+    ("virtio_pci_modern_dev.ko", "drivers/virtio"),
+    ("virtio_pci_legacy_dev.ko", "drivers/virtio"),
+    ("virtio_pci.ko", "drivers/virtio"),
     ("virtio_blk.ko", "drivers/block"),
 ];
 
-/// Sectors of the virtio-mmio disk (1 MiB).
+/// Sectors of the virtio-blk-pci disk (1 MiB).
 const DISK_SECTORS: usize = 2048;
 
 /// The text at the start of disk sector `n`, which the init script reads
-/// back through the virtio-mmio block device.
+/// back through the virtio-blk-pci device.
 fn disk_label(n: usize) -> String {
-    format!("isola virtio-mmio disk sector {n}")
+    format!("isola virtio-blk-pci disk sector {n}")
 }
 
 /// Writes the disk image: a label at the start of its first and last
@@ -696,15 +699,23 @@ fn qemu_base(extra: &str, smp: u32, disk: &Path) -> Command {
     // host (CPTR_EL2.TZ/TSM) and hides them from its ID registers
     // (HCR_EL2.TID3), so the kernel never enables them (docs/linux-host.md).
     let mut c = crate::machine::virt(extra, smp, &format!("{RAM_MIB}M"));
-    // A read-only disk on QEMU virt's first virtio-mmio transport: the
-    // host drives a device (MMIO, its interrupt, its DMA into host RAM)
-    // with the engine beneath.
+    // A read-only disk on virtio-blk-pci (00:01.0): the host drives a
+    // device (MMIO, its interrupt, its DMA into host RAM) with the engine
+    // beneath; `iommu_platform=on` (which needs `disable-legacy=on`) makes
+    // its DMA go through the SMMU, as every PCI device's must. Then QEMU's
+    // `edu` (00:02.0), whose DMA engine the init script aims at engine
+    // memory.
     c.arg("-drive")
         .arg(format!(
             "if=none,id=disk0,format=raw,readonly=on,file={}",
             disk.display()
         ))
-        .args(["-device", "virtio-blk-device,drive=disk0"]);
+        .args([
+            "-device",
+            "virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on",
+            "-device",
+            crate::qemu::EDU,
+        ]);
     c
 }
 
@@ -727,8 +738,9 @@ fn isola_command(engine: &Path, assets: &Assets, smp: u32, end: End) -> Result<C
     // Linux sees RAM from the end of the engine's carve-out (the engine's
     // device-tree edit) and is told to manage all but the probe margin.
     let shown = RAM_END - ENGINE_END;
-    let mut probes =
-        format!("isola.probe_host={HOST_PROBE:#x} isola.probe_engine={ENGINE_PROBE:#x}");
+    let mut probes = format!(
+        "isola.probe_host={HOST_PROBE:#x} isola.probe_engine={ENGINE_PROBE:#x} isola.dma=1"
+    );
     if end == End::Reset {
         probes.push_str(" isola.end=reboot");
     }
@@ -850,18 +862,42 @@ fn story(smp: u32, end: End) -> Vec<Vec<String>> {
     }
     story.extend([
         one(format!(
-            "isola-linux: virtio-mmio disk vda, sector 0: {}",
+            "isola-linux: virtio-blk-pci disk vda, sector 0: {}",
             disk_label(0)
         )),
         one(format!(
-            "isola-linux: virtio-mmio disk vda, sector {}: {}",
+            "isola-linux: virtio-blk-pci disk vda, sector {}: {}",
             DISK_SECTORS - 1,
             disk_label(DISK_SECTORS - 1)
         )),
-        one("isola-linux: virtio-mmio interrupts taken: ".to_string()),
+        one("isola-linux: virtio-blk-pci interrupts taken: ".to_string()),
         one(format!(
             "isola-linux: host RAM at {HOST_PROBE:#x}: devmem write and read back ok"
         )),
+        one(format!(
+            "isola-linux: edu at 0000:00:02.0: DMA copied host RAM at {HOST_PROBE:#x} to {:#x}: 0x15015A1A",
+            HOST_PROBE - 0x1000
+        )),
+        one(format!(
+            "isola-linux: edu DMA read of engine memory at {ENGINE_PROBE:#x}: the device got 0x00000000, not the device tree's magic"
+        )),
+        one(format!(
+            "isola-linux: edu DMA write into engine memory at {ENGINE_PROBE:#x}: done, the kernel carries on"
+        )),
+        // The engine reports what its SMMU refused when the host next
+        // traps to it (the devmem probe below).
+        vec![
+            "isola: SMMU: blocked ".to_string(),
+            format!(
+                " DMA access(es) from StreamID 0x10 (F_TRANSLATION, read of page {ENGINE_PROBE:#x})"
+            ),
+        ],
+        vec![
+            "isola: SMMU: blocked ".to_string(),
+            format!(
+                " DMA access(es) from StreamID 0x10 (F_TRANSLATION, write of page {ENGINE_PROBE:#x})"
+            ),
+        ],
         one(format!(
             "isola-linux: engine memory at {ENGINE_PROBE:#x}: devmem read killed by SIGBUS"
         )),
@@ -920,6 +956,8 @@ pub(crate) const FORBIDDEN: &[&str] = &[
     "exit status: failure",
     "NOT refused",
     "failed with status",
+    "the device got the device tree",
+    "edu not found",
 ];
 
 fn judge(run: &Run, smp: u32, end: End) -> Result<(), String> {

@@ -15,7 +15,13 @@
 use std::process::{Command, Stdio};
 
 /// QEMU virt as every run of the project uses it: EL2 (`virtualization=on`)
-/// and a GICv3, plus `extra` machine options (say `,highmem=off`); the CPU
+/// and a GICv3 (its ITS on: QEMU's PCI devices need an MSI controller to
+/// exist; the engine withholds it from the host), an SMMUv3 on the PCIe
+/// bus (`iommu=smmuv3`) translating at stage 2 (`stage=2`; the default is
+/// stage 1 only), the PCIe ECAM and
+/// windows below 4 GiB (`highmem-ecam=off,highmem-mmio=off`: the engine
+/// maps device ranges page by page, and a 512 GiB window would not fit its
+/// reserve), plus `extra` machine options (say `,highmem=off`); the CPU
 /// model the engine is tested on; `-nodefaults`, then exactly the console:
 /// the first PL011 on QEMU's standard output, no monitor, no display; and
 /// no reboot (a reset ends the run).
@@ -24,8 +30,11 @@ pub fn virt(extra: &str, smp: u32, mem: &str) -> Command {
     c.arg("-nodefaults")
         .args([
             "-machine",
-            &format!("virt,virtualization=on,gic-version=3{extra}"),
+            &format!(
+                "virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off,highmem-mmio=off{extra}"
+            ),
         ])
+        .args(["-global", "arm-smmuv3.stage=2"])
         .args(["-cpu", "max,pauth-impdef=on"])
         .args(["-m", mem])
         .args(["-smp", &smp.to_string()])
@@ -217,7 +226,8 @@ mod tests {
         assert_eq!(args.first().map(String::as_str), Some("-nodefaults"));
         assert!(
             args.iter()
-                .any(|a| a == "virt,virtualization=on,gic-version=3,highmem=off")
+                .any(|a| a
+                    == "virt,virtualization=on,gic-version=3,iommu=smmuv3,highmem-ecam=off,highmem-mmio=off,highmem=off")
         );
         let guarded = without_data_files(&c);
         let gargs: Vec<_> = guarded

@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::build::{Images, build_images};
+use crate::build::{Images, build_for_targets, build_images};
 use crate::check::{Expect, check};
+use crate::cmd::root;
 use crate::watch::{Run, watch};
 use crate::{dtb, stories};
 
@@ -25,6 +26,11 @@ use crate::{dtb, stories};
 const SCENARIO_DEADLINE: Duration = Duration::from_secs(90);
 /// Deadline of `cargo xtask run` (many CPUs take long under TCG).
 const RUN_DEADLINE: Duration = Duration::from_secs(1800);
+
+/// QEMU's `edu` PCI device (built into QEMU, no data file): a DMA engine
+/// the host drives in the DMA test. Its default `dma_mask` clamps addresses
+/// to 256 MiB, below all RAM; the full mask lets it aim anywhere.
+pub const EDU: &str = "edu,dma_mask=0xffffffffffffffff";
 
 /// A QEMU invocation.
 pub struct Boot<'a> {
@@ -40,10 +46,12 @@ pub struct Boot<'a> {
 
 impl Boot<'_> {
     /// The command line: QEMU virt as [`crate::machine::virt`] makes it,
-    /// the engine as `-kernel` (QEMU puts its device tree at the start of
-    /// RAM), the host payload and the guest image by the generic loader.
+    /// with [`EDU`] on its PCIe bus (the DMA test's device), the engine as
+    /// `-kernel` (QEMU puts its device tree at the start of RAM), the host
+    /// payload and the guest image by the generic loader.
     pub fn command(&self) -> Command {
         let mut c = crate::machine::virt("", self.smp, "2G");
+        c.args(["-device", EDU]);
         c.arg("-kernel")
             .arg(&self.images.engine)
             .arg("-device")
@@ -100,8 +108,22 @@ const SCENARIOS: &[Scenario] = &[
         dtb: None,
     },
     Scenario {
+        name: "dma: the host's devices cannot reach engine, guest or just-donated pages, nor set LPI tables",
+        smp: 1,
+        test: "dma",
+        expected: stories::dma_story,
+        dtb: None,
+    },
+    Scenario {
         name: "vms8: 16 VMs of 4 vCPUs on 8 CPUs, host and guest attacks, teardown, exact accounting",
         smp: 8,
+        test: "vms",
+        expected: stories::vms_story,
+        dtb: None,
+    },
+    Scenario {
+        name: "vms1: the same on 1 CPU, where only the host's own tick can end a guest that never exits",
+        smp: 1,
         test: "vms",
         expected: stories::vms_story,
         dtb: None,
@@ -153,6 +175,10 @@ pub fn booted_tests() -> Result<(), String> {
     let images = build_images()?;
     guard_has_teeth(&images)?;
     println!("PASS  guard: without -nodefaults QEMU cannot start under the data-file guard");
+    dma_test_has_teeth(&images)?;
+    println!(
+        "PASS  dma teeth: with the planted bug (Donate leaves the DMA view) the just-donated page is reached"
+    );
     let mut failed = 0_usize;
     for s in SCENARIOS {
         match judge(&images, s) {
@@ -171,6 +197,34 @@ pub fn booted_tests() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} booted scenario(s) failed"))
+    }
+}
+
+/// `cargo xtask planted FEATURE SCENARIO`: boots the scenario whose name
+/// starts with `SCENARIO` on an engine built with the planted-bug feature
+/// `FEATURE` of `isola-boot`, and succeeds only if the scenario *fails*:
+/// the check has teeth. Prints the failure it found.
+pub fn planted(feature: &str, scenario: &str) -> Result<(), String> {
+    crate::machine::guard_available()?;
+    if !feature.starts_with("planted-bug-") {
+        return Err(format!("{feature:?} is not a planted-bug feature"));
+    }
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.name.split(':').next() == Some(scenario))
+        .ok_or_else(|| format!("no booted scenario named {scenario:?}"))?;
+    let images = crate::build::build_images_with(&[feature])?;
+    match judge(&images, s) {
+        Ok(t) => Err(format!(
+            "{} passes on an engine built with {feature} ({:.1} s): the check has no teeth",
+            s.name,
+            t.as_secs_f64()
+        )),
+        Err(e) => {
+            let first = e.lines().next().unwrap_or("");
+            println!("the check has teeth: {scenario} fails with {feature}: {first}");
+            Ok(())
+        }
     }
 }
 
@@ -199,6 +253,45 @@ fn guard_has_teeth(images: &Images) -> Result<(), String> {
         Err(format!(
             "the data-file guard has no teeth: QEMU with its default devices \
              ran without efi-virtio.rom\n{}",
+            run.log()
+        ))
+    }
+}
+
+/// The DMA test can fail: an engine built with
+/// `planted-bug-donate-keeps-dma-view` (`Donate` skips the SMMU's
+/// invalidation) must let the device write the page donated a moment
+/// before, which QEMU's SMMU still has cached, and the test must say so.
+fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
+    let dir = root().join("target").join("aarch64-planted");
+    let (el2, _) = build_for_targets(&dir, &["planted-bug-donate-keeps-dma-view"], &[])?;
+    let planted = Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    };
+    let boot = Boot {
+        images: &planted,
+        smp: 1,
+        append: "isola.test=dma",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    let caught = run.lines.iter().any(|l| {
+        l.starts_with("host: check failed: dma: the page donated a moment before: warm true")
+    }) && run
+        .lines
+        .iter()
+        .any(|l| l == "host: verdict: 2 check(s) FAILED");
+    if caught {
+        Ok(())
+    } else {
+        Err(format!(
+            "the DMA test has no teeth: with the planted bug the just-donated page was not reached\n{}",
             run.log()
         ))
     }

@@ -18,6 +18,7 @@ const EL2_CRATES: &[&str] = &[
     "isola-layout",
     "isola-fdt",
     "isola-sync",
+    "isola-smmu",
     "isola-percpu",
     "isola-boot",
 ];

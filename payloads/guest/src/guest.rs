@@ -71,6 +71,8 @@ guest_vectors:
     .endr
 
 guest_exception:
+    cmp x0, #5
+    b.eq 5f
     cmp x0, #4
     b.ne 9f
     mrs x0, tpidr_el1
@@ -82,6 +84,29 @@ guest_exception:
     mrs x0, elr_el1
     add x0, x0, #4
     msr elr_el1, x0
+    ldp x0, x1, [sp], #16
+    eret
+    // An IRQ from EL1h: a virtual interrupt (`Behaviour::VirtualIrq`).
+    // Acknowledge it; the timer's (PPI 27) is handled by disarming the
+    // timer; end it (EOImode 0: priority drop and deactivation); count it
+    // in TPIDRRO_EL0 (and the timer's in TPIDR_EL0).
+5:
+    mrs x0, icc_iar1_el1
+    and x1, x0, #0xffffff
+    cmp x1, #1020
+    b.hs 7f
+    cmp x1, #27
+    b.ne 6f
+    msr cntv_ctl_el0, xzr
+    mrs x1, tpidr_el0
+    add x1, x1, #1
+    msr tpidr_el0, x1
+6:
+    msr icc_eoir1_el1, x0
+    mrs x1, tpidrro_el0
+    add x1, x1, #1
+    msr tpidrro_el0, x1
+7:
     ldp x0, x1, [sp], #16
     eret
 9:
@@ -388,6 +413,8 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::SystemReset) => psci_off_smc(psci::SYSTEM_RESET),
         Some(Behaviour::Spin) => spin(index),
         Some(Behaviour::Registers) => registers(),
+        Some(Behaviour::Hold) => hold(param),
+        Some(Behaviour::VirtualIrq) => virtual_irq(param, index),
         None => {
             host_call(msg::FATAL, x0);
         }
@@ -460,6 +487,99 @@ fn spin(index: u64) {
         core::hint::spin_loop();
     }
     host_call(msg::SPUN, guest_call(GuestCall::Unshare, page));
+}
+
+/// `Behaviour::VirtualIrq`: see its documentation.
+fn virtual_irq(ticks: u64, index: u64) {
+    // SAFETY: the guest's own virtual CPU interface (the engine loads it per
+    // vCPU) and counters: every priority passes, group 1 on; the counters
+    // start at zero.
+    unsafe {
+        asm!(
+            "msr icc_pmr_el1, {pmr}",
+            "msr icc_igrpen1_el1, {one}",
+            "msr tpidrro_el0, xzr",
+            "msr tpidr_el0, xzr",
+            "isb",
+            pmr = in(reg) 0xffu64, one = in(reg) 1u64,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    host_call(msg::VIRQ_READY, 0);
+    let taken = || {
+        let (n, t): (u64, u64);
+        // SAFETY: reading the guest's own counters.
+        unsafe {
+            asm!("mrs {}, tpidrro_el0", "mrs {}, tpidr_el0", out(reg) n, out(reg) t,
+                 options(nomem, nostack, preserves_flags))
+        };
+        (n, t)
+    };
+    // Unmask IRQs; then SGI VIRQ_SGI to itself: Aff3.Aff2.Aff1 = 0, the
+    // target list names Aff0 = this vCPU's index (below 16 here).
+    let sgi = isola_guest_payload::VIRQ_SGI << 24 | 1u64.wrapping_shl(index as u32);
+    // SAFETY: unmasking IRQs hands them to this guest's vector (entry 5),
+    // which preserves every register; the SGI write traps to the engine.
+    unsafe {
+        asm!("msr daifclr, #2", "isb", "msr icc_sgi1r_el1, {}", "isb", in(reg) sgi,
+             options(nomem, nostack, preserves_flags))
+    };
+    let freq: u64;
+    // SAFETY: reading the counter frequency.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack, preserves_flags)) };
+    for _ in 0..ticks {
+        let before = taken().1;
+        // SAFETY: arms the guest's own virtual timer a millisecond ahead.
+        unsafe {
+            asm!("isb", "mrs {c}, cntvct_el0", "add {c}, {c}, {d}",
+                 "msr cntv_cval_el0, {c}", "msr cntv_ctl_el0, {one}", "isb",
+                 c = out(reg) _, d = in(reg) freq / 1000,
+                 one = in(reg) 1u64, options(nomem, nostack, preserves_flags))
+        };
+        while taken().1 == before {
+            // SAFETY: waits for an interrupt (the engine traps it and the
+            // host runs this vCPU again).
+            unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        }
+    }
+    // SAFETY: masking IRQs only defers them.
+    unsafe { asm!("msr daifset, #2", options(nomem, nostack, preserves_flags)) };
+    let (n, t) = taken();
+    host_call(msg::VIRQ_RESULT, t << 32 | (n & 0xffff_ffff));
+}
+
+/// 2 KiB of zeroes, aligned as a vector table must be: every entry is an
+/// undefined instruction, whose exception enters the same table again.
+#[repr(C, align(2048))]
+struct ZeroVectors([u32; 512]);
+
+static ZERO_VECTORS: ZeroVectors = ZeroVectors([0; 512]);
+
+/// Never exits (see `Behaviour::Hold`).
+fn hold(param: u64) -> ! {
+    if param & 1 == 0 {
+        // SAFETY: masks this vCPU's interrupts and spins; touches nothing.
+        unsafe {
+            asm!(
+                "msr daifset, #0xf",
+                "2: b 2b",
+                options(nomem, nostack, noreturn)
+            )
+        }
+    }
+    let table = &raw const ZERO_VECTORS as u64;
+    // SAFETY: the guest's own vectors now point at zeroes in its image (RWX
+    // at Stage 2, executable with the MMU off): the `udf` enters them and
+    // every entry is another `udf`, forever, at EL1 with interrupts masked.
+    unsafe {
+        asm!(
+            "msr vbar_el1, {t}",
+            "isb",
+            "udf #0",
+            t = in(reg) table,
+            options(nomem, nostack, noreturn)
+        )
+    }
 }
 
 /// An IPA inside the demand window that nobody backs.

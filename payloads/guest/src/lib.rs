@@ -97,7 +97,28 @@ pub enum Behaviour {
     /// [`msg::REGS`]); after each, count the registers that lost their value;
     /// report [`msg::REGS_RESULT`].
     Registers = 10,
+    /// Never give the CPU back: spin with every interrupt masked (parameter
+    /// bit 0 clear), or loop in its own exception vectors, a page of zeroes
+    /// (undefined instructions) it points `VBAR_EL1` at (bit 0 set). Only
+    /// the engine's bound on a run (the host's own timer deadline) ends its
+    /// turn.
+    Hold = 11,
+    /// Virtual interrupts: enable the virtual CPU interface and report
+    /// [`msg::VIRQ_READY`] (the host may put an interrupt in a list
+    /// register for its reply); unmask interrupts; send itself SGI
+    /// [`VIRQ_SGI`]; then, the parameter's number of times, arm its virtual
+    /// timer a millisecond ahead and wait (`WFI`) until its handler has
+    /// taken the timer's interrupt, which the host injects. The handler
+    /// acknowledges every virtual interrupt, disarms the timer on PPI 27 and
+    /// ends it (`EOI`), counting in `TPIDRRO_EL0`. Reports
+    /// [`msg::VIRQ_RESULT`].
+    VirtualIrq = 12,
 }
+
+/// The SGI a [`Behaviour::VirtualIrq`] vCPU sends itself.
+pub const VIRQ_SGI: u64 = 3;
+/// The SPI the host injects at [`msg::VIRQ_READY`].
+pub const VIRQ_SPI: u64 = 40;
 
 /// The value the register test puts in `x<n>` (guest side: `owner` 0x5ee0;
 /// host side: 0x4057).
@@ -133,6 +154,8 @@ impl Behaviour {
             8 => Self::SystemReset,
             9 => Self::Spin,
             10 => Self::Registers,
+            11 => Self::Hold,
+            12 => Self::VirtualIrq,
             _ => return None,
         })
     }
@@ -190,6 +213,11 @@ pub mod msg {
     /// the fresh vCPU (they would be the host's), `lost` registers that did
     /// not keep the test's value.
     pub const REGS_RESULT: u64 = 0x1d;
+    /// `[VIRQ_READY, 0]`: the virtual CPU interface is on; interrupts get
+    /// unmasked after the reply.
+    pub const VIRQ_READY: u64 = 0x1e;
+    /// `[VIRQ_RESULT, timer ticks << 32 | interrupts taken]`.
+    pub const VIRQ_RESULT: u64 = 0x20;
     /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
     pub const FATAL: u64 = 0x1f;
 }
@@ -332,6 +360,8 @@ mod tests {
             Behaviour::SystemReset,
             Behaviour::Spin,
             Behaviour::Registers,
+            Behaviour::Hold,
+            Behaviour::VirtualIrq,
         ] {
             let x0 = b.x0(0x4000_1001);
             assert_eq!(Behaviour::from_x0(x0), Some(b));

@@ -6,21 +6,22 @@
 //! every other CPU from `host_secondary_entry` (started through the engine's
 //! PSCI relay) with `x0` = the CPU's index. What it tests is chosen by the
 //! boot argument `isola.test=` (`/chosen/bootargs`, set with QEMU's
-//! `-append`): `smp`, `probe`, `badcall`, `vms`, `bench`, `guest` (a
-//! Linux guest, `cargo xtask guest`) or `all` (the default: `smp`, `probe`,
-//! `badcall` and `vms`).
+//! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `bench`, `guest`
+//! (a Linux guest, `cargo xtask guest`) or `all` (the default: every one
+//! but `bench` and `guest`).
 //!
 //! | module | job |
 //! |---|---|
 //! | `entry` | first instructions, the stage-1 map, the exception vectors |
 //! | `console` | whole lines under a lock, the failed-check count |
 //! | `calls` | `hvc` and PSCI calls, status names |
+//! | `irq` | the GIC and the host's tick on the virtual timer |
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
+//! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own, with the Linux guests (`vms/linux/`) |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 //! | `heap` | the global allocator the VMM (`isola-vmm`) needs |
 //! | `pmu` | the instruction counters the benchmark and the Linux guest's figures read |
-//! | `wake` | the host's own GIC and timer: idle CPUs sleep, busy ones are kicked |
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -37,6 +38,12 @@ mod bench;
 mod calls;
 #[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
+/// The DMA test (`isola.test=dma`, part of `all`): docs/devices.md.
+#[allow(
+    unsafe_code,
+    reason = "the device's registers and PCI config space are MMIO; the guest's code; the probes of the pages the device wrote"
+)]
+mod dma;
 #[allow(
     unsafe_code,
     reason = "the first instructions, the stage-1 map, the exception vectors"
@@ -47,6 +54,11 @@ mod entry;
     reason = "a global allocator hands out raw memory from the heap's range"
 )]
 mod heap;
+#[allow(
+    unsafe_code,
+    reason = "the GIC's registers, the timer and the IRQ vector entry are the CPU's"
+)]
+mod irq;
 #[allow(unsafe_code, reason = "PMU registers are system registers")]
 mod pmu;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
@@ -55,11 +67,6 @@ mod pmu;
     reason = "its probes, the register probe, cache maintenance, and the vCPU records only the claiming CPU touches"
 )]
 mod vms;
-#[allow(
-    unsafe_code,
-    reason = "GIC registers (memory-mapped and system registers), the timer, WFI"
-)]
-mod wake;
 
 extern crate alloc;
 
@@ -103,6 +110,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if let Some(u) = p.uart {
         console::set_uart(u.base);
     }
+    irq::init_distributor(p);
     let args = fdt::bootargs(&tree).ok().flatten().unwrap_or("");
     let test = args
         .split(' ')
@@ -136,10 +144,13 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if all || test == "badcall" {
         basic::bad_calls();
     }
-    if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry(), p) {
+    if (all || test == "dma") && !dma::main(&tree, p.gicr().first().map(|r| r.base)) {
+        fail(format_args!("the DMA test failed"));
+    }
+    if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the VM test failed"));
     }
-    if test == "guest" && !vms::linux::main(p.cpus(), entry::secondary_entry(), p) {
+    if test == "guest" && !vms::linux::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the Linux guest test failed"));
     }
     match console::failures() {

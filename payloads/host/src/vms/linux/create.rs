@@ -168,7 +168,7 @@ pub(super) fn create(k: usize, console: Console) -> Option<&'static Guest> {
     copy_in(ram, plan.dtb, &dtb);
     drop(dtb);
 
-    let t_create = crate::wake::now();
+    let t_create = crate::irq::now();
     let i_create = guest::instructions();
     let r = call(
         HostCall::VmCreate,

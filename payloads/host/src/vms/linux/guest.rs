@@ -231,7 +231,7 @@ pub(super) fn instructions() -> u64 {
 
 /// Counter ticks as milliseconds.
 fn ms(ticks: u64) -> u64 {
-    let f = crate::wake::frequency().max(1);
+    let f = crate::irq::frequency().max(1);
     ticks.saturating_mul(1000).checked_div(f).unwrap_or(0)
 }
 

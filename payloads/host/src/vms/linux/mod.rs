@@ -47,8 +47,8 @@ use crate::console::say;
 pub(super) use run::{finish, step};
 pub(super) use teardown::teardown;
 
-/// Most guests at once.
-pub(super) const MAX_GUESTS: usize = 4;
+/// Most guests at once (the Linux pool holds three: `isola_layout`).
+pub(super) const MAX_GUESTS: usize = 3;
 
 /// Staged kernel bytes (0: no kernel staged, no Linux guests).
 static KERNEL_LEN: AtomicU64 = AtomicU64::new(0);
@@ -94,12 +94,12 @@ pub(super) fn beside() -> usize {
 
 /// The VM test's setup, after its own VMs: makes the Linux guests that run
 /// beside them (CPU 0, alone). Whether every one was made.
-pub(super) fn setup_beside(mpidrs: &[u64], platform: &isola_fdt::Platform) -> bool {
+pub(super) fn setup_beside(mpidrs: &[u64]) -> bool {
     let n = beside();
     if n == 0 {
         return true;
     }
-    run::init(mpidrs, platform);
+    run::init(mpidrs);
     (0..n).all(|k| create::create(k, create::Console::InitOnly).is_some())
 }
 
@@ -111,7 +111,7 @@ static GO: AtomicU32 = AtomicU32::new(0);
 /// `isola.test=guest`: one Linux guest of 4 vCPUs on every host CPU (the
 /// boot CPU makes it alone, every CPU runs it, the boot CPU tears it down
 /// alone once the others are off). Whether every check passed.
-pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool {
+pub fn main(mpidrs: &[u64], entry: u64) -> bool {
     if KERNEL_LEN.load(Ordering::Relaxed) == 0 {
         say!("linux: FAIL no kernel staged (isola.linux= is missing; run `cargo xtask guest`)");
         return false;
@@ -125,7 +125,7 @@ pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool 
         let b = crate::pmu::read().total;
         guest::COUNTING.store(b != a, Ordering::Relaxed);
     }
-    run::init(mpidrs, platform);
+    run::init(mpidrs);
     let made = create::create(0, create::Console::Everything).is_some();
     if !made {
         restore_vectors(host_vectors);
@@ -143,7 +143,7 @@ pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool 
     }
     GO.store(if started { 1 } else { 2 }, Ordering::Release);
     if started {
-        finish(0);
+        run_ticking(0);
     }
     for &mpidr in mpidrs.iter().skip(1) {
         while psci(AFFINITY_INFO, mpidr, 0, 0) != AFFINITY_OFF {
@@ -152,8 +152,26 @@ pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool 
     }
     JOIN.store(0, Ordering::Release);
     guest::report_all();
+    let (ticks, kicks) = (0..cpus).fold((0u64, 0u64), |(t, k), c| {
+        (
+            t.saturating_add(crate::irq::ticks(c)),
+            k.saturating_add(crate::irq::kicks(c)),
+        )
+    });
+    say!("linux: figures: the host's CPUs took {ticks} ticks and {kicks} kicks");
     let passed = guest::all_passed();
     let mut ok = teardown(Some(before)) && started && passed;
+    // The engine's own interrupts (maintenance, its timer) must never have
+    // reached the host, and every CPU ticked.
+    for cpu in 0..cpus {
+        let (strays, last) = crate::irq::strays(cpu);
+        if strays > 0 || TICKING.get(cpu).is_some_and(|t| !t.load(Ordering::Relaxed)) {
+            say!(
+                "linux: FAIL cpu {cpu}: {strays} interrupts that are not the host's (last INTID {last}), or no tick"
+            );
+            ok = false;
+        }
+    }
     // Every guest record and VMM gone: the heap must be empty again.
     let (used, _) = crate::heap::usage();
     if used == 0 {
@@ -164,6 +182,28 @@ pub fn main(mpidrs: &[u64], entry: u64, platform: &isola_fdt::Platform) -> bool 
     }
     restore_vectors(host_vectors);
     ok
+}
+
+/// The host's tick while it runs Linux guests alone: 250 Hz, as Debian's
+/// kernel (and the VM test) ticks.
+const TICK_HZ: u64 = 250;
+
+/// Which CPUs of the guest-only run got their tick going.
+static TICKING: [isola_sync::atomic::AtomicBool; isola_layout::MAX_CPUS] =
+    [const { isola_sync::atomic::AtomicBool::new(false) }; isola_layout::MAX_CPUS];
+
+/// One CPU's part of the guest-only run: its GIC interface on, ticking,
+/// guests run until every one is done, the tick stopped.
+fn run_ticking(cpu: usize) {
+    let ticking = crate::irq::init_cpu();
+    if let Some(t) = TICKING.get(cpu) {
+        t.store(ticking, Ordering::Relaxed);
+    }
+    if ticking {
+        crate::irq::start_tick(crate::irq::frequency() / TICK_HZ);
+    }
+    finish(cpu);
+    crate::irq::stop_tick();
 }
 
 /// A secondary CPU's part of [`main`]: returns at once unless [`main`]
@@ -180,7 +220,7 @@ pub fn secondary(index: usize) {
     };
     if go == 1 {
         let host_vectors = install_vectors();
-        finish(index);
+        run_ticking(index);
         restore_vectors(host_vectors);
     }
     loop {

@@ -2,15 +2,22 @@
 //! vCPU under its guest's lock, hand the engine its list registers, run it
 //! to its next exit, give the exit to the VMM and do what it says; kick a
 //! CPU whose running vCPU has a new interrupt; sleep in `WFI` when nothing
-//! is runnable, until the earliest guest timer or a kick.
+//! is runnable.
+//!
+//! Every CPU that runs them ticks (`crate::irq`, 250 Hz on its virtual
+//! timer, interrupts unmasked), and the engine ends a guest's run at the
+//! host's timer deadline: so no run lasts longer than a tick, and an idle
+//! CPU wakes at least at every tick to look again (a waiting vCPU's timer
+//! deadline, a stalled guest).
 //!
 //! Invariants:
 //! - A CPU holds a guest's lock only between runs, never across a
 //!   `VcpuRun`, and never two guests' locks at once.
-//! - A CPU that finds nothing to run marks itself idle, looks once more,
-//!   then waits; a CPU that makes a vCPU runnable kicks every idle CPU
-//!   after making it so (each side fences between its store and its load),
-//!   so a wake-up is never lost.
+//! - A CPU that finds nothing to run marks itself idle, then, with IRQs
+//!   masked, looks once more and only then waits; a CPU that makes a vCPU
+//!   runnable kicks every idle CPU after making it so (each side fences
+//!   between its store and its load, and a kick pending since the look
+//!   ends the `WFI` at once), so a wake-up is never lost.
 
 use alloc::vec::Vec;
 
@@ -21,15 +28,15 @@ use isola_vmm::vm::{Action, VcpuState};
 use super::guest::{self, FREE, Guest, Outcome, State, VCPUS};
 use crate::calls::{St, call};
 use crate::console::say;
-use crate::wake;
+use crate::irq;
 
 /// A guest that prints nothing for this long (counter time) has stopped
 /// making progress: its run ends as `Stalled`.
 pub(super) const STALL_SECONDS: u64 = 60;
 
-/// A vCPU runs at most 1/this of a second (counter time) before the host
-/// takes the CPU back (its time slice, `wake::slice_start`): 10 ms.
-const SLICES_PER_SECOND: u64 = 100;
+/// A vCPU's turn on a CPU lasts at most 1/this of a second (counter time):
+/// 10 ms, a few runs (each ends at the host's next tick at the latest).
+const TURNS_PER_SECOND: u64 = 100;
 
 /// Looks made, on every CPU: where the next look starts.
 static ROUND: AtomicUsize = AtomicUsize::new(0);
@@ -40,43 +47,12 @@ static IDLE: [AtomicBool; isola_layout::MAX_CPUS] =
 /// Each host CPU's MPIDR (for kicks).
 static MPIDR: [AtomicU64; isola_layout::MAX_CPUS] =
     [const { AtomicU64::new(0) }; isola_layout::MAX_CPUS];
-/// CPUs whose GIC interface is set up.
-static READY: [AtomicBool; isola_layout::MAX_CPUS] =
-    [const { AtomicBool::new(false) }; isola_layout::MAX_CPUS];
-/// The redistributor regions (base, size) and how many.
-static GICR: [(AtomicU64, AtomicU64); isola_fdt::MAX_GICR] =
-    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; isola_fdt::MAX_GICR];
 
-/// Boot CPU, before any guest runs: the CPUs' MPIDRs, the distributor on.
-pub(super) fn init(mpidrs: &[u64], p: &isola_fdt::Platform) {
+/// Boot CPU, before any guest runs: the CPUs' MPIDRs.
+pub(super) fn init(mpidrs: &[u64]) {
     for (slot, &m) in MPIDR.iter().zip(mpidrs) {
         slot.store(m, Ordering::Relaxed);
     }
-    for (slot, r) in GICR.iter().zip(p.gicr()) {
-        slot.0.store(r.base, Ordering::Relaxed);
-        slot.1.store(r.size, Ordering::Relaxed);
-    }
-    if let Some(d) = p.gicd {
-        wake::init_distributor(d.base);
-    }
-}
-
-/// This CPU's GIC interface, once.
-fn init_cpu(cpu: usize) {
-    let Some(flag) = READY.get(cpu) else { return };
-    if flag.load(Ordering::Relaxed) {
-        return;
-    }
-    let regions: Vec<(u64, u64)> = GICR
-        .iter()
-        .map(|(b, s)| (b.load(Ordering::Relaxed), s.load(Ordering::Relaxed)))
-        .filter(|&(_, s)| s > 0)
-        .collect();
-    if !wake::init_cpu(cpu, &regions) {
-        say!("linux: FAIL cpu {cpu} found no redistributor of its own");
-        crate::vms::tally::count_failure();
-    }
-    flag.store(true, Ordering::Relaxed);
 }
 
 fn all_done() -> bool {
@@ -88,64 +64,55 @@ fn wake_idle(me: usize) {
     fence(Ordering::SeqCst);
     for (c, idle) in IDLE.iter().enumerate() {
         if c != me && idle.load(Ordering::Relaxed) {
-            wake::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
+            irq::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
         }
     }
 }
 
-/// What one look for work found.
-enum Look {
-    /// Ran a vCPU to its next exit.
-    Ran,
-    /// Nothing runnable; the earliest deadline of a waiting vCPU.
-    Nothing(Option<u64>),
-}
-
 /// Beside the VM test, between its own runs: one look for a Linux vCPU to
-/// run, and runs it if there is one (never waits).
+/// run, and a turn of it if there is one (never waits).
 pub fn step(cpu: usize) {
-    if guest::all().next().is_none() {
-        return;
+    if guest::all().next().is_some() {
+        look(cpu);
     }
-    init_cpu(cpu);
-    wake::drain();
-    let _ = look(cpu);
 }
 
 /// Runs Linux vCPUs until every guest is done, idling when none is
-/// runnable.
+/// runnable. On a ticking CPU (see the module docs).
 pub fn finish(cpu: usize) {
     if guest::all().next().is_none() {
         return;
     }
-    init_cpu(cpu);
+    let Some(idle) = IDLE.get(cpu) else { return };
     while !all_done() {
-        if let Look::Nothing(deadline) = look(cpu) {
-            let Some(idle) = IDLE.get(cpu) else { return };
-            idle.store(true, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            if let Look::Nothing(deadline2) = look(cpu)
-                && !all_done()
-            {
-                // Wake at the earliest deadline, or in a second anyway to
-                // look for a stalled guest.
-                let d = match (deadline, deadline2) {
-                    (Some(a), Some(b)) => a.min(b),
-                    (a, b) => a.or(b).unwrap_or(u64::MAX),
-                };
-                let second = wake::now().saturating_add(wake::frequency());
-                wake::idle_until(Some(d.min(second)));
-            }
-            idle.store(false, Ordering::Relaxed);
+        if look(cpu) {
+            continue;
         }
+        idle.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        irq::wait_unless(|| all_done() || any_runnable());
+        idle.store(false, Ordering::Relaxed);
     }
 }
 
-/// One pass over the guests: runs the first runnable, unclaimed vCPU.
-fn look(cpu: usize) -> Look {
-    let mut earliest: Option<u64> = None;
-    let now = wake::now();
-    let stall = wake::frequency().saturating_mul(STALL_SECONDS);
+/// Whether some guest has a runnable vCPU no CPU runs (looks only).
+fn any_runnable() -> bool {
+    let now = irq::now();
+    guest::all().any(|g| {
+        if g.done.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut s = g.lock();
+        let ready = s.vm.runnable(now);
+        ready.iter().any(|&v| s.claim.get(v) == Some(&FREE))
+    })
+}
+
+/// One pass over the guests: a turn of the first runnable, unclaimed vCPU;
+/// whether there was one.
+fn look(cpu: usize) -> bool {
+    let now = irq::now();
+    let stall = irq::frequency().saturating_mul(STALL_SECONDS);
     // Each look starts at another guest, so no guest is always served last.
     let first = ROUND.fetch_add(1, Ordering::Relaxed);
     let count = guest::all().count().max(1);
@@ -170,13 +137,6 @@ fn look(cpu: usize) -> Look {
             .map(|i| s.next.wrapping_add(i) % VCPUS)
             .find(|v| ready.contains(v) && s.claim.get(*v) == Some(&FREE));
         let Some(v) = pick else {
-            for v in 0..VCPUS {
-                if s.claim.get(v) == Some(&FREE)
-                    && let Some(VcpuState::Waiting(Some(d))) = s.vm.state(v)
-                {
-                    earliest = Some(earliest.map_or(d, |e| e.min(d)));
-                }
-            }
             let running = s.claim.iter().any(|&c| c != FREE);
             let alive = (0..VCPUS).any(|v| s.vm.state(v) != Some(VcpuState::Off));
             if !running && !alive {
@@ -196,9 +156,9 @@ fn look(cpu: usize) -> Look {
         }
         drop(s);
         turn(g, v, Next { lrs, same, value }, cpu);
-        return Look::Ran;
+        return true;
     }
-    Look::Nothing(earliest)
+    false
 }
 
 /// Ends a guest's run.
@@ -285,7 +245,7 @@ struct Next {
 /// per turn would, on an overcommitted CPU, spend every turn in its timer
 /// handler and never get further.
 fn turn(g: &Guest, v: usize, first: Next, cpu: usize) {
-    let end = wake::now().saturating_add(wake::frequency() / SLICES_PER_SECOND);
+    let end = irq::now().saturating_add(irq::frequency() / TURNS_PER_SECOND);
     let mut next = first;
     while let Some(n) = run_vcpu(g, v, next, cpu, end) {
         next = n;
@@ -307,10 +267,7 @@ fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Nex
         }
     }
     let r = if failed.is_none() {
-        wake::slice_start(end);
-        let r = call(HostCall::VcpuRun, [h, v as u64, value, 0, 0, 0]);
-        wake::slice_end();
-        r
+        call(HostCall::VcpuRun, [h, v as u64, value, 0, 0, 0])
     } else {
         [0; 4]
     };
@@ -321,10 +278,7 @@ fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Nex
     let r = [r[0], r[1] & !isola_abi::EXIT_VTIMER, r[2], r[3]];
     let regs = [r[1], r[2], r[3]];
     let exit = Exit::decode(regs);
-    if matches!(exit, Some(Exit::Irq | Exit::Eoi)) {
-        wake::drain();
-    }
-    let now = wake::now();
+    let now = irq::now();
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut s = g.lock();
     if s.outcome != Outcome::Running {
@@ -443,7 +397,7 @@ fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Nex
     };
     drop(s);
     for c in kick {
-        wake::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
+        irq::kick(MPIDR.get(c).map_or(0, |m| m.load(Ordering::Relaxed)));
     }
     if woke {
         wake_idle(cpu);

@@ -1,0 +1,339 @@
+//! Handing a page from one side to another: the one place that decides what
+//! the hardware must be told when a page's owner, or the set of worlds that
+//! may access it, changes.
+//!
+//! Every transition of `docs/ownership.md` names itself as a [`Transition`];
+//! [`plan`] turns it, with the CPU's [`CachePolicy`], into a [`Plan`]; and
+//! [`Engine::settle`] carries the plan out, always in the same order, between
+//! the moment the losing side's Stage-2 entries are gone (their CPU TLBI
+//! complete) and the moment the gaining side's entries are written:
+//!
+//! 1. the host's DMA view forgets the pages and the IOMMU confirms it
+//!    (`CMD_SYNC`), if the host lost them: the IOMMU walks the host's own
+//!    Stage-2, so the entries are already gone, but its TLB may still hold
+//!    them;
+//! 2. the pages are zeroed, if their contents reach a world that did not own
+//!    them (a scrub);
+//! 3. their data-cache lines are cleaned and invalidated to the point of
+//!    coherency, unless `HCR_EL2.FWB` forces every Stage-2 mapping of RAM to
+//!    be write-back cacheable (then no world can make a non-cacheable alias:
+//!    every access of every world and of the coherent IOMMU sees the same
+//!    lines, and nothing stale can be seen or written back);
+//! 4. their instruction-cache lines are invalidated to the point of
+//!    unification, if the gaining side may execute them and `CTR_EL0.DIC` is
+//!    0 (with the data first cleaned to the PoU where step 3 did not already
+//!    clean it and `CTR_EL0.IDC` is 0);
+//! 5. one `dsb ish` completes all of it.
+//!
+//! Nothing else in the engine issues cache maintenance or a DMA invalidation
+//! for a transition, so what each transition gets can be read in one table
+//! ([`plan`]) and checked per transition on the recorded request log
+//! (`tests/handover.rs`).
+//!
+//! Why the data-cache clean is needed without FWB, for every transition in
+//! which a host or a guest gains or loses access: either side may map the
+//! page non-cacheable at stage 1 (a guest with its MMU off, a Linux
+//! DMA-coherent buffer). A dirty line the old side left could be read by a
+//! non-cacheable new side as stale, or, worse, be evicted later and
+//! overwrite what the new side wrote after the old one lost the page: an
+//! integrity break with no instruction of the old side after the handover.
+//! Pages moving into a VM's pool are the exception: only the engine uses
+//! them, always through its cacheable EL2 map and the cacheable Stage-2
+//! walker, so a dirty line the host left is simply the line the engine's own
+//! accesses hit (data caches are physically tagged). They leave the pool
+//! scrubbed, like every page whose contents change hands.
+
+use crate::addr::{PAGE_SIZE, PhysAddr};
+use crate::arch::Arch;
+use crate::engine::Engine;
+
+/// How the CPU's caches behave, read once at boot, and so what the engine
+/// must do about them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    /// `HCR_EL2.FWB` is set (the CPU has FEAT_S2FWB and every agent that
+    /// walks the engine's Stage-2 tables honours it): RAM's Stage-2 leaves
+    /// use the forced write-back encoding, and no data-cache clean is needed
+    /// when a page changes hands.
+    pub fwb: bool,
+    /// `CTR_EL0.DIC`: instruction-cache invalidation to the PoU is not needed
+    /// for data to be seen by instruction fetches.
+    pub dic: bool,
+    /// `CTR_EL0.IDC`: data-cache cleaning to the PoU is not needed for data
+    /// to be seen by instruction fetches.
+    pub idc: bool,
+}
+
+impl CachePolicy {
+    /// A CPU that needs every kind of maintenance: no FWB, `DIC` and `IDC`
+    /// clear. The default of test machines.
+    pub const MAINTAIN_ALL: CachePolicy = CachePolicy {
+        fwb: false,
+        dic: false,
+        idc: false,
+    };
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        Self::MAINTAIN_ALL
+    }
+}
+
+/// Every way a page changes hands (owner, or who may access it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// `Share`: a host page is lent to a VM (`exec`: it may execute it).
+    HostLends {
+        /// The VM's mapping is executable.
+        exec: bool,
+    },
+    /// `Donate`: host pages become a VM's.
+    HostDonates {
+        /// The VM's mapping is executable.
+        exec: bool,
+    },
+    /// `VmCreate`, `VmTopup`: host pages become the engine's (a VM's pool).
+    HostToPool,
+    /// `Unshare`, or `VmDestroy` of a lent page: the VM loses a page the host
+    /// lent it; the host never lost it.
+    LendEnds,
+    /// Guest `Share`: the host gains access to a guest page.
+    GuestShares,
+    /// Guest `Unshare`, or `VmDestroy` of a page the guest shared: the host
+    /// loses access to a guest page.
+    GuestUnshares,
+    /// `Relinquish`, `Reclaim`, or a `Donate` undone after the VM could see
+    /// its pages: a VM page goes back to the host, scrubbed.
+    VmToHost,
+    /// `VmDestroy`: a pool page (tables, contexts, free pages) goes back to
+    /// the host, scrubbed.
+    PoolToHost,
+    /// A `Donate`, `VmCreate` or `VmTopup` undone before any other world
+    /// could see the pages: the host gets back its own pages, unchanged.
+    HostTakesBack,
+}
+
+/// What a transition needs, in the order [`Engine::settle`] does it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The host lost the pages: its DMA view forgets them, completed.
+    pub dma_invalidate: bool,
+    /// Zero the pages: their contents reach a world that did not own them.
+    pub zero: bool,
+    /// Clean and invalidate the data cache to the PoC.
+    pub clean_poc: bool,
+    /// Clean the data cache to the PoU (only where no PoC clean is done and
+    /// the instruction cache is invalidated).
+    pub clean_pou: bool,
+    /// Invalidate the instruction cache to the PoU.
+    pub icache: bool,
+}
+
+impl Plan {
+    /// Whether the plan asks for nothing.
+    pub const fn is_empty(&self) -> bool {
+        !(self.dma_invalidate || self.zero || self.clean_poc || self.clean_pou || self.icache)
+    }
+}
+
+/// The maintenance `t` needs on a CPU whose caches behave as `p` says. The
+/// whole policy of the engine is this table; see the module docs for why.
+pub const fn plan(t: Transition, p: CachePolicy) -> Plan {
+    // (the host loses access, contents are scrubbed, someone other than the
+    // engine gains or loses access, the gaining side may execute)
+    let (host_loses, zero, world_changes, gains_exec) = match t {
+        Transition::HostLends { exec } => (false, false, true, exec),
+        Transition::HostDonates { exec } => (true, false, true, exec),
+        Transition::HostToPool => (true, false, false, false),
+        Transition::LendEnds => (false, false, true, false),
+        // The host's Stage-2 maps everything it may access executable.
+        Transition::GuestShares => (false, false, true, true),
+        Transition::GuestUnshares => (true, false, true, false),
+        Transition::VmToHost | Transition::PoolToHost => (false, true, true, true),
+        Transition::HostTakesBack => (false, false, false, false),
+    };
+    let clean_poc = world_changes && !p.fwb;
+    let icache = gains_exec && !p.dic;
+    let plan = Plan {
+        dma_invalidate: host_loses,
+        zero,
+        clean_poc,
+        clean_pou: icache && !clean_poc && !p.idc,
+        icache,
+    };
+    planted(t, plan)
+}
+
+/// The planted bugs of this module (cargo features, never for real builds):
+/// one transition loses its maintenance, so the per-transition checks and
+/// the spec's DMA view can be shown failing.
+#[allow(
+    unused_variables,
+    clippy::needless_return,
+    reason = "without a planted-bug feature the body is only `plan`"
+)]
+const fn planted(t: Transition, plan: Plan) -> Plan {
+    #[cfg(feature = "planted-bug-guest-unshare-skips-maintenance")]
+    if matches!(t, Transition::GuestUnshares) {
+        return Plan {
+            dma_invalidate: false,
+            zero: false,
+            clean_poc: false,
+            clean_pou: false,
+            icache: false,
+        };
+    }
+    #[cfg(feature = "planted-bug-donate-keeps-dma-view")]
+    if matches!(t, Transition::HostDonates { .. }) {
+        return Plan {
+            dma_invalidate: false,
+            ..plan
+        };
+    }
+    plan
+}
+
+/// Above this many pages one `ic ialluis` replaces the per-line
+/// invalidation (64 `ic ivau` a page): the whole instruction cache refills
+/// at a cost bounded by its size, not by the run's.
+pub const ICACHE_ALL_ABOVE: u64 = 8;
+
+impl<A: Arch> Engine<A> {
+    /// Carries out the maintenance `t` needs for the `pages` pages from `pa`
+    /// (see the module docs for the order and why). The caller has removed
+    /// the losing side's Stage-2 entries (their TLBI complete) and writes the
+    /// gaining side's only after this returns. Out of line: the dispatcher
+    /// inlines every transition, and this path's registers should not weigh
+    /// on the prologue every call pays.
+    #[inline(never)]
+    pub(crate) fn settle(&self, t: Transition, pa: PhysAddr, pages: u64) {
+        let plan = plan(t, self.caches);
+        if plan.is_empty() || pages == 0 {
+            return;
+        }
+        let page = |i: u64| pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE));
+        if plan.dma_invalidate {
+            self.arch.dma_invalidate_host(pa, pages);
+        }
+        for i in 0..pages {
+            if plan.zero {
+                #[cfg(not(feature = "planted-bug-skip-scrub"))]
+                let _ = self.mem.zero_page(page(i));
+            }
+            if plan.clean_poc {
+                self.arch.clean_dcache_page(page(i));
+            } else if plan.clean_pou {
+                self.arch.clean_dcache_page_pou(page(i));
+            }
+        }
+        if plan.icache {
+            if pages > ICACHE_ALL_ABOVE {
+                self.arch.invalidate_icache_all();
+            } else {
+                for i in 0..pages {
+                    self.arch.invalidate_icache_page(page(i));
+                }
+            }
+        }
+        self.arch.dsb_ish();
+    }
+
+    /// The cache policy the engine was built with.
+    pub fn cache_policy(&self) -> CachePolicy {
+        self.caches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Transition; 11] = [
+        Transition::HostLends { exec: false },
+        Transition::HostLends { exec: true },
+        Transition::HostDonates { exec: false },
+        Transition::HostDonates { exec: true },
+        Transition::HostToPool,
+        Transition::LendEnds,
+        Transition::GuestShares,
+        Transition::GuestUnshares,
+        Transition::VmToHost,
+        Transition::PoolToHost,
+        Transition::HostTakesBack,
+    ];
+
+    #[test]
+    fn without_fwb_every_transition_between_worlds_cleans_to_poc() {
+        let p = CachePolicy::MAINTAIN_ALL;
+        for t in ALL {
+            let want = !matches!(t, Transition::HostToPool | Transition::HostTakesBack);
+            assert_eq!(plan(t, p).clean_poc, want, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn with_fwb_no_transition_cleans_and_scrubs_still_zero() {
+        let p = CachePolicy {
+            fwb: true,
+            dic: true,
+            idc: true,
+        };
+        for t in ALL {
+            let pl = plan(t, p);
+            assert!(!pl.clean_poc && !pl.clean_pou && !pl.icache, "{t:?}");
+            assert_eq!(
+                pl.zero,
+                matches!(t, Transition::VmToHost | Transition::PoolToHost)
+            );
+        }
+    }
+
+    #[test]
+    fn the_icache_follows_execute_permission_and_dic() {
+        let cases = [
+            (Transition::HostDonates { exec: true }, true),
+            (Transition::HostDonates { exec: false }, false),
+            (Transition::HostLends { exec: true }, true),
+            (Transition::VmToHost, true),
+            (Transition::PoolToHost, true),
+            (Transition::GuestShares, true),
+            (Transition::LendEnds, false),
+            (Transition::GuestUnshares, false),
+            (Transition::HostToPool, false),
+        ];
+        for (t, exec) in cases {
+            for dic in [false, true] {
+                for fwb in [false, true] {
+                    let p = CachePolicy {
+                        fwb,
+                        dic,
+                        idc: false,
+                    };
+                    let pl = plan(t, p);
+                    assert_eq!(pl.icache, exec && !dic, "{t:?} dic {dic}");
+                    // Instruction fetches must see the data: cleaned to the
+                    // PoC or, under FWB with IDC clear, to the PoU.
+                    if pl.icache {
+                        assert!(pl.clean_poc || pl.clean_pou, "{t:?} fwb {fwb}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_dma_view_loses_exactly_what_the_host_loses() {
+        for t in ALL {
+            let want = matches!(
+                t,
+                Transition::HostDonates { .. } | Transition::HostToPool | Transition::GuestUnshares
+            );
+            assert_eq!(
+                plan(t, CachePolicy::MAINTAIN_ALL).dma_invalidate,
+                want,
+                "{t:?}"
+            );
+        }
+    }
+}
