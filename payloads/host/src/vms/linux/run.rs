@@ -239,7 +239,7 @@ struct Next {
 }
 
 /// Runs vCPU `v` of `g` (claimed by this CPU) for one turn: run after run
-/// until its time slice is over, it waits or stops, or its guest ends.
+/// until its turn (10 ms) is over, it waits or stops, or its guest ends.
 /// Exits the VMM answers at once (an interrupt to inject, its completion,
 /// MMIO) do not end the turn: a vCPU that got only one interrupt handled
 /// per turn would, on an overcommitted CPU, spend every turn in its timer
@@ -376,7 +376,7 @@ fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Nex
             woke = true;
         }
     }
-    // The turn goes on while the vCPU can run and its slice lasts.
+    // The turn goes on while the vCPU can run and its turn lasts.
     let goes_on = !done
         && now < end
         && matches!(action, Action::Run { .. } | Action::InjectAbort)
@@ -390,7 +390,7 @@ fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Nex
         let value = s.value.get(v).copied().unwrap_or(0);
         Some(Next { lrs, same, value })
     } else {
-        // Still runnable (its slice is over): an idle CPU may take it.
+        // Still runnable (its turn is over): an idle CPU may take it.
         woke |= !done && s.vm.state(v) == Some(VcpuState::Ready);
         release(&mut s, v);
         None
