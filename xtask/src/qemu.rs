@@ -129,6 +129,13 @@ const SCENARIOS: &[Scenario] = &[
         dtb: None,
     },
     Scenario {
+        name: "census: every system register a lower EL can name, planted by VM A at EL1 and EL0, reaches neither VM B nor the host",
+        smp: 1,
+        test: "census",
+        expected: stories::census_story,
+        dtb: None,
+    },
+    Scenario {
         name: "no-gicv3: a device tree the engine cannot use is reported, and the run fails cleanly",
         smp: 1,
         test: "smp",
@@ -178,6 +185,10 @@ pub fn booted_tests() -> Result<(), String> {
     dma_test_has_teeth(&images)?;
     println!(
         "PASS  dma teeth: with the planted bug (Donate leaves the DMA view) the just-donated page is reached"
+    );
+    census_has_teeth(&images)?;
+    println!(
+        "PASS  census teeth: with the planted bug (CONTEXTIDR_EL1 left out of the switch) VM B and the host see VM A's value"
     );
     let mut failed = 0_usize;
     for s in SCENARIOS {
@@ -292,6 +303,45 @@ fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
     } else {
         Err(format!(
             "the DMA test has no teeth: with the planted bug the just-donated page was not reached\n{}",
+            run.log()
+        ))
+    }
+}
+
+/// The register census can fail: an engine built with
+/// `planted-bug-switch-drops-register` (the world switch leaves
+/// `CONTEXTIDR_EL1` out) must let VM B read what VM A left there, and the
+/// host find its own value changed, and the census must say both.
+fn census_has_teeth(images: &Images) -> Result<(), String> {
+    let dir = root().join("target").join("aarch64-planted-switch");
+    let (el2, _) = build_for_targets(&dir, &["planted-bug-switch-drops-register"], &[])?;
+    let planted = Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    };
+    let boot = Boot {
+        images: &planted,
+        smp: 1,
+        append: "isola.test=census",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    let said = |l: &str| run.lines.iter().any(|got| got == l);
+    let caught = said("host: census: FAIL s3_0_c13_c0_1: VM B read the value VM A left")
+        && said(
+            "host: census: FAIL s3_0_c13_c0_1: the host's value changed across the guests' runs",
+        )
+        && said("host: verdict: 1 check(s) FAILED");
+    if caught {
+        Ok(())
+    } else {
+        Err(format!(
+            "the register census has no teeth: with CONTEXTIDR_EL1 left out of the switch it did not report the leak\n{}",
             run.log()
         ))
     }

@@ -340,6 +340,27 @@ pub fn dma_story(smp: u32) -> Vec<Expect> {
     e
 }
 
+/// The prefixes of the register census's table lines (`census:` then an
+/// encoding `s<op0>_...`, or the probe count), which `cargo xtask census`
+/// turns into docs/census.md.
+pub const CENSUS_TABLE: [&str; 2] = ["host: census: s", "host: census: probes: "];
+
+/// The `census` scenario (payloads/host/src/census.rs): the table, then no
+/// register reaches VM B or changes in the host.
+pub fn census_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "census"));
+    e.push(Expect::Table(CENSUS_TABLE.map(String::from).to_vec()));
+    e.push(line(
+        "host: census: no register VM A wrote reached VM B, at EL1 or at EL0",
+    ));
+    e.push(line(
+        "host: census: every host register read the same after the guests ran",
+    ));
+    e.extend(clean_end());
+    e
+}
+
 /// The `no-gicv3` scenario (its tree made by `dtb::unknown_gic`): the
 /// engine reads the tree, refuses it and powers off with a failure status
 /// (the host never runs).

@@ -28,6 +28,11 @@ _start:
     .quad __mem_end
 1:
     mov x19, x0
+    // What this vCPU found in the registers the entry is about to set (the
+    // register census reports them as its fresh values).
+    mrs x20, vbar_el1
+    mrs x21, cpacr_el1
+    mrs x22, tpidr_el1
     mov x9, #(3 << 20)
     msr cpacr_el1, x9
     ldr x9, =guest_vectors
@@ -46,6 +51,9 @@ _start:
     mov x0, x19
     mov x1, x2
     mov x2, x3
+    mov x3, x20
+    mov x4, x21
+    mov x5, x22
     bl guest_main
 2:
     ldr x0, ={cpu_off}
@@ -399,7 +407,7 @@ fn probe_write(ipa: u64, value: u64) -> Result<(), u64> {
 
 /// Called from `_start` on this vCPU's stack.
 #[unsafe(no_mangle)]
-extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
+extern "C" fn guest_main(x0: u64, index: u64, count: u64, vbar: u64, cpacr: u64, tpidr1: u64) -> ! {
     host_call(msg::INFO, index << 32 | (count & 0xffff_ffff));
     let param = Behaviour::param(x0);
     match Behaviour::from_x0(x0) {
@@ -415,6 +423,7 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::Registers) => registers(),
         Some(Behaviour::Hold) => hold(param),
         Some(Behaviour::VirtualIrq) => virtual_irq(param, index),
+        Some(Behaviour::Census) => crate::census::run(param, index, [vbar, cpacr, tpidr1]),
         None => {
             host_call(msg::FATAL, x0);
         }

@@ -18,6 +18,7 @@
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
 //! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own |
+//! | `census` | the register census (docs/guests.md) |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 #![no_std]
 #![no_main]
@@ -33,6 +34,12 @@ mod basic;
 mod bench;
 #[allow(unsafe_code, reason = "`hvc` and `smc` are instructions")]
 mod calls;
+/// The register census (`isola.test=census`): docs/guests.md.
+#[allow(
+    unsafe_code,
+    reason = "reads every system register by an instruction it writes and runs; its own vectors; the guest image and pool pages"
+)]
+mod census;
 #[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
 /// The DMA test (`isola.test=dma`, part of `all`): docs/devices.md.
@@ -136,6 +143,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
     }
     if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the VM test failed"));
+    }
+    if test == "census" && !census::main() {
+        fail(format_args!("the register census failed"));
     }
     match console::failures() {
         0 => say!("verdict: PASS"),
