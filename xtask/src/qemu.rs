@@ -72,6 +72,9 @@ pub fn run_qemu(boot: &Boot<'_>, deadline: Duration, echo: bool) -> Result<Run, 
     watch(boot.command(), deadline, echo)
 }
 
+/// A check of a console that told its story right.
+type AfterCheck = fn(&[String]) -> Result<(), String>;
+
 /// Makes a device tree file for a scenario.
 type MakeDtb = fn(&Images) -> Result<PathBuf, String>;
 
@@ -83,6 +86,8 @@ struct Scenario {
     expected: fn(u32) -> Vec<Expect>,
     /// A device tree to boot on instead of QEMU's own.
     dtb: Option<MakeDtb>,
+    /// A check of the console beyond its story (the census's table).
+    after: Option<AfterCheck>,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -92,6 +97,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "smp",
         expected: stories::smp_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "probe: the host's read of engine memory is blocked (SEA)",
@@ -99,6 +105,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "probe",
         expected: stories::probe_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "badcall: bad hypercalls get their error status",
@@ -106,6 +113,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "badcall",
         expected: stories::badcall_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "dma: the host's devices cannot reach engine, guest or just-donated pages, nor set LPI tables",
@@ -113,6 +121,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "dma",
         expected: stories::dma_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "vms8: 16 VMs of 4 vCPUs on 8 CPUs, host and guest attacks, teardown, exact accounting",
@@ -120,6 +129,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "vms",
         expected: stories::vms_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "vms1: the same on 1 CPU, where only the host's own tick can end a guest that never exits",
@@ -127,6 +137,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "vms",
         expected: stories::vms_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "census: every system register a lower EL can name, planted by VM A at EL1 and EL0, reaches neither VM B nor the host",
@@ -134,6 +145,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "census",
         expected: stories::census_story,
         dtb: None,
+        after: Some(crate::census::check_current),
     },
     Scenario {
         name: "no-gicv3: a device tree the engine cannot use is reported, and the run fails cleanly",
@@ -141,6 +153,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "smp",
         expected: stories::unusable_tree_story,
         dtb: Some(dtb::unknown_gic),
+        after: None,
     },
 ];
 
@@ -169,10 +182,35 @@ fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
         Err(format!("QEMU exited with {:?}", run.code))
     } else {
         check(&run.lines, &(s.expected)(s.smp))
+            .and_then(|()| s.after.map_or(Ok(()), |after| after(&run.lines)))
     };
     verdict
         .map(|()| run.elapsed)
         .map_err(|e| format!("{e}\n{}", run.log()))
+}
+
+/// `cargo xtask census`: boots the `census` scenario, checks its story, and
+/// writes docs/census.md from its table.
+pub fn census_main() -> Result<(), String> {
+    crate::machine::guard_available()?;
+    let images = build_images()?;
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.test == "census")
+        .ok_or("no census scenario")?;
+    let boot = Boot {
+        images: &images,
+        smp: s.smp,
+        append: "isola.test=census",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    check(&run.lines, &(s.expected)(s.smp)).map_err(|e| format!("{e}\n{}", run.log()))?;
+    crate::census::write(&run.lines)
 }
 
 /// Every booted scenario: prints each one's name and PASS/FAIL (with the
