@@ -140,6 +140,14 @@ const SCENARIOS: &[Scenario] = &[
         after: None,
     },
     Scenario {
+        name: "psci: two CPU_ONs of one CPU at once, CPU_ON against a power-down CPU_SUSPEND, a suspend alone: each with its defined result, nothing left pending",
+        smp: 4,
+        test: "psci",
+        expected: stories::psci_story,
+        dtb: None,
+        after: None,
+    },
+    Scenario {
         name: "census: every system register a lower EL can name, planted by VM A at EL1 and EL0, reaches neither VM B nor the host",
         smp: 1,
         test: "census",

@@ -361,6 +361,21 @@ pub fn census_story(smp: u32) -> Vec<Expect> {
     e
 }
 
+/// The `psci` scenario (payloads/host/src/races.rs): PSCI races through
+/// the engine's relay, each with its defined result.
+pub fn psci_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "psci"));
+    e.extend([
+        line("host: psci: 16 rounds of two CPU_ONs of cpu 3 at once: one SUCCESS, the other ALREADY_ON or ON_PENDING; cpu 3 started once each"),
+        line("host: psci: 16 rounds of CPU_ON of cpu 1 against its power-down CPU_SUSPEND: the suspend returned SUCCESS, the CPU_ON ALREADY_ON"),
+        line("host: psci: a power-down CPU_SUSPEND alone returned SUCCESS; no resume entry stayed pending"),
+        line("host: psci: afterwards cpu 1, off, started once more: nothing was left pending"),
+    ]);
+    e.extend(clean_end());
+    e
+}
+
 /// The `no-gicv3` scenario (its tree made by `dtb::unknown_gic`): the
 /// engine reads the tree, refuses it and powers off with a failure status
 /// (the host never runs).

@@ -19,6 +19,7 @@
 //! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own |
 //! | `census` | the register census (docs/guests.md) |
+//! | `races` | PSCI races through the relay |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 #![no_std]
 #![no_main]
@@ -58,6 +59,8 @@ mod entry;
     reason = "the GIC's registers, the timer and the IRQ vector entry are the CPU's"
 )]
 mod irq;
+/// PSCI races through the engine's relay (`isola.test=psci`).
+mod races;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
@@ -147,6 +150,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if test == "census" && !census::main() {
         fail(format_args!("the register census failed"));
     }
+    if test == "psci" && !races::main(p, entry::secondary_entry()) {
+        fail(format_args!("the PSCI races failed"));
+    }
     match console::failures() {
         0 => say!("verdict: PASS"),
         n => say!("verdict: {n} check(s) FAILED"),
@@ -158,6 +164,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
 #[allow(unsafe_code, reason = "the entry the assembly calls by name")]
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
+    if let Some(never) = races::secondary(i) {
+        match never {}
+    }
     vms::secondary(i);
     basic::secondary(i)
 }
