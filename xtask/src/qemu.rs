@@ -124,7 +124,7 @@ const SCENARIOS: &[Scenario] = &[
         after: None,
     },
     Scenario {
-        name: "vms8: 16 VMs of 4 vCPUs on 8 CPUs, host and guest attacks, teardown, exact accounting",
+        name: "vms8: 16 VMs of 5 vCPUs (one at EL0) on 8 CPUs ticking on their virtual timers, host and guest attacks, virtual interrupts, teardown, exact accounting",
         smp: 8,
         test: "vms",
         expected: stories::vms_story,

@@ -196,7 +196,7 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
     e.extend(host_start(smp, "vms"));
     e.push(line("host: vms: guest image found at 0x7ff00000"));
     e.push(line(format!(
-        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 8 vCPUs, two power VMs and a hold VM of {} vCPUs",
+        "host: vms: created {n} VMs of 5 vCPUs, an attacker VM of 8 vCPUs, two power VMs and a hold VM of {} vCPUs",
         smp.min(8)
     )));
     let refused = |name: &str, status: &str| format!("host: attack {name}: refused ({status})");
@@ -257,7 +257,7 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
         e.push(line(format!(
             "host: vms: vm{k}.0 checksum: right before, during and after the storm"
         )));
-        for (i, role) in ["mmio", "share", "demand"].iter().enumerate() {
+        for (i, role) in ["mmio", "share", "demand", "el0"].iter().enumerate() {
             e.push(line(format!("host: vms: vm{k}.{} {role}: done", i + 1)));
         }
     }

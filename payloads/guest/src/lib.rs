@@ -117,6 +117,10 @@ pub enum Behaviour {
     /// encoding a lower EL can name, `MRS` and `MSR`, at EL1 or (parameter
     /// [`census::EL0`]) EL0, and report what each does; see [`census`].
     Census = 13,
+    /// Hash the data region the parameter's number of times at EL0 (with
+    /// interrupts unmasked there), then report the hash
+    /// ([`msg::EL0_RESULT`]) from EL1.
+    El0 = 14,
 }
 
 /// The register census: the encoding space, the passes a census vCPU
@@ -284,6 +288,7 @@ impl Behaviour {
             11 => Self::Hold,
             12 => Self::VirtualIrq,
             13 => Self::Census,
+            14 => Self::El0,
             _ => return None,
         })
     }
@@ -363,6 +368,8 @@ pub mod msg {
     pub const CENSUS_EXIT: u64 = 0x24;
     /// `[CENSUS_DONE, probes]`: the census vCPU is done.
     pub const CENSUS_DONE: u64 = 0x25;
+    /// `[EL0_RESULT, hash]`: what the EL0 worker (`Behaviour::El0`) hashed.
+    pub const EL0_RESULT: u64 = 0x26;
     /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
     pub const FATAL: u64 = 0x1f;
 }
@@ -508,6 +515,7 @@ mod tests {
             Behaviour::Hold,
             Behaviour::VirtualIrq,
             Behaviour::Census,
+            Behaviour::El0,
         ] {
             let x0 = b.x0(0x4000_1001);
             assert_eq!(Behaviour::from_x0(x0), Some(b));
