@@ -443,22 +443,8 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // SAFETY: the caller guarantees the context page is this CPU's.
     let guest_el1 = unsafe { El1State::load_from(page) };
     let vgic = gic::shape();
-    let redistributor = cpu_state::with_this(|s| s.redistributor)
-        .ok()
-        .and_then(Redistributor::from_raw);
-    // The guest's timer interrupt was asserted at its last exit (the host
-    // injects it): keep the physical one from ending this run. Given back
-    // below, before the host runs.
-    let vtimer_masked = match redistributor {
-        Some(rd)
-            if isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0))
-                && !cfg!(feature = "planted-bug-vtimer-unmasked") =>
-        {
-            // SAFETY: restored after the run (`unmask` below).
-            unsafe { rd.mask_ppi(VTIMER_INTID) }
-        }
-        _ => false,
-    };
+    let vtimer_asserted = isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0))
+        && !cfg!(feature = "planted-bug-vtimer-unmasked");
     // The host's tick bounds the run: the EL2 physical timer fires at the
     // host's virtual-timer deadline, which the guest's CNTV_* replace for
     // the run (the IRQ exits with `Trap::Irq`). Disarmed below before the
@@ -469,6 +455,21 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         host.cntvoff_el2.bits(),
     )
     .filter(|_| !cfg!(feature = "planted-bug-no-run-bound"));
+    // This CPU's redistributor, only when one of the two needs it (a run
+    // with neither, the common case, touches neither the GIC nor the
+    // per-CPU record).
+    let redistributor = (vtimer_asserted || host_deadline.is_some())
+        .then(|| cpu_state::with_this(|s| s.redistributor).ok())
+        .flatten()
+        .and_then(Redistributor::from_raw);
+    // The guest's timer interrupt was asserted at its last exit (the host
+    // injects it): keep the physical one from ending this run. Given back
+    // below, before the host runs.
+    let vtimer_masked = match redistributor {
+        // SAFETY: restored after the run (`enable_ppi` below).
+        Some(rd) if vtimer_asserted => unsafe { rd.mask_ppi(VTIMER_INTID) },
+        _ => false,
+    };
     if let (Some(deadline), Some(rd)) = (host_deadline, redistributor) {
         // SAFETY: the EL2 timer and its PPI are the engine's; the timer
         // fires only while the guest runs (disarmed before the host runs),
