@@ -198,7 +198,7 @@ fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
 }
 
 /// `cargo xtask census`: boots the `census` scenario, checks its story, and
-/// writes docs/census.md from its table.
+/// writes its table into docs/guests.md.
 pub fn census_main() -> Result<(), String> {
     crate::machine::guard_available()?;
     let images = build_images()?;

@@ -342,7 +342,7 @@ pub fn dma_story(smp: u32) -> Vec<Expect> {
 
 /// The prefixes of the register census's table lines (`census:` then an
 /// encoding `s<op0>_...`, or the probe count), which `cargo xtask census`
-/// turns into docs/census.md.
+/// turns into the census table of docs/guests.md.
 pub const CENSUS_TABLE: [&str; 2] = ["host: census: s", "host: census: probes: "];
 
 /// The `census` scenario (payloads/host/src/census.rs): the table, then no

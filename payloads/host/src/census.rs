@@ -10,8 +10,8 @@
 //! register that reads differently after the guests ran (and did not
 //! change between two readings before) is a leak; either prints `FAIL`.
 //! Every encoding that anybody can reach gets one `census:` line with what
-//! each side saw, which `cargo xtask census` turns into the table of
-//! docs/census.md.
+//! each side saw, which `cargo xtask census` turns into the census table of
+//! docs/guests.md.
 //!
 //! Invariant: the census runs on the boot CPU alone, with interrupts
 //! masked and no tick: the per-CPU trap counters it reads between two
