@@ -46,6 +46,13 @@ pub const OFF_AP0R: u64 = 1128;
 pub const OFF_AP1R: u64 = 1160;
 /// End of the virtual-interface area.
 pub const OFF_VGIC_END: u64 = 1192;
+/// Byte offset of the guest's `VDISR_EL2`: what it reads and writes as
+/// `DISR_EL1` while `HCR_EL2.AMO` routes SErrors to EL2 (on a CPU with
+/// FEAT_RAS). The world switch loads it before entry and saves it after,
+/// so no guest reads another's.
+pub const OFF_VDISR: u64 = 1192;
+/// End of the EL2 registers that hold guest state.
+pub const OFF_EL2_END: u64 = 1200;
 /// Engine-private: pending resume action (see [`Pending`]).
 const OFF_PENDING: u64 = 2048;
 /// Engine-private: the faulting virtual address of a pending access
@@ -581,7 +588,9 @@ mod tests {
         const { assert!(OFF_VMCR + 8 <= OFF_AP0R) };
         const { assert!(OFF_AP0R + 32 <= OFF_AP1R) };
         const { assert!(OFF_AP1R + 32 <= OFF_VGIC_END) };
-        const { assert!(OFF_VGIC_END <= OFF_PENDING) };
+        const { assert!(OFF_VGIC_END <= OFF_VDISR) };
+        const { assert!(OFF_VDISR + 8 <= OFF_EL2_END) };
+        const { assert!(OFF_EL2_END <= OFF_PENDING) };
         const { assert!(OFF_PENDING_FAR + 8 <= crate::addr::PAGE_SIZE) };
     }
 

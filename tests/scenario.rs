@@ -1135,3 +1135,69 @@ fn a_redistributors_sgi_frame_stays_writable() {
     let t = host.engine.host_translate(PhysAddr::new(sgi)).unwrap();
     assert_eq!(t.desc.perms(), Perms::RW);
 }
+
+/// What the engine does not switch or emulate is UNDEFINED to the guest, as
+/// on a CPU without it: a trapped system register it does not know, and SVE
+/// and SME (which the guest's ID registers say are absent). The guest takes
+/// an Undefined Instruction exception at its own vector and goes on; the
+/// exception is counted; nothing reaches the host.
+#[test]
+fn what_the_engine_does_not_give_a_guest_is_undefined_to_it() {
+    use isola::vcpu::SysReg;
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 4, 1, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    let l = host.run(vm, 0, 0);
+    let mem = host.engine.mem();
+    l.context().set_sysreg(mem, SysReg::VbarEl1, 0x8000_8000);
+    let impdef = isola::sysreg::Access {
+        op0: 3,
+        op1: 0,
+        crn: 15,
+        crm: 2,
+        op2: 1,
+        rt: 4,
+        read: true,
+    }
+    .esr();
+    for esr in [impdef, 0x19 << 26 | 1 << 25, 0x1d << 26 | 1 << 25] {
+        let pc = l.context().pc(mem);
+        let e = host.engine.guest_exit(
+            &l,
+            Trap::Sync {
+                esr,
+                far: 0,
+                hpfar: 0,
+            },
+        );
+        assert_eq!(e, GuestExitAction::Resume, "{esr:#x}");
+        assert_eq!(l.context().sysreg(mem, SysReg::EsrEl1), 1 << 25, "EC 0, IL");
+        assert_eq!(l.context().sysreg(mem, SysReg::ElrEl1), pc);
+        assert_eq!(l.context().pc(mem), 0x8000_8200, "current EL, SP_EL1");
+        // The guest returns from its handler past the instruction.
+        l.context().set_pc(mem, pc + 4);
+        l.context().set_pstate(mem, isola::vcpu::INITIAL_PSTATE);
+    }
+    let undefined = isola_abi::counter::GUEST_UNDEFINED;
+    let (s, [mine, ..]) = host.call(
+        HostCall::Accounting,
+        [
+            isola_abi::Accounting::Counter as u64,
+            undefined | 1 << 32,
+            0,
+            0,
+        ],
+    );
+    assert_eq!(
+        (s, mine),
+        (Status::Success, 3),
+        "counted on the guest's CPU"
+    );
+    host.finish(
+        l,
+        Exit::Wfx {
+            wfe: false,
+            deadline: None,
+        },
+    );
+}

@@ -280,17 +280,22 @@ fn vtcr() -> Value<VTCR_EL2::Register> {
 }
 
 /// Installs the host's Stage-2 on this CPU (`HCR_EL2.VM` turns it on when
-/// the host is entered).
+/// the host is entered). Called whenever a CPU comes up: at boot, when the
+/// host starts it, and when it resumes from a power-down suspend. Its TLB
+/// may then hold anything (an entry of any VMID from before the power-down,
+/// or reset-UNKNOWN contents), so every EL1&0 entry of every VMID is
+/// invalidated on this CPU (`tlbi alle1`; EL2's own are invalidated by the
+/// first instructions, `entry.rs`).
 pub fn install_host_stage2() -> Result<(), &'static str> {
     let e = engine().ok_or("the core is not initialised")?;
     // SAFETY: the host's Stage-2 root is owned by the engine and valid for
     // the rest of the run; no lower EL runs on this CPU while it changes,
-    // and the TLB is cleaned of stale entries of this VMID below.
+    // and the TLB is cleaned of stale entries of every VMID below.
     unsafe {
         write_isb!(VTCR_EL2, vtcr());
         write_isb!(VTTBR_EL2, Value::raw(e.host_vttbr()));
         core::arch::asm!(
-            "tlbi vmalls12e1",
+            "tlbi alle1",
             "dsb nsh",
             "isb",
             options(nostack, preserves_flags)

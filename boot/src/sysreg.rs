@@ -274,6 +274,15 @@ own_registers! {
     /// Counter-timer Hypervisor Physical Timer CompareValue: the EL2
     /// physical timer's deadline, in physical counts.
     cnthp_cval_el2::CNTHP_CVAL_EL2 = "cnthp_cval_el2";
+    /// Deferred Interrupt Status Register (FEAT_RAS), by encoding: where an
+    /// `ESB` at EL2 records an SError it deferred.
+    disr_el1::DISR_EL1 = "s3_0_c12_c1_1" [
+        /// An SError was deferred.
+        A OFFSET(31) NUMBITS(1) [],
+    ];
+    /// Virtual Deferred Interrupt Status Register (FEAT_RAS), by encoding:
+    /// what a guest reads and writes as `DISR_EL1` under `HCR_EL2.AMO`.
+    vdisr_el2::VDISR_EL2 = "s3_4_c12_c1_1";
     /// Hypervisor System Trap Register: AArch32 CP15 traps.
     hstr_el2::HSTR_EL2 = "hstr_el2";
     /// Extended Hypervisor Configuration Register (FEAT_HCX), by encoding.
@@ -295,6 +304,8 @@ own_registers! {
     id_aa64pfr0_el1::ID_AA64PFR0_EL1 = "id_aa64pfr0_el1" [
         /// SVE implemented.
         SVE OFFSET(32) NUMBITS(4) [],
+        /// RAS extension implemented (`ESB`, `DISR_EL1`, `VDISR_EL2`).
+        RAS OFFSET(28) NUMBITS(4) [],
         /// GIC system-register interface implemented.
         GIC OFFSET(24) NUMBITS(4) [],
     ];

@@ -159,6 +159,14 @@ impl<A: Arch> Engine<A> {
                 })
             }
             ec::SYSREG => self.guest_sysreg(vcpu, ctx, e),
+            // SVE and SME, which the engine does not switch and the guest's
+            // ID registers say are absent: their instructions and registers
+            // are UNDEFINED to it, as on a CPU without them.
+            ec::SVE | ec::SME => {
+                ctx.inject_undefined();
+                self.count(vcpu.cpu, isola_abi::counter::GUEST_UNDEFINED);
+                GuestExitAction::Resume
+            }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let limit = self.vm_s2.ipa_limit();
                 match abort::classify_guest_abort(

@@ -11,6 +11,7 @@
 
 mod bench;
 mod build;
+mod census;
 mod check;
 mod cmd;
 mod dtb;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Some("guest") => machine::ensure_qemu().and_then(|()| guest::main(&args[1..])),
         Some("test") => suite::test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
+        Some("census") => machine::ensure_qemu().and_then(|()| qemu::census_main()),
         Some("planted") => match &args[1..] {
             [feature, scenario] => {
                 machine::ensure_qemu().and_then(|()| qemu::planted(feature, scenario))
@@ -45,7 +47,7 @@ fn main() -> ExitCode {
             _ => Err("usage: cargo xtask planted FEATURE SCENARIO".to_string()),
         },
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask planted FEATURE SCENARIO"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask census | cargo xtask planted FEATURE SCENARIO"
                 .to_string(),
         ),
     };

@@ -196,7 +196,7 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
     e.extend(host_start(smp, "vms"));
     e.push(line("host: vms: guest image found at 0x7ff00000"));
     e.push(line(format!(
-        "host: vms: created {n} VMs of 4 vCPUs, an attacker VM of 8 vCPUs, two power VMs and a hold VM of {} vCPUs",
+        "host: vms: created {n} VMs of 5 vCPUs, an attacker VM of 8 vCPUs, two power VMs and a hold VM of {} vCPUs",
         smp.min(8)
     )));
     let refused = |name: &str, status: &str| format!("host: attack {name}: refused ({status})");
@@ -257,7 +257,7 @@ pub fn vms_story(smp: u32) -> Vec<Expect> {
         e.push(line(format!(
             "host: vms: vm{k}.0 checksum: right before, during and after the storm"
         )));
-        for (i, role) in ["mmio", "share", "demand"].iter().enumerate() {
+        for (i, role) in ["mmio", "share", "demand", "el0"].iter().enumerate() {
             e.push(line(format!("host: vms: vm{k}.{} {role}: done", i + 1)));
         }
     }
@@ -387,6 +387,42 @@ pub fn dma_story(smp: u32) -> Vec<Expect> {
             "refused (writes ignored: GICR_PROPBASER 0x0, GICR_PENDBASER 0x0, GICR_CTLR.EnableLPIs 0)",
         ),
         line("host: dma: Accounting(Dma): the engine counted the refused accesses, the last from StreamID 0x8 to page 0x60043000"),
+    ]);
+    e.extend(clean_end());
+    e
+}
+
+/// The prefixes of the register census's table lines (`census:` then an
+/// encoding `s<op0>_...`, or the probe count), which `cargo xtask census`
+/// turns into the census table of docs/guests.md.
+pub const CENSUS_TABLE: [&str; 2] = ["host: census: s", "host: census: probes: "];
+
+/// The `census` scenario (payloads/host/src/census.rs): the table, then no
+/// register reaches VM B or changes in the host.
+pub fn census_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "census"));
+    e.push(Expect::Table(CENSUS_TABLE.map(String::from).to_vec()));
+    e.push(line(
+        "host: census: no register VM A wrote reached VM B, at EL1 or at EL0",
+    ));
+    e.push(line(
+        "host: census: every host register read the same after the guests ran",
+    ));
+    e.extend(clean_end());
+    e
+}
+
+/// The `psci` scenario (payloads/host/src/races.rs): PSCI races through
+/// the engine's relay, each with its defined result.
+pub fn psci_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "psci"));
+    e.extend([
+        line("host: psci: 16 rounds of two CPU_ONs of cpu 3 at once: one SUCCESS, the other ALREADY_ON or ON_PENDING; cpu 3 started once each"),
+        line("host: psci: 16 rounds of CPU_ON of cpu 1 against its power-down CPU_SUSPEND: the suspend returned SUCCESS, the CPU_ON ALREADY_ON"),
+        line("host: psci: a power-down CPU_SUSPEND alone returned SUCCESS; no resume entry stayed pending"),
+        line("host: psci: afterwards cpu 1, off, started once more: nothing was left pending"),
     ]);
     e.extend(clean_end());
     e

@@ -28,6 +28,11 @@ _start:
     .quad __mem_end
 1:
     mov x19, x0
+    // What this vCPU found in the registers the entry is about to set (the
+    // register census reports them as its fresh values).
+    mrs x20, vbar_el1
+    mrs x21, cpacr_el1
+    mrs x22, tpidr_el1
     mov x9, #(3 << 20)
     msr cpacr_el1, x9
     ldr x9, =guest_vectors
@@ -46,6 +51,9 @@ _start:
     mov x0, x19
     mov x1, x2
     mov x2, x3
+    mov x3, x20
+    mov x4, x21
+    mov x5, x22
     bl guest_main
 2:
     ldr x0, ={cpu_off}
@@ -73,6 +81,8 @@ guest_vectors:
 guest_exception:
     cmp x0, #5
     b.eq 5f
+    cmp x0, #8
+    b.eq 8f
     cmp x0, #4
     b.ne 9f
     mrs x0, tpidr_el1
@@ -109,6 +119,17 @@ guest_exception:
 7:
     ldp x0, x1, [sp], #16
     eret
+    // From EL0 (entry 8, lower EL, AArch64): an `svc` is the EL0 worker
+    // (`Behaviour::El0`) done, its result in its x0 (saved at [sp]): go on
+    // at EL1 in `el0_done`, on this stack, never back to EL0.
+8:
+    mrs x1, esr_el1
+    lsr x1, x1, #26
+    cmp x1, #0x15
+    b.ne 9f
+    ldr x0, [sp]
+    add sp, sp, #16
+    b el0_done
 9:
     mov x1, #{fatal}
     mrs x2, esr_el1
@@ -399,7 +420,7 @@ fn probe_write(ipa: u64, value: u64) -> Result<(), u64> {
 
 /// Called from `_start` on this vCPU's stack.
 #[unsafe(no_mangle)]
-extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
+extern "C" fn guest_main(x0: u64, index: u64, count: u64, vbar: u64, cpacr: u64, tpidr1: u64) -> ! {
     host_call(msg::INFO, index << 32 | (count & 0xffff_ffff));
     let param = Behaviour::param(x0);
     match Behaviour::from_x0(x0) {
@@ -415,6 +436,8 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::Registers) => registers(),
         Some(Behaviour::Hold) => hold(param),
         Some(Behaviour::VirtualIrq) => virtual_irq(param, index),
+        Some(Behaviour::Census) => crate::census::run(param, index, [vbar, cpacr, tpidr1]),
+        Some(Behaviour::El0) => el0(param),
         None => {
             host_call(msg::FATAL, x0);
         }
@@ -487,6 +510,55 @@ fn spin(index: u64) {
         core::hint::spin_loop();
     }
     host_call(msg::SPUN, guest_call(GuestCall::Unshare, page));
+}
+
+/// `Behaviour::El0`: drops to EL0 (interrupts unmasked there, so the
+/// host's tick ends some of its runs at EL0) with its own stack, below this
+/// vCPU's EL1 stack, where it hashes the data region `passes` times; its
+/// `svc` ends at `el0_done`.
+fn el0(passes: u64) {
+    let sp: u64;
+    // SAFETY: reads SP.
+    unsafe { asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    // The lower half of this vCPU's 16 KiB stack, well below what EL1 uses.
+    let el0_sp = (sp & !0xf).wrapping_sub(layout::STACK_BYTES / 2);
+    // SAFETY: `eret` to EL0t with no exception masked at `el0_work`, on
+    // its own stack; its `svc` comes back to this guest's vectors (entry
+    // 8), which continue at `el0_done` and never return here.
+    unsafe {
+        asm!(
+            "msr sp_el0, {sp}",
+            "msr elr_el1, {entry}",
+            "msr spsr_el1, xzr",
+            "mov x0, {passes}",
+            "eret",
+            sp = in(reg) el0_sp,
+            entry = in(reg) el0_work as *const () as u64,
+            passes = in(reg) passes,
+            options(noreturn)
+        );
+    }
+}
+
+/// The EL0 worker: FNV-1a over the data region, `passes` times; the last
+/// hash goes back to EL1 in `x0` with `svc #0`.
+extern "C" fn el0_work(passes: u64) -> ! {
+    let words = layout::DATA_PAGES.wrapping_mul(PAGE / 8);
+    let mut sum = Checksum::new();
+    for _ in 0..passes.max(1) {
+        sum = (0..words).fold(Checksum::new(), |c, i| {
+            c.word(read(layout::DATA_IPA.wrapping_add(i.wrapping_mul(8))))
+        });
+    }
+    // SAFETY: a supervisor call with the result; the EL1 vector takes it.
+    unsafe { asm!("svc #0", in("x0") sum.value(), options(noreturn)) }
+}
+
+/// Back at EL1 after the EL0 worker's `svc`: report its hash, turn off.
+#[unsafe(no_mangle)]
+extern "C" fn el0_done(sum: u64) -> ! {
+    host_call(msg::EL0_RESULT, sum);
+    psci_off(psci::CPU_OFF)
 }
 
 /// `Behaviour::VirtualIrq`: see its documentation.

@@ -19,6 +19,8 @@
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
 //! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own, with the Linux guests (`vms/linux/`) |
+//! | `census` | the register census (docs/guests.md) |
+//! | `races` | PSCI races through the relay |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 //! | `heap` | the global allocator the VMM (`isola-vmm`) needs |
 //! | `pmu` | the instruction counters the benchmark and the Linux guest's figures read |
@@ -36,6 +38,12 @@ mod basic;
 mod bench;
 #[allow(unsafe_code, reason = "`hvc` and `smc` are instructions")]
 mod calls;
+/// The register census (`isola.test=census`): docs/guests.md.
+#[allow(
+    unsafe_code,
+    reason = "reads every system register by an instruction it writes and runs; its own vectors; the guest image and pool pages"
+)]
+mod census;
 #[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
 /// The DMA test (`isola.test=dma`, part of `all`): docs/devices.md.
@@ -61,6 +69,8 @@ mod heap;
 mod irq;
 #[allow(unsafe_code, reason = "PMU registers are system registers")]
 mod pmu;
+/// PSCI races through the engine's relay (`isola.test=psci`).
+mod races;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
@@ -153,6 +163,12 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if test == "guest" && !vms::linux::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the Linux guest test failed"));
     }
+    if test == "census" && !census::main() {
+        fail(format_args!("the register census failed"));
+    }
+    if test == "psci" && !races::main(p, entry::secondary_entry()) {
+        fail(format_args!("the PSCI races failed"));
+    }
     match console::failures() {
         0 => say!("verdict: PASS"),
         n => say!("verdict: {n} check(s) FAILED"),
@@ -164,6 +180,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
 #[allow(unsafe_code, reason = "the entry the assembly calls by name")]
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
+    if let Some(never) = races::secondary(i) {
+        match never {}
+    }
     vms::secondary(i);
     vms::linux::secondary(i);
     basic::secondary(i)

@@ -7,8 +7,8 @@ pub(super) const POOL_BASE: u64 = 0x8000_0000;
 /// End (exclusive) of that RAM: 768 MiB.
 pub(super) const POOL_END: u64 = 0xb000_0000;
 
-/// vCPUs of each ordinary VM: checksum, MMIO, share, demand.
-pub(super) const VCPUS: usize = 4;
+/// vCPUs of each ordinary VM: checksum, MMIO, share, demand, EL0.
+pub(super) const VCPUS: usize = 5;
 
 /// Most ordinary VMs (the engine's table has 255 slots; four more VMs are
 /// the attacker, the two power VMs and the hold VM).
@@ -86,7 +86,17 @@ pub(super) const HOLD: [Role; 8] = [
 ];
 
 /// An ordinary VM's vCPUs.
-pub(super) const ORDINARY: [Role; VCPUS] = [Role::Checksum, Role::Mmio, Role::Share, Role::Demand];
+pub(super) const ORDINARY: [Role; VCPUS] = [
+    Role::Checksum,
+    Role::Mmio,
+    Role::Share,
+    Role::Demand,
+    Role::El0,
+];
+
+/// Times the [`Role::El0`] vCPU hashes its data at EL0: long enough that
+/// the host's tick ends some of its runs there.
+pub(super) const EL0_PASSES: u64 = 4;
 
 /// Most vCPUs any VM here has.
 pub(super) const MAX_VCPUS: usize = 8;
@@ -113,6 +123,7 @@ pub(super) enum Role {
     HoldMasked,
     HoldVectors,
     VirtualIrq,
+    El0,
 }
 
 impl Role {
@@ -134,6 +145,7 @@ impl Role {
             Role::HoldMasked => "hold-masked",
             Role::HoldVectors => "hold-vectors",
             Role::VirtualIrq => "virtual-irq",
+            Role::El0 => "el0",
         }
     }
 }

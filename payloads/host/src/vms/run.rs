@@ -414,7 +414,7 @@ fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
             inject(vm, i, d, guest::VIRQ_SPI as u32, false);
             0
         }
-        msg::VIRQ_RESULT => {
+        msg::VIRQ_RESULT | msg::EL0_RESULT => {
             d.value = value;
             0
         }

@@ -109,6 +109,7 @@ fn x0_for(role: Role, seed: u64) -> u64 {
         Role::HoldMasked => Behaviour::Hold.x0(0),
         Role::HoldVectors => Behaviour::Hold.x0(1),
         Role::VirtualIrq => Behaviour::VirtualIrq.x0(super::plan::VIRQ_TICKS),
+        Role::El0 => Behaviour::El0.x0(super::plan::EL0_PASSES),
     }
 }
 

@@ -199,6 +199,16 @@ fn report_vcpu(k: usize, i: usize, d: &VcpuData) {
                 say!("vms: vm{k}.{i} {role}: done");
             }
         }
+        Role::El0 => {
+            let good = d.value == guest::expected_checksum(super::records::seed_of(k));
+            if check(
+                off && d.info_ok && good,
+                format_args!("vm{k}.{i} {role}: ended {:?}, hashed {:#x}", d.end, d.value),
+            ) && k < 4
+            {
+                say!("vms: vm{k}.{i} {role}: done");
+            }
+        }
         Role::Attack => {
             check(off, format_args!("vm{k}.{i} {role}: ended {:?}", d.end));
         }
