@@ -453,6 +453,7 @@ mod tests {
             .flat_map(|x| match x {
                 Expect::Line(l) => vec![l.clone()],
                 Expect::AnyOrder(ls) => ls.clone(),
+                Expect::Table(_) => Vec::new(),
             })
             .collect();
         let pos = |s: &str| lines.iter().position(|l| l.contains(s)).unwrap();
@@ -467,6 +468,7 @@ mod tests {
                 .map(|x| match x {
                     Expect::Line(_) => 1,
                     Expect::AnyOrder(ls) => ls.len(),
+                    Expect::Table(_) => 0,
                 })
                 .sum::<usize>()
                 + 2 * 8
