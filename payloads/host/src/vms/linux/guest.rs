@@ -53,7 +53,7 @@ pub(super) enum Outcome {
     Reset,
     /// Every vCPU off or stopped without a power-off.
     AllStopped,
-    /// No console output for [`super::run::STALL_SECONDS`].
+    /// No console output for too long (`run::stall_seconds`).
     Stalled,
     /// A call the host needs failed, or an exit it cannot decode.
     HostError,
