@@ -33,6 +33,10 @@ pub mod ec {
     pub const SMC64: u8 = 0x17;
     /// Trapped MSR/MRS/system instruction.
     pub const SYSREG: u8 = 0x18;
+    /// SVE instruction or register access trapped (`CPTR_EL2.TZ`).
+    pub const SVE: u8 = 0x19;
+    /// SME instruction or register access trapped (`CPTR_EL2.TSM`).
+    pub const SME: u8 = 0x1d;
     /// Instruction abort from a lower exception level.
     pub const IABT_LOW: u8 = 0x20;
     /// Instruction abort taken without a change of exception level.
@@ -41,6 +45,17 @@ pub mod ec {
     pub const DABT_LOW: u8 = 0x24;
     /// Data abort taken without a change of exception level.
     pub const DABT_CUR: u8 = 0x25;
+    /// SError.
+    pub const SERROR: u8 = 0x2f;
+}
+
+/// The syndrome of a guest's SError that an `ESB` at its exit deferred into
+/// `DISR_EL1` (`disr`, with `A` set): an `ESR_EL2` of class SError with
+/// `IL` and `DISR`'s syndrome (`IDS`, `AET`, `EA`, `DFSC`: bits 24:0, laid
+/// out as an SError's ISS), so the core judges it as it judges an SError
+/// taken while the guest ran.
+pub const fn deferred_serror_esr(disr: u64) -> u64 {
+    (ec::SERROR as u64) << 26 | 1 << 25 | (disr & 0x1ff_ffff)
 }
 
 /// Fault status code (DFSC/IFSC) of a synchronous external abort, not on a
@@ -343,6 +358,16 @@ pub fn classify_guest_abort(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_deferred_serror_reads_as_an_serror_syndrome() {
+        // A: deferred; IDS clear; AET = UC (0b000); EA; DFSC 0x11.
+        let disr = 1 << 31 | 1 << 9 | 0x11;
+        let esr = Esr(deferred_serror_esr(disr));
+        assert_eq!(esr.ec(), ec::SERROR);
+        assert_eq!(esr.0 & 0x1ff_ffff, 1 << 9 | 0x11, "the syndrome, not A");
+        assert_ne!(esr.0 & 1 << 25, 0, "IL");
+    }
 
     /// A lower-EL data abort syndrome.
     fn dabt(iss: u64) -> Esr {

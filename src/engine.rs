@@ -27,6 +27,7 @@ use crate::mem::PhysMem;
 use crate::ownership::{DbError, Owner, PageDb, PageGuard, PageRecord, Shard, ShardGuard};
 use crate::pool::PagePool;
 use crate::stage2::{self, MemType, Perms, S2Config, S2Error, Stage2, Translation};
+use crate::stats::CpuStats;
 use crate::vcpu::{Context, VcpuState};
 use crate::vm::{MAX_SLOTS, SlotState, VmHandle, VmInner, VmSlot};
 use isola_abi::Status;
@@ -126,6 +127,9 @@ pub struct EngineStorage {
     pub records: &'static mut [PageRecord],
     /// The VM table: its length is the most VMs (live or awaiting reclaim).
     pub vms: &'static [VmSlot],
+    /// One record of event counters per physical CPU (index = the `cpu`
+    /// the engine's entry points are given).
+    pub stats: &'static [CpuStats],
 }
 
 /// Why the engine could not start.
@@ -205,6 +209,8 @@ pub struct Engine<A: Arch> {
     /// The ID registers guests' values are derived from, by `[CRm - 1][Op2]`;
     /// see [`Engine::set_guest_id_registers`].
     guest_ids: [[u64; 8]; 7],
+    /// Per-CPU event counters ([`crate::stats`]).
+    stats: &'static [CpuStats],
 }
 
 fn range_end(base: PhysAddr, pages: u64) -> Option<u64> {
@@ -354,6 +360,7 @@ impl<A: Arch> Engine<A> {
             ndevices,
             list_regs: 0,
             guest_ids: [[0; 8]; 7],
+            stats: storage.stats,
         };
         engine.map_host_ram()?;
         Ok(engine)
@@ -471,6 +478,30 @@ impl<A: Arch> Engine<A> {
             .and_then(|r| r.get(usize::from(op2)))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Counts one `counter` event (`isola_abi::counter`) on `cpu`, which
+    /// must be the CPU running this code (`stats`' invariant).
+    #[inline]
+    pub(crate) fn count(&self, cpu: u32, counter: u64) {
+        if let Some(s) = usize::try_from(cpu).ok().and_then(|c| self.stats.get(c)) {
+            s.add(counter);
+        }
+    }
+
+    /// `counter` of CPU `cpu` and its sum over every CPU; `None` for an
+    /// unknown counter or CPU.
+    pub(crate) fn counter(&self, cpu: u64, counter: u64) -> Option<(u64, u64)> {
+        if counter >= isola_abi::counter::COUNT {
+            return None;
+        }
+        let mine = usize::try_from(cpu).ok().and_then(|c| self.stats.get(c))?;
+        let sum = self
+            .stats
+            .iter()
+            .map(|s| s.get(counter))
+            .fold(0, u64::wrapping_add);
+        Some((mine.get(counter), sum))
     }
 
     /// The architecture backend (tests inspect a `RecordingArch` here).
@@ -610,8 +641,17 @@ impl<A: Arch> Engine<A> {
     /// A Stage-2 abort taken from the host (`esr`, `far`, `hpfar` as read
     /// from ESR_EL2, FAR_EL2, HPFAR_EL2). Maps the page with the largest
     /// block whose pages are all the host's (owned or borrowed) and returns
-    /// `Retry`, or returns `InjectSea` for anything the host may not touch.
-    pub fn host_abort(&self, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
+    /// `Retry`, or returns `InjectSea` for anything the host may not touch,
+    /// which is counted on `cpu` (the CPU that took the abort).
+    pub fn host_abort(&self, cpu: u32, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
+        let action = self.host_abort_action(esr, far, hpfar);
+        if action == HostAbortAction::InjectSea {
+            self.count(cpu, isola_abi::counter::HOST_ABORTS);
+        }
+        action
+    }
+
+    fn host_abort_action(&self, esr: u64, far: u64, hpfar: u64) -> HostAbortAction {
         let esr = Esr(esr);
         let ipa = abort::fault_ipa(hpfar, far);
         let pa = PhysAddr::new(ipa.raw()).page_floor();
@@ -873,6 +913,7 @@ mod tests {
                         shards,
                         records,
                         vms,
+                        stats: &[],
                     },
                 )
                 .err()

@@ -20,13 +20,15 @@
 //! | [`vgic`] | list registers the host gives a vCPU, what exits report of them and of the timer |
 //! | [`sysreg`] | guest system-register traps: SGIs, read-as-zero groups, ID registers (`src/hypercall/sysreg.rs`) |
 //! | [`abort`] | ESR decoding and the abort policy |
+//! | [`stats`] | the per-CPU event counters `Accounting::Counter` reads |
 //! | [`testing`] | building a test machine on the host |
 //!
 //! # For the EL2 image (`boot/`)
 //!
 //! 1. At boot, carve from the engine's own memory: `[Shard; n]`,
-//!    `[PageRecord; ram_pages]` and `[VmSlot; vms]` (`Shard::new` and
-//!    `VmSlot::new` are `const`; size them with
+//!    `[PageRecord; ram_pages]`, `[VmSlot; vms]` and one
+//!    [`stats::CpuStats`] per CPU (`Shard::new`, `VmSlot::new` and
+//!    `CpuStats::new` are `const`; size them with
 //!    [`ownership::PageDb::requirements`]), a host Stage-2 reserve of
 //!    [`engine::Engine::host_s2_pages_needed`] pages, and build an
 //!    [`engine::Engine`] with an [`arch::Arch`] that executes instructions and
@@ -40,7 +42,7 @@
 //!    [`engine::Engine::guest_exit`]; `Resume` re-enters, `ExitToHost(exit)`
 //!    ends with [`engine::Engine::finish_run`], which fills the host's
 //!    `x0..=x3`.
-//! 3. Host Stage-2 abort: [`engine::Engine::host_abort`] with ESR/FAR/HPFAR;
+//! 3. Host Stage-2 abort: [`engine::Engine::host_abort`] with the CPU and ESR/FAR/HPFAR;
 //!    `Retry` returns to the host, `InjectSea` injects an external abort.
 //!
 //! # Observation (for `src/spec/` and property tests)
@@ -100,6 +102,7 @@ pub mod ownership;
 pub mod pool;
 pub mod spec;
 pub mod stage2;
+pub mod stats;
 #[cfg(not(target_os = "none"))]
 pub mod testing;
 pub mod vcpu;

@@ -11,6 +11,7 @@ use crate::handover::CachePolicy;
 use crate::mem::PhysMem;
 use crate::ownership::{PageDb, PageRecord, Shard};
 use crate::stage2::S2Config;
+use crate::stats::CpuStats;
 use crate::vm::VmSlot;
 use std::vec::Vec;
 
@@ -28,6 +29,8 @@ pub struct MachineSpec {
     pub vm_slots: usize,
     /// log2 of the shard size.
     pub shard_shift: u32,
+    /// Physical CPUs (one record of event counters each).
+    pub cpus: usize,
     /// How the machine's caches behave (test machines maintain everything).
     pub caches: CachePolicy,
 }
@@ -48,7 +51,8 @@ pub const VM_S2: S2Config = match S2Config::new(40, 0) {
 };
 
 impl Default for MachineSpec {
-    /// 96 pages at 0x4000_0000, 8 engine pages, 4 VM slots, 2 MiB shards:
+    /// 96 pages at 0x4000_0000, 8 engine pages, 4 VM slots, 2 MiB shards,
+    /// 4 CPUs:
     /// small enough that random addresses hit interesting pages.
     fn default() -> Self {
         Self {
@@ -57,6 +61,7 @@ impl Default for MachineSpec {
             engine_pages: 8,
             vm_slots: 4,
             shard_shift: 21,
+            cpus: 4,
             caches: CachePolicy::MAINTAIN_ALL,
         }
     }
@@ -84,6 +89,8 @@ impl MachineSpec {
         let shards: &'static [Shard] = Vec::leak((0..nshards).map(|_| Shard::new()).collect());
         let records: &'static mut [PageRecord] = Vec::leak(std::vec![PageRecord::HOST; nrecords]);
         let vms: &'static [VmSlot] = Vec::leak((0..self.vm_slots).map(|_| VmSlot::new()).collect());
+        let stats: &'static [CpuStats] =
+            Vec::leak((0..self.cpus).map(|_| CpuStats::new()).collect());
         let mem = PhysMem::leak_host(PhysAddr::new(self.ram_base), self.ram_pages);
         self.build_on(
             arch,
@@ -92,12 +99,13 @@ impl MachineSpec {
                 shards,
                 records,
                 vms,
+                stats,
             },
         )
     }
 
     /// Builds the engine on RAM (`mem`, covering this spec's RAM) and tables
-    /// (`storage`, sized with [`PageDb::requirements`] and `vm_slots`) that
+    /// (`storage`, sized with [`PageDb::requirements`], `vm_slots` and `cpus`) that
     /// the caller provides: for a caller that boots many engines and frees
     /// their storage itself (the exhaustive exploration), where
     /// [`MachineSpec::build`] would leak it.

@@ -46,6 +46,13 @@ pub const OFF_AP0R: u64 = 1128;
 pub const OFF_AP1R: u64 = 1160;
 /// End of the virtual-interface area.
 pub const OFF_VGIC_END: u64 = 1192;
+/// Byte offset of the guest's `VDISR_EL2`: what it reads and writes as
+/// `DISR_EL1` while `HCR_EL2.AMO` routes SErrors to EL2 (on a CPU with
+/// FEAT_RAS). The world switch loads it before entry and saves it after,
+/// so no guest reads another's.
+pub const OFF_VDISR: u64 = 1192;
+/// End of the EL2 registers that hold guest state.
+pub const OFF_EL2_END: u64 = 1200;
 /// Engine-private: pending resume action (see [`Pending`]).
 const OFF_PENDING: u64 = 2048;
 /// Engine-private: the faulting virtual address of a pending access
@@ -464,6 +471,31 @@ impl Regs<'_> {
         };
         let wnr = if write && !fetch { 1 << 6 } else { 0 };
         let esr = ec << 26 | 1 << 25 | wnr | 0x10;
+        self.set_sysreg(SysReg::FarEl1, far);
+        self.take_exception(esr, elr);
+        self.set_pending(Pending::None);
+        true
+    }
+
+    /// Makes the guest take an Undefined Instruction exception for the
+    /// instruction at its PC (a trapped access to a system register the
+    /// engine neither switches nor emulates), as the architecture delivers
+    /// one to EL1 where the register does not exist: `ESR_EL1` = EC 0
+    /// (unknown reason), `IL`; `ELR_EL1` = the instruction; `SPSR_EL1` =
+    /// PSTATE; `FAR_EL1` unchanged (UNKNOWN for this exception); PSTATE and
+    /// PC as for [`Regs::inject_external_abort`].
+    pub fn inject_undefined(&self) {
+        self.take_exception(1 << 25, self.pc());
+    }
+
+    /// The part every synchronous exception the engine injects shares:
+    /// `ESR_EL1` = `esr`, `ELR_EL1` = `elr`, `SPSR_EL1` = PSTATE; PSTATE
+    /// becomes EL1h with D, A, I, F masked, `PAN` set unless
+    /// `SCTLR_EL1.SPAN`, `SSBS` from `SCTLR_EL1.DSSBS`; the PC the vector
+    /// for the guest's mode at `VBAR_EL1` (0x000 from EL1t, 0x200 from
+    /// EL1h, 0x400 from EL0).
+    fn take_exception(&self, esr: u64, elr: u64) {
+        let pstate = self.page.read_u64(OFF_PSTATE);
         let vector: u64 = match pstate & 0xf {
             0b0000 => 0x400,
             0b0100 => 0x000,
@@ -481,13 +513,10 @@ impl Regs<'_> {
             0
         };
         self.set_sysreg(SysReg::EsrEl1, esr);
-        self.set_sysreg(SysReg::FarEl1, far);
         self.set_sysreg(SysReg::ElrEl1, elr);
         self.set_sysreg(SysReg::SpsrEl1, pstate);
         self.page.write_u64(OFF_PSTATE, INITIAL_PSTATE | pan | ssbs);
         self.set_pc(self.sysreg(SysReg::VbarEl1).wrapping_add(vector));
-        self.set_pending(Pending::None);
-        true
     }
 
     /// Completes a pending action with the host's `value` and clears it
@@ -559,7 +588,9 @@ mod tests {
         const { assert!(OFF_VMCR + 8 <= OFF_AP0R) };
         const { assert!(OFF_AP0R + 32 <= OFF_AP1R) };
         const { assert!(OFF_AP1R + 32 <= OFF_VGIC_END) };
-        const { assert!(OFF_VGIC_END <= OFF_PENDING) };
+        const { assert!(OFF_VGIC_END <= OFF_VDISR) };
+        const { assert!(OFF_VDISR + 8 <= OFF_EL2_END) };
+        const { assert!(OFF_EL2_END <= OFF_PENDING) };
         const { assert!(OFF_PENDING_FAR + 8 <= crate::addr::PAGE_SIZE) };
     }
 
@@ -660,6 +691,28 @@ mod tests {
         assert_eq!(r.sysreg(SysReg::ElrEl1), 0x8010_0200, "not stepped back");
         assert_eq!(r.pc(), 0x8010_0400);
         assert_eq!(c.pstate(&mem), INITIAL_PSTATE | PSTATE_PAN);
+    }
+
+    #[test]
+    fn an_undefined_register_is_what_the_architecture_delivers() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0040, 0);
+        c.set_sysreg(&mem, SysReg::VbarEl1, 0x8010_0000);
+        c.set_sysreg(&mem, SysReg::FarEl1, 0x1234);
+        let r = c.regs(&mem).unwrap();
+        r.set_pending(Pending::HostReply);
+        r.inject_undefined();
+        assert_eq!(r.sysreg(SysReg::EsrEl1), 1 << 25, "EC 0, IL");
+        assert_eq!(r.sysreg(SysReg::ElrEl1), 0x8000_0040, "the instruction");
+        assert_eq!(r.sysreg(SysReg::SpsrEl1), INITIAL_PSTATE);
+        assert_eq!(r.sysreg(SysReg::FarEl1), 0x1234, "FAR untouched");
+        assert_eq!(r.pc(), 0x8010_0200);
+        assert_eq!(r.pending(), Pending::HostReply, "nothing pending changes");
+        // From EL0: the lower-EL vector.
+        c.set_pstate(&mem, 0);
+        r.inject_undefined();
+        assert_eq!(r.pc(), 0x8010_0400);
     }
 
     #[test]

@@ -42,9 +42,9 @@ fn machine() -> Machine {
             engine_pages: 6,
             vm_slots: 2,
             shard_shift: 21,
+            cpus: 2,
             ..MachineSpec::default()
         },
-        cpus: 2,
     }
 }
 

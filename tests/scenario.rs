@@ -83,7 +83,7 @@ impl Host {
         let p = PhysAddr::new(pa);
         if self.engine.host_translate(p).is_none() {
             let esr = isola::abort::data_abort_esr(8, false, 0, false, true, 0b000111);
-            if self.engine.host_abort(esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
+            if self.engine.host_abort(0, esr, pa, (pa >> 12) << 4) != HostAbortAction::Retry {
                 return None;
             }
         }
@@ -502,7 +502,7 @@ fn a_host_share_ends_with_unshare_and_the_guest_loses_the_page() {
 fn the_host_faults_in_only_what_it_may_touch() {
     let host = Host::new();
     let esr = isola::abort::data_abort_esr(8, true, 0, false, true, 0b000111);
-    let fault = |pa: u64| host.engine.host_abort(esr, pa, (pa >> 12) << 4);
+    let fault = |pa: u64| host.engine.host_abort(0, esr, pa, (pa >> 12) << 4);
     // The engine's own pages (host Stage-2 tables) and memory that is neither
     // RAM nor a device the host was given: an external abort.
     assert_eq!(fault(host.page(0)), HostAbortAction::InjectSea);
@@ -529,7 +529,7 @@ fn the_host_faults_in_only_what_it_may_touch() {
     let perm = isola::abort::data_abort_esr(8, true, 0, false, true, 0b001111);
     assert_eq!(
         host.engine
-            .host_abort(perm, host.page(40), (host.page(40) >> 12) << 4),
+            .host_abort(0, perm, host.page(40), (host.page(40) >> 12) << 4),
         HostAbortAction::InjectSea
     );
     // A VM's page: refused, before and after the VM is destroyed, until reclaimed.
@@ -1091,7 +1091,7 @@ fn a_read_only_device_page_is_mapped_for_reads_and_its_writes_are_ignored() {
     let read = isola::abort::data_abort_esr(4, false, 1, false, false, 0b000111);
     let hpfar = (HOST_GICR_RD >> 12) << 4;
     assert_eq!(
-        host.engine.host_abort(read, HOST_GICR_RD + 0x70, hpfar),
+        host.engine.host_abort(0, read, HOST_GICR_RD + 0x70, hpfar),
         HostAbortAction::Retry
     );
     let t = host
@@ -1110,13 +1110,13 @@ fn a_read_only_device_page_is_mapped_for_reads_and_its_writes_are_ignored() {
     // The store (say, to GICR_PROPBASER) now faults on permission: skipped.
     let write = isola::abort::data_abort_esr(8, true, 1, false, true, 0b001111);
     assert_eq!(
-        host.engine.host_abort(write, HOST_GICR_RD + 0x70, hpfar),
+        host.engine.host_abort(0, write, HOST_GICR_RD + 0x70, hpfar),
         HostAbortAction::SkipWrite
     );
     // A read-write device page is not treated so.
     let uart = isola::testing::HOST_UART;
     assert_eq!(
-        host.engine.host_abort(write, uart, (uart >> 12) << 4),
+        host.engine.host_abort(0, write, uart, (uart >> 12) << 4),
         HostAbortAction::InjectSea,
         "a permission fault on a read-write device is no skip"
     );
@@ -1129,9 +1129,75 @@ fn a_redistributors_sgi_frame_stays_writable() {
     let sgi = HOST_GICR_RD + 0x10000 + 0x100;
     let write = isola::abort::data_abort_esr(4, true, 1, false, false, 0b000111);
     assert_eq!(
-        host.engine.host_abort(write, sgi, (sgi >> 12) << 4),
+        host.engine.host_abort(0, write, sgi, (sgi >> 12) << 4),
         HostAbortAction::Retry
     );
     let t = host.engine.host_translate(PhysAddr::new(sgi)).unwrap();
     assert_eq!(t.desc.perms(), Perms::RW);
+}
+
+/// What the engine does not switch or emulate is UNDEFINED to the guest, as
+/// on a CPU without it: a trapped system register it does not know, and SVE
+/// and SME (which the guest's ID registers say are absent). The guest takes
+/// an Undefined Instruction exception at its own vector and goes on; the
+/// exception is counted; nothing reaches the host.
+#[test]
+fn what_the_engine_does_not_give_a_guest_is_undefined_to_it() {
+    use isola::vcpu::SysReg;
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 4, 1, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    let l = host.run(vm, 0, 0);
+    let mem = host.engine.mem();
+    l.context().set_sysreg(mem, SysReg::VbarEl1, 0x8000_8000);
+    let impdef = isola::sysreg::Access {
+        op0: 3,
+        op1: 0,
+        crn: 15,
+        crm: 2,
+        op2: 1,
+        rt: 4,
+        read: true,
+    }
+    .esr();
+    for esr in [impdef, 0x19 << 26 | 1 << 25, 0x1d << 26 | 1 << 25] {
+        let pc = l.context().pc(mem);
+        let e = host.engine.guest_exit(
+            &l,
+            Trap::Sync {
+                esr,
+                far: 0,
+                hpfar: 0,
+            },
+        );
+        assert_eq!(e, GuestExitAction::Resume, "{esr:#x}");
+        assert_eq!(l.context().sysreg(mem, SysReg::EsrEl1), 1 << 25, "EC 0, IL");
+        assert_eq!(l.context().sysreg(mem, SysReg::ElrEl1), pc);
+        assert_eq!(l.context().pc(mem), 0x8000_8200, "current EL, SP_EL1");
+        // The guest returns from its handler past the instruction.
+        l.context().set_pc(mem, pc + 4);
+        l.context().set_pstate(mem, isola::vcpu::INITIAL_PSTATE);
+    }
+    let undefined = isola_abi::counter::GUEST_UNDEFINED;
+    let (s, [mine, ..]) = host.call(
+        HostCall::Accounting,
+        [
+            isola_abi::Accounting::Counter as u64,
+            undefined | 1 << 32,
+            0,
+            0,
+        ],
+    );
+    assert_eq!(
+        (s, mine),
+        (Status::Success, 3),
+        "counted on the guest's CPU"
+    );
+    host.finish(
+        l,
+        Exit::Wfx {
+            wfe: false,
+            deadline: None,
+        },
+    );
 }

@@ -400,6 +400,53 @@ pub enum Accounting {
     /// the engine drains the IOMMU's fault records first. All zero on a
     /// machine whose host gets no DMA-capable device.
     Dma = 3,
+    /// `(x2 = counter | cpu << 32) -> (x1 = CPU cpu's count, x2 = the sum
+    /// over every CPU, x3 = 0)`: one of the engine's per-CPU event counters
+    /// ([`counter`]). `InvalidArgument` for a counter at or above
+    /// [`counter::COUNT`] or a CPU the engine does not have. Read without
+    /// locks: a count another CPU is updating may be one behind.
+    Counter = 4,
+}
+
+/// The engine's per-CPU event counters, read with [`Accounting::Counter`].
+/// Each counts on the physical CPU where the event happened; nothing here
+/// says anything about a guest's state beyond what the host already saw
+/// (the exits it was told of, the calls it made, the aborts it took) or the
+/// number of a guest's traps the engine answered itself.
+pub mod counter {
+    /// Host calls by the status they returned: `HOST_CALLS + n` counts
+    /// status `-n` (`Success` 0 .. `Denied` 9). A `VcpuRun` counts when it
+    /// returns.
+    pub const HOST_CALLS: u64 = 0;
+    /// `VcpuRun`s that returned an exit of reason `r`
+    /// ([`super::ExitReason`], 1..=12): `EXITS + r`.
+    pub const EXITS: u64 = 16;
+    /// Guest calls (`hvc`, trapped `smc`) the engine answered itself: the
+    /// guest went on without the host running.
+    pub const GUEST_CALLS: u64 = 32;
+    /// Trapped guest system-register accesses the engine emulated (read as
+    /// zero, ID registers, SGIs to nobody): the guest went on.
+    pub const GUEST_SYSREGS: u64 = 33;
+    /// Undefined-instruction exceptions the engine injected into guests:
+    /// their accesses to system registers it neither switches nor emulates.
+    pub const GUEST_UNDEFINED: u64 = 34;
+    /// Synchronous external aborts injected into the host (its accesses to
+    /// memory it may not touch).
+    pub const HOST_ABORTS: u64 = 35;
+    /// External aborts injected into guests (`VcpuInjectAbort`).
+    pub const GUEST_ABORTS: u64 = 36;
+    /// Counters there are (ids below this; unused ids read 0).
+    pub const COUNT: u64 = 40;
+
+    /// The counter of host calls that returned `status`.
+    pub const fn host_calls(status: super::Status) -> u64 {
+        HOST_CALLS.wrapping_add((status as i64).wrapping_neg() as u64)
+    }
+
+    /// The counter of runs that ended with `reason`.
+    pub const fn exits(reason: super::ExitReason) -> u64 {
+        EXITS.wrapping_add(reason as u64)
+    }
 }
 
 impl Accounting {
@@ -410,6 +457,7 @@ impl Accounting {
             1 => Some(Self::Sharing),
             2 => Some(Self::Vm),
             3 => Some(Self::Dma),
+            4 => Some(Self::Counter),
             _ => None,
         }
     }
@@ -442,7 +490,9 @@ pub enum ExitReason {
     /// The guest called PSCI `SYSTEM_RESET`.
     SystemReset = 8,
     /// The engine would not handle the exception: `x2` = ESR_EL2. The vCPU is
-    /// stopped; further `VcpuRun` calls fail `Denied`.
+    /// stopped; further `VcpuRun` calls fail `Denied`. (A trapped access to
+    /// a system register the engine neither switches nor emulates is not
+    /// one: the guest takes an Undefined Instruction exception instead.)
     Error = 9,
     /// The guest's PSCI `CPU_ON` turned vCPU `x2` on: it is runnable (its
     /// `VcpuRun` starts it at the guest's entry point). The caller got

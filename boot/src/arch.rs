@@ -15,7 +15,10 @@ pub struct El2Arch;
 
 impl El2Arch {
     /// Runs `f` with VTTBR_EL2's VMID field set to `vmid` (TLBI by IPA and
-    /// `vmalle1is` act on the current VMID), then restores it.
+    /// `vmalle1is` act on the current VMID), waits until its invalidations
+    /// have completed on every CPU (`dsb ish`), then restores it: a TLBI is
+    /// finished before the VMID it was issued under goes away, so no
+    /// in-flight invalidation can be taken for the restored VMID's.
     fn with_vmid(vmid: isola::arch::Vmid, f: impl FnOnce()) {
         let saved = Value::raw(VTTBR_EL2.get());
         let wanted = saved.with(&[VTTBR_EL2::VMID.val(u64::from(vmid.0))]);
@@ -24,7 +27,9 @@ impl El2Arch {
         // the original value is restored.
         unsafe { write_isb!(VTTBR_EL2, wanted) };
         f();
-        // SAFETY: restores the value read above.
+        cpu::dsb_ish();
+        // SAFETY: restores the value read above, once `f`'s invalidations
+        // are complete.
         unsafe { write_isb!(VTTBR_EL2, saved) };
     }
 }

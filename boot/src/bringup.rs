@@ -14,7 +14,10 @@ use crate::layout::{
     CARVEOUT_BASE, CARVEOUT_END, HOST_DTB, HOST_DTB_MAX, HOST_ENTRY, MAX_CPUS, Sections,
 };
 use crate::stop::{Verdict, fatal, power_off};
-use crate::{caches, console, cpu, dma, engine, host, layout, mmu, platform, psci, relay, vectors};
+use crate::{
+    caches, console, cpu, cpu_state, dma, engine, gic, host, layout, mmu, platform, psci, relay,
+    vectors,
+};
 
 /// Set once bring-up is over: a CPU entering the warm entry afterwards was
 /// started for the host.
@@ -348,6 +351,15 @@ fn enter_host(index: usize, entry: u64, arg: u64) -> ! {
         .unwrap_or_else(|| fatal(format_args!("no stack for cpu {index}")));
     if let Err(e) = engine::install_host_stage2() {
         fatal(format_args!("host Stage-2: {e}"));
+    }
+    let regions = platform::get().gicr().iter().map(|r| (r.base, r.size));
+    // SAFETY: the device tree's redistributor regions, mapped Device in the
+    // EL2 map (`build_map`).
+    let rd = unsafe { gic::Redistributor::find(regions, cpu::mpidr()) };
+    if cpu_state::with_this(|c| c.redistributor = rd.map_or(0, gic::Redistributor::raw)).is_err() {
+        fatal(format_args!(
+            "cpu {index}: its per-CPU record is not reachable"
+        ));
     }
     if index == 0 {
         // SAFETY: HOST_ENTRY is host RAM, mapped at EL2; reading it does not

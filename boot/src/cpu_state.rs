@@ -11,7 +11,8 @@
 //!   in is which EL1 context is loaded on the CPU (the host's, or which
 //!   vCPU's) once the world switch stops exchanging it on every exit, and
 //!   per-CPU event counters (exits by kind, calls by status, injected
-//!   aborts) that `Accounting` can sum without a shared cache line.
+//!   aborts), which the core keeps (`isola::stats`) where `Accounting`
+//!   reads them.
 
 use isola_layout::MAX_CPUS;
 use isola_percpu::{PerCpu, PerCpuError, Slot};
@@ -32,12 +33,29 @@ pub struct CalleeSavedWrite {
     pub reg: u64,
 }
 
+/// The aborts injected into the host in a row at one instruction and
+/// address (`dispatch.rs` reports a host that loops on them).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AbortLoop {
+    /// The host's `ELR_EL2` at the last one.
+    pub elr: u64,
+    /// Its `FAR_EL2`.
+    pub far: u64,
+    /// How many in a row.
+    pub count: u64,
+}
+
 /// One CPU's record.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct CpuState {
     /// See [`CalleeSavedWrite`]. First, at offset 0 (the stub relies on it).
     pub callee_saved_write: CalleeSavedWrite,
+    /// This CPU's GICv3 redistributor (`RD_base`, `gic::Redistributor`),
+    /// found when the CPU first enters the host; 0 if none was found.
+    pub redistributor: u64,
+    /// The host's aborts in a row (see [`AbortLoop`]).
+    pub abort_loop: AbortLoop,
 }
 
 impl CpuState {
@@ -48,6 +66,12 @@ impl CpuState {
                 spsr: 0,
                 value: 0,
                 reg: 0,
+            },
+            redistributor: 0,
+            abort_loop: AbortLoop {
+                elr: 0,
+                far: 0,
+                count: 0,
             },
         }
     }

@@ -18,9 +18,11 @@ use isola::engine::{Engine, HostAbortAction};
 use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
 
 use crate::arch::El2Arch;
+use crate::console::say;
+use crate::cpu_state::{self, AbortLoop};
 use crate::engine::engine;
 use crate::frame::TrapFrame;
-use crate::sysreg::{ESR_EL2, FAR_EL2, HPFAR_EL2, Readable};
+use crate::sysreg::{ELR_EL2, ESR_EL2, FAR_EL2, HPFAR_EL2, Readable};
 use crate::world::{self, GuestStage2, Vector};
 use crate::{cpu, idregs, inject, psci, relay, smmu};
 
@@ -97,10 +99,43 @@ fn run_vcpu(e: &Engine<El2Arch>, vcpu: LoadedVcpu, regs: &mut [u64; 7]) {
 fn host_abort(esr: Esr) {
     let far = FAR_EL2.get();
     let hpfar = HPFAR_EL2.get();
-    match engine().map(|e| e.host_abort(esr.0, far, hpfar)) {
+    let cpu = cpu::index();
+    match engine().map(|e| e.host_abort(cpu, esr.0, far, hpfar)) {
         Some(HostAbortAction::Retry) => {}
         Some(HostAbortAction::SkipWrite) => inject::skip_instruction(),
-        Some(HostAbortAction::InjectSea) | None => inject::external_abort(esr.0, far),
+        Some(HostAbortAction::InjectSea) | None => {
+            note_abort_loop(cpu, esr, far);
+            inject::external_abort(esr.0, far);
+        }
+    }
+}
+
+/// The fewest aborts in a row at one instruction and address worth a line.
+const ABORT_LOOP_REPORT: u64 = 64;
+
+/// Counts the aborts this CPU injects into the host in a row at the same
+/// instruction and address — a host that retries the access after each, as
+/// one does whose page-table page it gave away, loops forever and says
+/// nothing — and says so on the console at 64 of them, then at every
+/// doubling (a rate that falls as the loop goes on: a billion aborts make
+/// 24 lines).
+fn note_abort_loop(cpu: u32, esr: Esr, far: u64) {
+    let elr = ELR_EL2.get();
+    let streak = cpu_state::with_this(|s| {
+        let loop_ = &mut s.abort_loop;
+        if loop_.elr == elr && loop_.far == far {
+            loop_.count = loop_.count.saturating_add(1);
+        } else {
+            *loop_ = AbortLoop { elr, far, count: 1 };
+        }
+        loop_.count
+    })
+    .unwrap_or(0);
+    if streak >= ABORT_LOOP_REPORT && streak.is_power_of_two() {
+        say!(
+            "cpu {cpu}: {streak} aborts injected into the host in a row at one instruction (FAR {far:#x}, EC {:#x}): is it looping?",
+            esr.ec()
+        );
     }
     // A cold path the host takes now and then: report any DMA the SMMU
     // refused meanwhile.

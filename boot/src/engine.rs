@@ -19,6 +19,7 @@ use isola::engine::{DeviceRange, Engine, EngineConfig, EngineStorage};
 use isola::mem::PhysMem;
 use isola::ownership::{PageDb, PageRecord, Shard};
 use isola::stage2::S2Config;
+use isola::stats::CpuStats;
 use isola::vm::VmSlot;
 use isola_fdt::Platform;
 use isola_sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +28,7 @@ use crate::arch::El2Arch;
 use crate::console::say;
 use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
 use crate::sysreg::{ID_AA64MMFR0_EL1, Readable, VTCR_EL2, VTTBR_EL2, Value, write_isb};
-use crate::{caches, dma};
+use crate::{caches, dma, gic, idregs};
 
 /// Page size.
 const PAGE: u64 = 4096;
@@ -133,6 +134,19 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     }
     // SAFETY: every element was initialised above; never freed.
     let vms: &'static [VmSlot] = unsafe { core::slice::from_raw_parts(vms_ptr, VM_SLOTS) };
+    let cpus = p.cpu_count.max(1);
+    let stats_at = bump.take(
+        (core::mem::size_of::<CpuStats>() as u64).saturating_mul(cpus as u64),
+        core::mem::align_of::<CpuStats>() as u64,
+    )?;
+    let stats_ptr = stats_at as *mut CpuStats;
+    for i in 0..cpus {
+        // SAFETY: engine RAM just taken from the bump allocator, aligned for
+        // `CpuStats`, referenced by nothing else.
+        unsafe { stats_ptr.add(i).write(CpuStats::new()) };
+    }
+    // SAFETY: every element was initialised above; never freed.
+    let stats: &'static [CpuStats] = unsafe { core::slice::from_raw_parts(stats_ptr, cpus) };
     // The SMMU's stream table (bus 0: 256 StreamIDs), command queue (256
     // entries) and event queue (2048 entries: one failed DMA of a page can
     // fault once per access, 1024 times): engine memory, each aligned to
@@ -193,8 +207,9 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         shards,
         records,
         vms,
+        stats,
     };
-    let engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
+    let mut engine = Engine::new(cfg, El2Arch, mem, storage).map_err(|e| match e {
         isola::engine::InitError::Db(_) => "page database rejected the RAM layout",
         isola::engine::InitError::BadReserved => "bad reserved range",
         isola::engine::InitError::BadHostPool => "bad host Stage-2 pool",
@@ -203,6 +218,14 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         isola::engine::InitError::BadGuestMmio => "bad guest MMIO window",
         isola::engine::InitError::BadWindow => "memory window does not cover RAM",
     })?;
+    // The world switch carries the virtual CPU interface (`world.rs`): the
+    // host may fill as many list registers as the CPU has (up to the core's
+    // slots). Guests see the ID registers the core derives from the CPU's.
+    // Every CPU of the machine is the same model, so the boot CPU's values
+    // are everyone's (a heterogeneous machine would pass the lowest common
+    // value of each field here).
+    engine.set_list_registers(gic::read_shape().map_or(0, |s| usize::from(s.lrs)));
+    engine.set_guest_id_registers(idregs::raw_id_registers());
     let policy = engine.cache_policy();
     // The SMMU walks the host's Stage-2 from its root (the pool's first
     // pages), with the CPU's shape, capped at the SMMU's output size.
@@ -257,17 +280,22 @@ fn vtcr() -> Value<VTCR_EL2::Register> {
 }
 
 /// Installs the host's Stage-2 on this CPU (`HCR_EL2.VM` turns it on when
-/// the host is entered).
+/// the host is entered). Called whenever a CPU comes up: at boot, when the
+/// host starts it, and when it resumes from a power-down suspend. Its TLB
+/// may then hold anything (an entry of any VMID from before the power-down,
+/// or reset-UNKNOWN contents), so every EL1&0 entry of every VMID is
+/// invalidated on this CPU (`tlbi alle1`; EL2's own are invalidated by the
+/// first instructions, `entry.rs`).
 pub fn install_host_stage2() -> Result<(), &'static str> {
     let e = engine().ok_or("the core is not initialised")?;
     // SAFETY: the host's Stage-2 root is owned by the engine and valid for
     // the rest of the run; no lower EL runs on this CPU while it changes,
-    // and the TLB is cleaned of stale entries of this VMID below.
+    // and the TLB is cleaned of stale entries of every VMID below.
     unsafe {
         write_isb!(VTCR_EL2, vtcr());
         write_isb!(VTTBR_EL2, Value::raw(e.host_vttbr()));
         core::arch::asm!(
-            "tlbi vmalls12e1",
+            "tlbi alle1",
             "dsb nsh",
             "isb",
             options(nostack, preserves_flags)

@@ -62,13 +62,16 @@ pub fn trapped(frame: &mut TrapFrame, esr: Esr) {
     }
 }
 
-/// The value the host reads from the ID register `(crm, op2)` (op0=3,
-/// op1=0, CRn=0): the CPU's own, with what the engine does not give the
-/// host hidden (see the module invariant). Each allocated encoding is read
-/// by one `mrs` (by encoding, so the assembler needs no feature flag); the
-/// encodings never allocated read as zero without touching the hardware, as
-/// the architecture defines that space (RAZ).
-fn id_reg(crm: u8, op2: u8) -> u64 {
+/// The CPU's own value of the ID register `(crm, op2)` (op0=3, op1=0,
+/// CRn=0). Each allocated encoding is read by one `mrs` (by encoding, so
+/// the assembler needs no feature flag); the encodings never allocated
+/// read as zero without touching the hardware, as the architecture defines
+/// that space (RAZ).
+#[expect(
+    clippy::let_and_return,
+    reason = "a macro call in tail position would be parsed as a statement"
+)]
+pub fn raw_id_reg(crm: u8, op2: u8) -> u64 {
     macro_rules! by_encoding {
         ($(($c:literal, $o:literal, $name:literal)),* $(,)?) => {
             match (crm, op2) {
@@ -77,7 +80,7 @@ fn id_reg(crm: u8, op2: u8) -> u64 {
             }
         };
     }
-    let raw = by_encoding!(
+    let value = by_encoding!(
         (1, 0, "s3_0_c0_c1_0"),
         (1, 1, "s3_0_c0_c1_1"),
         (1, 2, "s3_0_c0_c1_2"),
@@ -119,6 +122,23 @@ fn id_reg(crm: u8, op2: u8) -> u64 {
         (7, 3, "s3_0_c0_c7_3"),
         (7, 4, "s3_0_c0_c7_4"),
     );
+    value
+}
+
+/// Every ID register of the space `HCR_EL2.TID3` traps, `[CRm - 1][Op2]`:
+/// what the core derives a guest's view from
+/// (`Engine::set_guest_id_registers`).
+pub fn raw_id_registers() -> [[u64; 8]; 7] {
+    core::array::from_fn(|c| {
+        core::array::from_fn(|o| raw_id_reg((c as u8).wrapping_add(1), o as u8))
+    })
+}
+
+/// The value the host reads from the ID register `(crm, op2)`: the CPU's
+/// own, with what the engine does not give the host hidden (see the module
+/// invariant).
+fn id_reg(crm: u8, op2: u8) -> u64 {
+    let raw = raw_id_reg(crm, op2);
     match (crm, op2) {
         // ID_AA64PFR0_EL1: SVE hidden.
         (4, 0) => Value::<ID_AA64PFR0_EL1::Register>::raw(raw)

@@ -21,6 +21,8 @@ pub mod status {
     pub const INVALID_PARAMETERS: i64 = -2;
     /// Denied.
     pub const DENIED: i64 = -3;
+    /// The CPU is already on.
+    pub const ALREADY_ON: i64 = -4;
     /// A `CPU_ON` for this CPU is in progress.
     pub const ON_PENDING: i64 = -5;
 }

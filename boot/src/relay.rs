@@ -10,7 +10,9 @@
 //! - A [`HOST_BOOT`] slot is written by the CPU relaying `CPU_ON` (or by the
 //!   suspending CPU itself) before the firmware call, and consumed (taken) by
 //!   the target CPU in its warm entry; a slot that is still full makes a
-//!   second `CPU_ON` fail with `ON_PENDING` rather than overwrite it.
+//!   second `CPU_ON` fail rather than overwrite it: with `ON_PENDING` if
+//!   another `CPU_ON` wrote it, `ALREADY_ON` if the target itself did (it
+//!   is on, suspending).
 //! - `CPU_SUSPEND` writes its own CPU's slot whatever it holds (a `CPU_ON`
 //!   racing it will get `ALREADY_ON`). So whoever clears a slot after a
 //!   failed or returned firmware call clears it only if it still holds that
@@ -108,10 +110,14 @@ pub fn relay(fid: u32, a: [u64; 3]) -> i64 {
                 let Some(slot) = table.get_mut(index) else {
                     return status::INVALID_PARAMETERS;
                 };
-                if slot.is_some() {
-                    return status::ON_PENDING;
+                match slot {
+                    // The target wrote it: it is on, suspending (PSCI's
+                    // answer for a CPU that is on, suspended or not).
+                    Some(b) if b.writer as usize == index => return status::ALREADY_ON,
+                    // Another CPU_ON of it is under way.
+                    Some(_) => return status::ON_PENDING,
+                    None => *slot = Some(ours),
                 }
-                *slot = Some(ours);
             }
             let r = cpu_on(mpidr, index);
             if r != status::SUCCESS {

@@ -27,17 +27,16 @@
 //! Invariant: nothing in the EL2 image writes a system register except
 //! through these macros, the bring-up assembly (`entry.rs`, `mmu.rs`'s
 //! switch of maps) and the world switch's context save/restore
-//! (`world.rs`), each of which says why it cannot use them.
+//! (`world.rs`, and the virtual CPU interface's in `gic.rs`), each of which
+//! says why it cannot use them.
 
 use core::marker::PhantomData;
 
 pub use aarch64_cpu::registers::{
-    CNTHCTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2, HCR_EL2,
-    HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
-    ICH_AP0R0_EL2, ICH_AP0R1_EL2, ICH_AP0R2_EL2, ICH_AP0R3_EL2, ICH_AP1R0_EL2, ICH_AP1R1_EL2,
-    ICH_AP1R2_EL2, ICH_AP1R3_EL2, ICH_HCR_EL2, ICH_VMCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1,
-    ID_AA64MMFR2_EL1, MAIR_EL2, MDCR_EL2, MIDR_EL1, MPIDR_EL1, SCTLR_EL2, SPSR_EL1, SPSR_EL2,
-    TCR_EL2, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
+    CNTHCTL_EL2, CNTHP_CTL_EL2, CNTVOFF_EL2, ELR_EL1, ELR_EL2, ESR_EL1, ESR_EL2, FAR_EL1, FAR_EL2,
+    HCR_EL2, HDFGRTR_EL2, HDFGWTR_EL2, HFGITR_EL2, HFGRTR_EL2, HFGWTR_EL2, HPFAR_EL2, ICC_SRE_EL2,
+    ICH_HCR_EL2, ICH_VTR_EL2, ID_AA64DFR0_EL1, ID_AA64MMFR2_EL1, MAIR_EL2, MDCR_EL2, MIDR_EL1,
+    MPIDR_EL1, SCTLR_EL2, SPSR_EL1, SPSR_EL2, TCR_EL2, VBAR_EL1, VMPIDR_EL2, VTCR_EL2, VTTBR_EL2,
 };
 use tock_registers::RegisterLongName;
 pub use tock_registers::fields::FieldValue;
@@ -272,6 +271,18 @@ own_registers! {
         /// Trap SVE instructions and registers.
         TZ OFFSET(8) NUMBITS(1) [],
     ];
+    /// Counter-timer Hypervisor Physical Timer CompareValue: the EL2
+    /// physical timer's deadline, in physical counts.
+    cnthp_cval_el2::CNTHP_CVAL_EL2 = "cnthp_cval_el2";
+    /// Deferred Interrupt Status Register (FEAT_RAS), by encoding: where an
+    /// `ESB` at EL2 records an SError it deferred.
+    disr_el1::DISR_EL1 = "s3_0_c12_c1_1" [
+        /// An SError was deferred.
+        A OFFSET(31) NUMBITS(1) [],
+    ];
+    /// Virtual Deferred Interrupt Status Register (FEAT_RAS), by encoding:
+    /// what a guest reads and writes as `DISR_EL1` under `HCR_EL2.AMO`.
+    vdisr_el2::VDISR_EL2 = "s3_4_c12_c1_1";
     /// Hypervisor System Trap Register: AArch32 CP15 traps.
     hstr_el2::HSTR_EL2 = "hstr_el2";
     /// Extended Hypervisor Configuration Register (FEAT_HCX), by encoding.
@@ -293,6 +304,8 @@ own_registers! {
     id_aa64pfr0_el1::ID_AA64PFR0_EL1 = "id_aa64pfr0_el1" [
         /// SVE implemented.
         SVE OFFSET(32) NUMBITS(4) [],
+        /// RAS extension implemented (`ESB`, `DISR_EL1`, `VDISR_EL2`).
+        RAS OFFSET(28) NUMBITS(4) [],
         /// GIC system-register interface implemented.
         GIC OFFSET(24) NUMBITS(4) [],
     ];

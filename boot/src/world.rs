@@ -28,11 +28,16 @@
 //!   saves the host's `q0..q31`, FPSR and FPCR before loading the guest's and
 //!   restores them after saving the guest's, so the host never sees a
 //!   guest's FP/SIMD values and keeps its own.
-//! - The GICv3 virtual CPU interface (`ICH_HCR_EL2`, `ICH_VMCR_EL2`,
+//! - The GICv3 virtual CPU interface (list registers, `ICH_VMCR_EL2`,
 //!   `ICH_AP<m>R<n>_EL2`), which a guest's `ICC_*_EL1` accesses reach under
-//!   `IMO`/`FMO`, is reset to 0 before every guest entry
-//!   ([`gic::reset_virtual_interface`]): no guest reads what another left
-//!   there.
+//!   `IMO`/`FMO`, holds the running vCPU's own state from its context page
+//!   and is enabled (`ICH_HCR_EL2.En`) only while a guest runs
+//!   ([`gic::VcpuInterface`]): no guest reads what another left there.
+//! - While a guest's virtual timer interrupt is asserted at entry (the host
+//!   was told at the last exit, and injects it), the physical PPI 27 is
+//!   disabled in this CPU's redistributor for the run and given back after
+//!   ([`gic::Redistributor::mask_ppi`]), so the guest's own pending timer
+//!   does not end every turn before it can take the virtual one.
 //! - Where SME exists, `TPIDR2_EL0` (not trapped by `CPTR_EL2.TSM`) is 0
 //!   while a guest runs and the host's value on return; a guest's own value
 //!   is not kept across exits (the context has no slot for it).
@@ -43,17 +48,19 @@
 use core::arch::{asm, global_asm};
 
 use isola::vcpu::{
-    Context, OFF_FPCR, OFF_FPSR, OFF_PC, OFF_PSTATE, OFF_SYSREGS, OFF_V, OFF_X, SYSREG_COUNT,
-    SysReg,
+    Context, OFF_FPCR, OFF_FPSR, OFF_PC, OFF_PSTATE, OFF_SYSREGS, OFF_V, OFF_VDISR, OFF_X,
+    SYSREG_COUNT, SysReg,
 };
+use isola_abi::vgic::VTIMER_INTID;
 
+use crate::gic::{self, Redistributor, VcpuInterface};
 use crate::pmu::HostCounters;
 use crate::sysreg::{
-    CNTHCTL_EL2, CNTVOFF_EL2, CPTR_EL2, ELR_EL2, ESR_EL2, FAR_EL2, HCR_EL2, HPFAR_EL2,
-    ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2, TPIDR2_EL0, VMPIDR_EL2, VTTBR_EL2, Value, read,
-    write_batched,
+    CNTHCTL_EL2, CNTHP_CTL_EL2, CNTHP_CVAL_EL2, CNTVOFF_EL2, CPTR_EL2, DISR_EL1, ELR_EL2, ESR_EL2,
+    FAR_EL2, HCR_EL2, HPFAR_EL2, ID_AA64PFR0_EL1, ID_AA64PFR1_EL1, MDCR_EL2, Readable, SPSR_EL2,
+    TPIDR2_EL0, VDISR_EL2, VMPIDR_EL2, VTTBR_EL2, Value, read, write_batched,
 };
-use crate::{caches, gic, timer};
+use crate::{caches, cpu_state, timer};
 
 /// Which vector of the guest-only table the guest's exception came through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +145,8 @@ impl GuestStage2 {
 ///   maintenance is broadcast, because its vCPUs move between CPUs.
 /// - `TWI`, `TWE` (13, 14): `WFI`/`WFE` exit, so an idle guest gives the CPU
 ///   back instead of sleeping on it.
+/// - `TID3` (18): reads of the ID registers trap, so the guest sees only
+///   the features the engine switches (the core's `guest_id_value`).
 /// - `TSC` (19): `SMC` traps: the guest never reaches firmware; PSCI calls
 ///   become exits.
 /// - `TIDCP` (20): implementation-defined system registers trap.
@@ -162,6 +171,7 @@ pub const HCR_GUEST: Value<HCR_EL2::Register> = Value::new(&[
     HCR_EL2::BSU::InnerShareable,
     HCR_EL2::TWI::SET,
     HCR_EL2::TWE::SET,
+    HCR_EL2::TID3::SET,
     HCR_EL2::TSC::SET,
     HCR_EL2::TIDCP::SET,
     HCR_EL2::TACR::SET,
@@ -239,11 +249,14 @@ macro_rules! el1_registers {
             unsafe fn write(&self) {
                 $(
                     let v = self.0.get(SysReg::$slot as usize).copied().unwrap_or(0);
-                    // SAFETY: per this function's contract these registers
-                    // only take effect at the next `eret` to EL1/EL0.
-                    unsafe {
-                        asm!(concat!("msr ", stringify!($r), ", {}"), in(reg) v,
-                             options(nomem, nostack, preserves_flags));
+                    if !dropped(SysReg::$slot) {
+                        // SAFETY: per this function's contract these
+                        // registers only take effect at the next `eret` to
+                        // EL1/EL0.
+                        unsafe {
+                            asm!(concat!("msr ", stringify!($r), ", {}"), in(reg) v,
+                                 options(nomem, nostack, preserves_flags));
+                        }
                     }
                 )*
             }
@@ -252,6 +265,16 @@ macro_rules! el1_registers {
         /// Every register is named once: the list covers the context.
         const _: () = assert!([$(SysReg::$slot),*].len() as u64 == SYSREG_COUNT);
     };
+}
+
+/// Whether the switch leaves `r` alone: never, except in an image built
+/// with the planted bug `planted-bug-switch-drops-register` (never a real
+/// build), which drops `CONTEXTIDR_EL1` from the switch so the register
+/// census (`isola.test=census`) must see it leak; `cargo xtask test` runs
+/// the census on that image and expects it to fail.
+#[inline(always)]
+const fn dropped(r: SysReg) -> bool {
+    cfg!(feature = "planted-bug-switch-drops-register") && r as u8 == SysReg::ContextidrEl1 as u8
 }
 
 el1_registers!(
@@ -284,6 +307,11 @@ el1_registers!(
 );
 
 impl El1State {
+    /// The value of register `r`.
+    fn get(&self, r: SysReg) -> u64 {
+        self.0.get(r as usize).copied().unwrap_or(0)
+    }
+
     /// The guest's values from its context page.
     ///
     /// # Safety
@@ -334,6 +362,10 @@ struct HostEl2 {
     /// a guest's own value is not kept across exits (a functional limit,
     /// docs/guests.md), and never shown to the host or another guest.
     tpidr2_el0: Option<Value<()>>,
+    /// The host's `DISR_EL1` where FEAT_RAS exists (`ID_AA64PFR0_EL1.RAS`
+    /// != 0): the switch clears it for the run, so an SError the exit's
+    /// `ESB` defers there is the guest's, and gives the host's back.
+    disr_el1: Option<Value<DISR_EL1::Register>>,
 }
 
 impl HostEl2 {
@@ -351,6 +383,8 @@ impl HostEl2 {
             counters: HostCounters::save(),
             tpidr2_el0: (ID_AA64PFR1_EL1.read(ID_AA64PFR1_EL1::SME) != 0)
                 .then(|| Value::raw(TPIDR2_EL0.get())),
+            disr_el1: (ID_AA64PFR0_EL1.read(ID_AA64PFR0_EL1::RAS) != 0)
+                .then(|| read!(DISR_EL1 as "s3_0_c12_c1_1")),
         }
     }
 
@@ -371,6 +405,9 @@ impl HostEl2 {
             self.counters.resume();
             if let Some(tpidr2) = self.tpidr2_el0 {
                 write_batched!(TPIDR2_EL0 as "s3_3_c13_c0_5", tpidr2);
+            }
+            if let Some(disr) = self.disr_el1 {
+                write_batched!(DISR_EL1 as "s3_0_c12_c1_1", disr);
             }
             write_batched!(ELR_EL2, self.elr_el2);
             write_batched!(SPSR_EL2, self.spsr_el2);
@@ -403,6 +440,46 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // guest's `eret` puts it in force.
     unsafe { host.counters.stop() };
     let host_el1 = El1State::read();
+    // SAFETY: the caller guarantees the context page is this CPU's.
+    let guest_el1 = unsafe { El1State::load_from(page) };
+    let vgic = gic::shape();
+    let vtimer_asserted = isola::vgic::vtimer_asserted(guest_el1.get(SysReg::CntvCtlEl0))
+        && !cfg!(feature = "planted-bug-vtimer-unmasked");
+    // The host's tick bounds the run: the EL2 physical timer fires at the
+    // host's virtual-timer deadline, which the guest's CNTV_* replace for
+    // the run (the IRQ exits with `Trap::Irq`). Disarmed below before the
+    // host runs.
+    let host_deadline = timer::host_deadline(
+        host_el1.get(SysReg::CntvCtlEl0),
+        host_el1.get(SysReg::CntvCvalEl0),
+        host.cntvoff_el2.bits(),
+    )
+    .filter(|_| !cfg!(feature = "planted-bug-no-run-bound"));
+    // This CPU's redistributor, only when one of the two needs it (a run
+    // with neither, the common case, touches neither the GIC nor the
+    // per-CPU record).
+    let redistributor = (vtimer_asserted || host_deadline.is_some())
+        .then(|| cpu_state::with_this(|s| s.redistributor).ok())
+        .flatten()
+        .and_then(Redistributor::from_raw);
+    // The guest's timer interrupt was asserted at its last exit (the host
+    // injects it): keep the physical one from ending this run. Given back
+    // below, before the host runs.
+    let vtimer_masked = match redistributor {
+        // SAFETY: restored after the run (`enable_ppi` below).
+        Some(rd) if vtimer_asserted => unsafe { rd.mask_ppi(VTIMER_INTID) },
+        _ => false,
+    };
+    if let (Some(deadline), Some(rd)) = (host_deadline, redistributor) {
+        // SAFETY: the EL2 timer and its PPI are the engine's; the timer
+        // fires only while the guest runs (disarmed before the host runs),
+        // and its interrupt then only ends the guest's turn.
+        unsafe {
+            rd.claim_ppi(timer::HYP_TIMER_PPI);
+            write_batched!(CNTHP_CVAL_EL2, Value::raw(deadline));
+            write_batched!(CNTHP_CTL_EL2, timer::CNTHP_ARMED);
+        }
+    }
     let mdcr = host.mdcr_el2.union(MDCR_GUEST_TRAPS);
     // SAFETY: the guest's Stage-2, traps, timer offset and EL1 registers;
     // they affect only the EL1&0 regime (`VM` and the traps), which next runs
@@ -412,11 +489,21 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // this CPU's.
     unsafe {
         write_batched!(CNTVOFF_EL2, timer::CNTVOFF_GUEST);
-        gic::reset_virtual_interface();
+        if let Some(s) = vgic {
+            VcpuInterface::load(page, s);
+        }
         if host.tpidr2_el0.is_some() {
             write_batched!(TPIDR2_EL0 as "s3_3_c13_c0_5", Value::raw(0));
         }
-        El1State::load_from(page).write();
+        if host.disr_el1.is_some() {
+            write_batched!(DISR_EL1 as "s3_0_c12_c1_1", Value::raw(0));
+            let vdisr = page
+                .wrapping_add(OFF_VDISR as usize)
+                .cast::<u64>()
+                .read_volatile();
+            write_batched!(VDISR_EL2 as "s3_4_c12_c1_1", Value::raw(vdisr));
+        }
+        guest_el1.write();
         write_batched!(VTTBR_EL2, stage2.vttbr);
         write_batched!(VMPIDR_EL2, stage2.vmpidr);
         write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
@@ -439,19 +526,51 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
             clobber_abi("C"),
         );
     }
-    let exit = GuestExit {
-        vector: Vector::from_raw(raw),
-        esr: read!(ESR_EL2).bits(),
-        far: read!(FAR_EL2).bits(),
-        hpfar: read!(HPFAR_EL2).bits(),
+    // An SError of the guest's still pending when it left was deferred into
+    // DISR_EL1 by the exit's `ESB`: the exit is that SError, whatever else
+    // the guest was doing, and it never reaches the host.
+    let deferred = host
+        .disr_el1
+        .map(|_| read!(DISR_EL1 as "s3_0_c12_c1_1"))
+        .filter(|d| d.bits() & 1 << 31 != 0);
+    let exit = match deferred {
+        Some(disr) => GuestExit {
+            vector: Vector::SError,
+            esr: isola::abort::deferred_serror_esr(disr.bits()),
+            far: 0,
+            hpfar: 0,
+        },
+        None => GuestExit {
+            vector: Vector::from_raw(raw),
+            esr: read!(ESR_EL2).bits(),
+            far: read!(FAR_EL2).bits(),
+            hpfar: read!(HPFAR_EL2).bits(),
+        },
     };
+    let vdisr = host
+        .disr_el1
+        .map(|_| read!(VDISR_EL2 as "s3_4_c12_c1_1").bits());
     // SAFETY: the guest's EL1 registers go back to its (this CPU's) context
     // page; then the host's EL1 registers and EL2 configuration return. The
     // host runs again only after the `eret` of its trap.
     unsafe {
         El1State::read().store_to(page);
+        if let Some(s) = vgic {
+            VcpuInterface::save(page, s);
+        }
+        if let Some(v) = vdisr {
+            page.wrapping_add(OFF_VDISR as usize)
+                .cast::<u64>()
+                .write_volatile(v);
+        }
         host_el1.write();
+        if host_deadline.is_some() {
+            write_batched!(CNTHP_CTL_EL2, timer::CNTHP_OFF);
+        }
         host.restore();
+        if let (true, Some(rd)) = (vtimer_masked, redistributor) {
+            rd.enable_ppi(VTIMER_INTID);
+        }
     }
     exit
 }
@@ -604,6 +723,10 @@ isola_guest_vectors:
     .endr
 
 isola_guest_exit:
+    // ESB: an SError the guest caused and that is still pending (PSTATE.A
+    // is masked at EL2 since the exception) is deferred into DISR_EL1, for
+    // `enter_guest` to find; a NOP without FEAT_RAS.
+    hint #16
     ldr x0, [sp, #(16 + {F_CTX})]
     add x0, x0, #{C_X}
     stp x2, x3, [x0, #16]

@@ -63,3 +63,31 @@ pub const HOST_PAYLOAD_STACK: u64 = 0x4000;
 
 const _: () = assert!(HOST_DTB + HOST_DTB_MAX <= HOST_ENTRY);
 const _: () = assert!(CARVEOUT_BASE < ENGINE_IMAGE_BASE && ENGINE_IMAGE_BASE < CARVEOUT_END);
+
+/// Where `cargo xtask guest` (QEMU's generic loader, raw bytes) puts the
+/// Linux guest's kernel `Image` in host RAM, for the test host to copy into
+/// the pages it donates to the guest (docs/guests.md, "A Linux guest"). Its
+/// length is on the host's command line (`isola.linux=`).
+pub const GUEST_KERNEL_STAGE: u64 = 0x5800_0000;
+/// Most bytes the staged kernel may take: it must end below the initramfs.
+pub const GUEST_KERNEL_MAX: u64 = 0x0400_0000;
+/// Where the Linux guest's initramfs is staged, likewise.
+pub const GUEST_INITRD_STAGE: u64 = GUEST_KERNEL_STAGE + GUEST_KERNEL_MAX;
+/// Most bytes the staged initramfs may take: it must end below the heap.
+pub const GUEST_INITRD_MAX: u64 = 0x0200_0000;
+/// The test host's heap (its VMM's device models, device trees, console
+/// buffers): `[HOST_HEAP_BASE, HOST_HEAP_END)`, host RAM nothing else uses.
+pub const HOST_HEAP_BASE: u64 = GUEST_INITRD_STAGE + GUEST_INITRD_MAX;
+/// End (exclusive) of the test host's heap: 32 MiB.
+pub const HOST_HEAP_END: u64 = HOST_HEAP_BASE + 0x0200_0000;
+/// The host RAM the test host donates to Linux guests (their RAM and their
+/// VM pools): `[LINUX_POOL_BASE, LINUX_POOL_END)`, above the 16 MiB the DMA
+/// test uses from 0x6000_0000 and up to the test guest's image, which
+/// QEMU's loader puts at 0x7ff0_0000: room for three 128 MiB guests.
+pub const LINUX_POOL_BASE: u64 = 0x6100_0000;
+/// End (exclusive) of the Linux guests' pool.
+pub const LINUX_POOL_END: u64 = 0x7ff0_0000;
+
+const _: () = assert!(HOST_ENTRY + 0x0100_0000 <= GUEST_KERNEL_STAGE);
+const _: () = assert!(HOST_HEAP_END == 0x6000_0000 && HOST_HEAP_END < LINUX_POOL_BASE);
+const _: () = assert!(LINUX_POOL_BASE < LINUX_POOL_END);

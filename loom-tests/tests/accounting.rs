@@ -35,6 +35,7 @@ const SPEC: MachineSpec = MachineSpec {
     engine_pages: 4,
     vm_slots: 2,
     shard_shift: 21,
+    cpus: 4,
     caches: isola::handover::CachePolicy::MAINTAIN_ALL,
 };
 const IPA: u64 = 0x8000_0000;
@@ -140,6 +141,7 @@ fn lock_free_totals_count_every_page_once_during_a_cross_shard_donate() {
         engine_pages: 6,
         vm_slots: 1,
         shard_shift: 21,
+        cpus: 4,
         caches: isola::handover::CachePolicy::MAINTAIN_ALL,
     };
     model(|| {

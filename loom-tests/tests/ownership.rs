@@ -39,6 +39,7 @@ const SPEC: MachineSpec = MachineSpec {
     engine_pages: 4,
     vm_slots: 2,
     shard_shift: 21,
+    cpus: 4,
     caches: isola::handover::CachePolicy::MAINTAIN_ALL,
 };
 const IPA: u64 = 0x8000_0000;
@@ -300,7 +301,7 @@ fn host_fault_racing_donate_never_leaves_the_host_a_mapping() {
         let pa = page(20);
         let t = thread::spawn(move || {
             let esr = isola::abort::data_abort_esr(8, true, 0, false, true, 0b000111);
-            e.host_abort(esr, pa, (pa >> 12) << 4)
+            e.host_abort(1, esr, pa, (pa >> 12) << 4)
         });
         let sd = call(e, 2, HostCall::Donate, [a, pa, IPA, perms::R]).0;
         let fault = t.join().unwrap();

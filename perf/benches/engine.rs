@@ -46,6 +46,7 @@ const SPEC: MachineSpec = MachineSpec {
     engine_pages: 16,
     vm_slots: 4,
     shard_shift: 21,
+    cpus: 4,
     caches: isola::handover::CachePolicy::MAINTAIN_ALL,
 };
 /// Pages available for donation per round.
@@ -220,7 +221,7 @@ fn host_abort(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let esr = isola::abort::data_abort_esr(8, false, 0, false, true, 0b000111);
     let fault = |e: &Engine<NoopArch>, pa: u64| {
-        let r = e.host_abort(esr, pa, (pa >> 12) << 4);
+        let r = e.host_abort(0, esr, pa, (pa >> 12) << 4);
         debug_assert_eq!(r, HostAbortAction::Retry);
         black_box(r);
     };

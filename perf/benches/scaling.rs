@@ -69,6 +69,7 @@ impl Machine {
             engine_pages: SHARD_PAGES,
             vm_slots: threads.max(2),
             shard_shift: 21,
+            cpus: threads + 2,
             caches: isola::handover::CachePolicy::MAINTAIN_ALL,
         };
         Self {

@@ -1,4 +1,5 @@
-//! `Accounting`: page counts by owner and sharing, and one VM's usage.
+//! `Accounting`: page counts by owner and sharing, one VM's usage, and the
+//! per-CPU event counters.
 
 use crate::arch::Arch;
 use crate::engine::Engine;
@@ -22,6 +23,12 @@ impl<A: Arch> Engine<A> {
             Accounting::Vm => {
                 let (_, g) = self.lock_vm(handle)?;
                 Ok([g.owned, g.borrowed, g.pool.total()])
+            }
+            Accounting::Counter => {
+                let (mine, sum) = self
+                    .counter(handle >> 32, handle & 0xffff_ffff)
+                    .ok_or(Status::InvalidArgument)?;
+                Ok([mine, sum, 0])
             }
         }
     }

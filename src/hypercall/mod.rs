@@ -169,13 +169,23 @@ impl<A: Arch> Engine<A> {
             Some(HostCall::Share) => self.share(a, PhysAddr::new(b), Ipa::new(c), d),
             Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b), Ipa::new(c)),
             Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
-            Some(HostCall::Accounting) => self.accounting(a, b),
             Some(HostCall::VcpuInterrupts) => {
                 let [.., l0, l1, l2, l3] = *regs;
                 self.vcpu_interrupts(a, b, [l0, l1, l2, l3])
             }
-            Some(HostCall::VcpuInjectAbort) => self.vcpu_inject_abort(a, b),
+            Some(HostCall::VcpuInjectAbort) => {
+                let r = self.vcpu_inject_abort(a, b);
+                if r.is_ok() {
+                    self.count(cpu, isola_abi::counter::GUEST_ABORTS);
+                }
+                r
+            }
+            Some(HostCall::Accounting) => self.accounting(a, b),
         };
+        self.count(
+            cpu,
+            isola_abi::counter::host_calls(result.err().unwrap_or(Status::Success)),
+        );
         write_result(regs, result);
         HostCallOutcome::Done
     }

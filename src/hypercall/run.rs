@@ -106,6 +106,11 @@ impl<A: Arch> Engine<A> {
             }
         }
         let [word, a, b] = exit.encode();
+        self.count(
+            vcpu.cpu,
+            isola_abi::counter::EXITS.wrapping_add(word & 0xff),
+        );
+        self.count(vcpu.cpu, isola_abi::counter::host_calls(Status::Success));
         write_result(regs, Ok([word | status, a, b]));
     }
 
@@ -130,11 +135,16 @@ impl<A: Arch> Engine<A> {
             return GuestExitAction::ExitToHost(Exit::Error { esr });
         };
         match e.ec() {
-            ec::HVC64 => self.guest_call(vcpu, ctx),
-            ec::SMC64 => {
-                // The preferred return of a trapped SMC is the SMC itself.
-                ctx.set_pc(ctx.pc().wrapping_add(4));
-                self.guest_call(vcpu, ctx)
+            ec::HVC64 | ec::SMC64 => {
+                if e.ec() == ec::SMC64 {
+                    // The preferred return of a trapped SMC is the SMC itself.
+                    ctx.set_pc(ctx.pc().wrapping_add(4));
+                }
+                let action = self.guest_call(vcpu, ctx);
+                if action == GuestExitAction::Resume {
+                    self.count(vcpu.cpu, isola_abi::counter::GUEST_CALLS);
+                }
+                action
             }
             ec::WFX => {
                 ctx.set_pc(ctx.pc().wrapping_add(4));
@@ -149,6 +159,14 @@ impl<A: Arch> Engine<A> {
                 })
             }
             ec::SYSREG => self.guest_sysreg(vcpu, ctx, e),
+            // SVE and SME, which the engine does not switch and the guest's
+            // ID registers say are absent: their instructions and registers
+            // are UNDEFINED to it, as on a CPU without them.
+            ec::SVE | ec::SME => {
+                ctx.inject_undefined();
+                self.count(vcpu.cpu, isola_abi::counter::GUEST_UNDEFINED);
+                GuestExitAction::Resume
+            }
             ec::DABT_LOW | ec::IABT_LOW => {
                 let limit = self.vm_s2.ipa_limit();
                 match abort::classify_guest_abort(

@@ -11,8 +11,12 @@
 //! ([`guest_id_value`]). `ICC_SGI1R_EL1` writes become `Exit::Sgi`: the
 //! host, which emulates the distributor, delivers the SGI.
 //!
-//! Everything else stays `Exit::Error` (the vCPU stops), so a register this
-//! module does not name can never be silently emulated wrong.
+//! Everything else is UNDEFINED to the guest: the engine injects the
+//! Undefined Instruction exception the architecture gives for a register
+//! that does not exist ([`Regs::inject_undefined`]), so a register this
+//! module does not name is never silently emulated wrong, and a guest that
+//! probes for one (as the register census does, docs/guests.md) carries on
+//! the way it would on a CPU without it.
 
 use isola_abi::Exit;
 
@@ -89,7 +93,8 @@ pub enum Handling {
         /// Op2.
         op2: u8,
     },
-    /// Nothing the engine emulates: `Exit::Error`, the vCPU stops.
+    /// Nothing the engine emulates: an Undefined Instruction exception for
+    /// the guest.
     Refuse,
 }
 
@@ -248,9 +253,9 @@ pub fn guest_id_value(crm: u8, op2: u8, raw: u64, ipa_bits: u32) -> u64 {
 
 impl<A: Arch> Engine<A> {
     /// A guest's trapped system-register access (EC 0x18): answered per
-    /// [`classify`]; the guest continues after the instruction unless it
-    /// is refused (`Exit::Error`, the vCPU stops) or sends an SGI to
-    /// someone (`Exit::Sgi`, resumed after it on the next run).
+    /// [`classify`]; the guest continues after the instruction, or at its
+    /// own Undefined Instruction vector if it is refused, or after the host
+    /// ran if it sends an SGI to someone (`Exit::Sgi`).
     pub(crate) fn guest_sysreg(
         &self,
         vcpu: &LoadedVcpu,
@@ -259,13 +264,19 @@ impl<A: Arch> Engine<A> {
     ) -> GuestExitAction {
         let a = Access::from_esr(esr.0);
         let step = || ctx.set_pc(ctx.pc().wrapping_add(4));
+        let emulated = || self.count(vcpu.cpu(), isola_abi::counter::GUEST_SYSREGS);
         match classify(a) {
-            Handling::Refuse => GuestExitAction::ExitToHost(Exit::Error { esr: esr.0 }),
+            Handling::Refuse => {
+                ctx.inject_undefined();
+                self.count(vcpu.cpu(), isola_abi::counter::GUEST_UNDEFINED);
+                GuestExitAction::Resume
+            }
             Handling::RazWi => {
                 if a.read {
                     ctx.set_x(a.rt, 0);
                 }
                 step();
+                emulated();
                 GuestExitAction::Resume
             }
             Handling::IdRead { crm, op2 } => {
@@ -275,12 +286,14 @@ impl<A: Arch> Engine<A> {
                     guest_id_value(crm, op2, raw, u32::from(self.vm_s2.ipa_bits())),
                 );
                 step();
+                emulated();
                 GuestExitAction::Resume
             }
             Handling::Sgi1r => {
                 step();
                 let (targets, intid) = sgi1r_targets(ctx.x(a.rt), vcpu.index(), vcpu.vcpus());
                 if targets == 0 {
+                    emulated();
                     GuestExitAction::Resume
                 } else {
                     GuestExitAction::ExitToHost(Exit::Sgi { targets, intid })

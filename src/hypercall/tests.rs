@@ -153,3 +153,44 @@ fn stage2_errors_map_to_abi_statuses() {
     assert_eq!(s2_status(S2Error::NotMapped), Status::NotMapped);
     assert_eq!(s2_status(S2Error::OutOfRange), Status::InvalidArgument);
 }
+
+/// The per-CPU counters: every host call by its status on the CPU that made
+/// it (not counting the read itself), the sum over CPUs beside it, and
+/// `InvalidArgument` for an unknown counter or CPU.
+#[test]
+fn counters_count_calls_by_status_per_cpu() {
+    use isola_abi::counter;
+    let spec = MachineSpec::default();
+    let e = spec.build(RecordingArch::new());
+    let on = |cpu: u32, id: u64, args: [u64; 2]| {
+        let mut regs = [id, args[0], args[1], 0, 0, 0, 0];
+        assert_eq!(e.host_call(cpu, &mut regs), HostCallOutcome::Done);
+        regs
+    };
+    let read = |cpu: u32, c: u64, of: u64| {
+        let r = on(
+            cpu,
+            HostCall::Accounting as u64,
+            [Accounting::Counter as u64, c | of << 32],
+        );
+        (r[0], r[1], r[2])
+    };
+    let ok = counter::host_calls(Status::Success);
+    let unknown = counter::host_calls(Status::NotSupported);
+    assert_eq!(read(0, ok, 0), (0, 0, 0), "the read does not count itself");
+    on(1, HostCall::Version as u64, [0, 0]);
+    on(1, 0xc600_00ff, [0, 0]);
+    on(2, 0xc600_00ff, [0, 0]);
+    // CPU 0 made one successful call (the first read); CPU 1 one more.
+    assert_eq!(read(1, ok, 1), (0, 1, 2));
+    assert_eq!(read(0, unknown, 2), (0, 1, 2));
+    assert_eq!(read(0, unknown, 1), (0, 1, 2));
+    for bad in [counter::COUNT, ok | (spec.cpus as u64) << 32] {
+        let r = on(
+            0,
+            HostCall::Accounting as u64,
+            [Accounting::Counter as u64, bad],
+        );
+        assert_eq!(r[..4], [Status::InvalidArgument.raw(), 0, 0, 0]);
+    }
+}

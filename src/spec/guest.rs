@@ -98,6 +98,23 @@ pub(super) fn take_external_abort(v: &mut Vcpu, at: u64, far: u64, write: bool, 
     v.pending = Pending::None;
 }
 
+/// What the engine does to a vCPU that touched a system register it
+/// neither switches nor emulates: the architecture's Undefined Instruction
+/// exception at the guest's own vector, as for [`take_external_abort`]
+/// (`ESR_EL1` = EC 0 with `IL`, `ELR_EL1` = the instruction, `SPSR_EL1` =
+/// PSTATE, `FAR_EL1` unchanged), and nothing pending changes.
+pub(super) fn take_undefined(v: &mut Vcpu) {
+    v.el1.esr = 1 << 25;
+    v.el1.elr = v.pc;
+    v.el1.spsr = v.pstate;
+    v.pc = match v.pstate & 0xf {
+        0b0000 => 0x400,
+        0b0100 => 0,
+        _ => 0x200,
+    };
+    v.pstate = INITIAL_PSTATE | (v.pstate & 1 << 22);
+}
+
 /// Whether a list-register word is one whose interrupt the guest finished
 /// with `EOI` requested (the maintenance condition): not empty, neither
 /// pending nor active, `EOI` set, `HW` clear.
@@ -397,7 +414,10 @@ impl Model {
     /// another cluster or range) and exits if it names anyone; the debug
     /// registers (Op0 2) and the PMU registers read as zero and ignore
     /// writes. The model's guests touch no other trapped register but the
-    /// implementation-defined space (Op0 3, CRn 15), which stops the vCPU.
+    /// implementation-defined space (Op0 3, CRn 15), which is UNDEFINED:
+    /// the guest takes an Undefined Instruction exception at its own vector
+    /// ([`take_undefined`]). Emulated accesses and refused ones are counted
+    /// (`GUEST_SYSREGS`, `GUEST_UNDEFINED`) on `cpu`.
     fn guest_sysreg(
         &mut self,
         cpu: usize,
@@ -424,6 +444,7 @@ impl Model {
             };
             self.update(h, index, step);
             if targets == 0 {
+                self.count(cpu, isola_abi::counter::GUEST_SYSREGS);
                 return Outcome::GuestDone;
             }
             return self.exit(cpu, h, index, RunState::Ready, Exit::Sgi { targets, intid });
@@ -435,15 +456,12 @@ impl Model {
                 }
                 step(v);
             });
+            self.count(cpu, isola_abi::counter::GUEST_SYSREGS);
             return Outcome::GuestDone;
         }
-        self.exit(
-            cpu,
-            h,
-            index,
-            RunState::Stopped,
-            Exit::Error { esr: a.esr() },
-        )
+        self.update(h, index, take_undefined);
+        self.count(cpu, isola_abi::counter::GUEST_UNDEFINED);
+        Outcome::GuestDone
     }
 
     /// Guest `Share`, `Unshare` or `Relinquish` of the page mapped at `ipa`.

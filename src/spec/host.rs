@@ -566,6 +566,12 @@ impl Model {
                     s.count(|p| p.state == PageState::Pool { vm: h }),
                 ])
             }
+            Accounting::Counter => {
+                let (mine, sum) = self
+                    .counter(h >> 32, h & 0xffff_ffff)
+                    .ok_or(Status::InvalidArgument)?;
+                Ok([mine, sum, 0])
+            }
         }
     }
 }

@@ -297,6 +297,9 @@ pub struct Model {
     /// The VM table: which handle each slot gives out next, and whether it
     /// is taken (by a live VM, or a destroyed one whose pages await reclaim).
     slots: Vec<Slot>,
+    /// Per physical CPU, the engine's event counters (`isola_abi::counter`),
+    /// which `Accounting::Counter` reads.
+    counters: Vec<[u64; isola_abi::counter::COUNT as usize]>,
 }
 
 /// One slot of the VM table.
@@ -348,11 +351,13 @@ impl Model {
             cpus: alloc::vec![Cpu::Host; config.cpus],
             dma: DmaFaults::default(),
         };
+        let counters = alloc::vec![[0; isola_abi::counter::COUNT as usize]; config.cpus];
         Model {
             config,
             state,
             tables: BTreeMap::new(),
             slots,
+            counters,
         }
     }
 
@@ -388,7 +393,7 @@ impl Model {
         let Some(&cpu_state) = self.state.cpus.get(event.cpu()) else {
             return Outcome::Inapplicable;
         };
-        match (cpu_state, event) {
+        let outcome = match (cpu_state, event) {
             (Cpu::Host, Event::HostHvc { cpu, regs }) => self.host_call(*cpu, regs),
             (Cpu::Host, Event::HostRead { pa, .. }) => self.host_read(*pa),
             (Cpu::Host, Event::HostWrite { pa, value, .. }) => self.host_write(*pa, *value),
@@ -396,7 +401,70 @@ impl Model {
                 self.guest_event(event.cpu(), vm, vcpu, event)
             }
             _ => Outcome::Inapplicable,
+        };
+        self.count_outcome(event, outcome);
+        outcome
+    }
+
+    /// The counters an event moves, once its outcome is known (after it:
+    /// an `Accounting::Counter` read does not count itself). Every host call
+    /// by its status (a `VcpuRun` when it returns); every exit by reason;
+    /// guest calls the engine answered; aborts injected into the host and,
+    /// by `VcpuInjectAbort`, into guests. The system-register counters move
+    /// in [`Model::guest_event`]'s handling of the access, which alone knows
+    /// whether it was emulated or refused.
+    fn count_outcome(&mut self, event: &Event, outcome: Outcome) {
+        use isola_abi::counter;
+        let status = |x0: u64| {
+            isola_abi::Status::from_raw(x0 as i64).unwrap_or(isola_abi::Status::NotSupported)
+        };
+        let cpu = event.cpu();
+        match (event, outcome) {
+            (Event::HostHvc { regs, .. }, Outcome::HostReturn(r)) => {
+                self.count(cpu, counter::host_calls(status(r[0])));
+                let injected = regs[0] & 0xffff_ffff == isola_abi::HostCall::VcpuInjectAbort as u64;
+                if injected && r[0] == isola_abi::Status::Success.raw() {
+                    self.count(cpu, counter::GUEST_ABORTS);
+                }
+            }
+            (Event::HostRead { .. } | Event::HostWrite { .. }, Outcome::HostFault) => {
+                self.count(cpu, counter::HOST_ABORTS);
+            }
+            (Event::GuestHvc { .. }, Outcome::GuestReturn(_)) => {
+                self.count(cpu, counter::GUEST_CALLS);
+            }
+            (_, Outcome::Exit([word, ..])) => {
+                self.count(cpu, counter::EXITS.wrapping_add(word & 0xff));
+                self.count(cpu, counter::host_calls(isola_abi::Status::Success));
+            }
+            _ => {}
         }
+    }
+
+    /// Adds one to `counter` of `cpu`.
+    fn count(&mut self, cpu: usize, counter: u64) {
+        let slot = self
+            .counters
+            .get_mut(cpu)
+            .and_then(|c| c.get_mut(usize::try_from(counter).ok()?));
+        if let Some(c) = slot {
+            *c = c.wrapping_add(1);
+        }
+    }
+
+    /// `counter` of `cpu` and its sum over every CPU, as
+    /// `Accounting::Counter` answers; `None` for an unknown counter or CPU.
+    fn counter(&self, cpu: u64, counter: u64) -> Option<(u64, u64)> {
+        let i = usize::try_from(counter)
+            .ok()
+            .filter(|&i| i < isola_abi::counter::COUNT as usize)?;
+        let mine = self.counters.get(usize::try_from(cpu).ok()?)?;
+        let sum = self
+            .counters
+            .iter()
+            .filter_map(|c| c.get(i))
+            .fold(0u64, |a, &b| a.wrapping_add(b));
+        Some((mine.get(i).copied().unwrap_or(0), sum))
     }
 }
 

@@ -37,6 +37,7 @@ use isola::spec::{
     Config, Contents, Cpu, DmaFaults, El1, Event, Handle, Mapping, Outcome, Owner, Page, PageState,
     Pending, RunState, State, Vcpu, Vm,
 };
+use isola::stats::CpuStats;
 use isola::testing::SimArch;
 use isola::testing::{GUEST_MMIO, MachineSpec};
 use isola::vcpu::{MAX_VCPUS, Pending as CtxPending, SysReg, VcpuState};
@@ -50,10 +51,8 @@ const LIST_REGS: usize = 4;
 /// CPUs drive it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Machine {
-    /// RAM, engine pages, VM slots, shards, caches.
+    /// RAM, engine pages, VM slots, shards, caches, physical CPUs.
     pub spec: MachineSpec,
-    /// Physical CPUs.
-    pub cpus: usize,
 }
 
 impl Machine {
@@ -64,9 +63,9 @@ impl Machine {
         Self {
             spec: MachineSpec {
                 ram_base: 0x4020_0000 - 32 * PAGE_SIZE,
+                cpus: 3,
                 ..MachineSpec::default()
             },
-            cpus: 3,
         }
     }
 
@@ -83,7 +82,7 @@ impl Machine {
             ram_base: m.ram_base,
             ram_pages: m.ram_pages,
             engine_pages: m.engine_pages,
-            cpus: self.cpus,
+            cpus: m.cpus,
             max_vms: m.vm_slots,
             max_vcpus: MAX_VCPUS as u64,
             features: features
@@ -115,6 +114,7 @@ struct Storage {
     shards: *mut [Shard],
     records: *mut [PageRecord],
     vms: *mut [VmSlot],
+    stats: *mut [CpuStats],
 }
 
 impl Storage {
@@ -136,6 +136,7 @@ impl Storage {
             shards: Box::into_raw((0..nshards).map(|_| Shard::new()).collect()),
             records: Box::into_raw(vec![PageRecord::HOST; nrecords].into_boxed_slice()),
             vms: Box::into_raw((0..spec.vm_slots).map(|_| VmSlot::new()).collect()),
+            stats: Box::into_raw((0..spec.cpus).map(|_| CpuStats::new()).collect()),
         }
     }
 }
@@ -151,6 +152,7 @@ impl Drop for Storage {
             drop(Box::from_raw(self.shards));
             drop(Box::from_raw(self.records));
             drop(Box::from_raw(self.vms));
+            drop(Box::from_raw(self.stats));
             std::alloc::dealloc(self.ram, self.ram_layout);
         }
     }
@@ -179,6 +181,7 @@ fn build(spec: &MachineSpec, storage: &Storage) -> Core<SimArch> {
             shards: &*storage.shards,
             records: &mut *storage.records,
             vms: &*storage.vms,
+            stats: &*storage.stats,
         }
     };
     let mut core = spec.build_on(SimArch::new(), mem, tables);
@@ -227,7 +230,7 @@ impl Engine {
         Self {
             core,
             machine,
-            loaded: (0..machine.cpus).map(|_| None).collect(),
+            loaded: (0..machine.spec.cpus).map(|_| None).collect(),
             walks: RefCell::default(),
             dirty: Cell::new(true),
             storage,
@@ -266,7 +269,7 @@ impl Engine {
 
     /// A host load or store at `pa`, as the CPU would do it: through the
     /// host Stage-2, taking the abort path on a miss.
-    fn host_access(&self, pa: u64, write: Option<u64>) -> Outcome {
+    fn host_access(&self, cpu: usize, pa: u64, write: Option<u64>) -> Outcome {
         let p = PhysAddr::new(pa);
         let usable = |core: &Core<SimArch>| {
             core.host_translate(p).is_some_and(|t| {
@@ -279,7 +282,7 @@ impl Engine {
         };
         if !usable(&self.core) {
             let esr = abort::data_abort_esr(8, write.is_some(), 0, false, true, 0b000111);
-            let action = self.core.host_abort(esr, pa, (pa >> 12) << 4);
+            let action = self.core.host_abort(cpu as u32, esr, pa, (pa >> 12) << 4);
             if action != isola::engine::HostAbortAction::Retry || !usable(&self.core) {
                 return Outcome::HostFault;
             }
@@ -353,7 +356,7 @@ impl super::System for Engine {
         }
         let cpu = event.cpu();
         let running = self.loaded.get(cpu).is_some_and(Option::is_some);
-        if cpu >= self.machine.cpus || running == event.is_host() {
+        if cpu >= self.machine.spec.cpus || running == event.is_host() {
             return Outcome::Inapplicable;
         }
         let mem = self.core.mem();
@@ -371,8 +374,8 @@ impl super::System for Engine {
                     }
                 }
             }
-            Event::HostRead { pa, .. } => self.host_access(pa, None),
-            Event::HostWrite { pa, value, .. } => self.host_access(pa, Some(value)),
+            Event::HostRead { cpu, pa } => self.host_access(cpu, pa, None),
+            Event::HostWrite { cpu, pa, value } => self.host_access(cpu, pa, Some(value)),
             Event::GuestSetReg { reg, value, .. } => {
                 let (_, _, l) = self.loaded[cpu].as_ref().unwrap();
                 l.context().set_x(mem, reg, value);

@@ -462,7 +462,29 @@ fn host_event(cpu: usize, kind: u8, p: [u16; 4], r: [u64; 3], s: &State, c: &Con
             };
             hvc(cpu, HostCall::Reclaim, [pa, 0, 0, 0])
         }
-        22 => hvc(cpu, HostCall::Accounting, [u64::from(p[1] % 5), h, 0, 0]),
+        22 => {
+            // Selectors 0..=5 (5 unknown); a counter: a defined one,
+            // one beyond the last, any CPU up to one beyond the last.
+            let selector = u64::from(p[1] % 6);
+            let handle = if selector == isola_abi::Accounting::Counter as u64 {
+                let counter = [
+                    isola_abi::counter::host_calls(isola_abi::Status::Success),
+                    isola_abi::counter::host_calls(isola_abi::Status::NotFound),
+                    isola_abi::counter::exits(isola_abi::ExitReason::HostCall),
+                    isola_abi::counter::GUEST_CALLS,
+                    isola_abi::counter::GUEST_SYSREGS,
+                    isola_abi::counter::GUEST_UNDEFINED,
+                    isola_abi::counter::HOST_ABORTS,
+                    isola_abi::counter::GUEST_ABORTS,
+                    isola_abi::counter::COUNT,
+                    r[1] & 0xffff_ffff,
+                ][usize::from(p[2] % 10)];
+                counter | (u64::from(p[3]) % (c.cpus as u64 + 1)) << 32
+            } else {
+                h
+            };
+            hvc(cpu, HostCall::Accounting, [selector, handle, 0, 0])
+        }
         23 => hvc(cpu, HostCall::Version, [0; 4]),
         24 => {
             let id = [

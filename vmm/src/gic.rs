@@ -182,6 +182,16 @@ impl Gic {
                 .is_some_and(|s| s.iter().any(|&w| w & lr::PENDING != 0))
     }
 
+    /// Whether `vcpu` has an interrupt to take that its list registers do
+    /// not hold: a host running that vCPU elsewhere should make it exit
+    /// (a "kick") so the next [`Gic::flush`] presents it.
+    pub fn undelivered(&self, vcpu: usize) -> bool {
+        let held = self.shadow.get(vcpu).copied().unwrap_or_default();
+        self.deliverable(vcpu)
+            .iter()
+            .any(|&(_, n)| !held.iter().any(|&w| w != 0 && lr::intid(w) == n as u64))
+    }
+
     /// The list registers to hand the engine before `vcpu` runs.
     pub fn flush(&mut self, vcpu: usize) -> [u64; lr::SLOTS] {
         let Some(mut lrs) = self.shadow.get(vcpu).copied() else {
@@ -564,6 +574,19 @@ mod tests {
         st.lrs[1] = LrState::Pending;
         g.sync(1, &st);
         assert_eq!(g.flush(1), [lr::pending(33, 0, true), 0, 0, 0]);
+    }
+
+    #[test]
+    fn a_running_vcpu_needs_a_kick_only_for_what_it_does_not_hold() {
+        let mut g = linux_like();
+        assert!(!g.undelivered(1));
+        g.send_sgi(0b10, 3);
+        assert!(g.undelivered(1), "a new SGI for vCPU 1");
+        assert!(!g.undelivered(0));
+        g.flush(1);
+        assert!(!g.undelivered(1), "now in its list registers");
+        g.set_level(1, 27, true);
+        assert!(g.undelivered(1), "the timer is not");
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl Vm {
             .collect()
     }
 
+    /// Whether vCPU `v`, if it is running now, should be made to exit to
+    /// see an interrupt its list registers do not hold ([`Gic::undelivered`]).
+    pub fn needs_kick(&self, v: usize) -> bool {
+        self.gic.undelivered(v)
+    }
+
     /// What to hand `VcpuInterrupts` before running vCPU `v`.
     pub fn list_registers(&mut self, v: usize) -> [u64; lr::SLOTS] {
         self.gic.flush(v)

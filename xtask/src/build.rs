@@ -67,9 +67,25 @@ pub fn build_for_targets(
 /// [`PAYLOAD_TARGET`], in a target directory of their own so host builds are
 /// not invalidated.
 pub fn build_images() -> Result<Images, String> {
-    let dir = root().join("target").join("aarch64");
-    let (el2, payloads) =
-        build_for_targets(&dir, &[], &["isola-host-payload", "isola-guest-payload"])?;
+    build_images_with(&[])
+}
+
+/// [`build_images`] with `engine_features` of `isola-boot` (a planted bug,
+/// for a check that must fail on it), in a target directory of their own
+/// (`target/aarch64-<features>`) so the real images are never confused with
+/// them.
+pub fn build_images_with(engine_features: &[&str]) -> Result<Images, String> {
+    let name = if engine_features.is_empty() {
+        "aarch64".to_string()
+    } else {
+        format!("aarch64-{}", engine_features.join("-"))
+    };
+    let dir = root().join("target").join(name);
+    let (el2, payloads) = build_for_targets(
+        &dir,
+        engine_features,
+        &["isola-host-payload", "isola-guest-payload"],
+    )?;
     let images = Images {
         engine: el2.join("isola"),
         host: payloads.join("isola-host"),

@@ -64,7 +64,7 @@ const TEST_DEADLINE: Duration = Duration::from_secs(180);
 const RUN_DEADLINE: Duration = Duration::from_secs(1800);
 
 /// Why the assets are not there.
-enum FetchError {
+pub(crate) enum FetchError {
     /// Debian's archive (or apt itself) is not reachable from here: the test
     /// is skipped, and says why.
     Unavailable(String),
@@ -79,9 +79,9 @@ impl From<String> for FetchError {
 }
 
 /// What a boot needs, ready on disk.
-struct Assets {
+pub(crate) struct Assets {
     /// The raw arm64 `Image`.
-    image: PathBuf,
+    pub(crate) image: PathBuf,
     /// Bytes the kernel occupies from its load address (header `image_size`).
     image_size: u64,
     /// The initramfs (uncompressed cpio newc).
@@ -89,10 +89,10 @@ struct Assets {
     /// The virtio-blk-pci disk's contents (see [`write_disk`]).
     disk: PathBuf,
     /// Kernel package name, for the report.
-    kernel_package: String,
+    pub(crate) kernel_package: String,
 }
 
-fn cache_dir() -> PathBuf {
+pub(crate) fn cache_dir() -> PathBuf {
     root().join("target").join("linux")
 }
 
@@ -227,7 +227,7 @@ pub fn booted_test() -> Result<(), String> {
 // Fetching and unpacking
 
 /// Makes sure `target/linux/` holds the `Image` and the initramfs.
-fn fetch() -> Result<Assets, FetchError> {
+pub(crate) fn fetch() -> Result<Assets, FetchError> {
     let dir = cache_dir();
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let image = dir.join("Image");
@@ -534,12 +534,12 @@ fn image_header(image: &[u8]) -> Result<u64, String> {
 // The initramfs
 
 /// One member of a cpio archive.
-struct Member<'a> {
-    name: &'a str,
-    mode: u32,
+pub(crate) struct Member<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) mode: u32,
     /// (major, minor) of a device node.
-    rdev: (u32, u32),
-    data: &'a [u8],
+    pub(crate) rdev: (u32, u32),
+    pub(crate) data: &'a [u8],
 }
 
 /// Appends one cpio "newc" record: a 110-byte ASCII header, the name with
@@ -570,7 +570,7 @@ fn pad4(out: &mut Vec<u8>) {
 }
 
 /// A cpio "newc" archive of `members`, with its trailer.
-fn cpio(members: &[Member<'_>]) -> Result<Vec<u8>, String> {
+pub(crate) fn cpio(members: &[Member<'_>]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     for (ino, m) in (1_u32..).zip(members) {
         cpio_record(&mut out, ino, m)?;
@@ -799,7 +799,7 @@ fn bare_command(assets: &Assets, smp: u32) -> Command {
 // Judging
 
 /// A console line without the kernel's `[ seconds.micros] ` prefix.
-fn untimed(line: &str) -> &str {
+pub(crate) fn untimed(line: &str) -> &str {
     let t = line.trim_start();
     if let Some(rest) = t.strip_prefix('[')
         && let Some((stamp, after)) = rest.split_once(']')
@@ -924,7 +924,7 @@ fn story(smp: u32, end: End) -> Vec<Vec<String>> {
 }
 
 /// Whether `line` holds `fragments` as [`story`] describes.
-fn tells(line: &str, fragments: &[String]) -> bool {
+pub(crate) fn tells(line: &str, fragments: &[String]) -> bool {
     let Some((first, rest)) = fragments.split_first() else {
         return true;
     };
@@ -942,7 +942,7 @@ fn tells(line: &str, fragments: &[String]) -> bool {
 
 /// Any of these anywhere fails the run: kernel oopses, panics, warnings,
 /// stalls and CPUs that did not come up, and engine failures.
-const FORBIDDEN: &[&str] = &[
+pub(crate) const FORBIDDEN: &[&str] = &[
     "Oops",
     "Kernel panic",
     "Unable to handle kernel",

@@ -1,8 +1,9 @@
 //! isola's task runner: `cargo xtask run` boots the engine on QEMU virt,
 //! `cargo xtask test` runs every test suite, in the order a failure is cheapest
 //! to find (`suite.rs`), `cargo xtask linux` boots Debian's kernel as the host,
-//! `cargo xtask bench` measures, `cargo xtask explore` runs the exhaustive
-//! exploration of the engine against its spec deeper (`explore.rs`).
+//! `cargo xtask guest` as a guest, `cargo xtask bench` measures, `cargo xtask
+//! explore` runs the exhaustive exploration of the engine against its spec
+//! deeper (`explore.rs`).
 //!
 //! It calls nothing the README does not name: the only tools are the pinned
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
@@ -12,10 +13,12 @@
 
 mod bench;
 mod build;
+mod census;
 mod check;
 mod cmd;
 mod dtb;
 mod explore;
+mod guest;
 #[cfg(test)]
 mod layers;
 mod linux;
@@ -36,11 +39,19 @@ fn main() -> ExitCode {
             qemu::run_main_job(smp)
         }),
         Some("linux") => machine::ensure_qemu().and_then(|()| linux::main(&args[1..])),
+        Some("guest") => machine::ensure_qemu().and_then(|()| guest::main(&args[1..])),
         Some("test") => suite::test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
         Some("explore") => explore::main(&args[1..]),
+        Some("census") => machine::ensure_qemu().and_then(|()| qemu::census_main()),
+        Some("planted") => match &args[1..] {
+            [feature, scenario] => {
+                machine::ensure_qemu().and_then(|()| qemu::planted(feature, scenario))
+            }
+            _ => Err("usage: cargo xtask planted FEATURE SCENARIO".to_string()),
+        },
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask explore [--depth N] [--planted]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask census | cargo xtask planted FEATURE SCENARIO | cargo xtask explore [--depth N] [--planted]"
                 .to_string(),
         ),
     };

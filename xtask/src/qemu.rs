@@ -72,6 +72,9 @@ pub fn run_qemu(boot: &Boot<'_>, deadline: Duration, echo: bool) -> Result<Run, 
     watch(boot.command(), deadline, echo)
 }
 
+/// A check of a console that told its story right.
+type AfterCheck = fn(&[String]) -> Result<(), String>;
+
 /// Makes a device tree file for a scenario.
 type MakeDtb = fn(&Images) -> Result<PathBuf, String>;
 
@@ -83,6 +86,8 @@ struct Scenario {
     expected: fn(u32) -> Vec<Expect>,
     /// A device tree to boot on instead of QEMU's own.
     dtb: Option<MakeDtb>,
+    /// A check of the console beyond its story (the census's table).
+    after: Option<AfterCheck>,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -92,6 +97,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "smp",
         expected: stories::smp_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "probe: the host's read of engine memory is blocked (SEA)",
@@ -99,6 +105,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "probe",
         expected: stories::probe_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "badcall: bad hypercalls get their error status",
@@ -106,6 +113,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "badcall",
         expected: stories::badcall_story,
         dtb: None,
+        after: None,
     },
     Scenario {
         name: "dma: the host's devices cannot reach engine, guest or just-donated pages, nor set LPI tables",
@@ -113,13 +121,39 @@ const SCENARIOS: &[Scenario] = &[
         test: "dma",
         expected: stories::dma_story,
         dtb: None,
+        after: None,
     },
     Scenario {
-        name: "vms8: 16 VMs of 4 vCPUs on 8 CPUs, host and guest attacks, teardown, exact accounting",
+        name: "vms8: 16 VMs of 5 vCPUs (one at EL0) on 8 CPUs ticking on their virtual timers, host and guest attacks, virtual interrupts, teardown, exact accounting",
         smp: 8,
         test: "vms",
         expected: stories::vms_story,
         dtb: None,
+        after: None,
+    },
+    Scenario {
+        name: "vms1: the same on 1 CPU, where only the host's own tick can end a guest that never exits",
+        smp: 1,
+        test: "vms",
+        expected: stories::vms_story,
+        dtb: None,
+        after: None,
+    },
+    Scenario {
+        name: "psci: two CPU_ONs of one CPU at once, CPU_ON against a power-down CPU_SUSPEND, a suspend alone: each with its defined result, nothing left pending",
+        smp: 4,
+        test: "psci",
+        expected: stories::psci_story,
+        dtb: None,
+        after: None,
+    },
+    Scenario {
+        name: "census: every system register a lower EL can name, planted by VM A at EL1 and EL0, reaches neither VM B nor the host",
+        smp: 1,
+        test: "census",
+        expected: stories::census_story,
+        dtb: None,
+        after: Some(crate::census::check_current),
     },
     Scenario {
         name: "no-gicv3: a device tree the engine cannot use is reported, and the run fails cleanly",
@@ -127,6 +161,7 @@ const SCENARIOS: &[Scenario] = &[
         test: "smp",
         expected: stories::unusable_tree_story,
         dtb: Some(dtb::unknown_gic),
+        after: None,
     },
 ];
 
@@ -155,10 +190,35 @@ fn judge(images: &Images, s: &Scenario) -> Result<Duration, String> {
         Err(format!("QEMU exited with {:?}", run.code))
     } else {
         check(&run.lines, &(s.expected)(s.smp))
+            .and_then(|()| s.after.map_or(Ok(()), |after| after(&run.lines)))
     };
     verdict
         .map(|()| run.elapsed)
         .map_err(|e| format!("{e}\n{}", run.log()))
+}
+
+/// `cargo xtask census`: boots the `census` scenario, checks its story, and
+/// writes its table into docs/guests.md.
+pub fn census_main() -> Result<(), String> {
+    crate::machine::guard_available()?;
+    let images = build_images()?;
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.test == "census")
+        .ok_or("no census scenario")?;
+    let boot = Boot {
+        images: &images,
+        smp: s.smp,
+        append: "isola.test=census",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    check(&run.lines, &(s.expected)(s.smp)).map_err(|e| format!("{e}\n{}", run.log()))?;
+    crate::census::write(&run.lines)
 }
 
 /// Every booted scenario: prints each one's name and PASS/FAIL (with the
@@ -171,6 +231,10 @@ pub fn booted_tests() -> Result<(), String> {
     dma_test_has_teeth(&images)?;
     println!(
         "PASS  dma teeth: with the planted bug (Donate leaves the DMA view) the just-donated page is reached"
+    );
+    census_has_teeth(&images)?;
+    println!(
+        "PASS  census teeth: with the planted bug (CONTEXTIDR_EL1 left out of the switch) VM B and the host see VM A's value"
     );
     let mut failed = 0_usize;
     for s in SCENARIOS {
@@ -190,6 +254,34 @@ pub fn booted_tests() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{failed} booted scenario(s) failed"))
+    }
+}
+
+/// `cargo xtask planted FEATURE SCENARIO`: boots the scenario whose name
+/// starts with `SCENARIO` on an engine built with the planted-bug feature
+/// `FEATURE` of `isola-boot`, and succeeds only if the scenario *fails*:
+/// the check has teeth. Prints the failure it found.
+pub fn planted(feature: &str, scenario: &str) -> Result<(), String> {
+    crate::machine::guard_available()?;
+    if !feature.starts_with("planted-bug-") {
+        return Err(format!("{feature:?} is not a planted-bug feature"));
+    }
+    let s = SCENARIOS
+        .iter()
+        .find(|s| s.name.split(':').next() == Some(scenario))
+        .ok_or_else(|| format!("no booted scenario named {scenario:?}"))?;
+    let images = crate::build::build_images_with(&[feature])?;
+    match judge(&images, s) {
+        Ok(t) => Err(format!(
+            "{} passes on an engine built with {feature} ({:.1} s): the check has no teeth",
+            s.name,
+            t.as_secs_f64()
+        )),
+        Err(e) => {
+            let first = e.lines().next().unwrap_or("");
+            println!("the check has teeth: {scenario} fails with {feature}: {first}");
+            Ok(())
+        }
     }
 }
 
@@ -257,6 +349,45 @@ fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
     } else {
         Err(format!(
             "the DMA test has no teeth: with the planted bug the just-donated page was not reached\n{}",
+            run.log()
+        ))
+    }
+}
+
+/// The register census can fail: an engine built with
+/// `planted-bug-switch-drops-register` (the world switch leaves
+/// `CONTEXTIDR_EL1` out) must let VM B read what VM A left there, and the
+/// host find its own value changed, and the census must say both.
+fn census_has_teeth(images: &Images) -> Result<(), String> {
+    let dir = root().join("target").join("aarch64-planted-switch");
+    let (el2, _) = build_for_targets(&dir, &["planted-bug-switch-drops-register"], &[])?;
+    let planted = Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    };
+    let boot = Boot {
+        images: &planted,
+        smp: 1,
+        append: "isola.test=census",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    let said = |l: &str| run.lines.iter().any(|got| got == l);
+    let caught = said("host: census: FAIL s3_0_c13_c0_1: VM B read the value VM A left")
+        && said(
+            "host: census: FAIL s3_0_c13_c0_1: the host's value changed across the guests' runs",
+        )
+        && said("host: verdict: 1 check(s) FAILED");
+    if caught {
+        Ok(())
+    } else {
+        Err(format!(
+            "the register census has no teeth: with CONTEXTIDR_EL1 left out of the switch it did not report the leak\n{}",
             run.log()
         ))
     }

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::cmd::{SKIPPED, cargo, root, run};
-use crate::{build, explore, linux, machine, panic_free, qemu};
+use crate::{build, explore, guest, linux, machine, panic_free, qemu};
 
 /// Crates that only build for the bare-metal targets.
 const TARGET_ONLY: &[&str] = &["isola-boot", "isola-host-payload", "isola-guest-payload"];
@@ -88,6 +88,10 @@ pub fn test_all() -> Result<(), String> {
         Step {
             name: "booted Linux host (Debian arm64 kernel, -smp 8)",
             run: linux::booted_test,
+        },
+        Step {
+            name: "booted Linux guests (the same kernel, 4 vCPUs; alone, then 3 beside the VM test)",
+            run: guest::booted_test,
         },
     ];
     let started = Instant::now();

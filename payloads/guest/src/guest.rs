@@ -28,6 +28,11 @@ _start:
     .quad __mem_end
 1:
     mov x19, x0
+    // What this vCPU found in the registers the entry is about to set (the
+    // register census reports them as its fresh values).
+    mrs x20, vbar_el1
+    mrs x21, cpacr_el1
+    mrs x22, tpidr_el1
     mov x9, #(3 << 20)
     msr cpacr_el1, x9
     ldr x9, =guest_vectors
@@ -46,6 +51,9 @@ _start:
     mov x0, x19
     mov x1, x2
     mov x2, x3
+    mov x3, x20
+    mov x4, x21
+    mov x5, x22
     bl guest_main
 2:
     ldr x0, ={cpu_off}
@@ -71,6 +79,10 @@ guest_vectors:
     .endr
 
 guest_exception:
+    cmp x0, #5
+    b.eq 5f
+    cmp x0, #8
+    b.eq 8f
     cmp x0, #4
     b.ne 9f
     mrs x0, tpidr_el1
@@ -84,6 +96,40 @@ guest_exception:
     msr elr_el1, x0
     ldp x0, x1, [sp], #16
     eret
+    // An IRQ from EL1h: a virtual interrupt (`Behaviour::VirtualIrq`).
+    // Acknowledge it; the timer's (PPI 27) is handled by disarming the
+    // timer; end it (EOImode 0: priority drop and deactivation); count it
+    // in TPIDRRO_EL0 (and the timer's in TPIDR_EL0).
+5:
+    mrs x0, icc_iar1_el1
+    and x1, x0, #0xffffff
+    cmp x1, #1020
+    b.hs 7f
+    cmp x1, #27
+    b.ne 6f
+    msr cntv_ctl_el0, xzr
+    mrs x1, tpidr_el0
+    add x1, x1, #1
+    msr tpidr_el0, x1
+6:
+    msr icc_eoir1_el1, x0
+    mrs x1, tpidrro_el0
+    add x1, x1, #1
+    msr tpidrro_el0, x1
+7:
+    ldp x0, x1, [sp], #16
+    eret
+    // From EL0 (entry 8, lower EL, AArch64): an `svc` is the EL0 worker
+    // (`Behaviour::El0`) done, its result in its x0 (saved at [sp]): go on
+    // at EL1 in `el0_done`, on this stack, never back to EL0.
+8:
+    mrs x1, esr_el1
+    lsr x1, x1, #26
+    cmp x1, #0x15
+    b.ne 9f
+    ldr x0, [sp]
+    add sp, sp, #16
+    b el0_done
 9:
     mov x1, #{fatal}
     mrs x2, esr_el1
@@ -374,7 +420,7 @@ fn probe_write(ipa: u64, value: u64) -> Result<(), u64> {
 
 /// Called from `_start` on this vCPU's stack.
 #[unsafe(no_mangle)]
-extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
+extern "C" fn guest_main(x0: u64, index: u64, count: u64, vbar: u64, cpacr: u64, tpidr1: u64) -> ! {
     host_call(msg::INFO, index << 32 | (count & 0xffff_ffff));
     let param = Behaviour::param(x0);
     match Behaviour::from_x0(x0) {
@@ -388,6 +434,10 @@ extern "C" fn guest_main(x0: u64, index: u64, count: u64) -> ! {
         Some(Behaviour::SystemReset) => psci_off_smc(psci::SYSTEM_RESET),
         Some(Behaviour::Spin) => spin(index),
         Some(Behaviour::Registers) => registers(),
+        Some(Behaviour::Hold) => hold(param),
+        Some(Behaviour::VirtualIrq) => virtual_irq(param, index),
+        Some(Behaviour::Census) => crate::census::run(param, index, [vbar, cpacr, tpidr1]),
+        Some(Behaviour::El0) => el0(param),
         None => {
             host_call(msg::FATAL, x0);
         }
@@ -460,6 +510,148 @@ fn spin(index: u64) {
         core::hint::spin_loop();
     }
     host_call(msg::SPUN, guest_call(GuestCall::Unshare, page));
+}
+
+/// `Behaviour::El0`: drops to EL0 (interrupts unmasked there, so the
+/// host's tick ends some of its runs at EL0) with its own stack, below this
+/// vCPU's EL1 stack, where it hashes the data region `passes` times; its
+/// `svc` ends at `el0_done`.
+fn el0(passes: u64) {
+    let sp: u64;
+    // SAFETY: reads SP.
+    unsafe { asm!("mov {}, sp", out(reg) sp, options(nomem, nostack, preserves_flags)) };
+    // The lower half of this vCPU's 16 KiB stack, well below what EL1 uses.
+    let el0_sp = (sp & !0xf).wrapping_sub(layout::STACK_BYTES / 2);
+    // SAFETY: `eret` to EL0t with no exception masked at `el0_work`, on
+    // its own stack; its `svc` comes back to this guest's vectors (entry
+    // 8), which continue at `el0_done` and never return here.
+    unsafe {
+        asm!(
+            "msr sp_el0, {sp}",
+            "msr elr_el1, {entry}",
+            "msr spsr_el1, xzr",
+            "mov x0, {passes}",
+            "eret",
+            sp = in(reg) el0_sp,
+            entry = in(reg) el0_work as *const () as u64,
+            passes = in(reg) passes,
+            options(noreturn)
+        );
+    }
+}
+
+/// The EL0 worker: FNV-1a over the data region, `passes` times; the last
+/// hash goes back to EL1 in `x0` with `svc #0`.
+extern "C" fn el0_work(passes: u64) -> ! {
+    let words = layout::DATA_PAGES.wrapping_mul(PAGE / 8);
+    let mut sum = Checksum::new();
+    for _ in 0..passes.max(1) {
+        sum = (0..words).fold(Checksum::new(), |c, i| {
+            c.word(read(layout::DATA_IPA.wrapping_add(i.wrapping_mul(8))))
+        });
+    }
+    // SAFETY: a supervisor call with the result; the EL1 vector takes it.
+    unsafe { asm!("svc #0", in("x0") sum.value(), options(noreturn)) }
+}
+
+/// Back at EL1 after the EL0 worker's `svc`: report its hash, turn off.
+#[unsafe(no_mangle)]
+extern "C" fn el0_done(sum: u64) -> ! {
+    host_call(msg::EL0_RESULT, sum);
+    psci_off(psci::CPU_OFF)
+}
+
+/// `Behaviour::VirtualIrq`: see its documentation.
+fn virtual_irq(ticks: u64, index: u64) {
+    // SAFETY: the guest's own virtual CPU interface (the engine loads it per
+    // vCPU) and counters: every priority passes, group 1 on; the counters
+    // start at zero.
+    unsafe {
+        asm!(
+            "msr icc_pmr_el1, {pmr}",
+            "msr icc_igrpen1_el1, {one}",
+            "msr tpidrro_el0, xzr",
+            "msr tpidr_el0, xzr",
+            "isb",
+            pmr = in(reg) 0xffu64, one = in(reg) 1u64,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    host_call(msg::VIRQ_READY, 0);
+    let taken = || {
+        let (n, t): (u64, u64);
+        // SAFETY: reading the guest's own counters.
+        unsafe {
+            asm!("mrs {}, tpidrro_el0", "mrs {}, tpidr_el0", out(reg) n, out(reg) t,
+                 options(nomem, nostack, preserves_flags))
+        };
+        (n, t)
+    };
+    // Unmask IRQs; then SGI VIRQ_SGI to itself: Aff3.Aff2.Aff1 = 0, the
+    // target list names Aff0 = this vCPU's index (below 16 here).
+    let sgi = isola_guest_payload::VIRQ_SGI << 24 | 1u64.wrapping_shl(index as u32);
+    // SAFETY: unmasking IRQs hands them to this guest's vector (entry 5),
+    // which preserves every register; the SGI write traps to the engine.
+    unsafe {
+        asm!("msr daifclr, #2", "isb", "msr icc_sgi1r_el1, {}", "isb", in(reg) sgi,
+             options(nomem, nostack, preserves_flags))
+    };
+    let freq: u64;
+    // SAFETY: reading the counter frequency.
+    unsafe { asm!("mrs {}, cntfrq_el0", out(reg) freq, options(nomem, nostack, preserves_flags)) };
+    for _ in 0..ticks {
+        let before = taken().1;
+        // SAFETY: arms the guest's own virtual timer a millisecond ahead.
+        unsafe {
+            asm!("isb", "mrs {c}, cntvct_el0", "add {c}, {c}, {d}",
+                 "msr cntv_cval_el0, {c}", "msr cntv_ctl_el0, {one}", "isb",
+                 c = out(reg) _, d = in(reg) freq / 1000,
+                 one = in(reg) 1u64, options(nomem, nostack, preserves_flags))
+        };
+        while taken().1 == before {
+            // SAFETY: waits for an interrupt (the engine traps it and the
+            // host runs this vCPU again).
+            unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        }
+    }
+    // SAFETY: masking IRQs only defers them.
+    unsafe { asm!("msr daifset, #2", options(nomem, nostack, preserves_flags)) };
+    let (n, t) = taken();
+    host_call(msg::VIRQ_RESULT, t << 32 | (n & 0xffff_ffff));
+}
+
+/// 2 KiB of zeroes, aligned as a vector table must be: every entry is an
+/// undefined instruction, whose exception enters the same table again.
+#[repr(C, align(2048))]
+struct ZeroVectors([u32; 512]);
+
+static ZERO_VECTORS: ZeroVectors = ZeroVectors([0; 512]);
+
+/// Never exits (see `Behaviour::Hold`).
+fn hold(param: u64) -> ! {
+    if param & 1 == 0 {
+        // SAFETY: masks this vCPU's interrupts and spins; touches nothing.
+        unsafe {
+            asm!(
+                "msr daifset, #0xf",
+                "2: b 2b",
+                options(nomem, nostack, noreturn)
+            )
+        }
+    }
+    let table = &raw const ZERO_VECTORS as u64;
+    // SAFETY: the guest's own vectors now point at zeroes in its image (RWX
+    // at Stage 2, executable with the MMU off): the `udf` enters them and
+    // every entry is another `udf`, forever, at EL1 with interrupts masked.
+    unsafe {
+        asm!(
+            "msr vbar_el1, {t}",
+            "isb",
+            "udf #0",
+            t = in(reg) table,
+            options(nomem, nostack, noreturn)
+        )
+    }
 }
 
 /// An IPA inside the demand window that nobody backs.

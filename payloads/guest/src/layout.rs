@@ -36,6 +36,12 @@ pub const SHARE_IPA: u64 = 0x4020_0000;
 /// guest must not be able to share it onwards.
 pub const BORROW_IPA: u64 = 0x4030_0000;
 
+/// A code page per vCPU for the register census (`Behaviour::Census`): the
+/// guest writes each `MRS`/`MSR` it probes there and runs it. The host
+/// donates these pages (RWX) to census VMs only: vCPU `i` uses
+/// `CENSUS_IPA + i * 4096`.
+pub const CENSUS_IPA: u64 = 0x4040_0000;
+
 /// Unmapped at start: vCPU `i` touches `DEMAND_IPA + i * 4096` and the host
 /// backs it when it sees `Exit::MemFault` there.
 pub const DEMAND_IPA: u64 = 0x4100_0000;

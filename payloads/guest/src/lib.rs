@@ -97,7 +97,159 @@ pub enum Behaviour {
     /// [`msg::REGS`]); after each, count the registers that lost their value;
     /// report [`msg::REGS_RESULT`].
     Registers = 10,
+    /// Never give the CPU back: spin with every interrupt masked (parameter
+    /// bit 0 clear), or loop in its own exception vectors, a page of zeroes
+    /// (undefined instructions) it points `VBAR_EL1` at (bit 0 set). Only
+    /// the engine's bound on a run (the host's own timer deadline) ends its
+    /// turn.
+    Hold = 11,
+    /// Virtual interrupts: enable the virtual CPU interface and report
+    /// [`msg::VIRQ_READY`] (the host may put an interrupt in a list
+    /// register for its reply); unmask interrupts; send itself SGI
+    /// [`VIRQ_SGI`]; then, the parameter's number of times, arm its virtual
+    /// timer a millisecond ahead and wait (`WFI`) until its handler has
+    /// taken the timer's interrupt, which the host injects. The handler
+    /// acknowledges every virtual interrupt, disarms the timer on PPI 27 and
+    /// ends it (`EOI`), counting in `TPIDRRO_EL0`. Reports
+    /// [`msg::VIRQ_RESULT`].
+    VirtualIrq = 12,
+    /// The register census (docs/guests.md): probe every system-register
+    /// encoding a lower EL can name, `MRS` and `MSR`, at EL1 or (parameter
+    /// [`census::EL0`]) EL0, and report what each does; see [`census`].
+    Census = 13,
+    /// Hash the data region the parameter's number of times at EL0 (with
+    /// interrupts unmasked there), then report the hash
+    /// ([`msg::EL0_RESULT`]) from EL1.
+    El0 = 14,
 }
+
+/// The register census: the encoding space, the passes a census vCPU
+/// makes, and how it reports (`GuestCall::HostCall` messages) — the plain
+/// half, shared by the guest that probes and the host that judges.
+///
+/// An encoding is `op0` (2 or 3), `op1`, `CRn`, `CRm`, `op2`: 15 bits,
+/// [`enc`]. A *planting* vCPU (VM A) reads every encoding (its fresh
+/// values), writes the complement of every value to every one (and reads
+/// it back at once: what stuck), leaves what it wrote in place, reads
+/// everything (what it leaves), exits to the host once, and reads
+/// everything again (what survived its own exit). A *reading* vCPU (VM B,
+/// run next on the same CPU) reads every encoding once. After each block
+/// of eight encodings of a planting pass the guest asks the host how many
+/// of its accesses trapped to EL2 ([`msg::CENSUS_BLOCK`]); if the host
+/// cannot tell which, the guest probes them again one at a time
+/// ([`msg::CENSUS_ONE`]). Every probe that did not fault is reported with
+/// its value ([`msg::CENSUS_VALUE`]).
+pub mod census {
+    /// Parameter bit: probe at EL0 (else EL1).
+    pub const EL0: u64 = 1;
+    /// Parameter bit: plant (VM A); else read only (VM B).
+    pub const PLANT: u64 = 2;
+
+    /// Encodings: 2 `op0` x 8 `op1` x 16 `CRn` x 16 `CRm` x 8 `op2`.
+    pub const ENCODINGS: u32 = 1 << 15;
+
+    /// The 15-bit index of an encoding (`op0` 2 or 3).
+    pub const fn enc(op0: u32, op1: u32, crn: u32, crm: u32, op2: u32) -> u32 {
+        (op0 & 1) << 14 | (op1 & 7) << 11 | (crn & 15) << 7 | (crm & 15) << 3 | (op2 & 7)
+    }
+
+    /// `(op0, op1, CRn, CRm, op2)` of an index.
+    pub const fn fields(e: u32) -> (u32, u32, u32, u32, u32) {
+        (
+            2 | (e >> 14 & 1),
+            e >> 11 & 7,
+            e >> 7 & 15,
+            e >> 3 & 15,
+            e & 7,
+        )
+    }
+
+    /// `MRS x<rt>, <encoding>`.
+    pub const fn mrs(e: u32, rt: u32) -> u32 {
+        0xd530_0000 | (e << 5) | (rt & 31)
+    }
+
+    /// `MSR <encoding>, x<rt>`.
+    pub const fn msr(e: u32, rt: u32) -> u32 {
+        0xd510_0000 | (e << 5) | (rt & 31)
+    }
+
+    /// The assembler's name for an encoding: `s<op0>_<op1>_c<n>_c<m>_<op2>`.
+    pub fn name(e: u32) -> impl core::fmt::Display {
+        struct N(u32);
+        impl core::fmt::Display for N {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                let (a, b, c, d, g) = fields(self.0);
+                write!(f, "s{a}_{b}_c{c}_c{d}_{g}")
+            }
+        }
+        N(e)
+    }
+
+    /// A pass's direction, in bits 23..26 of a report.
+    pub mod dir {
+        /// `MRS` of a fresh vCPU (a planting one before it writes).
+        pub const READ: u32 = 0;
+        /// `MSR` of the complement of the register's value (of its pattern
+        /// if it cannot be read; of its working value if the census runs on
+        /// it), then `MRS` at once.
+        pub const WRITE: u32 = 1;
+        /// `MRS` after the planting vCPU's exit to the host.
+        pub const AGAIN: u32 = 2;
+        /// `MRS` right before that exit: what the planting vCPU leaves.
+        pub const LAST: u32 = 3;
+        /// What the vCPU found at its entry in a register its entry code or
+        /// the census sets before the first pass.
+        pub const ENTRY: u32 = 4;
+    }
+
+    /// Fault bits of a probe (a report's bits 26..30): which of the probe's
+    /// instructions took an exception at EL1 (undefined there, or injected
+    /// by the engine): the `MRS` of a read; the `MSR` (bit 0) and the `MRS`
+    /// after it (bit 1) of a write.
+    pub const FAULT_SHIFT: u32 = 26;
+
+    /// A report's tag word: the message, the encoding, the direction, the
+    /// fault bits.
+    pub const fn report(message: u64, e: u32, dir: u32, faults: u32) -> u64 {
+        message | (e as u64) << 8 | (dir as u64 & 7) << 23 | (faults as u64 & 15) << FAULT_SHIFT
+    }
+
+    /// `(encoding, direction, faults)` of a report's tag.
+    pub const fn parse(tag: u64) -> (u32, u32, u32) {
+        (
+            (tag >> 8) as u32 & 0x7fff,
+            (tag >> 23) as u32 & 7,
+            (tag >> FAULT_SHIFT) as u32 & 15,
+        )
+    }
+
+    /// The exception registers, which the census's own skipped faults
+    /// overwrite: each pass reads them before any probe faults, and the
+    /// planting pass writes them after every other, so what the census
+    /// reports of them is what the vCPU had, not what its own probes left.
+    pub const EXCEPTION_REGISTERS: [u32; 4] = [
+        enc(3, 0, 4, 0, 0),
+        enc(3, 0, 4, 0, 1),
+        enc(3, 0, 5, 2, 0),
+        enc(3, 0, 6, 0, 0),
+    ];
+
+    /// The host's answer to [`super::msg::CENSUS_BLOCK`] asking the guest
+    /// to probe the block again one encoding at a time.
+    pub const RESOLVE: u64 = 1;
+
+    /// The pattern a planting vCPU writes to encoding `e`: its bits are
+    /// unlike a reset value's and unlike any other encoding's.
+    pub const fn pattern(e: u32) -> u64 {
+        crate::splitmix64(0xa5a5_0000_0000_0000 ^ e as u64)
+    }
+}
+
+/// The SGI a [`Behaviour::VirtualIrq`] vCPU sends itself.
+pub const VIRQ_SGI: u64 = 3;
+/// The SPI the host injects at [`msg::VIRQ_READY`].
+pub const VIRQ_SPI: u64 = 40;
 
 /// The value the register test puts in `x<n>` (guest side: `owner` 0x5ee0;
 /// host side: 0x4057).
@@ -133,6 +285,10 @@ impl Behaviour {
             8 => Self::SystemReset,
             9 => Self::Spin,
             10 => Self::Registers,
+            11 => Self::Hold,
+            12 => Self::VirtualIrq,
+            13 => Self::Census,
+            14 => Self::El0,
             _ => return None,
         })
     }
@@ -190,6 +346,30 @@ pub mod msg {
     /// the fresh vCPU (they would be the host's), `lost` registers that did
     /// not keep the test's value.
     pub const REGS_RESULT: u64 = 0x1d;
+    /// `[VIRQ_READY, 0]`: the virtual CPU interface is on; interrupts get
+    /// unmasked after the reply.
+    pub const VIRQ_READY: u64 = 0x1e;
+    /// `[VIRQ_RESULT, timer ticks << 32 | interrupts taken]`.
+    pub const VIRQ_RESULT: u64 = 0x20;
+    /// `[CENSUS_BLOCK | block << 8 | dir << 23 | faulted << 32, 0]`: a block
+    /// of eight encodings of a planting pass is probed (`faults`: one bit
+    /// per encoding whose probe faulted); the host replies
+    /// [`census::RESOLVE`](crate::census::RESOLVE) to have them probed one
+    /// at a time.
+    pub const CENSUS_BLOCK: u64 = 0x21;
+    /// `[CENSUS_ONE | encoding << 8 | dir << 23 | faults << 26, 0]`: one
+    /// encoding probed (again) alone.
+    pub const CENSUS_ONE: u64 = 0x22;
+    /// `[CENSUS_VALUE | encoding << 8 | dir << 23 | faults << 26, value]`:
+    /// a probe that did not fault altogether, and the value it read.
+    pub const CENSUS_VALUE: u64 = 0x23;
+    /// `[CENSUS_EXIT, 0]`: the planting vCPU's exit between its writes and
+    /// its second reading.
+    pub const CENSUS_EXIT: u64 = 0x24;
+    /// `[CENSUS_DONE, probes]`: the census vCPU is done.
+    pub const CENSUS_DONE: u64 = 0x25;
+    /// `[EL0_RESULT, hash]`: what the EL0 worker (`Behaviour::El0`) hashed.
+    pub const EL0_RESULT: u64 = 0x26;
     /// `[FATAL, esr]`: an exception the guest did not expect; it turns off.
     pub const FATAL: u64 = 0x1f;
 }
@@ -332,6 +512,10 @@ mod tests {
             Behaviour::SystemReset,
             Behaviour::Spin,
             Behaviour::Registers,
+            Behaviour::Hold,
+            Behaviour::VirtualIrq,
+            Behaviour::Census,
+            Behaviour::El0,
         ] {
             let x0 = b.x0(0x4000_1001);
             assert_eq!(Behaviour::from_x0(x0), Some(b));

@@ -11,7 +11,7 @@ use isola_sync::atomic::{AtomicBool, Ordering};
 
 use crate::calls::{AFFINITY_INFO, AFFINITY_OFF, hvc, psci as psci_call, status_name};
 use crate::console::{fail, say};
-use crate::entry::{SEA_FAR, secondary_entry};
+use crate::entry::{SEA_COUNT, SEA_FAR, secondary_entry};
 
 /// The engine's image (its load address, in the carve-out the host's device
 /// tree no longer shows): what the probe tries to read.
@@ -95,6 +95,58 @@ pub fn probe() {
             "read engine memory at {ENGINE_PROBE:#x}: {v:#x}"
         )),
         far => fail(format_args!("SEA at {far:#x}, not at the probe")),
+    }
+    probe_loop();
+}
+
+/// Reads of engine memory in a loop, as a host does that retries an access
+/// the engine keeps refusing.
+const LOOP_READS: u64 = 150;
+
+/// Reads the engine's memory [`LOOP_READS`] times with one load instruction:
+/// every read is refused, the engine counts each (`Accounting::Counter`)
+/// and says on its console that the host may be looping (at 64 and 128 in
+/// a row).
+fn probe_loop() {
+    let counted = || {
+        let c = isola_abi::counter::HOST_ABORTS;
+        let [s, mine, ..] = hvc(
+            HostCall::Accounting as u64,
+            isola_abi::Accounting::Counter as u64,
+            c,
+            0,
+            0,
+        );
+        if s != Status::Success.raw() {
+            fail(format_args!("Accounting::Counter: {}", status_name(s)));
+        }
+        mine
+    };
+    let before = counted();
+    let taken = SEA_COUNT.load(Ordering::Relaxed);
+    // SAFETY: one load instruction, repeated; each is aborted (SEA), and
+    // `host_exception` skips it. No Rust-visible memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "2: ldr {t}, [{a}]",
+            "subs {n}, {n}, #1",
+            "b.ne 2b",
+            a = in(reg) ENGINE_PROBE,
+            n = inout(reg) LOOP_READS => _,
+            t = out(reg) _,
+            options(nostack, readonly),
+        )
+    };
+    let taken = SEA_COUNT.load(Ordering::Relaxed).wrapping_sub(taken);
+    let counted = counted().wrapping_sub(before);
+    if taken == LOOP_READS && counted == LOOP_READS {
+        say!(
+            "probe: {LOOP_READS} more reads of it in a loop, each blocked; the engine counted {counted} aborts"
+        );
+    } else {
+        fail(format_args!(
+            "{LOOP_READS} reads in a loop: {taken} aborts taken, {counted} counted by the engine"
+        ));
     }
 }
 

@@ -37,22 +37,12 @@ use isola_abi::{Exit, GuestCall, HostCall, Status, perms};
 
 use crate::calls::{hvc, hvc5, status_name};
 use crate::console::line;
+use crate::pmu::{self, read};
 
 /// Samples per operation (the median, min and max are taken over them).
 const SAMPLES: usize = 1001;
 /// Pages donated per sample in the batched donate-and-map.
 const BATCH: u64 = 512;
-/// `INST_RETIRED`, the architectural instructions-retired event.
-const INST_RETIRED: u64 = 0x08;
-/// PMEVTYPER<n>_EL0.P: do not count at EL1.
-const FILTER_P: u64 = 1 << 31;
-/// PMEVTYPER<n>_EL0.U: do not count at EL0.
-const FILTER_U: u64 = 1 << 30;
-/// PMEVTYPER<n>_EL0.NSH: count at (non-secure) EL2.
-const FILTER_NSH: u64 = 1 << 27;
-/// PMCR_EL0.E (enable) and P (reset the event counters).
-const PMCR_E: u64 = 1 << 0;
-const PMCR_P: u64 = 1 << 1;
 
 /// First byte of the bench's memory (host RAM).
 const BENCH_BASE: u64 = 0x8000_0000;
@@ -73,61 +63,6 @@ struct Samples(UnsafeCell<[[u32; SAMPLES]; 2]>);
 // there is never a second accessor.
 unsafe impl Sync for Samples {}
 static SAMPLE_BUF: Samples = Samples(UnsafeCell::new([[0; SAMPLES]; 2]));
-
-/// One reading of the three counters.
-#[derive(Clone, Copy)]
-struct Reading {
-    el2: u64,
-    total: u64,
-    el1: u64,
-}
-
-#[inline(always)]
-fn read() -> Reading {
-    let (el2, total, el1): (u64, u64, u64);
-    // SAFETY: reading the PMU's event counters has no side effect; the `isb`
-    // makes the reads happen after everything before them retired.
-    unsafe {
-        asm!(
-            "isb",
-            "mrs {0}, pmevcntr0_el0",
-            "mrs {1}, pmevcntr1_el0",
-            "mrs {2}, pmevcntr2_el0",
-            out(reg) el2, out(reg) total, out(reg) el1,
-            options(nostack, preserves_flags)
-        );
-    }
-    Reading { el2, total, el1 }
-}
-
-/// Programs the three counters; `None` if the PMU has fewer than three.
-fn pmu_setup() -> Option<()> {
-    let pmcr: u64;
-    // SAFETY: reading PMCR_EL0 has no side effect.
-    unsafe { asm!("mrs {}, pmcr_el0", out(reg) pmcr, options(nomem, nostack)) };
-    if (pmcr >> 11) & 0x1f < 3 {
-        return None;
-    }
-    let el2 = FILTER_P | FILTER_U | FILTER_NSH | INST_RETIRED;
-    let all = FILTER_NSH | INST_RETIRED;
-    let el1 = FILTER_U | INST_RETIRED;
-    // SAFETY: programming the host's own PMU counters (MDCR_EL2.HPMN gives
-    // them to EL1); nothing else in bench mode uses them.
-    unsafe {
-        asm!(
-            "msr pmevtyper0_el0, {el2}",
-            "msr pmevtyper1_el0, {all}",
-            "msr pmevtyper2_el0, {el1}",
-            "msr pmcntenset_el0, {mask}",
-            "msr pmcr_el0, {pmcr}",
-            "isb",
-            el2 = in(reg) el2, all = in(reg) all, el1 = in(reg) el1,
-            mask = in(reg) 0b111_u64, pmcr = in(reg) pmcr | PMCR_E | PMCR_P,
-            options(nostack)
-        );
-    }
-    Some(())
-}
 
 /// Median, min, max of a sample set (sorts it).
 fn stats(v: &mut [u32]) -> (u32, u32, u32) {
@@ -276,15 +211,80 @@ bench_guest_end:
     HI = const GuestCall::HostCall as u32 >> 16,
 );
 
+// The interrupt bench guest (entered at +0x800 with x0 ignored): its EL1
+// vector table fills the first 2 KiB of its page; the IRQ vector (current
+// EL, SP_ELx, +0x280) acknowledges the virtual interrupt and ends it
+// (`ICC_IAR1_EL1`, `ICC_EOIR1_EL1`: with `HCR_EL2.IMO` these reach the
+// virtual CPU interface), every other vector powers the guest off (the
+// sample then fails). The entry points VBAR_EL1 at the table, opens the
+// virtual interface (priority mask 0xf0, group 1 on), unmasks IRQs and
+// exits with `HostCall` forever: each run takes the interrupt the host put
+// in its list registers, if any, before its `hvc`.
+global_asm!(
+    r#"
+.section .rodata.bench_irq_guest, "a"
+.balign 2048
+.global bench_irq_guest_start
+.global bench_irq_guest_end
+bench_irq_guest_start:
+    .rept 5
+    .balign 0x80
+    movz x0, #{OFF_LO}
+    movk x0, #{OFF_HI}, lsl #16
+    hvc #0
+    .endr
+    .balign 0x80
+    mrs x2, icc_iar1_el1
+    msr icc_eoir1_el1, x2
+    eret
+    .rept 10
+    .balign 0x80
+    movz x0, #{OFF_LO}
+    movk x0, #{OFF_HI}, lsl #16
+    hvc #0
+    .endr
+    .balign 0x80
+    adr x1, bench_irq_guest_start
+    msr vbar_el1, x1
+    mov x1, #0xf0
+    msr icc_pmr_el1, x1
+    mov x1, #1
+    msr icc_igrpen1_el1, x1
+    isb
+    msr daifclr, #2
+1:  movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    hvc #0
+    b 1b
+bench_irq_guest_end:
+"#,
+    LO = const GuestCall::HostCall as u32 & 0xffff,
+    HI = const GuestCall::HostCall as u32 >> 16,
+    OFF_LO = const isola_abi::psci::SYSTEM_OFF & 0xffff,
+    OFF_HI = const isola_abi::psci::SYSTEM_OFF >> 16,
+);
+
 unsafe extern "C" {
     static bench_guest_start: u8;
     static bench_guest_end: u8;
+    static bench_irq_guest_start: u8;
+    static bench_irq_guest_end: u8;
 }
+
+/// Where the interrupt bench guest starts, from its page's base.
+const IRQ_GUEST_ENTRY: u64 = 0x800;
 
 /// Copies the bench guest's code to the host page `pa`.
 fn write_guest_code(pa: u64) {
     let start = &raw const bench_guest_start as u64;
     let end = &raw const bench_guest_end as u64;
+    copy_code(pa, start, end);
+}
+
+/// Copies the code `start..end` of this payload (at most a page) to the
+/// host page `pa` and cleans it to the point of coherency.
+fn copy_code(pa: u64, start: u64, end: u64) {
+    let end = end.min(start.wrapping_add(PAGE));
     let mut off = 0;
     while start.wrapping_add(off) < end {
         // SAFETY: `start..end` is the code above in the payload's rodata;
@@ -298,9 +298,91 @@ fn write_guest_code(pa: u64) {
     }
     // SAFETY: cleaning the written lines to the point of coherency so the
     // guest (MMU off, non-cacheable fetches) sees the code.
-    unsafe {
-        asm!("dc cvac, {}", "dsb sy", in(reg) pa, options(nostack));
+    let mut line = pa;
+    while line < pa.wrapping_add(off) {
+        // SAFETY: as above, one line at a time.
+        unsafe { asm!("dc cvac, {}", in(reg) line, options(nostack)) };
+        line = line.wrapping_add(64);
     }
+    // SAFETY: a barrier only orders.
+    unsafe { asm!("dsb sy", options(nostack)) };
+}
+
+/// A VM with one vCPU that runs the interrupt bench guest.
+fn irq_guest_vm(pages: &mut Pages) -> Result<u64, (&'static str, &'static str)> {
+    let vm = vm_create(pages, 1).map_err(|s| ("VmCreate", status_name(s)))?;
+    let code = pages.take(1);
+    copy_code(
+        code,
+        &raw const bench_irq_guest_start as u64,
+        &raw const bench_irq_guest_end as u64,
+    );
+    let r = call(HostCall::Donate, [vm, code, GUEST_IPA, perms::R | perms::X]);
+    if !ok(r) {
+        return Err(("Donate", status_name(r[0])));
+    }
+    let entry = GUEST_IPA.wrapping_add(IRQ_GUEST_ENTRY);
+    let r = call(HostCall::VcpuCreate, [vm, 0, entry, 0]);
+    if !ok(r) {
+        return Err(("VcpuCreate", status_name(r[0])));
+    }
+    Ok(vm)
+}
+
+/// The vCPU run round trip with a virtual interrupt in play: before each
+/// run the host hands the engine one pending interrupt (`VcpuInterrupts`,
+/// SPI 40 at priority 0x80, no `EOI`: what a VMM does for an edge
+/// interrupt), and the guest takes it, acknowledges and ends it, then exits
+/// with `HostCall`; the exit must report the list register done (invalid).
+/// Also the `VcpuInterrupts` call alone. Skipped while the engine presents
+/// no virtual interrupts (`Version`'s list-register count is 0).
+fn interrupt_round_trip(b: &Bench, pages: &mut Pages) {
+    let features = call(HostCall::Version, [0; 4])[2];
+    if isola_abi::features::list_registers(features) == 0 {
+        for name in ["vcpu-interrupts-call", "vcpu-run-with-interrupt"] {
+            Bench::skip(
+                name,
+                format_args!("the engine presents no virtual interrupts (0 list registers)"),
+            );
+        }
+        return;
+    }
+    let vm = match irq_guest_vm(pages) {
+        Ok(vm) => vm,
+        Err(s) => {
+            Bench::skip(
+                "vcpu-run-with-interrupt",
+                format_args!("guest setup: {} -> {}", s.0, s.1),
+            );
+            return;
+        }
+    };
+    // The first run sets the guest up; it exits with its first HostCall.
+    if !run_once(vm, |e| matches!(e, Exit::HostCall { .. })) {
+        Bench::skip(
+            "vcpu-run-with-interrupt",
+            format_args!("the guest did not reach its loop"),
+        );
+        return;
+    }
+    let word = isola_abi::lr::pending(40, 0x80, false);
+    let present = || ok(hvc5(HostCall::VcpuInterrupts as u64, [vm, 0, word, 0, 0]));
+    b.run("vcpu-interrupts-call", SAMPLES, 1, |_| present());
+    // Leave the list registers empty again for the round trips below.
+    let _ = hvc5(HostCall::VcpuInterrupts as u64, [vm, 0, 0, 0, 0]);
+    b.run("vcpu-run-with-interrupt", SAMPLES, 1, |_| {
+        if !present() {
+            return false;
+        }
+        let r = call(HostCall::VcpuRun, [vm, 0, 0, 0]);
+        let taken = isola_abi::ExitStatus::from_word(r[1]).lrs[0] == isola_abi::LrState::Invalid;
+        ok(r)
+            && taken
+            && matches!(
+                Exit::decode([r[1], r[2], r[3]]),
+                Some(Exit::HostCall { .. })
+            )
+    });
 }
 
 /// A VM with one vCPU that runs the bench guest with `x0 = arg`.
@@ -419,7 +501,7 @@ fn timed_loop<const HVC: bool>(n: u64) -> u64 {
 
 /// Runs the whole benchmark and prints its lines.
 pub fn run() {
-    if pmu_setup().is_none() {
+    if pmu::setup().is_none() {
         line(format_args!(
             "bench skipped: the PMU has fewer than 3 event counters"
         ));
@@ -495,6 +577,7 @@ pub fn run() {
             }
         }
     }
+    interrupt_round_trip(&b, &mut pages);
     match guest_vm(&mut pages, MMIO_IPA) {
         Err(s) => Bench::skip("mmio-exit", format_args!("guest setup: {} -> {}", s.0, s.1)),
         Ok(m) => b.run("mmio-exit", SAMPLES, 1, |_| {

@@ -1,11 +1,15 @@
 //! The payload's first instructions on every CPU (stack, vectors, FP/SIMD on,
 //! the stage-1 map, bss on the boot CPU) and its exception vectors.
 //!
-//! Invariant: every exception the host takes outside the VM test (which
-//! installs its own probe vectors, `vms/probe.rs`) lands in
-//! [`host_exception`]: a synchronous external abort on a data read is the
-//! engine-probe's expected outcome and is noted and skipped; anything else
-//! ends the run.
+//! Invariants:
+//! - Every exception the host takes outside the VM test (which installs its
+//!   own probe vectors, `vms/probe.rs`) lands in [`host_exception`]: a
+//!   synchronous external abort on a data read is the engine-probe's
+//!   expected outcome and is noted and skipped; anything else ends the run.
+//!   The exception is an IRQ from EL1h (offset 0x280 in both tables), which
+//!   goes to the host's tick (`irq.rs`).
+//! - `TPIDR_EL1` holds the CPU's index (0 for the boot CPU) from its first
+//!   instructions on: the IRQ handler finds its counters with it.
 
 use core::arch::{asm, global_asm};
 
@@ -58,6 +62,7 @@ host_secondary_entry:
     adrp x1, host_vectors
     add x1, x1, :lo12:host_vectors
     msr vbar_el1, x1
+    msr tpidr_el1, x20
     mov x1, #(3 << 20)
     msr cpacr_el1, x1
     ldr x1, ={MAIR}
@@ -94,9 +99,15 @@ host_secondary_entry:
 .section .text.vectors, "ax"
 .balign 2048
 host_vectors:
+    .set host_vector, 0
     .rept 16
     .balign 0x80
+    .if host_vector == 5
+    b host_irq_entry
+    .else
     b host_exception_entry
+    .endif
+    .set host_vector, host_vector + 1
     .endr
     .balign 0x80
 
@@ -191,6 +202,8 @@ macro_rules! sysreg {
 
 /// FAR of the last SEA the host took, 0 if none.
 pub static SEA_FAR: isola_sync::atomic::AtomicU64 = isola_sync::atomic::AtomicU64::new(0);
+/// SEAs the host took (outside the VM test's own vectors).
+pub static SEA_COUNT: isola_sync::atomic::AtomicU64 = isola_sync::atomic::AtomicU64::new(0);
 
 /// Every exception the host takes lands here. A synchronous external abort
 /// on a data read is the probe's expected outcome: note it and skip the
@@ -202,6 +215,7 @@ extern "C" fn host_exception() {
     let elr = sysreg!("elr_el1");
     if esr >> 26 == 0x25 && esr & 0x3f == 0x10 {
         SEA_FAR.store(far, isola_sync::atomic::Ordering::Relaxed);
+        SEA_COUNT.fetch_add(1, isola_sync::atomic::Ordering::Relaxed);
         // SAFETY: resuming after the aborted load (a 32-bit instruction);
         // its destination register just keeps a stale value.
         unsafe { asm!("msr elr_el1, {}", in(reg) elr.wrapping_add(4), options(nomem, nostack)) };

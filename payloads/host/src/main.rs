@@ -6,18 +6,24 @@
 //! every other CPU from `host_secondary_entry` (started through the engine's
 //! PSCI relay) with `x0` = the CPU's index. What it tests is chosen by the
 //! boot argument `isola.test=` (`/chosen/bootargs`, set with QEMU's
-//! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `bench` or `all`
-//! (the default, every one but `bench`).
+//! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `bench`, `guest`
+//! (a Linux guest, `cargo xtask guest`) or `all` (the default: every one
+//! but `bench` and `guest`).
 //!
 //! | module | job |
 //! |---|---|
 //! | `entry` | first instructions, the stage-1 map, the exception vectors |
 //! | `console` | whole lines under a lock, the failed-check count |
 //! | `calls` | `hvc` and PSCI calls, status names |
+//! | `irq` | the GIC and the host's tick on the virtual timer |
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
 //! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
-//! | `vms` | the VM test (docs/guests.md), a folder of its own |
+//! | `vms` | the VM test (docs/guests.md), a folder of its own, with the Linux guests (`vms/linux/`) |
+//! | `census` | the register census (docs/guests.md) |
+//! | `races` | PSCI races through the relay |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
+//! | `heap` | the global allocator the VMM (`isola-vmm`) needs |
+//! | `pmu` | the instruction counters the benchmark and the Linux guest's figures read |
 #![no_std]
 #![no_main]
 #![deny(unsafe_code)]
@@ -32,6 +38,12 @@ mod basic;
 mod bench;
 #[allow(unsafe_code, reason = "`hvc` and `smc` are instructions")]
 mod calls;
+/// The register census (`isola.test=census`): docs/guests.md.
+#[allow(
+    unsafe_code,
+    reason = "reads every system register by an instruction it writes and runs; its own vectors; the guest image and pool pages"
+)]
+mod census;
 #[allow(unsafe_code, reason = "the UART's registers are memory-mapped I/O")]
 mod console;
 /// The DMA test (`isola.test=dma`, part of `all`): docs/devices.md.
@@ -45,12 +57,28 @@ mod dma;
     reason = "the first instructions, the stage-1 map, the exception vectors"
 )]
 mod entry;
+#[allow(
+    unsafe_code,
+    reason = "a global allocator hands out raw memory from the heap's range"
+)]
+mod heap;
+#[allow(
+    unsafe_code,
+    reason = "the GIC's registers, the timer and the IRQ vector entry are the CPU's"
+)]
+mod irq;
+#[allow(unsafe_code, reason = "PMU registers are system registers")]
+mod pmu;
+/// PSCI races through the engine's relay (`isola.test=psci`).
+mod races;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
     reason = "its probes, the register probe, cache maintenance, and the vCPU records only the claiming CPU touches"
 )]
 mod vms;
+
+extern crate alloc;
 
 use core::cell::UnsafeCell;
 
@@ -92,11 +120,13 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if let Some(u) = p.uart {
         console::set_uart(u.base);
     }
-    let test = fdt::bootargs(&tree)
-        .ok()
-        .flatten()
-        .and_then(|a| a.split(' ').find_map(|w| w.strip_prefix("isola.test=")))
+    irq::init_distributor(p);
+    let args = fdt::bootargs(&tree).ok().flatten().unwrap_or("");
+    let test = args
+        .split(' ')
+        .find_map(|w| w.strip_prefix("isola.test="))
         .unwrap_or("all");
+    vms::linux::configure(args);
     let ram = p.ram().first().copied().unwrap_or_default();
     say!(
         "up at EL1 on cpu 0: device tree at {dtb:#x}, {} CPUs, RAM {:#x}..{:#x}, test {test}",
@@ -130,6 +160,15 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the VM test failed"));
     }
+    if test == "guest" && !vms::linux::main(p.cpus(), entry::secondary_entry()) {
+        fail(format_args!("the Linux guest test failed"));
+    }
+    if test == "census" && !census::main() {
+        fail(format_args!("the register census failed"));
+    }
+    if test == "psci" && !races::main(p, entry::secondary_entry()) {
+        fail(format_args!("the PSCI races failed"));
+    }
     match console::failures() {
         0 => say!("verdict: PASS"),
         n => say!("verdict: {n} check(s) FAILED"),
@@ -141,7 +180,11 @@ extern "C" fn host_main(dtb: u64) -> ! {
 #[allow(unsafe_code, reason = "the entry the assembly calls by name")]
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
+    if let Some(never) = races::secondary(i) {
+        match never {}
+    }
     vms::secondary(i);
+    vms::linux::secondary(i);
     basic::secondary(i)
 }
 

@@ -34,7 +34,9 @@
 //! | `setup.rs` | creating the VMs and the attacks that need no running vCPU |
 //! | `run.rs` | running vCPUs on every CPU, their exits, the storm, the running-vCPU attacks |
 //! | `teardown.rs` | destroying, reclaiming, reporting every vCPU, the accounting |
+//! | `linux/` | Debian's Linux kernel as a guest through the VMM, alone (`isola.test=guest`) or beside the VMs above (`isola.linux.guests=`) |
 
+pub mod linux;
 mod pages;
 mod plan;
 mod probe;
@@ -51,7 +53,7 @@ use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crate::calls::{AFFINITY_INFO, AFFINITY_OFF, psci};
 use probe::{install_vectors, restore_vectors};
-use run::{run_vcpus, spin_attacks};
+use run::{hold_run, run_vcpus, spin_attacks};
 use setup::setup;
 use tally::check;
 use teardown::teardown;
@@ -91,7 +93,7 @@ pub fn main(mpidrs: &[u64], entry: u64) -> bool {
     // SAFETY: no other CPU of the test runs yet (see `BarrierCell`).
     unsafe { *BARRIER.0.get() = RendezvousBarrier::new(cpus as u32) };
     let host_vectors = install_vectors();
-    if setup(cpus).is_none() {
+    if setup(cpus).is_none() || !linux::setup_beside(mpidrs) {
         restore_vectors(host_vectors);
         return false;
     }
@@ -115,7 +117,7 @@ pub fn main(mpidrs: &[u64], entry: u64) -> bool {
     }
     JOIN.store(0, Ordering::Release);
     if started {
-        teardown();
+        teardown(cpus);
     }
     restore_vectors(host_vectors);
     tally::failures() == 0
@@ -145,12 +147,30 @@ pub fn secondary(index: usize) {
     }
 }
 
-/// What every CPU does together: run the vCPUs, then the running-vCPU
-/// attacks.
+/// The host's tick while guests run, on the virtual timer: 250 Hz, as
+/// Debian's kernel ticks.
+const TICK_HZ: u64 = 250;
+
+/// What every CPU does together, ticking on its virtual timer: run the
+/// vCPUs (and any Linux guests beside them, to their end), then the
+/// running-vCPU attacks, then one run each of a vCPU that never exits by
+/// itself, which the host's tick must end.
 fn run_phases(cpu: usize, cpus: usize) {
     barrier().wait();
+    let ticking = crate::irq::init_cpu();
+    if ticking {
+        crate::irq::start_tick(crate::irq::frequency() / TICK_HZ);
+    }
     run_vcpus(cpu, cpus);
+    linux::finish(cpu);
     barrier().wait();
     spin_attacks(cpu, cpus);
+    if ticking {
+        // Again: the spinner's CPU stopped its tick for the attacks.
+        crate::irq::start_tick(crate::irq::frequency() / TICK_HZ);
+        hold_run(cpu, cpus);
+    }
+    crate::irq::stop_tick();
+    tally::note_ticks(cpu, ticking);
     barrier().wait();
 }

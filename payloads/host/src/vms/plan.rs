@@ -7,12 +7,12 @@ pub(super) const POOL_BASE: u64 = 0x8000_0000;
 /// End (exclusive) of that RAM: 768 MiB.
 pub(super) const POOL_END: u64 = 0xb000_0000;
 
-/// vCPUs of each ordinary VM: checksum, MMIO, share, demand.
-pub(super) const VCPUS: usize = 4;
+/// vCPUs of each ordinary VM: checksum, MMIO, share, demand, EL0.
+pub(super) const VCPUS: usize = 5;
 
-/// Most ordinary VMs (the engine's table has 255 slots; two more VMs are the
-/// attacker and the power-off VM).
-pub(super) const MAX_VMS: usize = 251;
+/// Most ordinary VMs (the engine's table has 255 slots; four more VMs are
+/// the attacker, the two power VMs and the hold VM).
+pub(super) const MAX_VMS: usize = 250;
 
 /// Record index of the attacker VM.
 pub(super) const ATTACKER_VM: usize = MAX_VMS;
@@ -22,6 +22,12 @@ pub(super) const POWER_VM: usize = MAX_VMS + 1;
 
 /// Record index of the VM that resets itself.
 pub(super) const RESET_VM: usize = MAX_VMS + 2;
+
+/// Record index of the VM whose vCPUs never exit by themselves.
+pub(super) const HOLD_VM: usize = MAX_VMS + 3;
+
+/// VM records: the ordinary VMs, then the four above.
+pub(super) const VM_RECORDS: usize = MAX_VMS + 4;
 
 /// Pool pages donated at `VmCreate` (metadata, contexts, Stage-2 tables).
 pub(super) const POOL_PAGES: u64 = 32;
@@ -39,8 +45,9 @@ pub(super) const GICD_IPA: u64 = 0x0800_0000;
 /// An IPA far beyond any guest's IPA space.
 pub(super) const BEYOND_IPA: u64 = 1 << 46;
 
-/// The attacker VM's vCPUs, by index.
-pub(super) const ATTACKER: [Role; 7] = [
+/// The attacker VM's vCPUs, by index (and one that takes virtual
+/// interrupts).
+pub(super) const ATTACKER: [Role; 8] = [
     Role::Attack,
     Role::ProbeOtherVm,
     Role::ProbeEngineWrite,
@@ -48,7 +55,11 @@ pub(super) const ATTACKER: [Role; 7] = [
     Role::ProbeGic,
     Role::Spin,
     Role::Registers,
+    Role::VirtualIrq,
 ];
+
+/// Timer interrupts the [`Role::VirtualIrq`] vCPU waits for.
+pub(super) const VIRQ_TICKS: u64 = 3;
 
 /// The attacker's vCPU that spins for the running-vCPU attacks.
 pub(super) const SPIN_INDEX: usize = 5;
@@ -59,11 +70,36 @@ pub(super) const POWER: [Role; 1] = [Role::SystemOff];
 
 pub(super) const RESET: [Role; 1] = [Role::SystemReset];
 
+/// The hold VM's vCPUs: one per CPU that takes part (at most 8, the
+/// engine's limit), half spinning with interrupts masked, half looping in
+/// their own vectors. Each CPU runs one of them once, with its tick on: the
+/// run must end with `Exit::Irq`, at the host's own deadline.
+pub(super) const HOLD: [Role; 8] = [
+    Role::HoldMasked,
+    Role::HoldVectors,
+    Role::HoldMasked,
+    Role::HoldVectors,
+    Role::HoldMasked,
+    Role::HoldVectors,
+    Role::HoldMasked,
+    Role::HoldVectors,
+];
+
 /// An ordinary VM's vCPUs.
-pub(super) const ORDINARY: [Role; VCPUS] = [Role::Checksum, Role::Mmio, Role::Share, Role::Demand];
+pub(super) const ORDINARY: [Role; VCPUS] = [
+    Role::Checksum,
+    Role::Mmio,
+    Role::Share,
+    Role::Demand,
+    Role::El0,
+];
+
+/// Times the [`Role::El0`] vCPU hashes its data at EL0: long enough that
+/// the host's tick ends some of its runs there.
+pub(super) const EL0_PASSES: u64 = 4;
 
 /// Most vCPUs any VM here has.
-pub(super) const MAX_VCPUS: usize = 7;
+pub(super) const MAX_VCPUS: usize = 8;
 
 /// Most demand-backed pages one VM may get.
 pub(super) const MAX_DEMAND: usize = 16;
@@ -84,6 +120,10 @@ pub(super) enum Role {
     Registers,
     SystemOff,
     SystemReset,
+    HoldMasked,
+    HoldVectors,
+    VirtualIrq,
+    El0,
 }
 
 impl Role {
@@ -102,6 +142,10 @@ impl Role {
             Role::Registers => "registers",
             Role::SystemOff => "system-off",
             Role::SystemReset => "system-reset",
+            Role::HoldMasked => "hold-masked",
+            Role::HoldVectors => "hold-vectors",
+            Role::VirtualIrq => "virtual-irq",
+            Role::El0 => "el0",
         }
     }
 }

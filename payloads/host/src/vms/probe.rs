@@ -44,15 +44,22 @@ pub(super) fn vcpu_run_checked(handle: u64, index: u64, value: u64) -> ([u64; 4]
 // The probe vectors, installed on every CPU for the whole test. A probe arms
 // them by putting 1 (skip the faulting instruction) or 2 (return to x30) in
 // x16 around one access; the handler replaces x16 with ESR_EL1 | 1 << 63.
-// Any other exception is unexpected: reported, then the CPU stops.
+// An IRQ (from EL1h, offset 0x280) is the host's tick (`irq.rs`). Any other
+// exception is unexpected: reported, then the CPU stops.
 global_asm!(
     r#"
     .section .text.vms_vectors, "ax"
     .balign 2048
 vms_vectors:
+    .set vms_vector, 0
     .rept 16
     .balign 0x80
+    .if vms_vector == 5
+    b host_irq_entry
+    .else
     b vms_exception
+    .endif
+    .set vms_vector, vms_vector + 1
     .endr
 vms_exception:
     cmp x16, #1
@@ -173,8 +180,8 @@ pub(super) fn install_vectors() -> u64 {
     // SAFETY: reading VBAR_EL1 has no side effect.
     unsafe { asm!("mrs {}, vbar_el1", out(reg) saved, options(nomem, nostack, preserves_flags)) };
     // SAFETY: this payload's own vectors (2 KiB aligned by the assembly)
-    // replace the host's for the duration of the test; interrupts stay
-    // masked, so only synchronous exceptions can arrive, which they handle.
+    // replace the host's for the duration of the test; they handle the
+    // synchronous exceptions of the probes and send IRQs to the tick.
     unsafe {
         asm!("msr vbar_el1, {}", "isb", in(reg) &raw const vms_vectors as u64, options(nostack, preserves_flags));
     }

@@ -10,7 +10,7 @@ use core::cell::UnsafeCell;
 
 use isola_sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use super::plan::{MAX_DEMAND, MAX_VCPUS, MAX_VMS, Role};
+use super::plan::{MAX_DEMAND, MAX_VCPUS, Role, VM_RECORDS};
 
 pub(super) const ABSENT: u32 = 0;
 
@@ -48,6 +48,15 @@ pub(super) struct VcpuData {
     pub(super) reports_after_storm: u32,
     pub(super) value: u64,
     pub(super) message: u64,
+    /// Runs that ended with `Exit::Irq`.
+    pub(super) irq_exits: u32,
+    /// The list-register words this host gave the vCPU, as it last set
+    /// them (their states as the last exit reported).
+    pub(super) lrs: [u64; isola_abi::lr::SLOTS],
+    /// Runs that ended with `Exit::Eoi`.
+    pub(super) eoi_exits: u32,
+    /// Interrupts injected (`VcpuInterrupts` that succeeded).
+    pub(super) injected: u32,
 }
 
 impl VcpuData {
@@ -64,6 +73,10 @@ impl VcpuData {
             reports_after_storm: 0,
             value: 0,
             message: 0,
+            irq_exits: 0,
+            lrs: [0; isola_abi::lr::SLOTS],
+            eoi_exits: 0,
+            injected: 0,
         }
     }
 }
@@ -125,10 +138,10 @@ impl Vm {
     }
 }
 
-/// Every VM record: ordinary VMs from 0, the attacker at [`ATTACKER_VM`],
-/// the power VM at [`POWER_VM`].
+/// Every VM record: ordinary VMs from 0, then the attacker, the power VMs
+/// and the hold VM (`plan.rs`).
 pub(super) struct World {
-    pub(super) vms: [Vm; MAX_VMS + 3],
+    pub(super) vms: [Vm; VM_RECORDS],
 }
 
 // SAFETY: the `UnsafeCell`s inside are reached only by the CPU that holds the
@@ -136,7 +149,7 @@ pub(super) struct World {
 unsafe impl Sync for World {}
 
 pub(super) static WORLD: World = World {
-    vms: [const { Vm::new() }; MAX_VMS + 3],
+    vms: [const { Vm::new() }; VM_RECORDS],
 };
 
 /// VM record `k`'s seed: its data pattern and its messages derive from it.

@@ -8,16 +8,16 @@ use isola_guest_payload::{self as guest, Attack, layout, msg};
 use isola_sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use super::pages::{alloc, fill};
-use super::plan::{ATTACKER_VM, MAX_VCPUS, MAX_VMS, SPIN_INDEX, STORM_PER_CPU};
+use super::plan::{ATTACKER_VM, HOLD_VM, MAX_VCPUS, Role, SPIN_INDEX, STORM_PER_CPU, VM_RECORDS};
 use super::probe::{clean_page, invalidate_page, probe_read, probe_write, vcpu_run_checked};
-use super::records::{DONE, End, READY, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
+use super::records::{DONE, End, READY, RESERVED, RUNNING, VcpuData, VcpuSlot, Vm, WORLD, seed_of};
 use super::tally::{attack, attack_probe, check};
 use crate::calls::call;
 use crate::calls::{St, hvc6, status};
 use crate::console::say;
 
 /// Slots of the run list: every vCPU of every VM record.
-const RUN_SLOTS: usize = (MAX_VMS + 3) * MAX_VCPUS;
+const RUN_SLOTS: usize = VM_RECORDS * MAX_VCPUS;
 
 /// What the CPUs share while they run the vCPUs.
 struct Schedule {
@@ -84,6 +84,8 @@ pub(super) fn run_vcpus(cpu: usize, cpus: usize) {
                 break;
             }
         }
+        // Linux guests beside the VMs (vms/linux/) get a turn too.
+        super::linux::step(cpu);
         if storm_left > 0 {
             rng = guest::splitmix64(rng);
             storm_call(rng);
@@ -151,6 +153,9 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
         d.end = End::RunFailed(r[0]);
         return true;
     }
+    if d.role == Role::VirtualIrq {
+        virq_exit_status(vm, i, d, r[1]);
+    }
     let Some(exit) = Exit::decode([r[1], r[2], r[3]]) else {
         check(
             false,
@@ -180,9 +185,25 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
             false
         }
         Exit::MemFault { ipa } => memfault(k, i, vm, d, ipa),
-        // The test guests start no vCPUs and send no SGIs; an interrupt
-        // completion needs nothing from this host either: keep running.
-        Exit::Wfx { .. } | Exit::Irq | Exit::Eoi | Exit::CpuOn { .. } | Exit::Sgi { .. } => false,
+        // The host's tick (taken as soon as this returns): keep running.
+        Exit::Irq => {
+            super::tally::note_irq_exit();
+            d.irq_exits = d.irq_exits.saturating_add(1);
+            false
+        }
+        Exit::Eoi => {
+            d.eoi_exits = d.eoi_exits.saturating_add(1);
+            false
+        }
+        Exit::Sgi { targets, intid } => {
+            // Only the virtual-interrupt vCPU sends one, to itself.
+            if targets & 1u16.wrapping_shl(i as u32) != 0 {
+                inject(vm, i, d, u32::from(intid), false);
+            }
+            false
+        }
+        // The test guests start no vCPUs: keep running.
+        Exit::Wfx { .. } | Exit::CpuOn { .. } => false,
         Exit::CpuOff => {
             d.end = End::CpuOff;
             true
@@ -199,6 +220,48 @@ fn run_once(k: usize, i: usize, slot: &VcpuSlot, cpus: usize) -> bool {
             d.end = End::Error(esr);
             true
         }
+    }
+}
+
+/// After a run of the virtual-interrupt vCPU: its list registers' states
+/// as the exit word reports them, and the timer's level, which the host
+/// answers as Linux's KVM does: inject PPI 27 (with `EOI`, so its
+/// completion ends a run with `Exit::Eoi`) unless a list register has it.
+fn virq_exit_status(vm: &Vm, i: usize, d: &mut VcpuData, word: u64) {
+    let status = isola_abi::ExitStatus::from_word(word);
+    for (w, s) in d.lrs.iter_mut().zip(status.lrs) {
+        *w = match s {
+            isola_abi::LrState::Invalid => 0,
+            s => *w & !(3 << 62) | (s as u64) << 62,
+        };
+    }
+    let has_timer = d
+        .lrs
+        .iter()
+        .any(|&w| w != 0 && isola_abi::lr::intid(w) == 27);
+    if status.vtimer && !has_timer {
+        inject(vm, i, d, isola_abi::vgic::VTIMER_INTID, true);
+    }
+}
+
+/// Puts `intid` (pending, group 1, priority 0xa0) in a free list register
+/// of vCPU `i`, keeping the others as they are.
+fn inject(vm: &Vm, i: usize, d: &mut VcpuData, intid: u32, eoi: bool) {
+    let Some(free) = d.lrs.iter_mut().find(|w| **w == 0) else {
+        check(false, format_args!("vCPU {i}: no free list register"));
+        return;
+    };
+    *free = isola_abi::lr::pending(intid, 0xa0, eoi);
+    let [l0, l1, l2, l3] = d.lrs;
+    let r = call(
+        HostCall::VcpuInterrupts,
+        [vm.handle(), i as u64, l0, l1, l2, l3],
+    );
+    if check(
+        r[0] == Status::Success.raw(),
+        format_args!("vCPU {i}: VcpuInterrupts of {intid}: {}", St(r[0])),
+    ) {
+        d.injected = d.injected.saturating_add(1);
     }
 }
 
@@ -347,6 +410,14 @@ fn host_call(at: Exiting<'_>, tag: u64, value: u64, cpus: usize) -> u64 {
             0
         }
         msg::REGS => 0,
+        msg::VIRQ_READY => {
+            inject(vm, i, d, guest::VIRQ_SPI as u32, false);
+            0
+        }
+        msg::VIRQ_RESULT | msg::EL0_RESULT => {
+            d.value = value;
+            0
+        }
         msg::REGS_RESULT => {
             d.value = value;
             0
@@ -442,6 +513,11 @@ fn checksum(at: Exiting<'_>, value: u64, cpus: usize) -> u64 {
 
 /// CPU 1 runs the attacker's spinning vCPU; meanwhile CPU 0 tries to run it
 /// too and to destroy its VM (both must be `Busy`), then lets it finish.
+/// CPU 1 stops its tick first: its timer would end the spinner's run (the
+/// engine bounds a run by the host's tick) and leave it unloaded between
+/// two runs, where CPU 0 may rightly run it. With one CPU there is no
+/// attack: the CPU, ticking, runs the spinner, and between two runs the
+/// host's tick ended it stops it.
 pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     let n = ATTACKER_VM;
     let Some(vm) = WORLD.vms.get(n) else { return };
@@ -452,8 +528,22 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
         .share_pa
         .load(Ordering::Relaxed)
         .wrapping_add((SPIN_INDEX as u64).wrapping_mul(PAGE_SIZE));
-    let runner = if cpus > 1 { 1 } else { 0 };
-    if cpu == runner {
+    if cpus == 1 {
+        say!("vms: running-vCPU attacks skipped (one CPU)");
+        while !run_once(n, SPIN_INDEX, slot, cpus) {
+            if super::setup::sharing()[1] == 0 {
+                continue;
+            }
+            invalidate_page(share_page);
+            if probe_read(share_page) == Ok(guest::SPINNING) {
+                let _ = probe_write(share_page.wrapping_add(8), guest::STOP);
+                clean_page(share_page);
+            }
+        }
+        return;
+    }
+    if cpu == 1 {
+        crate::irq::stop_tick();
         SCHEDULE.spin_phase.store(1, Ordering::Release);
         let mut done = false;
         while !done {
@@ -464,12 +554,16 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     if cpu != 0 {
         return;
     }
-    if cpus == 1 {
-        say!("vms: running-vCPU attacks skipped (one CPU)");
-        return;
-    }
-    // Wait until the guest spins: its shared page's word 0 says so.
+    // Wait until the guest spins: its shared page's word 0 says so. Read
+    // it only once the engine counts a guest page shared with the host (the
+    // spinner's: every other vCPU is done): before that, each read would be
+    // refused, and a loop of refused reads is what the engine reports as a
+    // host that may be looping.
     loop {
+        if super::setup::sharing()[1] == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
         invalidate_page(share_page);
         if probe_read(share_page) == Ok(guest::SPINNING) {
             break;
@@ -500,4 +594,45 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     while SCHEDULE.spin_phase.load(Ordering::Acquire) != 2 {
         core::hint::spin_loop();
     }
+}
+
+/// Every CPU, ticking: runs one vCPU of the hold VM (which never exits by
+/// itself: it spins with interrupts masked, or loops in its own vectors)
+/// until a run ends with `Exit::Irq`: the engine ended it at this CPU's own
+/// timer deadline. Answers the vCPU's first `INFO` on the way. CPU `cpu`
+/// takes vCPU `cpu % count`, waiting for it if another CPU has it (only
+/// with more CPUs than hold vCPUs).
+pub(super) fn hold_run(cpu: usize, cpus: usize) {
+    let Some(vm) = WORLD.vms.get(HOLD_VM) else {
+        return;
+    };
+    let i = cpu
+        .checked_rem(vm.vcpus.load(Ordering::Relaxed))
+        .unwrap_or(0);
+    let Some(slot) = vm.slot(i) else { return };
+    while slot
+        .state
+        .compare_exchange(RESERVED, RUNNING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        core::hint::spin_loop();
+    }
+    let irq_exits = || {
+        // SAFETY: this CPU holds the claim (RESERVED -> RUNNING, Acquire)
+        // until the Release store below.
+        unsafe { (*slot.data.get()).irq_exits }
+    };
+    let before = irq_exits();
+    // A hold vCPU reports INFO once, then never exits by itself: a bounded
+    // number of runs suffices.
+    for _ in 0..4 {
+        if run_once(HOLD_VM, i, slot, cpus) || irq_exits() != before {
+            break;
+        }
+    }
+    check(
+        irq_exits() != before,
+        format_args!("cpu {cpu}: hold vCPU {i}: no run ended with Exit::Irq"),
+    );
+    slot.state.store(RESERVED, Ordering::Release);
 }

@@ -7,8 +7,8 @@ use isola_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::pages::{POOL_ALIGN, alloc, alloc_aligned, fill};
 use super::plan::{
-    ATTACKER, ATTACKER_VM, BEYOND_IPA, ENGINE_PA, GICD_IPA, MAX_VMS, ORDINARY, POOL_PAGES, POWER,
-    POWER_VM, RESET, RESET_VM, Role, VCPUS,
+    ATTACKER, ATTACKER_VM, BEYOND_IPA, ENGINE_PA, GICD_IPA, HOLD, HOLD_VM, MAX_VMS, ORDINARY,
+    POOL_PAGES, POWER, POWER_VM, RESET, RESET_VM, Role, VCPUS,
 };
 use super::probe::{probe_exec, probe_read, probe_write};
 use super::records::{READY, RESERVED, Vm, WORLD, seed_of};
@@ -67,6 +67,7 @@ pub(super) fn setup(cpus: usize) -> Option<()> {
     create_vm(&header, ATTACKER_VM, &ATTACKER).ok()?;
     create_vm(&header, POWER_VM, &POWER).ok()?;
     create_vm(&header, RESET_VM, &RESET).ok()?;
+    create_vm(&header, HOLD_VM, HOLD.get(..cpus.min(HOLD.len()))?).ok()?;
     let mut n = 2;
     while n < wanted {
         match create_vm(&header, n, &ORDINARY) {
@@ -77,8 +78,9 @@ pub(super) fn setup(cpus: usize) -> Option<()> {
     }
     VM_COUNT.store(n, Ordering::Relaxed);
     say!(
-        "vms: created {n} VMs of {VCPUS} vCPUs, an attacker VM of {} vCPUs and two power VMs",
+        "vms: created {n} VMs of {VCPUS} vCPUs, an attacker VM of {} vCPUs, two power VMs and a hold VM of {} vCPUs",
         ATTACKER.len(),
+        cpus.min(HOLD.len()),
     );
     host_attacks();
     Some(())
@@ -104,6 +106,10 @@ fn x0_for(role: Role, seed: u64) -> u64 {
         Role::Registers => Behaviour::Registers.x0(0),
         Role::SystemOff => Behaviour::SystemOff.x0(0),
         Role::SystemReset => Behaviour::SystemReset.x0(0),
+        Role::HoldMasked => Behaviour::Hold.x0(0),
+        Role::HoldVectors => Behaviour::Hold.x0(1),
+        Role::VirtualIrq => Behaviour::VirtualIrq.x0(super::plan::VIRQ_TICKS),
+        Role::El0 => Behaviour::El0.x0(super::plan::EL0_PASSES),
     }
 }
 
@@ -265,7 +271,8 @@ fn fill_vm(
         // looks at any slot yet.
         let d = unsafe { &mut *slot.data.get() };
         d.role = *role;
-        let state = if *role == Role::Spin { RESERVED } else { READY };
+        let reserved = matches!(role, Role::Spin | Role::HoldMasked | Role::HoldVectors);
+        let state = if reserved { RESERVED } else { READY };
         if state == READY {
             enlist(k, i);
         }

@@ -88,3 +88,41 @@ pub(super) fn attack_outcome(name: &str, ok: bool, what: fmt::Arguments<'_>) {
         say!("attack {name}: FAIL ({what})");
     }
 }
+
+/// Runs that ended with `Exit::Irq`, per CPU.
+static IRQ_EXITS: [AtomicU32; isola_layout::MAX_CPUS] =
+    [const { AtomicU32::new(0) }; isola_layout::MAX_CPUS];
+/// CPUs that ticked during the run, took at least one tick, saw at least
+/// one run end with `Exit::Irq`, and took no interrupt the engine should
+/// have kept from them.
+static TICKED: AtomicU32 = AtomicU32::new(0);
+
+/// Counts a run that ended with `Exit::Irq` on this CPU.
+pub(super) fn note_irq_exit() {
+    if let Some(c) = IRQ_EXITS.get(crate::irq::this_cpu()) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// CPU `cpu`'s verdict on its tick, once it stopped ticking: it took timer
+/// interrupts, runs ended with `Exit::Irq` on it, and no interrupt of the
+/// engine's (maintenance, EL2 timer) reached it.
+pub(super) fn note_ticks(cpu: usize, ticking: bool) {
+    let ticks = crate::irq::ticks(cpu);
+    let exits = IRQ_EXITS.get(cpu).map_or(0, |c| c.load(Ordering::Relaxed));
+    let (strays, last) = crate::irq::strays(cpu);
+    let ok = check(
+        ticking && ticks > 0 && exits > 0 && strays == 0,
+        format_args!(
+            "cpu {cpu}: ticking {ticking}, {ticks} ticks, {exits} runs ended by Exit::Irq, {strays} stray interrupts (last INTID {last})"
+        ),
+    );
+    if ok {
+        TICKED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many CPUs passed [`note_ticks`].
+pub(super) fn ticked() -> u32 {
+    TICKED.load(Ordering::Relaxed)
+}

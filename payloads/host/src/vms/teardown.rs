@@ -8,7 +8,7 @@ use isola_sync::atomic::Ordering;
 
 use super::pages::page_is_zero;
 use super::plan::{
-    ATTACKER_VM, ENGINE_PA, MAX_DEMAND, POOL_BASE, POOL_PAGES, POWER_VM, RESET_VM, Role,
+    ATTACKER_VM, ENGINE_PA, HOLD_VM, MAX_DEMAND, POOL_BASE, POOL_PAGES, POWER_VM, RESET_VM, Role,
 };
 use super::probe::{invalidate_page, probe_read};
 use super::records::{End, VcpuData, Vm, WORLD};
@@ -20,8 +20,13 @@ use crate::console::say;
 
 /// CPU 0: reports every vCPU, destroys every VM, reclaims and checks every
 /// page, checks the accounting.
-pub(super) fn teardown() {
+pub(super) fn teardown(cpus: usize) {
     let n = VM_COUNT.load(Ordering::Relaxed);
+    if super::tally::ticked() as usize == cpus {
+        say!(
+            "vms: every CPU ticked on its virtual timer while guests ran; runs ended with Exit::Irq on all {cpus}"
+        );
+    }
     report(n);
     let off = WORLD.vms.get(POWER_VM).map_or(0, Vm::handle);
     attack(
@@ -115,6 +120,8 @@ pub(super) fn teardown() {
             [vm0_handle, POOL_BASE, layout::IPA_BASE, perms::R, 0, 0],
         )[0],
     );
+    // Linux guests beside the VMs (vms/linux/): under the same accounting.
+    super::linux::teardown(None);
     let after = totals();
     let before = BEFORE.each_ref().map(|b| b.load(Ordering::Relaxed));
     let share = sharing();
@@ -135,7 +142,7 @@ pub(super) fn teardown() {
 
 /// The records in use: ordinary VMs `0..n`, the attacker, the power VM.
 fn active(n: usize) -> impl Iterator<Item = usize> {
-    (0..n).chain([ATTACKER_VM, POWER_VM, RESET_VM])
+    (0..n).chain([ATTACKER_VM, POWER_VM, RESET_VM, HOLD_VM])
 }
 
 /// Pages of the image and its stacks (the same for every VM).
@@ -187,6 +194,16 @@ fn report_vcpu(k: usize, i: usize, d: &VcpuData) {
             if check(
                 off && d.info_ok,
                 format_args!("vm{k}.{i} {role}: ended {:?}", d.end),
+            ) && k < 4
+            {
+                say!("vms: vm{k}.{i} {role}: done");
+            }
+        }
+        Role::El0 => {
+            let good = d.value == guest::expected_checksum(super::records::seed_of(k));
+            if check(
+                off && d.info_ok && good,
+                format_args!("vm{k}.{i} {role}: ended {:?}, hashed {:#x}", d.end, d.value),
             ) && k < 4
             {
                 say!("vms: vm{k}.{i} {role}: done");
@@ -273,6 +290,34 @@ fn report_vcpu(k: usize, i: usize, d: &VcpuData) {
                     "vms: world switch: the guest saw none of the host's EL1 registers and kept x4-x30, v0-v31, FPCR and its EL1 registers across a call handled at EL2 and one handled by the host"
                 );
             }
+        }
+        Role::VirtualIrq => {
+            let (ticks, taken) = (d.value >> 32, d.value & 0xffff_ffff);
+            let want = super::plan::VIRQ_TICKS;
+            // The SPI, the SGI and every tick, each injected by this host.
+            if check(
+                off && ticks == want
+                    && taken == want.wrapping_add(2)
+                    && u64::from(d.injected) == taken
+                    && d.eoi_exits > 0,
+                format_args!(
+                    "vm{k}.{i} {role}: ended {:?}, {ticks} timer ticks, {taken} interrupts taken, {} injected, {} Exit::Eoi",
+                    d.end, d.injected, d.eoi_exits
+                ),
+            ) {
+                say!(
+                    "vms: virtual interrupts: an SPI, the guest's own SGI and {want} ticks of its timer reached it through its list registers; the timer's completions ended runs with Exit::Eoi"
+                );
+            }
+        }
+        Role::HoldMasked | Role::HoldVectors => {
+            check(
+                d.end == End::Running && d.irq_exits > 0,
+                format_args!(
+                    "vm{k}.{i} {role}: ended {:?} after {} runs ended by Exit::Irq",
+                    d.end, d.irq_exits
+                ),
+            );
         }
         Role::SystemOff => {
             check(
