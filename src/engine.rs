@@ -187,6 +187,10 @@ pub struct Engine<A: Arch> {
     /// List registers the host may fill (0: no virtual interrupts); see
     /// [`Engine::set_list_registers`].
     list_regs: u8,
+    /// What `Version` reports in `x2`: [`crate::hypercall::FEATURES`] and
+    /// the virtual-interrupt bits, computed whenever `list_regs` changes so
+    /// the call is one load ([`Engine::features`]).
+    pub(crate) features: u64,
     /// The ID registers guests' values are derived from, by `[CRm - 1][Op2]`;
     /// see [`Engine::set_guest_id_registers`].
     guest_ids: [[u64; 8]; 7],
@@ -338,6 +342,7 @@ impl<A: Arch> Engine<A> {
             devices,
             ndevices,
             list_regs: 0,
+            features: crate::hypercall::features_for(0),
             guest_ids: [[0; 8]; 7],
         };
         engine.map_host_ram()?;
@@ -432,6 +437,7 @@ impl<A: Arch> Engine<A> {
     /// only empty registers and `Version` does not report the feature.
     pub fn set_list_registers(&mut self, count: usize) {
         self.list_regs = count.min(isola_abi::lr::SLOTS) as u8;
+        self.features = crate::hypercall::features_for(self.list_regs());
     }
 
     /// List registers the host may fill.

@@ -60,6 +60,23 @@ pub fn engine() -> Option<&'static Engine<El2Arch>> {
     Some(unsafe { (*ENGINE.0.get()).assume_init_ref() })
 }
 
+/// The engine, from a trap taken from the host: [`engine`] without the
+/// check, for the hypercall's hot path.
+///
+/// Sound because a trap from a lower EL can reach the host vector only on a
+/// CPU that entered the host, and every CPU enters the host through
+/// `bringup::enter_host`, which calls [`install_host_stage2`] first: that
+/// read `READY` with Acquire on this CPU and found it set (or the CPU
+/// stopped), so the cell is initialised and its contents are visible here
+/// (program order after that Acquire). Guests trap to the world switch's
+/// own vectors, never here.
+#[inline(always)]
+pub fn engine_of_trap() -> &'static Engine<El2Arch> {
+    // SAFETY: see above: this CPU observed `READY` (Acquire) before it
+    // first left EL2, and the cell is never written again.
+    unsafe { (*ENGINE.0.get()).assume_init_ref() }
+}
+
 /// A bump allocator over the engine's free RAM, used only by `init`.
 struct Bump {
     next: u64,

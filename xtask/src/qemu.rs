@@ -172,6 +172,10 @@ pub fn booted_tests() -> Result<(), String> {
     println!(
         "PASS  dma teeth: with the planted bug (Donate leaves the DMA view) the just-donated page is reached"
     );
+    register_test_has_teeth(&images)?;
+    println!(
+        "PASS  register teeth: with the planted bug (the hvc handler may clobber x9..x15) badcall sees host registers changed"
+    );
     let mut failed = 0_usize;
     for s in SCENARIOS {
         match judge(&images, s) {
@@ -257,6 +261,43 @@ fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
     } else {
         Err(format!(
             "the DMA test has no teeth: with the planted bug the just-donated page was not reached\n{}",
+            run.log()
+        ))
+    }
+}
+
+/// The register check of `badcall` can fail: an engine built with
+/// `planted-bug-hvc-c-abi` (the `hvc` handler with the C convention behind
+/// the vector's short frame, boot/src/dispatch.rs) must change host
+/// registers, and the test must say so.
+fn register_test_has_teeth(images: &Images) -> Result<(), String> {
+    let dir = root().join("target").join("aarch64-planted");
+    let (el2, _) = build_for_targets(&dir, &["planted-bug-hvc-c-abi"], &[])?;
+    let planted = Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    };
+    let boot = Boot {
+        images: &planted,
+        smp: 1,
+        append: "isola.test=badcall",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    let caught = run.lines.iter().any(|l| {
+        l.starts_with("host: check failed: ")
+            && l.ends_with(" host registers changed across 5 hypercalls")
+    });
+    if caught {
+        Ok(())
+    } else {
+        Err(format!(
+            "the register check has no teeth: with the planted bug no host register changed\n{}",
             run.log()
         ))
     }

@@ -166,6 +166,7 @@ pub fn badcall_story(smp: u32) -> Vec<Expect> {
         line("host: bad hypercall (Donate of 0xfffffffff000) -> InvalidArgument"),
         line("host: bad hypercall (Donate to a VM that does not exist) -> NotFound"),
         line("host: bad hypercall (VmCreate with an engine page as pool) -> NotOwner"),
+        line("host: host registers x4..x30, v0..v31, FPCR and FPSR kept across 5 hypercalls"),
         line("host: VmDestroy -> Success"),
     ]);
     e.extend(clean_end());
