@@ -179,8 +179,12 @@ pub struct Engine<A: Arch> {
     pub(crate) vm_s2: S2Config,
     pub(crate) guest_mmio: (u64, u64),
     pub(crate) caches: CachePolicy,
-    /// The memory type of every RAM leaf: forced write-back under FWB.
-    pub(crate) normal: MemType,
+    /// The memory type of every RAM leaf of the host's Stage-2: forced
+    /// write-back where the host runs with FWB ([`CachePolicy::fwb_host`]).
+    pub(crate) host_normal: MemType,
+    /// The memory type of every RAM leaf of a VM's Stage-2: forced
+    /// write-back where guests run with FWB ([`CachePolicy::fwb_guest`]).
+    pub(crate) vm_normal: MemType,
     /// Device ranges `(start, end, range)`.
     devices: [(u64, u64, DeviceRange); MAX_DEVICE_RANGES],
     ndevices: usize,
@@ -334,7 +338,12 @@ impl<A: Arch> Engine<A> {
             vm_s2: cfg.vm_s2,
             guest_mmio: cfg.guest_mmio,
             caches: cfg.caches,
-            normal: if cfg.caches.fwb {
+            host_normal: if cfg.caches.fwb_host {
+                MemType::NormalForcedWb
+            } else {
+                MemType::Normal
+            },
+            vm_normal: if cfg.caches.fwb_guest {
                 MemType::NormalForcedWb
             } else {
                 MemType::Normal
@@ -385,7 +394,7 @@ impl<A: Arch> Engine<A> {
                     Ipa::new(pa.raw()),
                     level,
                     Perms::RWX,
-                    self.normal,
+                    self.host_normal,
                 ) {
                     Ok(()) | Err(S2Error::AlreadyMapped) => {}
                     Err(_) => return Err(InitError::BadHostPool),
@@ -560,7 +569,7 @@ impl<A: Arch> Engine<A> {
             Ipa::new(pa.raw()),
             3,
             Perms::RWX,
-            self.normal,
+            self.host_normal,
         );
         drop(h);
         page.set_host_mapped();
@@ -582,7 +591,7 @@ impl<A: Arch> Engine<A> {
                 Ipa::new(pa.raw()),
                 3,
                 Perms::RWX,
-                self.normal,
+                self.host_normal,
             );
         }
         drop(h);
@@ -677,7 +686,7 @@ impl<A: Arch> Engine<A> {
             Ipa::new(pa.raw()),
             level,
             Perms::RWX,
-            self.normal,
+            self.host_normal,
         );
         sg.set_host_mapped();
         match r {

@@ -231,9 +231,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         ps: parange.min(oas),
     };
     dma::bring_up_smmu(smmu_layout, pool_at, shape)?;
-    if policy.fwb {
-        caches::enable_fwb();
-    }
+    caches::enable_fwb(policy);
     // SAFETY: only the boot CPU runs, and `READY` is clear, so no reference
     // to the cell exists.
     unsafe { (*ENGINE.0.get()).write(engine) };
@@ -243,14 +241,15 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         "core ready: {nrecords} pages of RAM in {nshards} shards, host Stage-2 pool of {pool_pages} pages"
     );
     say!(
-        "caches: HCR_EL2.FWB {}, CTR_EL0.DIC {} IDC {}: {}",
-        if policy.fwb { "on" } else { "off" },
+        "caches: HCR_EL2.FWB {} for guests, {} for the host, CTR_EL0.DIC {} IDC {}: {}",
+        if policy.fwb_guest { "on" } else { "off" },
+        if policy.fwb_host { "on" } else { "off" },
         u8::from(policy.dic),
         u8::from(policy.idc),
-        if policy.fwb {
-            "no page is cleaned when it changes hands"
-        } else {
-            "every page that changes hands is cleaned to PoC"
+        match (policy.fwb_guest, policy.fwb_host) {
+            (true, true) => "no page is cleaned when it changes hands",
+            (true, false) => "a page is cleaned to PoC only when the host gains it",
+            _ => "every page that changes hands is cleaned to PoC",
         }
     );
     Ok(())

@@ -65,7 +65,7 @@ fn engine_boot_with(smp: u32, streams: &str) -> Vec<Expect> {
     )));
     e.extend(core_ready(smp));
     e.push(line(
-        "isola: caches: HCR_EL2.FWB off, CTR_EL0.DIC 1 IDC 1: every page that changes hands is cleaned to PoC",
+        "isola: caches: HCR_EL2.FWB on for guests, off for the host, CTR_EL0.DIC 1 IDC 1: a page is cleaned to PoC only when the host gains it",
     ));
     e.push(line("isola: cpu 0 up at EL2 (mpidr 0x0)"));
     e.push(Expect::AnyOrder(
