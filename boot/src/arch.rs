@@ -16,8 +16,15 @@ pub struct El2Arch;
 impl El2Arch {
     /// Runs `f` with VTTBR_EL2's VMID field set to `vmid` (TLBI by IPA and
     /// `vmalle1is` act on the current VMID), then restores it.
+    /// When the VMID is already the current one (the host's, for every
+    /// host Stage-2 edit made from a host trap), `f` runs without the two
+    /// writes and their `isb`s.
     fn with_vmid(vmid: isola::arch::Vmid, f: impl FnOnce()) {
         let saved = Value::raw(VTTBR_EL2.get());
+        if VTTBR_EL2::VMID.read(saved.bits()) == u64::from(vmid.0) {
+            f();
+            return;
+        }
         let wanted = saved.with(&[VTTBR_EL2::VMID.val(u64::from(vmid.0))]);
         // SAFETY: this CPU is at EL2 with interrupts masked, so no lower EL
         // runs under the temporary VMID; only TLB maintenance happens before
