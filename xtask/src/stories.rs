@@ -173,6 +173,25 @@ pub fn badcall_story(smp: u32) -> Vec<Expect> {
     e
 }
 
+/// The `storm` scenario (payloads/host/src/storm.rs): the figures (`host:
+/// storm stats:` lines) are shown by the harness, not compared.
+pub fn storm_story(smp: u32) -> Vec<Expect> {
+    let mut e = engine_boot(smp);
+    e.extend(host_start(smp, "storm"));
+    e.extend([
+        line(
+            "host: storm: no Version, Accounting or VcpuRun was stretched more than plain work: none waited for another CPU's lock",
+        ),
+        line(format!(
+            "host: storm: {} CPUs, 2000 valid random calls each, and every VM torn down: every call did what it should",
+            smp - 1
+        )),
+        line("host: storm: no call took longer than 540000000 ticks"),
+    ]);
+    e.extend(clean_end());
+    e
+}
+
 /// Ordinary VMs the host's VM test makes with `smp` CPUs: two per CPU, at
 /// least 4, at most what the engine's VM table (`VM_SLOTS` in
 /// boot/src/engine.rs) holds beside the attacker and the two power VMs.

@@ -281,8 +281,9 @@ unsafe extern "C" {
     static bench_guest_end: u8;
 }
 
-/// Copies the bench guest's code to the host page `pa`.
-fn write_guest_code(pa: u64) {
+/// Copies the bench guest's code to the host page `pa` (the storm's guest
+/// too).
+pub(crate) fn write_guest_code(pa: u64) {
     let start = &raw const bench_guest_start as u64;
     let end = &raw const bench_guest_end as u64;
     let mut off = 0;

@@ -6,8 +6,8 @@
 //! every other CPU from `host_secondary_entry` (started through the engine's
 //! PSCI relay) with `x0` = the CPU's index. What it tests is chosen by the
 //! boot argument `isola.test=` (`/chosen/bootargs`, set with QEMU's
-//! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `bench` or `all`
-//! (the default, every one but `bench`).
+//! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `storm`, `bench` or
+//! `all` (the default, every one but `storm` and `bench`).
 //!
 //! | module | job |
 //! |---|---|
@@ -17,6 +17,7 @@
 //! | `basic` | the `smp`, `probe` and `badcall` tests |
 //! | `dma` | the DMA test: a PCI device's and fw_cfg's DMA, the LPI tables (docs/devices.md) |
 //! | `vms` | the VM test (docs/guests.md), a folder of its own |
+//! | `storm` | valid random calls on every CPU at once, each timed against a bound |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 #![no_std]
 #![no_main]
@@ -45,6 +46,13 @@ mod dma;
     reason = "the first instructions, the stage-1 map, the exception vectors"
 )]
 mod entry;
+/// The storm (`isola.test=storm`): valid random calls on every CPU at once,
+/// each timed against a bound (docs/perf.md).
+#[allow(
+    unsafe_code,
+    reason = "the virtual counter and timer are system registers"
+)]
+mod storm;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
@@ -130,6 +138,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if (all || test == "vms") && !vms::main(p.cpus(), entry::secondary_entry()) {
         fail(format_args!("the VM test failed"));
     }
+    if test == "storm" && !storm::main(p.cpus(), entry::secondary_entry()) {
+        fail(format_args!("the storm failed"));
+    }
     match console::failures() {
         0 => say!("verdict: PASS"),
         n => say!("verdict: {n} check(s) FAILED"),
@@ -141,6 +152,7 @@ extern "C" fn host_main(dtb: u64) -> ! {
 #[allow(unsafe_code, reason = "the entry the assembly calls by name")]
 extern "C" fn host_secondary(index: u64) -> ! {
     let i = index as usize;
+    storm::secondary(i);
     vms::secondary(i);
     basic::secondary(i)
 }
