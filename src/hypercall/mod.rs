@@ -30,7 +30,7 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the entry types, [`Engine::host_call`]'s dispatch and the result registers |
+//! | `mod.rs` | the entry types, the one dispatcher ([`Engine::dispatch`], which [`Engine::host_call`] wraps) and the result registers |
 //! | `lifecycle.rs` | `VmCreate`, `VmDestroy`, `VmTopup`, `VcpuCreate`: VM slots, pools, vCPU contexts |
 //! | `memory.rs` | every page transition: host `Share`/`Donate`/`Unshare`/`Reclaim`, guest `Share`/`Unshare`/`Relinquish`, and their run and shard helpers |
 //! | `run.rs` | `VcpuRun`: loading a vCPU, guest exits, guest calls, the simulated guest of tests |
