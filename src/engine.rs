@@ -198,14 +198,22 @@ pub struct Engine<A: Arch> {
     pub(crate) vm_s2: S2Config,
     pub(crate) guest_mmio: (u64, u64),
     pub(crate) caches: CachePolicy,
-    /// The memory type of every RAM leaf: forced write-back under FWB.
-    pub(crate) normal: MemType,
+    /// The memory type of every RAM leaf of the host's Stage-2: forced
+    /// write-back where the host runs with FWB ([`CachePolicy::fwb_host`]).
+    pub(crate) host_normal: MemType,
+    /// The memory type of every RAM leaf of a VM's Stage-2: forced
+    /// write-back where guests run with FWB ([`CachePolicy::fwb_guest`]).
+    pub(crate) vm_normal: MemType,
     /// Device ranges `(start, end, range)`.
     devices: [(u64, u64, DeviceRange); MAX_DEVICE_RANGES],
     ndevices: usize,
     /// List registers the host may fill (0: no virtual interrupts); see
     /// [`Engine::set_list_registers`].
     list_regs: u8,
+    /// What `Version` reports in `x2`: [`crate::hypercall::FEATURES`] and
+    /// the virtual-interrupt bits, computed whenever `list_regs` changes so
+    /// the call is one load ([`Engine::features`]).
+    pub(crate) features: u64,
     /// The ID registers guests' values are derived from, by `[CRm - 1][Op2]`;
     /// see [`Engine::set_guest_id_registers`].
     guest_ids: [[u64; 8]; 7],
@@ -351,7 +359,12 @@ impl<A: Arch> Engine<A> {
             vm_s2: cfg.vm_s2,
             guest_mmio: cfg.guest_mmio,
             caches: cfg.caches,
-            normal: if cfg.caches.fwb {
+            host_normal: if cfg.caches.fwb_host {
+                MemType::NormalForcedWb
+            } else {
+                MemType::Normal
+            },
+            vm_normal: if cfg.caches.fwb_guest {
                 MemType::NormalForcedWb
             } else {
                 MemType::Normal
@@ -359,6 +372,7 @@ impl<A: Arch> Engine<A> {
             devices,
             ndevices,
             list_regs: 0,
+            features: crate::hypercall::features_for(0),
             guest_ids: [[0; 8]; 7],
             stats: storage.stats,
         };
@@ -402,7 +416,7 @@ impl<A: Arch> Engine<A> {
                     Ipa::new(pa.raw()),
                     level,
                     Perms::RWX,
-                    self.normal,
+                    self.host_normal,
                 ) {
                     Ok(()) | Err(S2Error::AlreadyMapped) => {}
                     Err(_) => return Err(InitError::BadHostPool),
@@ -454,6 +468,7 @@ impl<A: Arch> Engine<A> {
     /// only empty registers and `Version` does not report the feature.
     pub fn set_list_registers(&mut self, count: usize) {
         self.list_regs = count.min(isola_abi::lr::SLOTS) as u8;
+        self.features = crate::hypercall::features_for(self.list_regs());
     }
 
     /// List registers the host may fill.
@@ -600,7 +615,7 @@ impl<A: Arch> Engine<A> {
             Ipa::new(pa.raw()),
             3,
             Perms::RWX,
-            self.normal,
+            self.host_normal,
         );
         drop(h);
         page.set_host_mapped();
@@ -622,7 +637,7 @@ impl<A: Arch> Engine<A> {
                 Ipa::new(pa.raw()),
                 3,
                 Perms::RWX,
-                self.normal,
+                self.host_normal,
             );
         }
         drop(h);
@@ -726,7 +741,7 @@ impl<A: Arch> Engine<A> {
             Ipa::new(pa.raw()),
             level,
             Perms::RWX,
-            self.normal,
+            self.host_normal,
         );
         sg.set_host_mapped();
         match r {

@@ -15,10 +15,12 @@
 //! 2. the pages are zeroed, if their contents reach a world that did not own
 //!    them (a scrub);
 //! 3. their data-cache lines are cleaned and invalidated to the point of
-//!    coherency, unless `HCR_EL2.FWB` forces every Stage-2 mapping of RAM to
-//!    be write-back cacheable (then no world can make a non-cacheable alias:
-//!    every access of every world and of the coherent IOMMU sees the same
-//!    lines, and nothing stale can be seen or written back);
+//!    coherency, if the side that gains them (or keeps them alone) may
+//!    access them non-cacheably: that is, unless `HCR_EL2.FWB` is set while
+//!    that side runs and its Stage-2 leaves of RAM use the forced
+//!    write-back encoding (then every access it makes sees the same lines
+//!    as every other cacheable access, and nothing stale can be seen or
+//!    written back over what it writes);
 //! 4. their instruction-cache lines are invalidated to the point of
 //!    unification, if the gaining side may execute them and `CTR_EL0.DIC` is
 //!    0 (with the data first cleaned to the PoU where step 3 did not already
@@ -30,18 +32,31 @@
 //! ([`plan`]) and checked per transition on the recorded request log
 //! (`tests/handover.rs`).
 //!
-//! Why the data-cache clean is needed without FWB, for every transition in
-//! which a host or a guest gains or loses access: either side may map the
-//! page non-cacheable at stage 1 (a guest with its MMU off, a Linux
-//! DMA-coherent buffer). A dirty line the old side left could be read by a
-//! non-cacheable new side as stale, or, worse, be evicted later and
-//! overwrite what the new side wrote after the old one lost the page: an
+//! Why the data-cache clean is needed where the gaining side may access
+//! non-cacheably (a guest with its MMU off, a Linux DMA-coherent buffer on
+//! the host): a dirty line the old side left could be read by it as stale
+//! memory (for a page scrubbed through the engine's cacheable map: the old
+//! owner's data, the zeros still in the cache), or, worse, be evicted later
+//! and overwrite what it wrote after the old side lost the page: an
 //! integrity break with no instruction of the old side after the handover.
-//! Pages moving into a VM's pool are the exception: only the engine uses
-//! them, always through its cacheable EL2 map and the cacheable Stage-2
-//! walker, so a dirty line the host left is simply the line the engine's own
-//! accesses hit (data caches are physically tagged). They leave the pool
+//! A side whose every access is forced write-back cannot be hurt that way:
+//! its accesses hit the old side's lines (data caches are physically
+//! tagged), and an eviction writes back what it wrote. So the clean depends
+//! on the *gaining* side's FWB ([`CachePolicy`]): guests always run with
+//! FWB where the CPU has it (only the CPU walks a VM's Stage-2), the host
+//! only where no other walker of its tables (the SMMU, for its DMA) would
+//! misread the FWB encoding. Pages moving into a VM's pool are the
+//! exception: only the engine uses them, always through its cacheable EL2
+//! map and the cacheable Stage-2 walker, so a dirty line the host left is
+//! simply the line the engine's own accesses hit. They leave the pool
 //! scrubbed, like every page whose contents change hands.
+//!
+//! What the losing side left is its own business: stale *clean* lines it
+//! kept while it wrote through a non-cacheable alias of its own page can
+//! show the gaining side an older version of the losing side's data, never
+//! anybody else's (every page that leaves a guest or the pool is scrubbed
+//! and cleaned before the host gets it, so no line of a former owner
+//! survives into the next).
 
 use crate::addr::{PAGE_SIZE, PhysAddr};
 use crate::arch::Arch;
@@ -51,11 +66,17 @@ use crate::engine::Engine;
 /// must do about them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachePolicy {
-    /// `HCR_EL2.FWB` is set (the CPU has FEAT_S2FWB and every agent that
-    /// walks the engine's Stage-2 tables honours it): RAM's Stage-2 leaves
-    /// use the forced write-back encoding, and no data-cache clean is needed
-    /// when a page changes hands.
-    pub fwb: bool,
+    /// Guests run with `HCR_EL2.FWB` (the CPU has FEAT_S2FWB) and every VM's
+    /// Stage-2 leaves of RAM use the forced write-back encoding: no guest
+    /// can access its memory non-cacheably. Only the CPU walks a VM's
+    /// Stage-2, so this needs nothing of any other agent.
+    pub fwb_guest: bool,
+    /// The host runs with `HCR_EL2.FWB` too and its Stage-2 leaves of RAM
+    /// use the forced encoding: only where every other walker of the host's
+    /// tables (the SMMU, which translates the host's DMA through them)
+    /// honours it. Implies [`CachePolicy::fwb_guest`] on a real CPU (the
+    /// same feature), though [`plan`] needs no such assumption.
+    pub fwb_host: bool,
     /// `CTR_EL0.DIC`: instruction-cache invalidation to the PoU is not needed
     /// for data to be seen by instruction fetches.
     pub dic: bool,
@@ -68,7 +89,8 @@ impl CachePolicy {
     /// A CPU that needs every kind of maintenance: no FWB, `DIC` and `IDC`
     /// clear. The default of test machines.
     pub const MAINTAIN_ALL: CachePolicy = CachePolicy {
-        fwb: false,
+        fwb_guest: false,
+        fwb_host: false,
         dic: false,
         idc: false,
     };
@@ -140,20 +162,35 @@ impl Plan {
 /// The maintenance `t` needs on a CPU whose caches behave as `p` says. The
 /// whole policy of the engine is this table; see the module docs for why.
 pub const fn plan(t: Transition, p: CachePolicy) -> Plan {
-    // (the host loses access, contents are scrubbed, someone other than the
-    // engine gains or loses access, the gaining side may execute)
-    let (host_loses, zero, world_changes, gains_exec) = match t {
-        Transition::HostLends { exec } => (false, false, true, exec),
-        Transition::HostDonates { exec } => (true, false, true, exec),
-        Transition::HostToPool => (true, false, false, false),
-        Transition::LendEnds => (false, false, true, false),
+    /// Who gains the pages, or keeps them alone after another side lost
+    /// access: the side whose accesses the clean protects.
+    enum Gainer {
+        Guest,
+        Host,
+        /// The engine alone (a pool), or nobody new (the host's own pages
+        /// back unchanged).
+        Engine,
+    }
+    // (the host loses access, contents are scrubbed, who gains, the gaining
+    // side may execute)
+    let (host_loses, zero, gainer, gains_exec) = match t {
+        Transition::HostLends { exec } => (false, false, Gainer::Guest, exec),
+        Transition::HostDonates { exec } => (true, false, Gainer::Guest, exec),
+        Transition::HostToPool => (true, false, Gainer::Engine, false),
+        // The host keeps alone a page the guest may have written.
+        Transition::LendEnds => (false, false, Gainer::Host, false),
         // The host's Stage-2 maps everything it may access executable.
-        Transition::GuestShares => (false, false, true, true),
-        Transition::GuestUnshares => (true, false, true, false),
-        Transition::VmToHost | Transition::PoolToHost => (false, true, true, true),
-        Transition::HostTakesBack => (false, false, false, false),
+        Transition::GuestShares => (false, false, Gainer::Host, true),
+        // The guest keeps alone a page the host may have written.
+        Transition::GuestUnshares => (true, false, Gainer::Guest, false),
+        Transition::VmToHost | Transition::PoolToHost => (false, true, Gainer::Host, true),
+        Transition::HostTakesBack => (false, false, Gainer::Engine, false),
     };
-    let clean_poc = world_changes && !p.fwb;
+    let clean_poc = match gainer {
+        Gainer::Guest => !p.fwb_guest,
+        Gainer::Host => !p.fwb_host,
+        Gainer::Engine => false,
+    };
     let icache = gains_exec && !p.dic;
     let plan = Plan {
         dma_invalidate: host_loses,
@@ -273,9 +310,30 @@ mod tests {
     }
 
     #[test]
+    fn with_fwb_for_guests_only_what_reaches_the_host_is_cleaned() {
+        let p = CachePolicy {
+            fwb_guest: true,
+            fwb_host: false,
+            dic: true,
+            idc: true,
+        };
+        for t in ALL {
+            let want = matches!(
+                t,
+                Transition::LendEnds
+                    | Transition::GuestShares
+                    | Transition::VmToHost
+                    | Transition::PoolToHost
+            );
+            assert_eq!(plan(t, p).clean_poc, want, "{t:?}");
+        }
+    }
+
+    #[test]
     fn with_fwb_no_transition_cleans_and_scrubs_still_zero() {
         let p = CachePolicy {
-            fwb: true,
+            fwb_guest: true,
+            fwb_host: true,
             dic: true,
             idc: true,
         };
@@ -304,9 +362,10 @@ mod tests {
         ];
         for (t, exec) in cases {
             for dic in [false, true] {
-                for fwb in [false, true] {
+                for (fwb_guest, fwb_host) in [(false, false), (true, false), (true, true)] {
                     let p = CachePolicy {
-                        fwb,
+                        fwb_guest,
+                        fwb_host,
                         dic,
                         idc: false,
                     };
@@ -315,7 +374,7 @@ mod tests {
                     // Instruction fetches must see the data: cleaned to the
                     // PoC or, under FWB with IDC clear, to the PoU.
                     if pl.icache {
-                        assert!(pl.clean_poc || pl.clean_pou, "{t:?} fwb {fwb}");
+                        assert!(pl.clean_poc || pl.clean_pou, "{t:?} {p:?}");
                     }
                 }
             }

@@ -73,9 +73,11 @@
 //! Stage-2 mapping), `planted-bug-cpu-on-keeps-registers` (a guest's
 //! `CPU_ON` starts the vCPU with the registers it had when it went off),
 //! `planted-bug-donate-keeps-dma-view` (`Donate` leaves the host's devices
-//! able to reach the page: no SMMU invalidation) and
+//! able to reach the page: no SMMU invalidation),
 //! `planted-bug-guest-unshare-skips-maintenance` (a guest's `Unshare` skips
-//! the maintenance [`handover`] plans for it). Run e.g.
+//! the maintenance [`handover`] plans for it) and
+//! `planted-bug-accounting-takes-shard-locks` (`Accounting` takes every
+//! shard's lock, which the booted storm catches). Run e.g.
 //! `cargo test -p isola --features planted-bug-skip-scrub --test scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]

@@ -1,7 +1,10 @@
 //! Every ownership transition, checked on the recorded request log: the
 //! losing side's Stage-2 entry and its TLBI, the host's DMA view invalidated
 //! when the host loses a page, the scrub, the data-cache clean to the PoC
-//! (unless FWB), the instruction-cache invalidation when the page becomes
+//! (unless the side that gains the page runs with FWB: guests where the CPU
+//! has it, the host only where its DMA's walker honours it too), the
+//! gaining side's leaf in the memory-attribute encoding its `HCR_EL2.FWB`
+//! reads, the instruction-cache invalidation when the page becomes
 //! executable for its new side (unless `CTR_EL0.DIC`), one barrier, and only
 //! then the gaining side's mapping.
 //!
@@ -129,8 +132,30 @@ fn covers(pa: u64, first: PhysAddr, pages: u64) -> bool {
     (first.raw()..first.raw() + pages * 4096).contains(&pa)
 }
 
-/// Checks `ev` for page `pa` against `w` (see the module docs for the order).
-fn check(ev: &[ArchEvent], pa: u64, w: Want, what: &str) {
+/// Stage-2 MemAttr (bits 5:2) of a RAM leaf: Normal write-back as read with
+/// `HCR_EL2.FWB = 0`, and forced write-back as read with `FWB = 1`.
+const MEMATTR: u64 = 0b1111 << 2;
+const MEMATTR_WB: u64 = 0b1111 << 2;
+const MEMATTR_FORCED_WB: u64 = 0b0110 << 2;
+
+/// The MemAttr a RAM leaf of `side`'s Stage-2 must carry under `p`: the
+/// encoding that side's `HCR_EL2.FWB` reads as write-back.
+fn memattr(side: Side, p: CachePolicy) -> Option<u64> {
+    let forced = match side {
+        Side::Nobody => return None,
+        Side::Host => p.fwb_host,
+        Side::Vm => p.fwb_guest,
+    };
+    Some(if forced {
+        MEMATTR_FORCED_WB
+    } else {
+        MEMATTR_WB
+    })
+}
+
+/// Checks `ev` for page `pa` against `w` (see the module docs for the order)
+/// on a machine with policy `p`.
+fn check(ev: &[ArchEvent], pa: u64, w: Want, p: CachePolicy, what: &str) {
     let is = |e: &ArchEvent, v: bool| {
         matches!(*e, ArchEvent::PteWrite { old, new, .. }
         if if v { old & 1 == 0 && new & 1 == 1 && new & OA == pa }
@@ -167,6 +192,17 @@ fn check(ev: &[ArchEvent], pa: u64, w: Want, what: &str) {
                 .unwrap_or_else(|| panic!("{what}: the gaining side never maps {pa:#x}: {ev:?}")),
         ),
     };
+    if let (Some(g), Some(want)) = (gained, memattr(w.gainer, p))
+        && let ArchEvent::PteWrite { new, .. } = ev[g]
+    {
+        assert_eq!(
+            new & MEMATTR,
+            want,
+            "{what}: {pa:#x} mapped for {:?} with MemAttr {:#b} under {p:?}",
+            w.gainer,
+            (new & MEMATTR) >> 2
+        );
+    }
     let after_loss = |at: usize, name: &str| {
         if let Some(t) = tlbi_done {
             assert!(
@@ -226,22 +262,43 @@ fn check(ev: &[ArchEvent], pa: u64, w: Want, what: &str) {
 }
 
 const ALL: CachePolicy = CachePolicy::MAINTAIN_ALL;
+/// FWB everywhere: no SMMU walks the host's Stage-2 (or it honours S2FWB).
 const FWB: CachePolicy = CachePolicy {
-    fwb: true,
+    fwb_guest: true,
+    fwb_host: true,
     dic: true,
     idc: true,
 };
 const FWB_NO_DIC: CachePolicy = CachePolicy {
-    fwb: true,
+    fwb_guest: true,
+    fwb_host: true,
+    dic: false,
+    idc: false,
+};
+/// FWB for guests only: the SMMU walks the host's Stage-2 and would misread
+/// the forced encoding, so the host runs without it (QEMU virt's machine).
+const FWB_GUESTS: CachePolicy = CachePolicy {
+    fwb_guest: true,
+    fwb_host: false,
+    dic: true,
+    idc: true,
+};
+const FWB_GUESTS_NO_DIC: CachePolicy = CachePolicy {
+    fwb_guest: true,
+    fwb_host: false,
     dic: false,
     idc: false,
 };
 
 #[test]
 fn every_transition_gets_its_maintenance() {
-    for p in [ALL, FWB, FWB_NO_DIC] {
+    for p in [ALL, FWB, FWB_NO_DIC, FWB_GUESTS, FWB_GUESTS_NO_DIC] {
         let m = Machine::new(p);
-        let clean = !p.fwb;
+        // The clean protects the side that gains a page (or keeps it alone)
+        // from the other side's lines: needed unless every access of that
+        // side is forced write-back.
+        let to_guest = !p.fwb_guest;
+        let to_host = !p.fwb_host;
         let vm = m.vm();
 
         // Share, not executable, then executable.
@@ -257,10 +314,10 @@ fn every_transition_gets_its_maintenance() {
             gainer: Side::Vm,
             dma: false,
             zero: false,
-            clean_poc: clean,
+            clean_poc: to_guest,
             icache: false,
         };
-        check(&ev, lent, w, "Share RW");
+        check(&ev, lent, w, p, "Share RW");
         let lent_x = m.page(41);
         let ev = m.log(|| {
             m.call(
@@ -275,6 +332,7 @@ fn every_transition_gets_its_maintenance() {
                 icache: !p.dic,
                 ..w
             },
+            p,
             "Share RX",
         );
 
@@ -287,10 +345,10 @@ fn every_transition_gets_its_maintenance() {
             gainer: Side::Nobody,
             dma: false,
             zero: false,
-            clean_poc: clean,
+            clean_poc: to_host,
             icache: false,
         };
-        check(&ev, lent, w, "host Unshare");
+        check(&ev, lent, w, p, "host Unshare");
 
         // Donate: one executable page, then a batch of four.
         let d = m.page(44);
@@ -302,10 +360,10 @@ fn every_transition_gets_its_maintenance() {
             gainer: Side::Vm,
             dma: true,
             zero: false,
-            clean_poc: clean,
+            clean_poc: to_guest,
             icache: !p.dic,
         };
-        check(&ev, d, w, "Donate RWX");
+        check(&ev, d, w, p, "Donate RWX");
         assert!(!m.host_maps(d));
         let ev = m.log(|| {
             m.call(
@@ -314,7 +372,7 @@ fn every_transition_gets_its_maintenance() {
             );
         });
         for i in 48..52 {
-            check(&ev, m.page(i), Want { icache: false, ..w }, "Donate x4");
+            check(&ev, m.page(i), Want { icache: false, ..w }, p, "Donate x4");
         }
         assert_eq!(
             ev.iter()
@@ -332,10 +390,10 @@ fn every_transition_gets_its_maintenance() {
             gainer: Side::Host,
             dma: false,
             zero: false,
-            clean_poc: clean,
+            clean_poc: to_host,
             icache: !p.dic,
         };
-        check(&ev, d, w, "guest Share");
+        check(&ev, d, w, p, "guest Share");
         assert!(
             m.host_maps(d),
             "the host's Stage-2 (its DMA view) maps it at once"
@@ -346,10 +404,10 @@ fn every_transition_gets_its_maintenance() {
             gainer: Side::Nobody,
             dma: true,
             zero: false,
-            clean_poc: clean,
+            clean_poc: to_guest,
             icache: false,
         };
-        check(&ev, d, w, "guest Unshare");
+        check(&ev, d, w, p, "guest Unshare");
         assert!(!m.host_maps(d));
         let r = m.page(48);
         m.engine.mem().write_u64(PhysAddr::new(r), 0x5ec2e7);
@@ -359,10 +417,10 @@ fn every_transition_gets_its_maintenance() {
             gainer: Side::Host,
             dma: false,
             zero: true,
-            clean_poc: clean,
+            clean_poc: to_host,
             icache: !p.dic,
         };
-        check(&ev, r, w, "Relinquish");
+        check(&ev, r, w, p, "Relinquish");
         assert_eq!(m.engine.mem().page_is_zero(PhysAddr::new(r)), Some(true));
         assert!(m.host_maps(r), "a relinquished page is the host's at once");
         // One more shared page, so destroy has one of each kind.
@@ -383,9 +441,10 @@ fn every_transition_gets_its_maintenance() {
                 gainer: Side::Nobody,
                 dma: false,
                 zero: false,
-                clean_poc: clean,
+                clean_poc: to_host,
                 icache: false,
             },
+            p,
             "VmDestroy of a lent page",
         );
         check(
@@ -396,9 +455,10 @@ fn every_transition_gets_its_maintenance() {
                 gainer: Side::Nobody,
                 dma: true,
                 zero: false,
-                clean_poc: clean,
+                clean_poc: to_guest,
                 icache: false,
             },
+            p,
             "VmDestroy of a guest-shared page",
         );
         for i in 16..32 {
@@ -410,9 +470,10 @@ fn every_transition_gets_its_maintenance() {
                     gainer: Side::Host,
                     dma: false,
                     zero: true,
-                    clean_poc: clean,
+                    clean_poc: to_host,
                     icache: !p.dic,
                 },
+                p,
                 "VmDestroy of a pool page",
             );
             assert!(m.host_maps(m.page(i)));
@@ -430,9 +491,10 @@ fn every_transition_gets_its_maintenance() {
                 gainer: Side::Host,
                 dma: false,
                 zero: true,
-                clean_poc: clean,
+                clean_poc: to_host,
                 icache: !p.dic,
             },
+            p,
             "Reclaim",
         );
         assert!(m.host_maps(d));
@@ -453,6 +515,7 @@ fn every_transition_gets_its_maintenance() {
                     clean_poc: false,
                     icache: false,
                 },
+                p,
                 "VmCreate pool",
             );
         }

@@ -19,8 +19,16 @@ impl El2Arch {
     /// have completed on every CPU (`dsb ish`), then restores it: a TLBI is
     /// finished before the VMID it was issued under goes away, so no
     /// in-flight invalidation can be taken for the restored VMID's.
+    /// When the VMID is already the current one (the host's, for every
+    /// host Stage-2 edit made from a host trap), `f` runs without the two
+    /// writes, their `isb`s and the `dsb`: no VMID changes, and the core
+    /// issues its own `dsb ish` after the TLBI (`Arch::dsb_ish`).
     fn with_vmid(vmid: isola::arch::Vmid, f: impl FnOnce()) {
         let saved = Value::raw(VTTBR_EL2.get());
+        if VTTBR_EL2::VMID.read(saved.bits()) == u64::from(vmid.0) {
+            f();
+            return;
+        }
         let wanted = saved.with(&[VTTBR_EL2::VMID.val(u64::from(vmid.0))]);
         // SAFETY: this CPU is at EL2 with interrupts masked, so no lower EL
         // runs under the temporary VMID; only TLB maintenance happens before

@@ -373,7 +373,7 @@ fn enter_host(index: usize, entry: u64, arg: u64) -> ! {
     }
     // SAFETY: interrupts are masked, the core installed the host's Stage-2
     // for this CPU (`install_host_stage2`), and we are about to leave EL2.
-    unsafe { host::configure(host::HCR_HOST_STAGE2.union(caches::hcr_fwb())) };
+    unsafe { host::configure(host::HCR_HOST_STAGE2.union(caches::hcr_fwb_host())) };
     // SAFETY: EL2 is configured for the host; `top` is this CPU's stack top
     // and nothing on the stack is needed again.
     unsafe { vectors::enter_el1(entry, arg, top) }

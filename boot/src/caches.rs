@@ -7,8 +7,14 @@
 //!
 //! Invariant: [`enable_fwb`] runs on the boot CPU before any CPU enters the
 //! host, and never again; from then on every `HCR_EL2` value the engine
-//! writes (the host's, each guest's) carries `FWB` exactly when the core's
-//! Stage-2 leaves use the forced write-back encoding.
+//! writes carries `FWB` exactly when the Stage-2 leaves it puts in force use
+//! the forced write-back encoding: a guest's ([`hcr_fwb`], the core's
+//! `CachePolicy::fwb_guest`) and the host's ([`hcr_fwb_host`],
+//! `CachePolicy::fwb_host`) separately. Each VMID is therefore only ever
+//! used with one value of `HCR_EL2.FWB` (the host's VMID 0 with the host's,
+//! every guest VMID with the guests'), so a TLB entry cached under one
+//! value is never used under the other, whether or not the CPU caches the
+//! bit in its TLB entries.
 
 use core::arch::asm;
 
@@ -17,9 +23,10 @@ use isola_sync::atomic::{AtomicBool, Ordering};
 
 use crate::sysreg::{CTR_EL0, HCR_EL2, ID_AA64MMFR2_EL1, Readable, Value};
 
-/// Set once by [`enable_fwb`]; read by every `HCR_EL2` value built for a
-/// lower EL.
-static FWB: AtomicBool = AtomicBool::new(false);
+/// Set once by [`enable_fwb`]: guests run with `HCR_EL2.FWB`.
+static FWB_GUEST: AtomicBool = AtomicBool::new(false);
+/// Set once by [`enable_fwb`]: the host runs with `HCR_EL2.FWB`.
+static FWB_HOST: AtomicBool = AtomicBool::new(false);
 
 /// `ID_AA64MMFR2_EL1.FWB`: the CPU implements FEAT_S2FWB.
 pub fn cpu_has_fwb() -> bool {
@@ -27,28 +34,43 @@ pub fn cpu_has_fwb() -> bool {
 }
 
 /// The policy for this machine: `CTR_EL0.DIC` and `IDC` as the CPU reports
-/// them, and FWB if `fwb` (the caller decided that every walker of the
-/// engine's tables honours it).
-pub fn policy(fwb: bool) -> CachePolicy {
+/// them; FWB for guests wherever the CPU has it (only the CPU walks a VM's
+/// Stage-2), and for the host if `fwb_host` (the caller decided that every
+/// walker of the host's tables honours it).
+pub fn policy(fwb_host: bool) -> CachePolicy {
+    let fwb_guest = cpu_has_fwb();
     CachePolicy {
-        fwb,
+        fwb_guest,
+        fwb_host: fwb_host && fwb_guest,
         dic: CTR_EL0.read(CTR_EL0::DIC) != 0,
         idc: CTR_EL0.read(CTR_EL0::IDC) != 0,
     }
 }
 
-/// Turns `HCR_EL2.FWB` on for every later host and guest entry.
-pub fn enable_fwb() {
-    // Release: pairs with the Acquire in `hcr_fwb`; the boot CPU writes it
-    // before starting any other CPU, so every CPU sees it anyway.
-    FWB.store(true, Ordering::Release);
+/// Puts `p`'s FWB choices in force for every later host and guest entry.
+pub fn enable_fwb(p: CachePolicy) {
+    // Release: pairs with the Acquire in `hcr_fwb*`; the boot CPU writes
+    // them before starting any other CPU, so every CPU sees them anyway.
+    FWB_GUEST.store(p.fwb_guest, Ordering::Release);
+    FWB_HOST.store(p.fwb_host, Ordering::Release);
 }
 
-/// `HCR_EL2.FWB` alone when it is on, else nothing: to add (`union`) to an
-/// `HCR_EL2` value for a lower EL.
+/// `HCR_EL2.FWB` alone when guests run with it, else nothing: to add
+/// (`union`) to a guest's `HCR_EL2`.
 #[inline]
 pub fn hcr_fwb() -> Value<HCR_EL2::Register> {
-    if FWB.load(Ordering::Acquire) {
+    if FWB_GUEST.load(Ordering::Acquire) {
+        Value::new(&[HCR_EL2::FWB::SET])
+    } else {
+        Value::raw(0)
+    }
+}
+
+/// `HCR_EL2.FWB` alone when the host runs with it, else nothing: to add
+/// (`union`) to the host's `HCR_EL2`.
+#[inline]
+pub fn hcr_fwb_host() -> Value<HCR_EL2::Register> {
+    if FWB_HOST.load(Ordering::Acquire) {
         Value::new(&[HCR_EL2::FWB::SET])
     } else {
         Value::raw(0)

@@ -15,24 +15,55 @@
 
 use isola::abort::{Esr, ec};
 use isola::engine::{Engine, HostAbortAction};
-use isola::hypercall::{GuestExitAction, HostCallOutcome, LoadedVcpu, Trap};
+use isola::hypercall::{GuestExitAction, LoadedVcpu, Trap};
 
 use crate::arch::El2Arch;
 use crate::console::say;
 use crate::cpu_state::{self, AbortLoop};
-use crate::engine::engine;
+use crate::engine::{engine, engine_of_trap};
 use crate::frame::TrapFrame;
 use crate::sysreg::{ELR_EL2, ESR_EL2, FAR_EL2, HPFAR_EL2, Readable};
 use crate::world::{self, GuestStage2, Vector};
 use crate::{cpu, idregs, inject, psci, relay, smmu};
 
-/// Rust side of a synchronous trap from a lower EL (the vector's `bl`).
+/// Rust side of a host `hvc` (the vector's short path, taken when
+/// ESR_EL2.EC is `HVC64`): the core's dispatcher decides.
+///
+/// Its convention is LLVM's preserve_most (`extern "rust-cold"`): on
+/// AArch64 it preserves every general-purpose register but `x0..=x8`,
+/// `x16..=x18` and `x30`, so the vector saves only those (the frame's other
+/// slots are not written), and a call answered without calling further
+/// (an unknown id, `Version`) saves nothing else at all: the registers the
+/// longer calls need are saved on their own path (shrink-wrapped). The
+/// register probe of the booted tests checks that every host register but
+/// the results comes back from every kind of call (`badcall`, `vms`).
+#[cfg(not(feature = "planted-bug-hvc-c-abi"))]
+#[unsafe(no_mangle)]
+extern "rust-cold" fn isola_host_hvc(frame: &mut TrapFrame) {
+    host_hypercall(frame);
+}
+
+/// Planted bug (`planted-bug-hvc-c-abi`, never for real builds): the `hvc`
+/// handler with the C convention, free to clobber `x9..=x15`, behind the
+/// vector that does not save them. The booted `badcall` test must see host
+/// registers changed (`cargo xtask test` checks that it does).
+#[cfg(feature = "planted-bug-hvc-c-abi")]
+#[unsafe(no_mangle)]
+extern "C" fn isola_host_hvc(frame: &mut TrapFrame) {
+    host_hypercall(frame);
+}
+
+/// Rust side of every other synchronous trap from a lower EL (the vector's
+/// full path, with `x0..=x18` and `x30` in the frame): the syndrome decides
+/// who answers.
 #[unsafe(no_mangle)]
 extern "C" fn isola_handle_lower_sync(frame: &mut TrapFrame) {
     let esr = Esr(ESR_EL2.get());
     // EC is ESR_EL2[31:26]; bits 63:32 hold ISS2 (FEAT_LS64, FEAT_THE...),
     // which `Esr::ec` keeps out of the class.
     match esr.ec() {
+        // Not taken (the vector sends `hvc` to `isola_host_hvc`), but the
+        // same answer with the full frame would be right too.
         ec::HVC64 => host_hypercall(frame),
         ec::SMC64 => smc(frame),
         ec::SYSREG => idregs::trapped(frame, esr),
@@ -43,20 +74,15 @@ extern "C" fn isola_handle_lower_sync(frame: &mut TrapFrame) {
     }
 }
 
-/// A host `hvc #0`: the core's dispatcher decides; `VcpuRun` runs the
-/// vCPU here through the world switch until the core says to go back to the
-/// host.
+/// A host `hvc #0`: the core's dispatcher decides; a `VcpuRun` that loads
+/// its vCPU runs it here ([`run_vcpu`]) until the core says to go back to
+/// the host.
+#[inline(always)]
 fn host_hypercall(frame: &mut TrapFrame) {
     // The core reads and writes `x0..=x6` in place in the trap frame: no
     // copy in or out on the hot path.
-    let (Some(e), Some(regs)) = (engine(), frame.x.first_chunk_mut::<7>()) else {
-        frame.set_reg(0, isola_abi::Status::NotSupported.raw());
-        return;
-    };
-    match e.host_call(cpu::index(), regs) {
-        HostCallOutcome::Done => {}
-        HostCallOutcome::Run(vcpu) => run_vcpu(e, vcpu, regs),
-    }
+    let [regs @ .., _, _, _, _, _, _, _, _, _, _, _, _] = &mut frame.x;
+    engine_of_trap().dispatch(cpu::index(), regs, run_vcpu);
 }
 
 /// Runs a loaded vCPU until an exit the core sends to the host. Out of line:

@@ -61,6 +61,23 @@ pub fn engine() -> Option<&'static Engine<El2Arch>> {
     Some(unsafe { (*ENGINE.0.get()).assume_init_ref() })
 }
 
+/// The engine, from a trap taken from the host: [`engine`] without the
+/// check, for the hypercall's hot path.
+///
+/// Sound because a trap from a lower EL can reach the host vector only on a
+/// CPU that entered the host, and every CPU enters the host through
+/// `bringup::enter_host`, which calls [`install_host_stage2`] first: that
+/// read `READY` with Acquire on this CPU and found it set (or the CPU
+/// stopped), so the cell is initialised and its contents are visible here
+/// (program order after that Acquire). Guests trap to the world switch's
+/// own vectors, never here.
+#[inline(always)]
+pub fn engine_of_trap() -> &'static Engine<El2Arch> {
+    // SAFETY: see above: this CPU observed `READY` (Acquire) before it
+    // first left EL2, and the cell is never written again.
+    unsafe { (*ENGINE.0.get()).assume_init_ref() }
+}
+
 /// A bump allocator over the engine's free RAM, used only by `init`.
 struct Bump {
     next: u64,
@@ -237,9 +254,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         ps: parange.min(oas),
     };
     dma::bring_up_smmu(smmu_layout, pool_at, shape)?;
-    if policy.fwb {
-        caches::enable_fwb();
-    }
+    caches::enable_fwb(policy);
     // SAFETY: only the boot CPU runs, and `READY` is clear, so no reference
     // to the cell exists.
     unsafe { (*ENGINE.0.get()).write(engine) };
@@ -249,14 +264,15 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         "core ready: {nrecords} pages of RAM in {nshards} shards, host Stage-2 pool of {pool_pages} pages"
     );
     say!(
-        "caches: HCR_EL2.FWB {}, CTR_EL0.DIC {} IDC {}: {}",
-        if policy.fwb { "on" } else { "off" },
+        "caches: HCR_EL2.FWB {} for guests, {} for the host, CTR_EL0.DIC {} IDC {}: {}",
+        if policy.fwb_guest { "on" } else { "off" },
+        if policy.fwb_host { "on" } else { "off" },
         u8::from(policy.dic),
         u8::from(policy.idc),
-        if policy.fwb {
-            "no page is cleaned when it changes hands"
-        } else {
-            "every page that changes hands is cleaned to PoC"
+        match (policy.fwb_guest, policy.fwb_host) {
+            (true, true) => "no page is cleaned when it changes hands",
+            (true, false) => "a page is cleaned to PoC only when the host gains it",
+            _ => "every page that changes hands is cleaned to PoC",
         }
     );
     Ok(())

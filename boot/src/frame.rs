@@ -1,10 +1,13 @@
 //! The trap frame: what the lower-EL vector (`vectors.rs`) saves on the EL2
 //! stack before it calls the Rust handler, and restores after.
 //!
-//! Invariant: the frame holds exactly the registers of the interrupted lower
-//! EL that the AAPCS64 lets the Rust handler clobber (`x0..=x18`, `x30`);
-//! the handler writes results there (`x0..=x6`) and nothing else of it
-//! changes unless the handler means it to. `x19..=x29`, `SP_EL1` and the
+//! Invariant: the frame holds the registers of the interrupted lower EL that
+//! the Rust handler's convention lets it clobber: `x0..=x18` and `x30` for
+//! the C handler of most traps (AAPCS64); for a host `hvc`, whose handler
+//! has the preserve_most convention, only `x0..=x8`, `x16..=x18` and `x30`
+//! (the slots of `x9..=x15` are not written; nothing on that path reads
+//! them). The handler writes results there (`x0..=x6`) and nothing else of
+//! it changes unless the handler means it to. `x19..=x29`, `SP_EL1` and the
 //! FP/SIMD registers are never in it: the handler preserves them itself (the
 //! image is built softfloat).
 

@@ -46,6 +46,8 @@
 //! if it needs `stop` or `psci`); what the host or a guest may do with it is
 //! the core's decision, reached through `engine` and `dispatch`.
 #![no_std]
+// The host `hvc` handler's preserve_most convention (dispatch.rs).
+#![feature(rust_cold_cc)]
 #![no_main]
 #![deny(unsafe_code)]
 

@@ -2,18 +2,21 @@
 //! the fatal path of an exception taken at EL2, and the way into EL1.
 //!
 //! A trap from a lower EL saves a [`TrapFrame`](crate::frame::TrapFrame) and calls
-//! `isola_handle_lower_sync`, the dispatch into the core (`dispatch.rs`); this
-//! file names that symbol only in assembly, so the entry depends on nothing
-//! above it.
+//! the dispatch into the core (`dispatch.rs`): `isola_host_hvc` for a host
+//! `hvc`, `isola_handle_lower_sync` for anything else; this file names those
+//! symbols only in assembly, so the entry depends on nothing above it.
 //!
 //! Invariants:
 //! - `SP_EL2` is at the top of this CPU's stack whenever the CPU runs at EL1:
 //!   [`enter_el1`] sets it, and every trap from EL1 pops exactly what it
 //!   pushed before `eret`.
-//! - A trap from a lower EL saves the registers the AAPCS64 lets the Rust
-//!   handler clobber (`x0..=x18`, `x30`) and restores them, edited only where
-//!   the handler means to (results, `x0..=x6`); the callee-saved `x19..=x29`
-//!   are preserved by the handler itself.
+//! - A trap from a lower EL saves the registers its Rust handler's calling
+//!   convention lets it clobber and restores them, edited only where the
+//!   handler means to (results, `x0..=x6`); the handler preserves the rest
+//!   itself. For `hvc` (ESR_EL2.EC 0x16, the hot path) the handler has
+//!   LLVM's preserve_most convention, so that is `x0..=x8`, `x16..=x18` and
+//!   `x30`; for every other trap it has the C convention (AAPCS64), so
+//!   `x0..=x18` and `x30`.
 //! - The EL2 image is built for `aarch64-unknown-none-softfloat`, so no
 //!   engine code touches FP/SIMD registers: the host's `q0..=q31`, FPSR and
 //!   FPCR stay in the CPU across every trap. The only engine code that
@@ -105,12 +108,38 @@ isola_vectors:
 
 .section .text.isola_lower_sync, "ax"
 isola_lower_sync:
-    // Only what the AAPCS64 lets the handler clobber: x0..x18 and x30.
-    // x19..x29 are callee-saved (the Rust handler and the world switch
-    // preserve them), and the engine has no FP/SIMD code at all (the image
-    // is built softfloat), so q0..q31, FPSR and FPCR are never touched here.
+    // The host's `hvc` (EC 0x16) is the hot path and gets the short frame:
+    // its handler, `isola_host_hvc`, has LLVM's preserve_most convention
+    // (Rust's "rust-cold"), so it preserves x9..x15 (and x19..x29) itself
+    // and may clobber only x0..x8, x16..x18 and x30: those are saved here.
+    // Every other trap saves x0..x18 and x30 (what the AAPCS64 lets its C
+    // handler clobber). The engine has no FP/SIMD code at all (the image is
+    // built softfloat), so q0..q31, FPSR and FPCR are never touched here.
     stp x0, x1, [sp, #-{FRAME}]!
+    mrs x0, esr_el2
+    lsr w0, w0, #26
+    cmp w0, #{EC_HVC64}
+    b.ne 1f
     stp x2, x3, [sp, #16]
+    stp x4, x5, [sp, #32]
+    stp x6, x7, [sp, #48]
+    str x8, [sp, #64]
+    stp x16, x17, [sp, #128]
+    stp x18, x30, [sp, #144]
+    mov x0, sp
+    bl isola_host_hvc
+    ldp x2, x3, [sp, #16]
+    ldp x4, x5, [sp, #32]
+    ldp x6, x7, [sp, #48]
+    ldr x8, [sp, #64]
+    ldp x16, x17, [sp, #128]
+    ldp x18, x30, [sp, #144]
+    ldp x0, x1, [sp], #{FRAME}
+    eret
+    // Never reached: stops straight-line speculation past the eret.
+    dsb nsh
+    isb
+1:  stp x2, x3, [sp, #16]
     stp x4, x5, [sp, #32]
     stp x6, x7, [sp, #48]
     stp x8, x9, [sp, #64]
@@ -304,6 +333,7 @@ isola_enter_el1:
     isb
 "#,
     FRAME = const FRAME_SIZE,
+    EC_HVC64 = const isola::abort::ec::HVC64,
     SPSR_EL1H = const SPSR_EL1H_MASKED.bits(),
     MAX_CPUS = const MAX_CPUS,
     EMERGENCY_SLOT = const EMERGENCY_SLOT,

@@ -107,7 +107,7 @@ impl<A: Arch> Engine<A> {
             &self.mem,
             &self.arch,
             entry,
-            desc::Desc::leaf(pa, 3, perms, self.normal, desc::SW_BORROWED),
+            desc::Desc::leaf(pa, 3, perms, self.vm_normal, desc::SW_BORROWED),
         );
         Ok([0; 3])
     }
@@ -151,7 +151,7 @@ impl<A: Arch> Engine<A> {
         let (slot, mut g) = self.lock_vm(handle)?;
         let me = PageRecord::owned(Owner::Vm(slot as u16));
         let s2 = g.s2.ok_or(Status::NotFound)?;
-        let mt = self.normal;
+        let mt = self.vm_normal;
         let handover = Transition::HostDonates { exec: perms.x };
         let leaf = |i: u64| {
             desc::Desc::leaf(

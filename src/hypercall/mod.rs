@@ -30,7 +30,7 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `mod.rs` | the entry types, [`Engine::host_call`]'s dispatch and the result registers |
+//! | `mod.rs` | the entry types, the one dispatcher ([`Engine::dispatch`], which [`Engine::host_call`] wraps) and the result registers |
 //! | `lifecycle.rs` | `VmCreate`, `VmDestroy`, `VmTopup`, `VcpuCreate`: VM slots, pools, vCPU contexts |
 //! | `memory.rs` | every page transition: host `Share`/`Donate`/`Unshare`/`Reclaim`, guest `Share`/`Unshare`/`Relinquish`, and their run and shard helpers |
 //! | `run.rs` | `VcpuRun`: loading a vCPU, guest exits, guest calls, the simulated guest of tests |
@@ -137,58 +137,223 @@ pub enum GuestExitAction {
 
 type CallResult = Result<[u64; 3], Status>;
 
+/// The feature bits of an engine with `list_regs` list registers the host
+/// may fill (0: no virtual interrupts).
+pub(crate) const fn features_for(list_regs: usize) -> u64 {
+    if list_regs == 0 {
+        FEATURES
+    } else {
+        FEATURES | features::VIRTUAL_INTERRUPTS | ((list_regs as u64) << features::LR_COUNT_SHIFT)
+    }
+}
+
+/// The first host call's id; the defined ids are `FIRST_CALL..FIRST_CALL +
+/// CALLS`, contiguous (checked at compile time below), so one compare tells
+/// a defined call from an unknown one.
+const FIRST_CALL: u64 = HostCall::Version as u64;
+/// How many host calls are defined.
+const CALLS: u64 = {
+    let mut n = 0;
+    while HostCall::from_id(FIRST_CALL + n).is_some() {
+        n += 1;
+    }
+    n
+};
+const _: () = {
+    // Nothing just below the first id or just past the last is a call, and
+    // every call is in the run (`by_id!`'s exhaustive match names them all;
+    // this counts them): a new call must extend the run.
+    assert!(HostCall::from_id(FIRST_CALL - 1).is_none());
+    assert!(HostCall::from_id(FIRST_CALL + CALLS).is_none());
+    assert!(CALLS == 13);
+};
+
+/// `match` on a host call's function id, one arm per [`HostCall`] (every
+/// variant must have one: the exhaustive match inside fails to compile
+/// otherwise) and `unknown` for any other id.
+macro_rules! by_id {
+    ($id:expr; unknown => $unknown:expr, $($call:ident => $arm:expr,)*) => {{
+        const _: fn(HostCall) = |c| match c {
+            $(HostCall::$call => {})*
+        };
+        #[allow(non_upper_case_globals, reason = "each id is named after its call")]
+        mod ids {
+            $(pub(super) const $call: u64 = super::HostCall::$call as u64;)*
+        }
+        match $id {
+            $(ids::$call => $arm,)*
+            _ => $unknown,
+        }
+    }};
+}
+
 impl<A: Arch> Engine<A> {
     /// The feature bits `Version` reports.
+    #[inline]
     pub fn features(&self) -> u64 {
-        let list_regs = self.list_regs();
-        if list_regs == 0 {
-            FEATURES
-        } else {
-            FEATURES
-                | features::VIRTUAL_INTERRUPTS
-                | ((list_regs as u64) << features::LR_COUNT_SHIFT)
-        }
+        self.features
     }
 
     /// A host `hvc #0`: `regs` are `x0..=x6` on entry and hold the result on
-    /// return (for `Done`).
+    /// return (for `Done`). The same dispatch as [`Engine::dispatch`] (it
+    /// is that dispatch), with the loaded vCPU of a successful `VcpuRun`
+    /// handed back instead of run: for callers that drive the guest
+    /// themselves (tests, the simulated world switch).
     pub fn host_call(&self, cpu: u32, regs: &mut [u64; 7]) -> HostCallOutcome {
-        let [id, a, b, c, d, e, _] = *regs;
-        let result = match HostCall::from_id(id & 0xffff_ffff) {
-            None => Err(Status::NotSupported),
-            Some(HostCall::Version) => Ok([ABI_VERSION, self.features(), MAX_VCPUS as u64]),
-            Some(HostCall::VmCreate) => self.vm_create(PhysAddr::new(a), b, c),
-            Some(HostCall::VmDestroy) => self.vm_destroy(a),
-            Some(HostCall::VmTopup) => self.vm_topup(a, PhysAddr::new(b), c),
-            Some(HostCall::VcpuCreate) => self.vcpu_create(a, b, c, d, e),
-            Some(HostCall::VcpuRun) => match self.vcpu_load(cpu, a, b, c) {
-                Ok(l) => return HostCallOutcome::Run(l),
-                Err(s) => Err(s),
-            },
-            Some(HostCall::Donate) => self.donate(a, PhysAddr::new(b), Ipa::new(c), d, e),
-            Some(HostCall::Share) => self.share(a, PhysAddr::new(b), Ipa::new(c), d),
-            Some(HostCall::Unshare) => self.host_unshare(a, PhysAddr::new(b), Ipa::new(c)),
-            Some(HostCall::Reclaim) => self.reclaim(PhysAddr::new(a)),
-            Some(HostCall::VcpuInterrupts) => {
-                let [.., l0, l1, l2, l3] = *regs;
-                self.vcpu_interrupts(a, b, [l0, l1, l2, l3])
-            }
-            Some(HostCall::VcpuInjectAbort) => {
-                let r = self.vcpu_inject_abort(a, b);
-                if r.is_ok() {
+        let mut out = HostCallOutcome::Done;
+        self.dispatch(cpu, regs, |_, vcpu, _| out = HostCallOutcome::Run(vcpu));
+        out
+    }
+
+    /// The one dispatcher of host calls: `regs` are `x0..=x6` of the host's
+    /// `hvc #0` on entry and hold the result on return. A `VcpuRun` that
+    /// loads its vCPU calls `run` with it (the world switch, which feeds the
+    /// guest's exits to [`Engine::guest_exit`] and ends with
+    /// [`Engine::finish_run`], writing the result into `regs`).
+    ///
+    /// Shape, for the trap's sake (docs/perf.md): the two calls that need no
+    /// lock (an unknown id, `Version`) are answered here, writing the result
+    /// registers directly; every other call is its own out-of-line function
+    /// (`call_*`) that reads its arguments from `regs` and writes its result
+    /// there, so each arm is a tail call and this function needs no stack
+    /// frame and saves no register: the short paths pay for nothing the
+    /// long ones use. Always inlined: into the EL2 trap handler, whose
+    /// convention (preserve_most) makes an extra call frame expensive.
+    #[inline(always)]
+    pub fn dispatch<R>(&self, cpu: u32, regs: &mut [u64; 7], run: R)
+    where
+        R: FnOnce(&Self, LoadedVcpu, &mut [u64; 7]),
+    {
+        // SMCCC: the function id is `w0`.
+        let [id, ..] = *regs;
+        let id = id & 0xffff_ffff;
+        if id.wrapping_sub(FIRST_CALL) >= CALLS {
+            write_status(regs, Status::NotSupported);
+            self.count(cpu, isola_abi::counter::host_calls(Status::NotSupported));
+        } else if id == HostCall::Version as u64 {
+            self.version(regs);
+            self.count(cpu, isola_abi::counter::host_calls(Status::Success));
+        } else {
+            self.call_out_of_line(id, cpu, regs, run);
+        }
+    }
+
+    /// `Version()`: needs no lock and no memory but the engine's own fields.
+    #[inline(always)]
+    fn version(&self, regs: &mut [u64; 7]) {
+        let [x0, x1, x2, x3, ..] = regs;
+        *x0 = Status::Success.raw();
+        *x1 = ABI_VERSION;
+        *x2 = self.features();
+        *x3 = MAX_VCPUS as u64;
+    }
+
+    /// Every call [`Engine::dispatch`] does not answer itself, by id: one
+    /// out-of-line function, so the registers and stack its calls need are
+    /// saved only on their path, and each arm is a tail call. (Its
+    /// `unknown` and `Version` arms are the same answers as the
+    /// dispatcher's, for completeness.)
+    #[inline(never)]
+    fn call_out_of_line<R>(&self, id: u64, cpu: u32, regs: &mut [u64; 7], run: R)
+    where
+        R: FnOnce(&Self, LoadedVcpu, &mut [u64; 7]),
+    {
+        by_id!(id;
+            unknown => write_status(regs, Status::NotSupported),
+            Version => self.version(regs),
+            VmCreate => self.call_vm_create(regs),
+            VmDestroy => self.call_vm_destroy(regs),
+            VmTopup => self.call_vm_topup(regs),
+            VcpuCreate => self.call_vcpu_create(regs),
+            // Counted where it returns: here if it fails to load, in
+            // `finish_run` otherwise.
+            VcpuRun => return self.call_vcpu_run(cpu, regs, run),
+            Donate => self.call_donate(regs),
+            Share => self.call_share(regs),
+            Unshare => self.call_unshare(regs),
+            Reclaim => self.call_reclaim(regs),
+            Accounting => self.call_accounting(regs),
+            VcpuInterrupts => self.call_vcpu_interrupts(regs),
+            VcpuInjectAbort => {
+                self.call_vcpu_inject_abort(regs);
+                if regs[0] == Status::Success.raw() {
                     self.count(cpu, isola_abi::counter::GUEST_ABORTS);
                 }
-                r
-            }
-            Some(HostCall::Accounting) => self.accounting(a, b),
-        };
-        self.count(
-            cpu,
-            isola_abi::counter::host_calls(result.err().unwrap_or(Status::Success)),
+            },
         );
-        write_result(regs, result);
-        HostCallOutcome::Done
+        self.count_status(cpu, regs[0]);
     }
+
+    /// Counts a returned host call by the status in its `x0`
+    /// (`isola_abi::counter::host_calls`, without decoding it: a value that
+    /// is no status lands on no counter).
+    #[inline]
+    fn count_status(&self, cpu: u32, x0: u64) {
+        let n = (x0 as i64).wrapping_neg() as u64;
+        self.count(cpu, isola_abi::counter::HOST_CALLS.wrapping_add(n));
+    }
+
+    /// `VcpuRun(handle, index, value)`: loads the vCPU and hands it to `run`,
+    /// or writes why not.
+    #[inline(never)]
+    fn call_vcpu_run<R>(&self, cpu: u32, regs: &mut [u64; 7], run: R)
+    where
+        R: FnOnce(&Self, LoadedVcpu, &mut [u64; 7]),
+    {
+        let [_, a, b, c, ..] = *regs;
+        match self.vcpu_load(cpu, a, b, c) {
+            Ok(vcpu) => run(self, vcpu, regs),
+            Err(s) => {
+                write_status(regs, s);
+                self.count(cpu, isola_abi::counter::host_calls(s));
+            }
+        }
+    }
+}
+
+/// The out-of-line arms of [`Engine::dispatch`]: `$name` reads `x1..=x6`
+/// from `regs` as `$args`, runs `$body` and writes its [`CallResult`].
+macro_rules! call_arms {
+    ($($(#[$doc:meta])* $name:ident([$($args:tt)*]) => $body:expr;)*) => {
+        impl<A: Arch> Engine<A> {
+            $(
+                $(#[$doc])*
+                #[inline(never)]
+                fn $name(&self, regs: &mut [u64; 7]) {
+                    let [_, $($args)*] = *regs;
+                    let result: CallResult = $body(self);
+                    write_result(regs, result);
+                }
+            )*
+        }
+    };
+}
+
+call_arms! {
+    /// `VmCreate(pool, pages, max vcpus)`.
+    call_vm_create([a, b, c, ..]) => |e: &Self| e.vm_create(PhysAddr::new(a), b, c);
+    /// `VmDestroy(handle)`.
+    call_vm_destroy([a, ..]) => |e: &Self| e.vm_destroy(a);
+    /// `VmTopup(handle, pa, pages)`.
+    call_vm_topup([a, b, c, ..]) => |e: &Self| e.vm_topup(a, PhysAddr::new(b), c);
+    /// `VcpuCreate(handle, index, pc, x0, flags)`.
+    call_vcpu_create([a, b, c, d, e, _]) => |s: &Self| s.vcpu_create(a, b, c, d, e);
+    /// `Donate(handle, pa, ipa, perms, pages)`.
+    call_donate([a, b, c, d, e, _]) =>
+        |s: &Self| s.donate(a, PhysAddr::new(b), Ipa::new(c), d, e);
+    /// `Share(handle, pa, ipa, perms)`.
+    call_share([a, b, c, d, ..]) => |e: &Self| e.share(a, PhysAddr::new(b), Ipa::new(c), d);
+    /// `Unshare(handle, pa, ipa)`.
+    call_unshare([a, b, c, ..]) => |e: &Self| e.host_unshare(a, PhysAddr::new(b), Ipa::new(c));
+    /// `Reclaim(pa)`.
+    call_reclaim([a, ..]) => |e: &Self| e.reclaim(PhysAddr::new(a));
+    /// `Accounting(selector, handle)`.
+    call_accounting([a, b, ..]) => |e: &Self| e.accounting(a, b);
+    /// `VcpuInterrupts(handle, index, lr0..lr3)`.
+    call_vcpu_interrupts([a, b, l0, l1, l2, l3]) =>
+        |e: &Self| e.vcpu_interrupts(a, b, [l0, l1, l2, l3]);
+    /// `VcpuInjectAbort(handle, index)`.
+    call_vcpu_inject_abort([a, b, ..]) => |e: &Self| e.vcpu_inject_abort(a, b);
 }
 
 fn vcpu_index(g: &MutexGuard<'_, VmInner>, index: u64) -> Result<usize, Status> {
@@ -208,11 +373,23 @@ fn s2_status(e: S2Error) -> Status {
 }
 
 fn write_result(regs: &mut [u64; 7], result: CallResult) {
-    let r = match result {
-        Ok(r) => [Status::Success.raw(), r[0], r[1], r[2]],
-        Err(s) => [s.raw(), 0, 0, 0],
-    };
-    for (dst, v) in regs.iter_mut().zip(r) {
-        *dst = v;
+    match result {
+        Ok([a, b, c]) => {
+            let [x0, x1, x2, x3, ..] = regs;
+            *x0 = Status::Success.raw();
+            *x1 = a;
+            *x2 = b;
+            *x3 = c;
+        }
+        Err(s) => write_status(regs, s),
     }
+}
+
+/// A failed call's result: the status in `x0`, zero in `x1..=x3`.
+fn write_status(regs: &mut [u64; 7], status: Status) {
+    let [x0, x1, x2, x3, ..] = regs;
+    *x0 = status.raw();
+    *x1 = 0;
+    *x2 = 0;
+    *x3 = 0;
 }

@@ -548,7 +548,17 @@ impl PageDb {
     /// still counted exactly once (see the module's invariants).
     pub fn totals(&self) -> Counts {
         let mut c = ZERO;
-        for s in self.shards.iter().take(self.nshards) {
+        #[cfg_attr(
+            not(feature = "planted-bug-accounting-takes-shard-locks"),
+            allow(unused_variables, reason = "the index is the planted bug's")
+        )]
+        for (i, s) in self.shards.iter().take(self.nshards).enumerate() {
+            // Planted bug (never for real builds): each shard's lock is taken
+            // around its read, as before the counts were published, so
+            // `Accounting` waits for every shard's holder; the booted storm
+            // must catch it.
+            #[cfg(feature = "planted-bug-accounting-takes-shard-locks")]
+            let _held = self.lock_shard(i);
             // Acquire: pairs with the Release of the lock holder's store.
             let word = s.published.load(Ordering::Acquire);
             c.add(&Counts::unpack(word, s.pages.load(Ordering::Relaxed)));

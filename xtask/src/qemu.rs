@@ -236,7 +236,30 @@ pub fn booted_tests() -> Result<(), String> {
     println!(
         "PASS  census teeth: with the planted bug (CONTEXTIDR_EL1 left out of the switch) VM B and the host see VM A's value"
     );
+    register_test_has_teeth(&images)?;
+    println!(
+        "PASS  register teeth: with the planted bug (the hvc handler may clobber x9..x15) badcall sees host registers changed"
+    );
+    storm_has_teeth(&images)?;
+    println!(
+        "PASS  storm teeth: with the planted bug (Accounting takes every shard lock) the lock-free bound fails"
+    );
     let mut failed = 0_usize;
+    match storm(&images) {
+        Ok((t, stats)) => {
+            println!(
+                "PASS  storm: 7 CPUs, 2000 valid random calls each under -icount, none above its bound ({:.1} s)",
+                t.as_secs_f64()
+            );
+            for l in stats {
+                println!("      {l}");
+            }
+        }
+        Err(e) => {
+            failed += 1;
+            println!("FAIL  storm\n{e}");
+        }
+    }
     for s in SCENARIOS {
         match judge(&images, s) {
             Ok(t) => println!("PASS  {} ({:.1} s)", s.name, t.as_secs_f64()),
@@ -248,7 +271,7 @@ pub fn booted_tests() -> Result<(), String> {
     }
     println!(
         "booted scenarios: {} passed, {failed} failed",
-        SCENARIOS.len() - failed
+        SCENARIOS.len() + 1 - failed
     );
     if failed == 0 {
         Ok(())
@@ -315,13 +338,20 @@ fn guard_has_teeth(images: &Images) -> Result<(), String> {
     }
 }
 
+/// The planted bugs of the one image the DMA test's and the storm's teeth
+/// share (one build for both: neither bug touches the other's test).
+const SHARED_PLANTED: &[&str] = &[
+    "planted-bug-donate-keeps-dma-view",
+    "planted-bug-accounting-takes-shard-locks",
+];
+
 /// The DMA test can fail: an engine built with
 /// `planted-bug-donate-keeps-dma-view` (`Donate` skips the SMMU's
 /// invalidation) must let the device write the page donated a moment
 /// before, which QEMU's SMMU still has cached, and the test must say so.
 fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
     let dir = root().join("target").join("aarch64-planted");
-    let (el2, _) = build_for_targets(&dir, &["planted-bug-donate-keeps-dma-view"], &[])?;
+    let (el2, _) = build_for_targets(&dir, SHARED_PLANTED, &[])?;
     let planted = Images {
         engine: el2.join("isola"),
         host: images.host.clone(),
@@ -393,6 +423,114 @@ fn census_has_teeth(images: &Images) -> Result<(), String> {
     }
 }
 
+/// The register check of `badcall` can fail: an engine built with
+/// `planted-bug-hvc-c-abi` (the `hvc` handler with the C convention behind
+/// the vector's short frame, boot/src/dispatch.rs) must change host
+/// registers, and the test must say so.
+fn register_test_has_teeth(images: &Images) -> Result<(), String> {
+    // Its own target directory: a feature set of its own, kept built.
+    let dir = root().join("target").join("aarch64-planted-hvc");
+    let (el2, _) = build_for_targets(&dir, &["planted-bug-hvc-c-abi"], &[])?;
+    let planted = Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    };
+    let boot = Boot {
+        images: &planted,
+        smp: 1,
+        append: "isola.test=badcall",
+        dtb: None,
+    };
+    let run = watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    let caught = run.lines.iter().any(|l| {
+        l.starts_with("host: check failed: ")
+            && l.ends_with(" host registers changed across 5 hypercalls")
+    });
+    if caught {
+        Ok(())
+    } else {
+        Err(format!(
+            "the register check has no teeth: with the planted bug no host register changed\n{}",
+            run.log()
+        ))
+    }
+}
+
+/// The prefix of the storm's figures, which vary with the code under test.
+const STORM_STATS: &str = "host: storm stats: ";
+
+/// The storm (payloads/host/src/storm.rs): 8 CPUs under `-icount shift=0`
+/// (so its durations, in counter ticks, are instructions of the whole
+/// machine and do not depend on this machine's load), judged like a
+/// scenario but for its figures, which are printed.
+pub fn storm(images: &Images) -> Result<(Duration, Vec<String>), String> {
+    let boot = Boot {
+        images,
+        smp: 8,
+        append: "isola.test=storm",
+        dtb: None,
+    };
+    let mut cmd = boot.command();
+    cmd.args(["-icount", "shift=0"]);
+    let run = watch(
+        crate::machine::without_data_files(&cmd),
+        SCENARIO_DEADLINE,
+        false,
+    )?;
+    let (stats, lines): (Vec<String>, Vec<String>) = run
+        .lines
+        .iter()
+        .cloned()
+        .partition(|l| l.starts_with(STORM_STATS));
+    let verdict = if run.timed_out {
+        Err(format!(
+            "no power-off within {} s",
+            SCENARIO_DEADLINE.as_secs()
+        ))
+    } else if run.code != Some(0) {
+        Err(format!("QEMU exited with {:?}", run.code))
+    } else {
+        check(&lines, &stories::storm_story(8))
+    };
+    verdict
+        .map(|()| (run.elapsed, stats))
+        .map_err(|e| format!("{e}\n{}", run.log()))
+}
+
+/// The storm's lock-free check can fail: an engine built with
+/// `planted-bug-accounting-takes-shard-locks` (`Accounting` takes every
+/// shard's lock, as before the counts were published) must make a
+/// `Totals` or `Sharing` wait beyond its bound, and the storm must say so.
+fn storm_has_teeth(images: &Images) -> Result<(), String> {
+    let dir = root().join("target").join("aarch64-planted");
+    let (el2, _) = build_for_targets(&dir, SHARED_PLANTED, &[])?;
+    let planted = Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    };
+    match storm(&planted) {
+        Ok(_) => Err(
+            "the storm has no teeth: with Accounting taking every shard lock it still passed"
+                .into(),
+        ),
+        Err(e)
+            if e.lines()
+                .any(|l| l.starts_with("host: check failed: storm: a lock-free Accounting")) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "the planted storm failed, but not on the lock-free bound:\n{e}"
+        )),
+    }
+}
+
 /// Builds the images, boots them with `smp` CPUs running every host test,
 /// streams the console, and succeeds on the engine's clean power-off after
 /// the host's PASS verdict.
@@ -433,5 +571,17 @@ mod tests {
     #[ignore = "boots QEMU; run by `cargo xtask test`"]
     fn booted() {
         booted_tests().unwrap();
+    }
+
+    /// The storm alone (`cargo test -p xtask -- --ignored storm --nocapture`).
+    #[test]
+    #[ignore = "boots QEMU; run by `cargo xtask test`"]
+    fn storm_alone() {
+        let images = build_images().unwrap();
+        let (t, stats) = storm(&images).unwrap();
+        for l in stats {
+            println!("{l}");
+        }
+        println!("storm: PASS ({:.1} s)", t.as_secs_f64());
     }
 }

@@ -264,9 +264,77 @@ bench_irq_guest_end:
     OFF_HI = const isola_abi::psci::SYSTEM_OFF >> 16,
 );
 
+// The timed guest (`guest_timed`): the anchors' loop method from inside the
+// guest. Entered with x0 = 0 it times TIMED_ITERATIONS `HostCall` exits, x0
+// = an MMIO IPA the same number of stores to it (each an exit to the host),
+// then the same loops with `nop` in place of the `hvc` or the store, each
+// between `isb; mrs cntvct_el0`; it reports the difference of the two
+// times with a `HostCall` whose first argument is 1 (the loop's exits carry
+// the host's reply, 0), forever.
+global_asm!(
+    r#"
+.section .rodata.bench_timed_guest, "a"
+.balign 4
+.global bench_timed_guest_start
+.global bench_timed_guest_end
+bench_timed_guest_start:
+    mov x24, x0
+    movz x25, #{N_LO}
+    movk x25, #{N_HI}, lsl #16
+    mov x19, x25
+    isb
+    mrs x20, cntvct_el0
+    cbnz x24, 3f
+1:  movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    hvc #0
+    subs x19, x19, #1
+    b.ne 1b
+    b 4f
+3:  str w2, [x24]
+    subs x19, x19, #1
+    b.ne 3b
+4:  isb
+    mrs x21, cntvct_el0
+    mov x19, x25
+    isb
+    mrs x22, cntvct_el0
+    cbnz x24, 6f
+5:  movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    nop
+    subs x19, x19, #1
+    b.ne 5b
+    b 7f
+6:  nop
+    subs x19, x19, #1
+    b.ne 6b
+7:  isb
+    mrs x23, cntvct_el0
+    sub x1, x21, x20
+    sub x2, x23, x22
+    sub x2, x1, x2
+    mov x1, #1
+8:  movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    hvc #0
+    b 8b
+bench_timed_guest_end:
+"#,
+    LO = const GuestCall::HostCall as u32 & 0xffff,
+    HI = const GuestCall::HostCall as u32 >> 16,
+    N_LO = const TIMED_ITERATIONS & 0xffff,
+    N_HI = const TIMED_ITERATIONS >> 16,
+);
+
+/// Exits each of the timed guest's loops makes.
+const TIMED_ITERATIONS: u32 = 100_000;
+
 unsafe extern "C" {
     static bench_guest_start: u8;
     static bench_guest_end: u8;
+    static bench_timed_guest_start: u8;
+    static bench_timed_guest_end: u8;
     static bench_irq_guest_start: u8;
     static bench_irq_guest_end: u8;
 }
@@ -274,33 +342,45 @@ unsafe extern "C" {
 /// Where the interrupt bench guest starts, from its page's base.
 const IRQ_GUEST_ENTRY: u64 = 0x800;
 
-/// Copies the bench guest's code to the host page `pa`.
-fn write_guest_code(pa: u64) {
-    let start = &raw const bench_guest_start as u64;
-    let end = &raw const bench_guest_end as u64;
-    copy_code(pa, start, end);
+/// Copies the bench guest's code to the host page `pa` (the storm's guest
+/// too).
+pub(crate) fn write_guest_code(pa: u64) {
+    write_code(
+        pa,
+        &raw const bench_guest_start as u64,
+        &raw const bench_guest_end as u64,
+    );
 }
 
-/// Copies the code `start..end` of this payload (at most a page) to the
+/// Copies the timed guest's code to the host page `pa`.
+fn write_timed_guest_code(pa: u64) {
+    write_code(
+        pa,
+        &raw const bench_timed_guest_start as u64,
+        &raw const bench_timed_guest_end as u64,
+    );
+}
+
+/// Copies the code between `start` and `end` (this payload's rodata) to the
 /// host page `pa` and cleans it to the point of coherency.
-fn copy_code(pa: u64, start: u64, end: u64) {
+fn write_code(pa: u64, start: u64, end: u64) {
     let end = end.min(start.wrapping_add(PAGE));
     let mut off = 0;
     while start.wrapping_add(off) < end {
-        // SAFETY: `start..end` is the code above in the payload's rodata;
-        // `pa` is a host page of the bench's memory, identity-mapped and
-        // owned by the host until it is donated.
+        // SAFETY: `start..end` is one of the guest programs above, in the
+        // payload's rodata; `pa` is a host page of the bench's memory,
+        // identity-mapped and owned by the host until it is donated.
         unsafe {
             let w = core::ptr::read_volatile(start.wrapping_add(off) as *const u32);
             core::ptr::write_volatile(pa.wrapping_add(off) as *mut u32, w);
         }
         off = off.wrapping_add(4);
     }
-    // SAFETY: cleaning the written lines to the point of coherency so the
-    // guest (MMU off, non-cacheable fetches) sees the code.
+    // Cleaned to the point of coherency, line by line, so the guest (MMU
+    // off, non-cacheable fetches where it has no FWB) sees the code.
     let mut line = pa;
     while line < pa.wrapping_add(off) {
-        // SAFETY: as above, one line at a time.
+        // SAFETY: cleaning a line of the page just written changes no data.
         unsafe { asm!("dc cvac, {}", in(reg) line, options(nostack)) };
         line = line.wrapping_add(64);
     }
@@ -312,7 +392,7 @@ fn copy_code(pa: u64, start: u64, end: u64) {
 fn irq_guest_vm(pages: &mut Pages) -> Result<u64, (&'static str, &'static str)> {
     let vm = vm_create(pages, 1).map_err(|s| ("VmCreate", status_name(s)))?;
     let code = pages.take(1);
-    copy_code(
+    write_code(
         code,
         &raw const bench_irq_guest_start as u64,
         &raw const bench_irq_guest_end as u64,
@@ -387,9 +467,19 @@ fn interrupt_round_trip(b: &Bench, pages: &mut Pages) {
 
 /// A VM with one vCPU that runs the bench guest with `x0 = arg`.
 fn guest_vm(pages: &mut Pages, arg: u64) -> Result<u64, (&'static str, &'static str)> {
+    guest_vm_running(pages, arg, write_guest_code)
+}
+
+/// A VM with one vCPU that runs the code `write` puts in its page, with
+/// `x0 = arg`.
+fn guest_vm_running(
+    pages: &mut Pages,
+    arg: u64,
+    write: fn(u64),
+) -> Result<u64, (&'static str, &'static str)> {
     let vm = vm_create(pages, 1).map_err(|s| ("VmCreate", status_name(s)))?;
     let code = pages.take(1);
-    write_guest_code(code);
+    write(code);
     let r = call(HostCall::Donate, [vm, code, GUEST_IPA, perms::R | perms::X]);
     if !ok(r) {
         return Err(("Donate", status_name(r[0])));
@@ -499,6 +589,60 @@ fn timed_loop<const HVC: bool>(n: u64) -> u64 {
     t1.wrapping_sub(t0)
 }
 
+/// The guest exit round trip as the guest sees it, by the anchors' method
+/// (`ANCHORS.md`: pKVM 1,919 for a `hvc` handled in the host kernel, 5,330
+/// for an MMIO store that exits to the VMM in userspace): the timed guest's
+/// loop of [`TIMED_ITERATIONS`] exits minus the same loop with `nop`. What
+/// this host does per exit: one `VcpuRun` (`hvc`) whose result it decodes
+/// and checks is an exit it expects, in a loop; no device emulation, and
+/// the reply is always zero.
+fn guest_timed(pages: &mut Pages, name: &str, arg: u64, anchor: &str) {
+    let vm = match guest_vm_running(pages, arg, write_timed_guest_code) {
+        Ok(vm) => vm,
+        Err(s) => {
+            Bench::skip(name, format_args!("guest setup: {} -> {}", s.0, s.1));
+            return;
+        }
+    };
+    let mut exits = 0_u64;
+    loop {
+        let r = call(HostCall::VcpuRun, [vm, 0, 0, 0]);
+        let exit = if r[0] == Status::Success.raw() {
+            Exit::decode([r[1], r[2], r[3]])
+        } else {
+            None
+        };
+        match exit {
+            Some(Exit::HostCall { args: [1, diff] }) => {
+                let per_100 = diff
+                    .saturating_mul(100)
+                    .checked_div(u64::from(TIMED_ITERATIONS))
+                    .unwrap_or(0);
+                line(format_args!(
+                    "bench guest-timed {name}: {TIMED_ITERATIONS} x (exit loop - nop loop) = {diff} ticks of the guest's counter ({exits} exits): {}.{:02} per round trip ({anchor})",
+                    per_100 / 100,
+                    per_100 % 100
+                ));
+                return;
+            }
+            Some(Exit::HostCall { .. } | Exit::Mmio { write: true, .. }) => {
+                exits = exits.wrapping_add(1);
+            }
+            _ => {
+                Bench::skip(
+                    name,
+                    format_args!(
+                        "unexpected VcpuRun result {} {:#x}",
+                        status_name(r[0]),
+                        r[1]
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
 /// Runs the whole benchmark and prints its lines.
 pub fn run() {
     if pmu::setup().is_none() {
@@ -578,6 +722,13 @@ pub fn run() {
         }
     }
     interrupt_round_trip(&b, &mut pages);
+    guest_timed(&mut pages, "hvc-exit", 0, "pKVM: 1,919 to its host kernel");
+    guest_timed(
+        &mut pages,
+        "mmio-exit",
+        MMIO_IPA,
+        "pKVM: 5,330 to its VMM in userspace",
+    );
     match guest_vm(&mut pages, MMIO_IPA) {
         Err(s) => Bench::skip("mmio-exit", format_args!("guest setup: {} -> {}", s.0, s.1)),
         Ok(m) => b.run("mmio-exit", SAMPLES, 1, |_| {

@@ -7,8 +7,8 @@
 //! PSCI relay) with `x0` = the CPU's index. What it tests is chosen by the
 //! boot argument `isola.test=` (`/chosen/bootargs`, set with QEMU's
 //! `-append`): `smp`, `probe`, `badcall`, `dma`, `vms`, `bench`, `guest`
-//! (a Linux guest, `cargo xtask guest`) or `all` (the default: every one
-//! but `bench` and `guest`).
+//! (a Linux guest, `cargo xtask guest`), `census`, `psci`, `storm` or `all`
+//! (the default: `smp`, `probe`, `badcall`, `dma` and `vms`).
 //!
 //! | module | job |
 //! |---|---|
@@ -21,6 +21,7 @@
 //! | `vms` | the VM test (docs/guests.md), a folder of its own, with the Linux guests (`vms/linux/`) |
 //! | `census` | the register census (docs/guests.md) |
 //! | `races` | PSCI races through the relay |
+//! | `storm` | valid random calls on every CPU at once, each timed against a bound |
 //! | `bench` | the instruction-count benchmark (`cargo xtask bench`) |
 //! | `heap` | the global allocator the VMM (`isola-vmm`) needs |
 //! | `pmu` | the instruction counters the benchmark and the Linux guest's figures read |
@@ -71,6 +72,13 @@ mod irq;
 mod pmu;
 /// PSCI races through the engine's relay (`isola.test=psci`).
 mod races;
+/// The storm (`isola.test=storm`): valid random calls on every CPU at once,
+/// each timed against a bound (docs/perf.md).
+#[allow(
+    unsafe_code,
+    reason = "the virtual counter and timer are system registers"
+)]
+mod storm;
 /// The VM test (`isola.test=vms`, part of `all`): docs/guests.md.
 #[allow(
     unsafe_code,
@@ -169,6 +177,9 @@ extern "C" fn host_main(dtb: u64) -> ! {
     if test == "psci" && !races::main(p, entry::secondary_entry()) {
         fail(format_args!("the PSCI races failed"));
     }
+    if test == "storm" && !storm::main(p.cpus(), entry::secondary_entry()) {
+        fail(format_args!("the storm failed"));
+    }
     match console::failures() {
         0 => say!("verdict: PASS"),
         n => say!("verdict: {n} check(s) FAILED"),
@@ -183,6 +194,7 @@ extern "C" fn host_secondary(index: u64) -> ! {
     if let Some(never) = races::secondary(i) {
         match never {}
     }
+    storm::secondary(i);
     vms::secondary(i);
     vms::linux::secondary(i);
     basic::secondary(i)
