@@ -899,6 +899,51 @@ mod tests {
     }
 
     #[test]
+    fn guest_id_registers_are_looked_up_by_crm_and_op2() {
+        let mut e = MachineSpec::default().build(NoopArch);
+        assert_eq!(
+            e.guest_id_raw(4, 0),
+            0,
+            "zero until the EL2 image sets them"
+        );
+        let mut raw = [[0u64; 8]; 7];
+        for (crm, row) in raw.iter_mut().enumerate() {
+            for (op2, v) in row.iter_mut().enumerate() {
+                *v = ((crm as u64).wrapping_add(1) << 8) | op2 as u64;
+            }
+        }
+        e.set_guest_id_registers(raw);
+        // ID_AA64PFR0_EL1 is (CRm 4, Op2 0); ID_AA64MMFR2_EL1 (7, 2).
+        assert_eq!(e.guest_id_raw(4, 0), 0x400);
+        assert_eq!(e.guest_id_raw(7, 2), 0x702);
+        assert_eq!(e.guest_id_raw(1, 7), 0x107);
+        // Outside the table: CRm 0 and 8, Op2 8.
+        assert_eq!(e.guest_id_raw(0, 0), 0);
+        assert_eq!(e.guest_id_raw(8, 0), 0);
+        assert_eq!(e.guest_id_raw(1, 8), 0);
+    }
+
+    #[test]
+    fn the_host_gets_a_block_only_where_every_page_is_its_own() {
+        // One 4 MiB shard holding 520 pages: the engine's first 8, then 512
+        // of the host's. The shard counts exactly a 2 MiB block's worth of
+        // host pages, yet the 2 MiB block at its base holds the engine's:
+        // that block must be mapped page by page, without them.
+        let spec = MachineSpec {
+            ram_pages: 520,
+            shard_shift: 22,
+            ..MachineSpec::default()
+        };
+        let e = spec.build(NoopArch);
+        for i in 0..spec.engine_pages {
+            assert_eq!(e.host_translate(spec.page(i)), None, "engine page {i}");
+        }
+        let first = e.host_translate(spec.page(spec.engine_pages)).unwrap();
+        assert_eq!(first.level, 3);
+        assert!(e.host_translate(spec.page(519)).is_some());
+    }
+
+    #[test]
     fn init_rejects_inconsistent_layouts() {
         let spec = MachineSpec::default();
         let build =

@@ -324,3 +324,30 @@ fn unmap_run_splits_a_partly_covered_block_and_batches_the_pages() {
     assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, one, 1), Ok(0));
     assert!(events(&arch).is_empty());
 }
+
+#[test]
+fn leaves_exist_only_at_levels_1_to_3() {
+    // A start-level-0 shape: level 0 is a table level, never a leaf's, even
+    // though the walk starts there.
+    let (mem, mut pool, _) = setup(8);
+    let cfg = S2Config::new(48, 0).unwrap();
+    let s2 = Stage2::new(PhysAddr::new(BASE), cfg, Vmid(6));
+    let arch = RecordingArch::new();
+    let free = pool.available();
+    for level in [0u8, 4] {
+        assert_eq!(
+            s2.prepare_leaf(&mem, &arch, &mut pool, Ipa::new(0), level),
+            Err(S2Error::OutOfRange),
+            "level {level}"
+        );
+    }
+    assert_eq!(pool.available(), free);
+    assert!(events(&arch).is_empty());
+    // The levels that can hold a leaf can.
+    for level in 1..=3u8 {
+        assert!(
+            s2.prepare_leaf(&mem, &arch, &mut pool, Ipa::new(0), level)
+                .is_ok()
+        );
+    }
+}
