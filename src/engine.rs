@@ -944,6 +944,32 @@ mod tests {
     }
 
     #[test]
+    fn a_host_unmap_that_cannot_split_drops_the_whole_block() {
+        // 1024 pages in 2 MiB shards: the second shard is all the host's,
+        // one level-2 block. With the host's table reserve emptied, taking
+        // one page out of that block cannot split it: the block must go
+        // whole (the host refaults the rest), never stay mapped.
+        let spec = MachineSpec {
+            ram_pages: 1024,
+            ..MachineSpec::default()
+        };
+        let e = spec.build(NoopArch);
+        let page = spec.page(600);
+        assert_eq!(e.host_translate(page).map(|t| t.level), Some(2));
+        {
+            let mut h = e.host.lock();
+            while h.pool.alloc(&e.mem).is_some() {}
+        }
+        e.host_unmap_run(Pfn::containing(page), 1);
+        assert_eq!(e.host_translate(page), None);
+        assert_eq!(e.host_translate(spec.page(512)), None, "the whole block");
+        assert!(
+            e.host_translate(spec.page(511)).is_some(),
+            "not the shard before"
+        );
+    }
+
+    #[test]
     fn init_rejects_inconsistent_layouts() {
         let spec = MachineSpec::default();
         let build =
