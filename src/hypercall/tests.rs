@@ -280,3 +280,39 @@ fn giving_back_a_taken_run_restores_the_host() {
     }
     assert_eq!(record(3), taken, "only the pages given back");
 }
+
+/// A list register whose interrupt the guest completed with `EOI` is
+/// cleared in the context when the run ends (after being reported), so the
+/// next run does not load it again; the others stay.
+#[test]
+fn a_completed_eoi_is_cleared_at_the_end_of_the_run() {
+    let spec = MachineSpec::default();
+    let mut e = spec.build(RecordingArch::new());
+    e.set_list_registers(4);
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 8, 1, 0]);
+    assert_eq!(s, Status::Success);
+    let (s, _) = call(&e, HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    assert_eq!(s, Status::Success);
+    let eoi = isola_abi::lr::PENDING | isola_abi::lr::EOI | 27;
+    let pending = isola_abi::lr::PENDING | 33;
+    assert_eq!(e.vcpu_interrupts(vm, 0, [eoi, pending, 0, 0]), Ok([0; 3]));
+    let run = |e: &Engine<RecordingArch>| {
+        let mut regs = [HostCall::VcpuRun as u64, vm, 0, 0, 0, 0, 0];
+        match e.host_call(1, &mut regs) {
+            HostCallOutcome::Run(l) => l,
+            HostCallOutcome::Done => panic!("VcpuRun: {:x?}", regs),
+        }
+    };
+    let l = run(&e);
+    // The guest took interrupt 27 and deactivated it: the world switch
+    // saves its register invalid, with EOI still set.
+    let ctx = l.context().regs(e.mem()).unwrap();
+    ctx.set_lr(0, isola_abi::lr::EOI | 27);
+    let mut regs = [0; 7];
+    e.finish_run(l, isola_abi::Exit::WFI, &mut regs);
+    assert_eq!(regs[0], Status::Success.raw());
+    let l = run(&e);
+    let ctx = l.context().regs(e.mem()).unwrap();
+    assert_eq!((ctx.lr(0), ctx.lr(1)), (0, pending));
+    e.finish_run(l, isola_abi::Exit::WFI, &mut regs);
+}
