@@ -675,6 +675,12 @@ mod tests {
         assert_eq!(r.pending(), Pending::None);
         // SCTLR_EL1.SPAN set (as it starts): entry keeps PSTATE.PAN, clear.
         assert_eq!(c.pstate(&mem), INITIAL_PSTATE);
+        // With SCTLR_EL1.DSSBS set, entry sets PSTATE.SSBS.
+        c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR | SCTLR_DSSBS);
+        r.inject_undefined();
+        assert_eq!(c.pstate(&mem), INITIAL_PSTATE | PSTATE_SSBS);
+        c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR);
+        c.set_pstate(&mem, INITIAL_PSTATE);
         // An instruction fetch from EL0 with PAN clear and SPAN clear:
         // the lower-EL vector, PAN set on entry.
         c.set_pstate(&mem, 0);

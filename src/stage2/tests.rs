@@ -376,6 +376,12 @@ fn the_last_page_of_the_address_space_maps_and_unmaps() {
     let arch = RecordingArch::new();
     let limit = S2Config::DEFAULT.ipa_limit();
     let last = Ipa::new(limit.wrapping_sub(PAGE_SIZE));
+    // A run ending exactly at the limit is inside; one page more is not.
+    assert_eq!(s2.check_run_unmapped(&mem, last, 1), Ok(2));
+    assert_eq!(
+        s2.check_run_unmapped(&mem, last, 2),
+        Err(S2Error::OutOfRange)
+    );
     let pa = PhysAddr::new(0x1_0000_0000);
     s2.map(
         &mem,
