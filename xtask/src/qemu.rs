@@ -280,6 +280,33 @@ pub fn booted_tests() -> Result<(), String> {
     }
 }
 
+/// `cargo xtask scenario NAME...`: boots only the named booted scenarios
+/// (as `cargo xtask test` judges them, without the teeth checks around
+/// them), for a quick look during development; fails if any fails.
+pub fn scenarios(names: &[String]) -> Result<(), String> {
+    crate::machine::guard_available()?;
+    let images = build_images()?;
+    let mut failed = 0_usize;
+    for name in names {
+        let s = SCENARIOS
+            .iter()
+            .find(|s| s.name.split(':').next() == Some(name.as_str()))
+            .ok_or_else(|| format!("no booted scenario named {name:?}"))?;
+        match judge(&images, s) {
+            Ok(t) => println!("PASS  {} ({:.1} s)", s.name, t.as_secs_f64()),
+            Err(e) => {
+                failed += 1;
+                println!("FAIL  {}\n{e}", s.name);
+            }
+        }
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("{failed} booted scenario(s) failed"))
+    }
+}
+
 /// `cargo xtask planted FEATURE SCENARIO`: boots the scenario whose name
 /// starts with `SCENARIO` on an engine built with the planted-bug feature
 /// `FEATURE` of `isola-boot`, and succeeds only if the scenario *fails*:
