@@ -284,12 +284,54 @@ macro_rules! el1_registers {
                     }
                 )*
             }
+
+            /// Stores the guest's values into its context page straight from
+            /// the CPU, except the registers [`trapped_for_guest`] names: the
+            /// guest cannot have changed those (every access it makes traps and
+            /// the core answers it), so the context holds their value already.
+            ///
+            /// # Safety
+            /// As for [`El1State::load_from`]; right after the guest's exit.
+            unsafe fn save_guest(ctx: *mut u8) {
+                $(
+                    if !trapped_for_guest(SysReg::$slot) {
+                        // SAFETY: reading an EL1/EL0 system register at EL2 has
+                        // no side effect.
+                        let v: u64 = unsafe {
+                            let v;
+                            asm!(concat!("mrs {}, ", stringify!($r)), out(reg) v,
+                                 options(nomem, nostack, preserves_flags));
+                            v
+                        };
+                        let off = (OFF_SYSREGS as usize)
+                            .wrapping_add((SysReg::$slot as usize).wrapping_mul(8));
+                        // SAFETY: within the context page (the core's layout
+                        // test keeps the register block inside it), 8-byte
+                        // aligned, this CPU's alone (the caller's contract).
+                        unsafe { ctx.wrapping_add(off).cast::<u64>().write_volatile(v) };
+                    }
+                )*
+            }
         }
 
         /// Every register is named once: the list covers the context.
         const _: () = assert!([$(SysReg::$slot),*].len() as u64 == SYSREG_COUNT);
     };
 }
+
+/// Whether every guest access to `r` traps to EL2, so that the guest's
+/// value can change only through the core and the exit need not read it
+/// back: `MDSCR_EL1`, trapped by `MDCR_EL2.TDA` (the core reads it as 0 and
+/// ignores writes, as for every debug register; the census table lists it
+/// as emulated). The switch still loads the context's value (0) for the
+/// guest, so the host's debug controls never apply to it.
+#[inline(always)]
+const fn trapped_for_guest(r: SysReg) -> bool {
+    r as u8 == SysReg::MdscrEl1 as u8
+}
+
+// `trapped_for_guest` holds only while the guest's MDCR_EL2 has `TDA`.
+const _: () = assert!(MDCR_GUEST_TRAPS.bits() & (1 << 9) != 0);
 
 /// Whether the switch leaves `r` alone: never, except in an image built
 /// with the planted bug `planted-bug-switch-drops-register` (never a real
@@ -350,18 +392,6 @@ impl El1State {
             *r = unsafe { ctx.wrapping_add(off).cast::<u64>().read_volatile() };
         }
         Self(regs)
-    }
-
-    /// Stores these (the guest's) values into its context page.
-    ///
-    /// # Safety
-    /// As for [`El1State::load_from`].
-    unsafe fn store_to(&self, ctx: *mut u8) {
-        for (i, r) in self.0.iter().enumerate() {
-            let off = (OFF_SYSREGS as usize).wrapping_add(i.wrapping_mul(8));
-            // SAFETY: as in `load_from`.
-            unsafe { ctx.wrapping_add(off).cast::<u64>().write_volatile(*r) };
-        }
     }
 }
 
@@ -579,7 +609,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // page; then the host's EL1 registers and EL2 configuration return. The
     // host runs again only after the `eret` of its trap.
     unsafe {
-        El1State::read().store_to(page);
+        El1State::save_guest(page);
         if let Some(s) = vgic {
             VcpuInterface::save(page, s);
         }
