@@ -1239,8 +1239,9 @@ fn host_events(c: &Config, m: &Model, cpu: usize, out: &mut Vec<Event>) {
         out.push(call(HostCall::Reclaim, [pa, 0, 0, 0, 0]));
     }
 
-    // Accounting(selector, h).
-    for sel in [0, 1, 3, 4] {
+    // Accounting(selector, h): every selector (`Counter` reading CPU 0's
+    // first counter) and the first that is none.
+    for sel in [0, 1, 3, 4, 5] {
         out.push(call(HostCall::Accounting, [sel, 0, 0, 0, 0]));
     }
     for &h in live.iter().chain(&bad) {
