@@ -220,8 +220,10 @@ pub const CPTR_GUEST_TRAPS: Value<CPTR_EL2::Register> = Value::new(&[
 /// `CPTR_GUEST_TRAPS` in an image built with the planted bug
 /// `planted-bug-lazy-fp-no-trap` (never a real build): `TFP` left clear, so
 /// a guest uses whatever FP/SIMD values are in the CPU (the host's) without
-/// the switch ever exchanging them. The VM test's register probes must
-/// catch it (`cargo xtask planted planted-bug-lazy-fp-no-trap vms1`).
+/// the switch ever exchanging them. The census must catch it (VM B reads
+/// VM A's `FPCR`: the test command's census teeth check builds it), and so
+/// must the VM test's register probes (`cargo xtask planted
+/// planted-bug-lazy-fp-no-trap vms1`).
 const CPTR_GUEST: Value<CPTR_EL2::Register> = if cfg!(feature = "planted-bug-lazy-fp-no-trap") {
     Value::new(&[
         CPTR_EL2::TZ::SET,
