@@ -291,6 +291,18 @@ fn run_vcpu(g: &Guest, v: usize, next: Next, cpu: usize, end: u64) -> Option<Nex
     let now = irq::now();
     let mut lines: Vec<Vec<u8>> = Vec::new();
     let mut s = g.lock();
+    if failed == Some(("VcpuRun", Status::Denied.raw())) && s.outcome == Outcome::Running {
+        // The engine refuses every run from the moment one vCPU calls
+        // `SYSTEM_OFF`; the CPU that ran that vCPU records the power-off
+        // once its exit is back, which can be a moment after this refusal.
+        // Wait a second for it before calling the refusal a failure.
+        drop(s);
+        let deadline = now.saturating_add(irq::frequency());
+        while g.lock().outcome == Outcome::Running && irq::now() < deadline {
+            isola_sync::spin_hint();
+        }
+        s = g.lock();
+    }
     if s.outcome != Outcome::Running {
         // The guest powered off (or failed) while this vCPU ran or was
         // about to: the engine refuses its run (`Denied`), and nothing of
