@@ -10,8 +10,8 @@
 //! Invariants:
 //! - While a guest runs, `VBAR_EL2` points at this module's guest-only
 //!   vectors and `SP_EL2` at the switch frame (the host-side callee-saved
-//!   registers, the host's `q0..q31`/FPSR/FPCR, the host `VBAR_EL2` and the
-//!   context pointer). The
+//!   registers, the host's `q0..q31`/FPSR/FPCR once the guest's are loaded,
+//!   whether they are, the host `VBAR_EL2` and the context pointer). The
 //!   guest's exception entry finds its context through that frame; no other
 //!   register is trusted or needed.
 //! - Every guest register the architecture lets EL1/EL0 read is either loaded
@@ -20,14 +20,18 @@
 //!   both, with the reason for each trap): nothing of the host or another guest
 //!   is visible to a guest, and every guest register is saved back into its
 //!   context before the host's values return.
-//! - The guest FP/SIMD registers are loaded and saved inside the assembly, so
-//!   no compiler-generated SIMD code can run between load and `eret` or
-//!   between exception and save. The EL2 image is softfloat (no engine code
-//!   uses FP/SIMD and the host trap vector does not save them), so the host's
-//!   FP/SIMD state is live in the CPU when the switch is called: the switch
-//!   saves the host's `q0..q31`, FPSR and FPCR before loading the guest's and
-//!   restores them after saving the guest's, so the host never sees a
-//!   guest's FP/SIMD values and keeps its own.
+//! - FP/SIMD is switched lazily, inside the assembly (so no
+//!   compiler-generated SIMD code can run between load and `eret` or between
+//!   exception and save). The EL2 image is softfloat (no engine code uses
+//!   FP/SIMD and the host trap vector does not save them), so the host's
+//!   FP/SIMD state is live in the CPU when the switch is called. The guest
+//!   runs with `CPTR_EL2.TFP` set until its first FP/SIMD access of the
+//!   run, which traps to the switch: only then are the host's `q0..q31`,
+//!   FPSR and FPCR saved in the switch frame and the guest's loaded (`TFP`
+//!   cleared for the rest of the run). On exit, if and only if that
+//!   happened, the guest's are saved into its context and the host's
+//!   restored. Either way no guest FP/SIMD value stays in a register and the
+//!   host keeps its own; a run that never touches FP/SIMD exchanges none.
 //! - The GICv3 virtual CPU interface (list registers, `ICH_VMCR_EL2`,
 //!   `ICH_AP<m>R<n>_EL2`), which a guest's `ICC_*_EL1` accesses reach under
 //!   `IMO`/`FMO`, holds the running vCPU's own state from its context page
@@ -201,13 +205,35 @@ pub const MDCR_GUEST_TRAPS: Value<MDCR_EL2::Register> = Value::new(&[
 /// the switch exchanges only the low 128 bits of the vector registers and
 /// the upper bits of Z registers, predicates and ZA would carry host state;
 /// `TTA` (20), trace registers; `TAM` (30), activity monitors (they count
-/// what the host did). `TFP` (10) stays clear: FP/SIMD is switched.
+/// what the host did); `TFP` (10), FP/SIMD, until the guest's first FP/SIMD
+/// instruction or `FPCR`/`FPSR` access of the run: the switch then exchanges
+/// the host's and the guest's FP/SIMD registers and clears it for the rest
+/// of the run (the lazy FP/SIMD switch, in the assembly below).
 pub const CPTR_GUEST_TRAPS: Value<CPTR_EL2::Register> = Value::new(&[
     CPTR_EL2::TZ::SET,
     CPTR_EL2::TSM::SET,
     CPTR_EL2::TTA::SET,
     CPTR_EL2::TAM::SET,
+    CPTR_EL2::TFP::SET,
 ]);
+
+/// `CPTR_GUEST_TRAPS` in an image built with the planted bug
+/// `planted-bug-lazy-fp-no-trap` (never a real build): `TFP` left clear, so
+/// a guest uses whatever FP/SIMD values are in the CPU (the host's) without
+/// the switch ever exchanging them. The census must catch it (VM B reads
+/// VM A's `FPCR`: the test command's census teeth check builds it), and so
+/// must the VM test's register probes (`cargo xtask planted
+/// planted-bug-lazy-fp-no-trap vms1`).
+const CPTR_GUEST: Value<CPTR_EL2::Register> = if cfg!(feature = "planted-bug-lazy-fp-no-trap") {
+    Value::new(&[
+        CPTR_EL2::TZ::SET,
+        CPTR_EL2::TSM::SET,
+        CPTR_EL2::TTA::SET,
+        CPTR_EL2::TAM::SET,
+    ])
+} else {
+    CPTR_GUEST_TRAPS
+};
 
 /// Declares [`El1State`] over every EL1/EL0 system register a guest owns and
 /// the switch exchanges: `asm_name = SysReg variant`, the variant naming the
@@ -260,12 +286,54 @@ macro_rules! el1_registers {
                     }
                 )*
             }
+
+            /// Stores the guest's values into its context page straight from
+            /// the CPU, except the registers [`trapped_for_guest`] names: the
+            /// guest cannot have changed those (every access it makes traps and
+            /// the core answers it), so the context holds their value already.
+            ///
+            /// # Safety
+            /// As for [`El1State::load_from`]; right after the guest's exit.
+            unsafe fn save_guest(ctx: *mut u8) {
+                $(
+                    if !trapped_for_guest(SysReg::$slot) {
+                        // SAFETY: reading an EL1/EL0 system register at EL2 has
+                        // no side effect.
+                        let v: u64 = unsafe {
+                            let v;
+                            asm!(concat!("mrs {}, ", stringify!($r)), out(reg) v,
+                                 options(nomem, nostack, preserves_flags));
+                            v
+                        };
+                        let off = (OFF_SYSREGS as usize)
+                            .wrapping_add((SysReg::$slot as usize).wrapping_mul(8));
+                        // SAFETY: within the context page (the core's layout
+                        // test keeps the register block inside it), 8-byte
+                        // aligned, this CPU's alone (the caller's contract).
+                        unsafe { ctx.wrapping_add(off).cast::<u64>().write_volatile(v) };
+                    }
+                )*
+            }
         }
 
         /// Every register is named once: the list covers the context.
         const _: () = assert!([$(SysReg::$slot),*].len() as u64 == SYSREG_COUNT);
     };
 }
+
+/// Whether every guest access to `r` traps to EL2, so that the guest's
+/// value can change only through the core and the exit need not read it
+/// back: `MDSCR_EL1`, trapped by `MDCR_EL2.TDA` (the core reads it as 0 and
+/// ignores writes, as for every debug register; the census table lists it
+/// as emulated). The switch still loads the context's value (0) for the
+/// guest, so the host's debug controls never apply to it.
+#[inline(always)]
+const fn trapped_for_guest(r: SysReg) -> bool {
+    r as u8 == SysReg::MdscrEl1 as u8
+}
+
+// `trapped_for_guest` holds only while the guest's MDCR_EL2 has `TDA`.
+const _: () = assert!(MDCR_GUEST_TRAPS.bits() & (1 << 9) != 0);
 
 /// Whether the switch leaves `r` alone: never, except in an image built
 /// with the planted bug `planted-bug-switch-drops-register` (never a real
@@ -326,18 +394,6 @@ impl El1State {
             *r = unsafe { ctx.wrapping_add(off).cast::<u64>().read_volatile() };
         }
         Self(regs)
-    }
-
-    /// Stores these (the guest's) values into its context page.
-    ///
-    /// # Safety
-    /// As for [`El1State::load_from`].
-    unsafe fn store_to(&self, ctx: *mut u8) {
-        for (i, r) in self.0.iter().enumerate() {
-            let off = (OFF_SYSREGS as usize).wrapping_add(i.wrapping_mul(8));
-            // SAFETY: as in `load_from`.
-            unsafe { ctx.wrapping_add(off).cast::<u64>().write_volatile(*r) };
-        }
     }
 }
 
@@ -508,14 +564,15 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
         write_batched!(VMPIDR_EL2, stage2.vmpidr);
         write_batched!(CNTHCTL_EL2, timer::CNTHCTL_GUEST);
         write_batched!(MDCR_EL2, mdcr);
-        write_batched!(CPTR_EL2, host.cptr_el2.union(CPTR_GUEST_TRAPS));
+        write_batched!(CPTR_EL2, host.cptr_el2.union(CPTR_GUEST));
         write_batched!(HCR_EL2, HCR_GUEST.union(caches::hcr_fwb()));
         asm!("isb", options(nostack, preserves_flags));
     }
     let raw: u64;
     // SAFETY: `isola_world_switch` saves the callee-saved registers it uses
-    // (x19..x30), the host's FP/SIMD state (q0..q31, FPSR, FPCR) and
-    // VBAR_EL2 in its frame and restores them before returning; every other
+    // (x19..x30) and VBAR_EL2 in its frame, and the host's FP/SIMD state
+    // (q0..q31, FPSR, FPCR) if the guest's is loaded, and restores them
+    // before returning; every other
     // general register is declared clobbered. It reads and
     // writes only the context page, which the caller guarantees is this
     // CPU's alone.
@@ -554,7 +611,7 @@ pub unsafe fn enter_guest(ctx: Context, stage2: GuestStage2) -> GuestExit {
     // page; then the host's EL1 registers and EL2 configuration return. The
     // host runs again only after the `eret` of its trap.
     unsafe {
-        El1State::read().store_to(page);
+        El1State::save_guest(page);
         if let Some(s) = vgic {
             VcpuInterface::save(page, s);
         }
@@ -584,14 +641,20 @@ const _: () = assert!(OFF_V.is_multiple_of(16) && OFF_V < 4096 && OFF_X < 4096);
 const _: () = assert!(OFF_FPSR.is_multiple_of(8) && OFF_FPCR.is_multiple_of(8));
 
 /// The switch frame on the EL2 stack: x19..x30 (96 bytes), the context
-/// pointer and the host's VBAR_EL2 (16), the host's FPSR and FPCR (16), the
-/// host's q0..q31 (512, 16-byte aligned).
-const FRAME: usize = 640;
+/// pointer and the host's VBAR_EL2 (16), the host's FPSR and FPCR (16),
+/// whether the guest's FP/SIMD registers are loaded (8, and 8 of padding),
+/// the host's q0..q31 while they are (512, 16-byte aligned).
+const FRAME: usize = 656;
 const F_CTX: usize = 96;
 const F_VBAR: usize = 104;
 const F_FPSR: usize = 112;
-const F_Q: usize = 128;
+const F_FP_LOADED: usize = 128;
+const F_Q: usize = 144;
 const _: () = assert!(F_Q.is_multiple_of(16) && F_Q.wrapping_add(512) == FRAME);
+const _: () = assert!(FRAME.is_multiple_of(16) && FRAME.wrapping_add(32) < 4096);
+
+/// `ESR_EL2.EC` of an FP/SIMD access trapped by `CPTR_EL2.TFP`.
+const EC_FP: u64 = 0x07;
 
 global_asm!(
     r#"
@@ -611,54 +674,10 @@ isola_world_switch:
     mrs x1, vbar_el2
     str x1, [sp, #{F_VBAR}]
 
-    // The image is softfloat: FP/SIMD instructions only here, by name.
-    .arch_extension fp
-    .arch_extension simd
-
-    // Host FP/SIMD out of the way (the host trap vector leaves them live).
-    add x1, sp, #{F_Q}
-    stp q0, q1, [x1, #0]
-    stp q2, q3, [x1, #32]
-    stp q4, q5, [x1, #64]
-    stp q6, q7, [x1, #96]
-    stp q8, q9, [x1, #128]
-    stp q10, q11, [x1, #160]
-    stp q12, q13, [x1, #192]
-    stp q14, q15, [x1, #224]
-    stp q16, q17, [x1, #256]
-    stp q18, q19, [x1, #288]
-    stp q20, q21, [x1, #320]
-    stp q22, q23, [x1, #352]
-    stp q24, q25, [x1, #384]
-    stp q26, q27, [x1, #416]
-    stp q28, q29, [x1, #448]
-    stp q30, q31, [x1, #480]
-    mrs x2, fpsr
-    mrs x3, fpcr
-    stp x2, x3, [sp, #{F_FPSR}]
-
-    // Guest FP/SIMD.
-    add x1, x0, #{C_Q}
-    ldp q0, q1, [x1, #0]
-    ldp q2, q3, [x1, #32]
-    ldp q4, q5, [x1, #64]
-    ldp q6, q7, [x1, #96]
-    ldp q8, q9, [x1, #128]
-    ldp q10, q11, [x1, #160]
-    ldp q12, q13, [x1, #192]
-    ldp q14, q15, [x1, #224]
-    ldp q16, q17, [x1, #256]
-    ldp q18, q19, [x1, #288]
-    ldp q20, q21, [x1, #320]
-    ldp q22, q23, [x1, #352]
-    ldp q24, q25, [x1, #384]
-    ldp q26, q27, [x1, #416]
-    ldp q28, q29, [x1, #448]
-    ldp q30, q31, [x1, #480]
-    ldr x2, [x0, #{C_FPSR}]
-    msr fpsr, x2
-    ldr x2, [x0, #{C_FPCR}]
-    msr fpcr, x2
+    // FP/SIMD stays the host's: the guest runs with `CPTR_EL2.TFP` set and
+    // its first FP/SIMD access comes to `isola_guest_sync` below, which
+    // exchanges them. Not loaded yet.
+    str xzr, [sp, #{F_FP_LOADED}]
 
     // Where the guest resumes, and the guest-only vectors.
     ldr x2, [x0, #{C_PC}]
@@ -707,8 +726,11 @@ isola_guest_vectors:
     b isola_guest_vectors_el2
     .set isola_gv_kind, (isola_gv_kind + 1) % 4
     .endr
-    .set isola_gv_kind, 0
-    .rept 4
+    .balign 0x80
+    stp x0, x1, [sp, #-16]!
+    b isola_guest_sync
+    .set isola_gv_kind, 1
+    .rept 3
     .balign 0x80
     stp x0, x1, [sp, #-16]!
     mov x1, #isola_gv_kind
@@ -721,6 +743,84 @@ isola_guest_vectors:
     mov x1, #{AARCH32}
     b isola_guest_exit
     .endr
+
+// A synchronous exception from the guest (x0/x1 saved below the frame).
+// The first FP/SIMD access of the run (ESR_EL2.EC 0x07, trapped by
+// `CPTR_EL2.TFP`) is handled here: `TFP` is cleared (it traps EL2's own
+// FP/SIMD accesses too), the host's q0..q31, FPSR and FPCR go to the switch
+// frame, the guest's come from its context, and the guest retries the
+// instruction (the `eret` synchronises the `CPTR_EL2` write for it). Anything else, or a second such trap
+// (the flag says the guest's are loaded already: never by the architecture,
+// but the host's saved values must never be overwritten), is an exit.
+isola_guest_sync:
+    mrs x0, esr_el2
+    lsr x0, x0, #26
+    cmp x0, #{EC_FP}
+    b.ne 3f
+    ldr x0, [sp, #(16 + {F_FP_LOADED})]
+    cbnz x0, 3f
+    stp x2, x3, [sp, #-16]!
+    // `TFP` traps EL2's own FP/SIMD accesses too: off first.
+    mrs x2, cptr_el2
+    bic x2, x2, #(1 << 10)
+    msr cptr_el2, x2
+    isb
+    .arch_extension fp
+    .arch_extension simd
+    add x0, sp, #(32 + {F_Q})
+    stp q0, q1, [x0, #0]
+    stp q2, q3, [x0, #32]
+    stp q4, q5, [x0, #64]
+    stp q6, q7, [x0, #96]
+    stp q8, q9, [x0, #128]
+    stp q10, q11, [x0, #160]
+    stp q12, q13, [x0, #192]
+    stp q14, q15, [x0, #224]
+    stp q16, q17, [x0, #256]
+    stp q18, q19, [x0, #288]
+    stp q20, q21, [x0, #320]
+    stp q22, q23, [x0, #352]
+    stp q24, q25, [x0, #384]
+    stp q26, q27, [x0, #416]
+    stp q28, q29, [x0, #448]
+    stp q30, q31, [x0, #480]
+    mrs x2, fpsr
+    mrs x3, fpcr
+    stp x2, x3, [sp, #(32 + {F_FPSR})]
+    ldr x1, [sp, #(32 + {F_CTX})]
+    add x0, x1, #{C_Q}
+    ldp q0, q1, [x0, #0]
+    ldp q2, q3, [x0, #32]
+    ldp q4, q5, [x0, #64]
+    ldp q6, q7, [x0, #96]
+    ldp q8, q9, [x0, #128]
+    ldp q10, q11, [x0, #160]
+    ldp q12, q13, [x0, #192]
+    ldp q14, q15, [x0, #224]
+    ldp q16, q17, [x0, #256]
+    ldp q18, q19, [x0, #288]
+    ldp q20, q21, [x0, #320]
+    ldp q22, q23, [x0, #352]
+    ldp q24, q25, [x0, #384]
+    ldp q26, q27, [x0, #416]
+    ldp q28, q29, [x0, #448]
+    ldp q30, q31, [x0, #480]
+    ldr x2, [x1, #{C_FPSR}]
+    msr fpsr, x2
+    ldr x2, [x1, #{C_FPCR}]
+    msr fpcr, x2
+    .arch_extension nosimd
+    .arch_extension nofp
+    mov x2, #1
+    str x2, [sp, #(32 + {F_FP_LOADED})]
+    ldp x2, x3, [sp], #16
+    ldp x0, x1, [sp], #16
+    eret
+    // Never reached: stops straight-line speculation past the eret.
+    dsb nsh
+    isb
+3:  mov x1, #0
+    b isola_guest_exit
 
 isola_guest_exit:
     // ESB: an SError the guest caused and that is still pending (PSTATE.A
@@ -752,6 +852,13 @@ isola_guest_exit:
     mrs x2, spsr_el2
     str x2, [x0, #{C_PSTATE}]
 
+    // FP/SIMD: only if the guest's were loaded this run. Then the guest's
+    // go to its context and the host's come back, so nothing of the
+    // guest's stays in a register; otherwise the host's never left.
+    ldr x3, [sp, #{F_FP_LOADED}]
+    cbz x3, 4f
+    .arch_extension fp
+    .arch_extension simd
     add x2, x0, #{C_Q}
     stp q0, q1, [x2, #0]
     stp q2, q3, [x2, #32]
@@ -773,8 +880,6 @@ isola_guest_exit:
     str x3, [x0, #{C_FPSR}]
     mrs x3, fpcr
     str x3, [x0, #{C_FPCR}]
-
-    // Host FP/SIMD back: nothing of the guest's stays in a register.
     add x2, sp, #{F_Q}
     ldp q0, q1, [x2, #0]
     ldp q2, q3, [x2, #32]
@@ -797,7 +902,7 @@ isola_guest_exit:
     msr fpcr, x3
     .arch_extension nosimd
     .arch_extension nofp
-
+4:
     // Host side back: vectors first, so an engine fault from here on is
     // reported by the engine's own vectors.
     ldr x2, [sp, #{F_VBAR}]
@@ -826,6 +931,8 @@ isola_guest_vectors_el2:
     FRAME = const FRAME,
     F_FPSR = const F_FPSR,
     F_Q = const F_Q,
+    F_FP_LOADED = const F_FP_LOADED,
+    EC_FP = const EC_FP,
     F_CTX = const F_CTX,
     F_VBAR = const F_VBAR,
     C_X = const OFF_X,

@@ -361,6 +361,16 @@ impl Model {
         }
     }
 
+    /// Whether `self` and `other` differ at most in the event counters:
+    /// for a harness that runs events which change nothing else on one
+    /// engine instead of a fresh one each (the exhaustive exploration).
+    pub fn same_but_counters(&self, other: &Self) -> bool {
+        self.config == other.config
+            && self.state == other.state
+            && self.tables == other.tables
+            && self.slots == other.slots
+    }
+
     /// The pure transition function: the outcome of `event` in this state,
     /// and the state after it. `self` is unchanged.
     pub fn step(&self, event: &Event) -> (Outcome, Model) {

@@ -506,8 +506,9 @@ fn visit(
         }
         stats.transitions.fetch_add(1, Ordering::Relaxed);
         *seen.entry(label(&e, want)).or_default() += 1;
-        if same_but_dma_faults(&next, &model) {
-            // Nothing abstract changes but perhaps the DMA fault record:
+        if same_but_bookkeeping(&next, &model) {
+            // Nothing abstract changes but perhaps the DMA fault record or
+            // the counters:
             // run on the shared engine and twins, against the chain's model.
             let (want, next) = chain.step(&e);
             shared_history.push(e.clone());
@@ -592,15 +593,18 @@ pub fn label(e: &Event, out: Outcome) -> String {
     }
 }
 
-/// Whether `a` is `b` but for the record of refused DMAs (a count and the
-/// last address), which only `Accounting(Dma)` reports.
-fn same_but_dma_faults(a: &Model, b: &Model) -> bool {
+/// Whether `a` is `b` but for bookkeeping no other event depends on: the
+/// record of refused DMAs (a count and the last address), which only
+/// `Accounting(Dma)` reports, and the per-CPU event counters, which only
+/// `Accounting(Counter)` reports. Such events run on the node's shared
+/// engine against the chain's model, which keeps both exact.
+fn same_but_bookkeeping(a: &Model, b: &Model) -> bool {
     if a.state.dma == b.state.dma {
-        return a == b;
+        return a.same_but_counters(b);
     }
     let mut a = a.clone();
     a.state.dma = b.state.dma;
-    a == *b
+    a.same_but_counters(b)
 }
 
 /// Re-checks a failure on a fresh engine from its node's shortest path

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         Some("explore") => explore::main(&args[1..]),
         Some("mutants") => mutants::main(&args[1..]),
         Some("census") => machine::ensure_qemu().and_then(|()| qemu::census_main()),
+        Some("scenario") if args.len() > 1 => {
+            machine::ensure_qemu().and_then(|()| qemu::scenarios(&args[1..]))
+        }
         Some("planted") => match &args[1..] {
             [feature, scenario] => {
                 machine::ensure_qemu().and_then(|()| qemu::planted(feature, scenario))
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
             _ => Err("usage: cargo xtask planted FEATURE SCENARIO".to_string()),
         },
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask census | cargo xtask planted FEATURE SCENARIO | cargo xtask explore [--depth N] [--planted] | cargo xtask mutants [--list] [--shard K/N] [--jobs J] [-F REGEX]..."
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask census | cargo xtask scenario NAME... | cargo xtask planted FEATURE SCENARIO | cargo xtask explore [--depth N] [--planted] | cargo xtask mutants [--list] [--shard K/N] [--jobs J] [-F REGEX]..."
                 .to_string(),
         ),
     };

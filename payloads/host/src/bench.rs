@@ -189,7 +189,10 @@ fn vm_create(pages: &mut Pages, vcpus: u64) -> Result<u64, u64> {
 
 // The bench guest: position-independent code the host copies into a page it
 // donates. Entered with x0 = 0: exit with `GuestCall::HostCall` forever;
-// x0 = an MMIO IPA: write to it forever. Every loop iteration is one exit.
+// x0 = [`FP_GUEST`]: the same, with an FP/SIMD register write before each
+// `hvc` (FP/SIMD enabled in its `CPACR_EL1` first), so every run takes the
+// world switch's lazy FP/SIMD load; x0 = an MMIO IPA: write to it forever.
+// Every loop iteration is one exit.
 global_asm!(
     r#"
 .section .rodata.bench_guest, "a"
@@ -197,6 +200,8 @@ global_asm!(
 .global bench_guest_start
 .global bench_guest_end
 bench_guest_start:
+    cmp x0, #{FP}
+    b.eq 4f
     cbnz x0, 2f
 1:  movz x0, #{LO}
     movk x0, #{HI}, lsl #16
@@ -205,8 +210,17 @@ bench_guest_start:
 2:  mov x1, x0
 3:  str w2, [x1]
     b 3b
+4:  mov x1, #(3 << 20)
+    msr cpacr_el1, x1
+    isb
+5:  fmov d0, x1
+    movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    hvc #0
+    b 5b
 bench_guest_end:
 "#,
+    FP = const FP_GUEST,
     LO = const GuestCall::HostCall as u32 & 0xffff,
     HI = const GuestCall::HostCall as u32 >> 16,
 );
@@ -465,6 +479,10 @@ fn interrupt_round_trip(b: &Bench, pages: &mut Pages) {
     });
 }
 
+/// The bench guest's argument for its FP/SIMD loop (not a page address,
+/// so never an MMIO IPA).
+const FP_GUEST: u64 = 1;
+
 /// A VM with one vCPU that runs the bench guest with `x0 = arg`.
 fn guest_vm(pages: &mut Pages, arg: u64) -> Result<u64, (&'static str, &'static str)> {
     guest_vm_running(pages, arg, write_guest_code)
@@ -720,6 +738,15 @@ pub fn run() {
                 }),
             }
         }
+    }
+    match guest_vm(&mut pages, FP_GUEST) {
+        Err(s) => Bench::skip(
+            "vcpu-run-fp-exit",
+            format_args!("guest setup: {} -> {}", s.0, s.1),
+        ),
+        Ok(f) => b.run("vcpu-run-fp-exit", SAMPLES, 1, |_| {
+            run_once(f, |e| matches!(e, Exit::HostCall { .. }))
+        }),
     }
     interrupt_round_trip(&b, &mut pages);
     guest_timed(&mut pages, "hvc-exit", 0, "pKVM: 1,919 to its host kernel");
