@@ -22,7 +22,7 @@
 use crate::abort::{self, Esr, HostAbort, HostPage};
 use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
 use crate::arch::{Arch, Vmid};
-use crate::handover::CachePolicy;
+use crate::handover::{self, CachePolicy, Transition};
 use crate::mem::PhysMem;
 use crate::ownership::{DbError, Owner, PageDb, PageGuard, PageRecord, Shard, ShardGuard};
 use crate::pool::PagePool;
@@ -30,8 +30,22 @@ use crate::stage2::{self, MemType, Perms, S2Config, S2Error, Stage2, Translation
 use crate::stats::CpuStats;
 use crate::vcpu::{Context, VcpuState};
 use crate::vm::{MAX_SLOTS, SlotState, VmHandle, VmInner, VmSlot};
-use isola_abi::Status;
+use isola_abi::{Status, features};
 use isola_sync::{Mutex, MutexGuard};
+
+/// Feature bits every engine reports by `Version`; an engine with virtual
+/// interrupts adds its list-register count ([`Engine::features`]).
+pub const FEATURES: u64 = features::GUEST_PSCI | features::ABORT_INJECTION;
+
+/// The feature bits of an engine with `list_regs` list registers the host
+/// may fill (0: no virtual interrupts).
+pub(crate) const fn features_for(list_regs: usize) -> u64 {
+    if list_regs == 0 {
+        FEATURES
+    } else {
+        FEATURES | features::VIRTUAL_INTERRUPTS | ((list_regs as u64) << features::LR_COUNT_SHIFT)
+    }
+}
 
 /// The most device ranges the host may be given.
 pub const MAX_DEVICE_RANGES: usize = 16;
@@ -210,7 +224,7 @@ pub struct Engine<A: Arch> {
     /// List registers the host may fill (0: no virtual interrupts); see
     /// [`Engine::set_list_registers`].
     list_regs: u8,
-    /// What `Version` reports in `x2`: [`crate::hypercall::FEATURES`] and
+    /// What `Version` reports in `x2`: [`FEATURES`] and
     /// the virtual-interrupt bits, computed whenever `list_regs` changes so
     /// the call is one load ([`Engine::features`]).
     pub(crate) features: u64,
@@ -372,7 +386,7 @@ impl<A: Arch> Engine<A> {
             devices,
             ndevices,
             list_regs: 0,
-            features: crate::hypercall::features_for(0),
+            features: features_for(0),
             guest_ids: [[0; 8]; 7],
             stats: storage.stats,
         };
@@ -468,7 +482,7 @@ impl<A: Arch> Engine<A> {
     /// only empty registers and `Version` does not report the feature.
     pub fn set_list_registers(&mut self, count: usize) {
         self.list_regs = count.min(isola_abi::lr::SLOTS) as u8;
-        self.features = crate::hypercall::features_for(self.list_regs());
+        self.features = features_for(self.list_regs());
     }
 
     /// List registers the host may fill.
@@ -873,6 +887,53 @@ impl<A: Arch> Engine<A> {
             }
             _ => None,
         }
+    }
+}
+
+/// Handing pages over: the plan of `handover.rs` carried out.
+impl<A: Arch> Engine<A> {
+    /// Carries out the maintenance `t` needs for the `pages` pages from `pa`
+    /// (see the module docs for the order and why). The caller has removed
+    /// the losing side's Stage-2 entries (their TLBI complete) and writes the
+    /// gaining side's only after this returns. Out of line: the dispatcher
+    /// inlines every transition, and this path's registers should not weigh
+    /// on the prologue every call pays.
+    #[inline(never)]
+    pub(crate) fn settle(&self, t: Transition, pa: PhysAddr, pages: u64) {
+        let plan = handover::plan(t, self.caches);
+        if plan.is_empty() || pages == 0 {
+            return;
+        }
+        let page = |i: u64| pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE));
+        if plan.dma_invalidate {
+            self.arch.dma_invalidate_host(pa, pages);
+        }
+        for i in 0..pages {
+            if plan.zero {
+                #[cfg(not(feature = "planted-bug-skip-scrub"))]
+                let _ = self.mem.zero_page(page(i));
+            }
+            if plan.clean_poc {
+                self.arch.clean_dcache_page(page(i));
+            } else if plan.clean_pou {
+                self.arch.clean_dcache_page_pou(page(i));
+            }
+        }
+        if plan.icache {
+            if pages > handover::ICACHE_ALL_ABOVE {
+                self.arch.invalidate_icache_all();
+            } else {
+                for i in 0..pages {
+                    self.arch.invalidate_icache_page(page(i));
+                }
+            }
+        }
+        self.arch.dsb_ish();
+    }
+
+    /// The cache policy the engine was built with.
+    pub fn cache_policy(&self) -> CachePolicy {
+        self.caches
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! Every transition of `docs/ownership.md` names itself as a [`Transition`];
 //! [`plan`] turns it, with the CPU's [`CachePolicy`], into a [`Plan`]; and
-//! [`Engine::settle`] carries the plan out, always in the same order, between
+//! `Engine::settle` (in `engine.rs`, above this module) carries the plan out, always in the same order, between
 //! the moment the losing side's Stage-2 entries are gone (their CPU TLBI
 //! complete) and the moment the gaining side's entries are written:
 //!
@@ -57,10 +57,6 @@
 //! anybody else's (every page that leaves a guest or the pool is scrubbed
 //! and cleaned before the host gets it, so no line of a former owner
 //! survives into the next).
-
-use crate::addr::{PAGE_SIZE, PhysAddr};
-use crate::arch::Arch;
-use crate::engine::Engine;
 
 /// How the CPU's caches behave, read once at boot, and so what the engine
 /// must do about them.
@@ -136,7 +132,7 @@ pub enum Transition {
     HostTakesBack,
 }
 
-/// What a transition needs, in the order [`Engine::settle`] does it.
+/// What a transition needs, in the order `Engine::settle` does it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// The host lost the pages: its DMA view forgets them, completed.
@@ -235,52 +231,6 @@ const fn planted(t: Transition, plan: Plan) -> Plan {
 /// invalidation (64 `ic ivau` a page): the whole instruction cache refills
 /// at a cost bounded by its size, not by the run's.
 pub const ICACHE_ALL_ABOVE: u64 = 8;
-
-impl<A: Arch> Engine<A> {
-    /// Carries out the maintenance `t` needs for the `pages` pages from `pa`
-    /// (see the module docs for the order and why). The caller has removed
-    /// the losing side's Stage-2 entries (their TLBI complete) and writes the
-    /// gaining side's only after this returns. Out of line: the dispatcher
-    /// inlines every transition, and this path's registers should not weigh
-    /// on the prologue every call pays.
-    #[inline(never)]
-    pub(crate) fn settle(&self, t: Transition, pa: PhysAddr, pages: u64) {
-        let plan = plan(t, self.caches);
-        if plan.is_empty() || pages == 0 {
-            return;
-        }
-        let page = |i: u64| pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE));
-        if plan.dma_invalidate {
-            self.arch.dma_invalidate_host(pa, pages);
-        }
-        for i in 0..pages {
-            if plan.zero {
-                #[cfg(not(feature = "planted-bug-skip-scrub"))]
-                let _ = self.mem.zero_page(page(i));
-            }
-            if plan.clean_poc {
-                self.arch.clean_dcache_page(page(i));
-            } else if plan.clean_pou {
-                self.arch.clean_dcache_page_pou(page(i));
-            }
-        }
-        if plan.icache {
-            if pages > ICACHE_ALL_ABOVE {
-                self.arch.invalidate_icache_all();
-            } else {
-                for i in 0..pages {
-                    self.arch.invalidate_icache_page(page(i));
-                }
-            }
-        }
-        self.arch.dsb_ish();
-    }
-
-    /// The cache policy the engine was built with.
-    pub fn cache_policy(&self) -> CachePolicy {
-        self.caches
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -13,8 +13,8 @@
 //! | [`pool`] | free lists of donated pages |
 //! | [`stage2`] | VMSAv8-64 Stage-2 tables, break-before-make |
 //! | [`vm`], [`vcpu`] | the VM table, handles, vCPU contexts |
-//! | [`engine`] | construction, the host's Stage-2 (kept exact: it is also the host's DMA view), host aborts, observation |
-//! | [`handover`] | the one place that decides what each ownership transition needs: the DMA view's invalidation, scrub, data- and instruction-cache maintenance |
+//! | [`engine`] | construction, the feature bits, the host's Stage-2 (kept exact: it is also the host's DMA view), host aborts, handing pages over as [`handover`] plans it (`Engine::settle`), observation |
+//! | [`handover`] | the one place that decides what each ownership transition needs: the DMA view's invalidation, scrub, data- and instruction-cache maintenance (a pure table, below the engine that carries it out) |
 //! | [`hypercall`] | every host and guest call, guest exits, check order (files by concern: dispatch, lifecycle, memory transitions, run and exits, accounting) |
 //! | [`psci`] | guest PSCI: the per-vCPU power states, `CPU_ON`, `AFFINITY_INFO` (`src/hypercall/psci.rs`) |
 //! | [`vgic`] | list registers the host gives a vCPU, what exits report of them and of the timer |

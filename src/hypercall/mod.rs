@@ -53,12 +53,12 @@ use crate::engine::Engine;
 use crate::stage2::S2Error;
 use crate::vcpu::{Context, MAX_VCPUS};
 use crate::vm::VmInner;
-use isola_abi::{ABI_VERSION, Exit, HostCall, Status, features};
+use isola_abi::{ABI_VERSION, Exit, HostCall, Status};
 use isola_sync::MutexGuard;
 
-/// Feature bits every engine reports by `Version`; an engine with virtual
-/// interrupts adds its list-register count ([`Engine::features`]).
-pub const FEATURES: u64 = features::GUEST_PSCI | features::ABORT_INJECTION;
+/// Feature bits every engine reports by `Version` (defined beside the
+/// engine that reports them).
+pub use crate::engine::FEATURES;
 
 /// What the exception vector does after a host `hvc`.
 #[derive(Debug, PartialEq, Eq)]
@@ -136,16 +136,6 @@ pub enum GuestExitAction {
 }
 
 type CallResult = Result<[u64; 3], Status>;
-
-/// The feature bits of an engine with `list_regs` list registers the host
-/// may fill (0: no virtual interrupts).
-pub(crate) const fn features_for(list_regs: usize) -> u64 {
-    if list_regs == 0 {
-        FEATURES
-    } else {
-        FEATURES | features::VIRTUAL_INTERRUPTS | ((list_regs as u64) << features::LR_COUNT_SHIFT)
-    }
-}
 
 /// The first host call's id; the defined ids are `FIRST_CALL..FIRST_CALL +
 /// CALLS`, contiguous (checked at compile time below), so one compare tells

@@ -531,7 +531,7 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     if cpus == 1 {
         say!("vms: running-vCPU attacks skipped (one CPU)");
         while !run_once(n, SPIN_INDEX, slot, cpus) {
-            if super::setup::sharing()[1] == 0 {
+            if super::tally::sharing()[1] == 0 {
                 continue;
             }
             invalidate_page(share_page);
@@ -560,7 +560,7 @@ pub(super) fn spin_attacks(cpu: usize, cpus: usize) {
     // refused, and a loop of refused reads is what the engine reports as a
     // host that may be looping.
     loop {
-        if super::setup::sharing()[1] == 0 {
+        if super::tally::sharing()[1] == 0 {
             core::hint::spin_loop();
             continue;
         }

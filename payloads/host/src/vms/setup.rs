@@ -1,7 +1,7 @@
 //! Setting up: reading the guest image, creating every VM with its memory
 //! and vCPUs, and the host's attacks that need no running vCPU.
 
-use isola_abi::{Accounting, GuestCall, HostCall, PAGE_SIZE, Status, perms};
+use isola_abi::{GuestCall, HostCall, PAGE_SIZE, Status, perms};
 use isola_guest_payload::{self as guest, Behaviour, ImageHeader, layout};
 use isola_sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -13,31 +13,13 @@ use super::plan::{
 use super::probe::{probe_exec, probe_read, probe_write};
 use super::records::{READY, RESERVED, Vm, WORLD, seed_of};
 use super::run::enlist;
-use super::tally::{attack, attack_probe, check, count_failure};
+use super::tally::{attack, attack_probe, check, count_failure, totals};
 use crate::calls::call;
 use crate::calls::{St, hvc6};
 use crate::console::say;
 
 /// Ordinary VMs in use (records `0..VM_COUNT`).
 pub(super) static VM_COUNT: AtomicUsize = AtomicUsize::new(0);
-
-/// Accounting totals: `(host, engine, guest)`.
-pub(super) fn totals() -> [u64; 3] {
-    let r = call(
-        HostCall::Accounting,
-        [Accounting::Totals as u64, 0, 0, 0, 0, 0],
-    );
-    [r[1], r[2], r[3]]
-}
-
-/// Accounting sharing counts.
-pub(super) fn sharing() -> [u64; 3] {
-    let r = call(
-        HostCall::Accounting,
-        [Accounting::Sharing as u64, 0, 0, 0, 0, 0],
-    );
-    [r[1], r[2], r[3]]
-}
 
 pub(super) static BEFORE: [AtomicU64; 3] = [const { AtomicU64::new(0) }; 3];
 

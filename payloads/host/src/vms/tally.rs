@@ -3,10 +3,10 @@
 
 use core::fmt;
 
-use isola_abi::Status;
+use isola_abi::{Accounting, HostCall, Status};
 use isola_sync::atomic::{AtomicU32, Ordering};
 
-use crate::calls::{St, status};
+use crate::calls::{St, call, status};
 use crate::console::say;
 
 /// Checks made, and how many failed (each printed where it happened).
@@ -125,4 +125,22 @@ pub(super) fn note_ticks(cpu: usize, ticking: bool) {
 /// How many CPUs passed [`note_ticks`].
 pub(super) fn ticked() -> u32 {
     TICKED.load(Ordering::Relaxed)
+}
+
+/// Accounting totals: `(host, engine, guest)`.
+pub(super) fn totals() -> [u64; 3] {
+    let r = call(
+        HostCall::Accounting,
+        [Accounting::Totals as u64, 0, 0, 0, 0, 0],
+    );
+    [r[1], r[2], r[3]]
+}
+
+/// Accounting sharing counts.
+pub(super) fn sharing() -> [u64; 3] {
+    let r = call(
+        HostCall::Accounting,
+        [Accounting::Sharing as u64, 0, 0, 0, 0, 0],
+    );
+    [r[1], r[2], r[3]]
 }

@@ -12,8 +12,8 @@ use super::plan::{
 };
 use super::probe::{invalidate_page, probe_read};
 use super::records::{End, VcpuData, Vm, WORLD};
-use super::setup::{BEFORE, VM_COUNT, sharing, totals};
-use super::tally::{attack, attack_outcome, check};
+use super::setup::{BEFORE, VM_COUNT};
+use super::tally::{attack, attack_outcome, check, sharing, totals};
 use crate::calls::St;
 use crate::calls::call;
 use crate::console::say;

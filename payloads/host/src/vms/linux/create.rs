@@ -18,7 +18,7 @@ use isola_vmm::layout::{Layout, RAM_BASE};
 use isola_vmm::loader;
 use isola_vmm::vm::Vm;
 
-use super::guest::{self, FREE, Guest, Outcome, State, VCPUS};
+use super::guest::{self, Console, FREE, Guest, Outcome, State, VCPUS};
 use super::{INITRD_LEN, KERNEL_LEN};
 use crate::calls::{St, call};
 use crate::console::say;
@@ -33,16 +33,6 @@ pub(super) const RAM_BYTES: u64 = 128 << 20;
 pub(super) const POOL_PAGES: u64 = 160;
 /// Alignment of a VM pool (its Stage-2 root may be 16 concatenated tables).
 const POOL_ALIGN: u64 = 16 * PAGE_SIZE;
-
-/// What of a guest's console the host prints.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Console {
-    /// Every line (the guest-only run).
-    Everything,
-    /// Only its init's `isola-guest: ` lines, and kernel lines that name a
-    /// failure (beside the VM test, whose console is judged line by line).
-    InitOnly,
-}
 
 /// The kernel command line: the console on the VMM's PL011 (early too, so
 /// a boot that stops before the driver still shows where), the initramfs's

@@ -17,7 +17,6 @@ use isola_sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use isola_vmm::vm::Vm;
 
 use super::MAX_GUESTS;
-use super::create::Console;
 use crate::console::say;
 
 /// vCPUs of each guest.
@@ -42,6 +41,16 @@ pub(super) const KINDS: [&str; 13] = [
     "power",
     "error",
 ];
+
+/// What of a guest's console the host prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// Every line (the guest-only run).
+    Everything,
+    /// Only its init's `isola-guest: ` lines, and kernel lines that name a
+    /// failure (beside the VM test, whose console is judged line by line).
+    InitOnly,
+}
 
 /// How a guest's run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

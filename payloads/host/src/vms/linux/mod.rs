@@ -100,7 +100,7 @@ pub(super) fn setup_beside(mpidrs: &[u64]) -> bool {
         return true;
     }
     run::init(mpidrs);
-    (0..n).all(|k| create::create(k, create::Console::InitOnly).is_some())
+    (0..n).all(|k| create::create(k, guest::Console::InitOnly).is_some())
 }
 
 /// CPUs taking part in the guest-only run (0 when it does not).
@@ -126,7 +126,7 @@ pub fn main(mpidrs: &[u64], entry: u64) -> bool {
         guest::COUNTING.store(b != a, Ordering::Relaxed);
     }
     run::init(mpidrs);
-    let made = create::create(0, create::Console::Everything).is_some();
+    let made = create::create(0, guest::Console::Everything).is_some();
     if !made {
         restore_vectors(host_vectors);
         return false;

@@ -25,7 +25,7 @@ use isola_abi::{Exit, ExitStatus, HostCall, LrState, Status, lr};
 use isola_sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use isola_vmm::vm::{Action, VcpuState};
 
-use super::create::Console;
+use super::guest::Console;
 use super::guest::{self, FREE, Guest, Outcome, State, VCPUS};
 use crate::calls::{St, call};
 use crate::console::say;
