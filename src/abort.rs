@@ -136,11 +136,6 @@ impl Esr {
         ((self.0 >> 26) & 0x3f) as u8
     }
 
-    /// The instruction-specific syndrome.
-    pub const fn iss(self) -> u32 {
-        (self.0 & 0x1ff_ffff) as u32
-    }
-
     /// The abort flags.
     pub const fn flags(self) -> DataAbortIss {
         DataAbortIss::from_bits_truncate(self.0)
@@ -401,8 +396,33 @@ mod tests {
             (a.op1, a.crn, a.crm, a.op2, a.rt, a.read),
             (0, 13, 0, 4, 3, false)
         );
+        // `mrs x1, ctr_el0`: op0 3, op1 3, CRn 0, CRm 0, op2 1: Op1 is
+        // bits 16:14, apart from its neighbours.
+        let esr = Esr(u64::from(ec::SYSREG) << 26 | 3 << 20 | 1 << 17 | 3 << 14 | 1 << 5 | 1);
+        let a = esr.sysreg().unwrap();
+        assert_eq!(
+            (a.op0, a.op1, a.crn, a.crm, a.op2, a.rt, a.read),
+            (3, 3, 0, 0, 1, 1, true)
+        );
         // Another class is none.
         assert_eq!(Esr(u64::from(ec::HVC64) << 26 | 0x1ff_ffff).sysreg(), None);
+    }
+
+    #[test]
+    fn fault_status_codes_decode_by_kind_and_level() {
+        // DFSC 0b0000LL address size, 0b0001LL translation, 0b0010LL access
+        // flag, 0b0011LL permission; anything else keeps its code.
+        for level in 0..4u8 {
+            let l = u64::from(level);
+            assert_eq!(dabt(l).fault(), FaultKind::AddressSize(level));
+            assert_eq!(dabt(0b0100 | l).fault(), FaultKind::Translation(level));
+            assert_eq!(dabt(0b1000 | l).fault(), FaultKind::AccessFlag(level));
+            assert_eq!(dabt(0b1100 | l).fault(), FaultKind::Permission(level));
+        }
+        // Synchronous external abort, alignment fault, TLB conflict.
+        for fsc in [0x10u8, 0x21, 0x30] {
+            assert_eq!(dabt(u64::from(fsc)).fault(), FaultKind::Other(fsc));
+        }
     }
 
     #[test]

@@ -392,6 +392,52 @@ mod tests {
     }
 
     #[test]
+    fn recorder_logs_every_request_with_its_arguments() {
+        let r = RecordingArch::new();
+        let pa = PhysAddr::new(0x4000_2000);
+        r.tlbi_ipa(Vmid(1), Ipa::new(0x3000));
+        r.tlbi_vmid(Vmid(2));
+        r.tlbi_all();
+        r.dsb_ish();
+        r.isb();
+        r.clean_dcache_page(pa);
+        r.clean_dcache_page_pou(pa);
+        r.invalidate_icache_page(pa);
+        r.invalidate_icache_all();
+        r.dma_invalidate_host(pa, 3);
+        r.pte_written(pa, 1, 0);
+        assert!(!r.is_empty());
+        let mut out = [ArchEvent::Isb; 16];
+        let n = r.events_into(&mut out);
+        assert_eq!(
+            out.get(..n).unwrap(),
+            [
+                ArchEvent::TlbiIpa {
+                    vmid: Vmid(1),
+                    ipa: Ipa::new(0x3000)
+                },
+                ArchEvent::TlbiVmid(Vmid(2)),
+                ArchEvent::TlbiAll,
+                ArchEvent::DsbIsh,
+                ArchEvent::Isb,
+                ArchEvent::CleanDcache(pa),
+                ArchEvent::CleanDcachePou(pa),
+                ArchEvent::InvalIcache(pa),
+                ArchEvent::InvalIcacheAll,
+                ArchEvent::DmaInvalidate { pa, pages: 3 },
+                ArchEvent::PteWrite {
+                    entry: pa,
+                    old: 1,
+                    new: 0
+                },
+            ]
+        );
+        // Without an IOMMU there are no DMA faults to report.
+        assert_eq!(r.dma_faults(), [0; 3]);
+        assert_eq!(NoopArch.dma_faults(), [0; 3]);
+    }
+
+    #[test]
     fn bbm_checker_has_teeth() {
         let e = PhysAddr::new(0x1000);
         let w = |old, new| ArchEvent::PteWrite { entry: e, old, new };

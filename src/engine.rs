@@ -960,6 +960,100 @@ mod tests {
     }
 
     #[test]
+    fn settling_no_pages_asks_the_machine_for_nothing() {
+        let e = crate::testing::MachineSpec::default().build(crate::arch::RecordingArch::new());
+        let pa = crate::testing::MachineSpec::default().page(20);
+        let mut asked = 0usize;
+        for t in crate::handover::tests::ALL {
+            e.arch.clear();
+            e.settle(t, pa, 0);
+            assert!(e.arch.is_empty(), "{t:?} on no pages");
+            // On one page, every transition whose plan has a step for the
+            // machine does ask, so the check above can fail.
+            let p = handover::plan(t, CachePolicy::MAINTAIN_ALL);
+            e.settle(t, pa, 1);
+            assert_eq!(
+                e.arch.is_empty(),
+                !(p.dma_invalidate || p.clean_poc || p.clean_pou || p.icache),
+                "{t:?} on one page"
+            );
+            asked = asked.wrapping_add(usize::from(!e.arch.is_empty()));
+        }
+        assert!(asked > 0);
+    }
+
+    #[test]
+    fn guest_id_registers_are_looked_up_by_crm_and_op2() {
+        let mut e = MachineSpec::default().build(NoopArch);
+        assert_eq!(
+            e.guest_id_raw(4, 0),
+            0,
+            "zero until the EL2 image sets them"
+        );
+        let mut raw = [[0u64; 8]; 7];
+        for (crm, row) in raw.iter_mut().enumerate() {
+            for (op2, v) in row.iter_mut().enumerate() {
+                *v = ((crm as u64).wrapping_add(1) << 8) | op2 as u64;
+            }
+        }
+        e.set_guest_id_registers(raw);
+        // ID_AA64PFR0_EL1 is (CRm 4, Op2 0); ID_AA64MMFR2_EL1 (7, 2).
+        assert_eq!(e.guest_id_raw(4, 0), 0x400);
+        assert_eq!(e.guest_id_raw(7, 2), 0x702);
+        assert_eq!(e.guest_id_raw(1, 7), 0x107);
+        // Outside the table: CRm 0 and 8, Op2 8.
+        assert_eq!(e.guest_id_raw(0, 0), 0);
+        assert_eq!(e.guest_id_raw(8, 0), 0);
+        assert_eq!(e.guest_id_raw(1, 8), 0);
+    }
+
+    #[test]
+    fn the_host_gets_a_block_only_where_every_page_is_its_own() {
+        // One 4 MiB shard holding 520 pages: the engine's first 8, then 512
+        // of the host's. The shard counts exactly a 2 MiB block's worth of
+        // host pages, yet the 2 MiB block at its base holds the engine's:
+        // that block must be mapped page by page, without them.
+        let spec = MachineSpec {
+            ram_pages: 520,
+            shard_shift: 22,
+            ..MachineSpec::default()
+        };
+        let e = spec.build(NoopArch);
+        for i in 0..spec.engine_pages {
+            assert_eq!(e.host_translate(spec.page(i)), None, "engine page {i}");
+        }
+        let first = e.host_translate(spec.page(spec.engine_pages)).unwrap();
+        assert_eq!(first.level, 3);
+        assert!(e.host_translate(spec.page(519)).is_some());
+    }
+
+    #[test]
+    fn a_host_unmap_that_cannot_split_drops_the_whole_block() {
+        // 1024 pages in 2 MiB shards: the second shard is all the host's,
+        // one level-2 block. With the host's table reserve emptied, taking
+        // one page out of that block cannot split it: the block must go
+        // whole (the host refaults the rest), never stay mapped.
+        let spec = MachineSpec {
+            ram_pages: 1024,
+            ..MachineSpec::default()
+        };
+        let e = spec.build(NoopArch);
+        let page = spec.page(600);
+        assert_eq!(e.host_translate(page).map(|t| t.level), Some(2));
+        {
+            let mut h = e.host.lock();
+            while h.pool.alloc(&e.mem).is_some() {}
+        }
+        e.host_unmap_run(Pfn::containing(page), 1);
+        assert_eq!(e.host_translate(page), None);
+        assert_eq!(e.host_translate(spec.page(512)), None, "the whole block");
+        assert!(
+            e.host_translate(spec.page(511)).is_some(),
+            "not the shard before"
+        );
+    }
+
+    #[test]
     fn init_rejects_inconsistent_layouts() {
         let spec = MachineSpec::default();
         let build =

@@ -233,10 +233,10 @@ const fn planted(t: Transition, plan: Plan) -> Plan {
 pub const ICACHE_ALL_ABOVE: u64 = 8;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const ALL: [Transition; 11] = [
+    pub(crate) const ALL: [Transition; 11] = [
         Transition::HostLends { exec: false },
         Transition::HostLends { exec: true },
         Transition::HostDonates { exec: false },
@@ -328,6 +328,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_plan_is_empty_only_without_any_step() {
+        assert!(Plan::default().is_empty());
+        let steps = [
+            Plan {
+                dma_invalidate: true,
+                ..Plan::default()
+            },
+            Plan {
+                zero: true,
+                ..Plan::default()
+            },
+            Plan {
+                clean_poc: true,
+                ..Plan::default()
+            },
+            Plan {
+                clean_pou: true,
+                ..Plan::default()
+            },
+            Plan {
+                icache: true,
+                ..Plan::default()
+            },
+        ];
+        for p in steps {
+            assert!(!p.is_empty(), "{p:?}");
         }
     }
 

@@ -344,14 +344,6 @@ impl Context {
         self.set_word(mem, OFF_PENDING, p.encode());
     }
 
-    /// Completes a pending action with the host's `value` (from `VcpuRun`'s
-    /// `x3`) and clears it.
-    pub fn complete_pending(&self, mem: &PhysMem, value: u64) {
-        if let Some(r) = self.regs(mem) {
-            r.complete_pending(value);
-        }
-    }
-
     /// The context with its page checked once, for the run path's many
     /// register accesses; `None` if the page is not in the window (never
     /// for a context the engine made: it comes from a VM's pool).
@@ -610,6 +602,12 @@ mod tests {
         c.set_v(&mem, 31, u128::MAX - 1);
         assert_eq!(c.v(&mem, 31), u128::MAX - 1);
         assert_eq!(c.v(&mem, 30), 0);
+        // There is no V32: setting it changes nothing (FPSR and FPCR follow
+        // V31 in the context).
+        c.set_v(&mem, 32, u128::MAX);
+        assert_eq!(c.v(&mem, 32), 0);
+        assert_eq!(c.fp_status(&mem), (0, 0));
+        assert_eq!(c.v(&mem, 31), u128::MAX - 1);
         for p in [
             Pending::None,
             Pending::HostReply,
@@ -675,6 +673,14 @@ mod tests {
         assert_eq!(r.sysreg(SysReg::SpsrEl1), INITIAL_PSTATE);
         assert_eq!(r.pc(), 0x8010_0200);
         assert_eq!(r.pending(), Pending::None);
+        // SCTLR_EL1.SPAN set (as it starts): entry keeps PSTATE.PAN, clear.
+        assert_eq!(c.pstate(&mem), INITIAL_PSTATE);
+        // With SCTLR_EL1.DSSBS set, entry sets PSTATE.SSBS.
+        c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR | SCTLR_DSSBS);
+        r.inject_undefined();
+        assert_eq!(c.pstate(&mem), INITIAL_PSTATE | PSTATE_SSBS);
+        c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR);
+        c.set_pstate(&mem, INITIAL_PSTATE);
         // An instruction fetch from EL0 with PAN clear and SPAN clear:
         // the lower-EL vector, PAN set on entry.
         c.set_pstate(&mem, 0);
@@ -713,10 +719,19 @@ mod tests {
         c.set_pstate(&mem, 0);
         r.inject_undefined();
         assert_eq!(r.pc(), 0x8010_0400);
+        // From EL1t (SP_EL0): the current-EL-with-SP0 vector.
+        c.set_pstate(&mem, 0b0100);
+        r.inject_undefined();
+        assert_eq!(r.pc(), 0x8010_0000);
     }
 
     #[test]
     fn mmio_read_sizes_and_sign_extension() {
+        // A size no syndrome gives (SAS is 1, 2, 4 or 8 bytes) reads as
+        // zero, signed or not, without a shift past the register.
+        for sign in [false, true] {
+            assert_eq!(mmio_read_value(u64::MAX, 0, sign, true), 0);
+        }
         assert_eq!(mmio_read_value(0x1234_5678_9abc_def0, 1, false, true), 0xf0);
         assert_eq!(
             mmio_read_value(0x1234_5678_9abc_def0, 1, true, true),

@@ -230,4 +230,23 @@ mod tests {
         assert_ne!(VmHandle::new(3, 7), VmHandle::new(3, 8));
         assert_eq!(vmid_of(0), Vmid(1));
     }
+
+    #[test]
+    fn a_slot_is_claimed_once_until_published_free() {
+        let s = VmSlot::new();
+        assert!(s.try_claim(), "an empty slot is free");
+        assert!(!s.try_claim(), "and then claimed");
+        let mut g = s.inner.lock();
+        g.state = SlotState::Live;
+        s.publish(&g);
+        assert!(!s.try_claim(), "a live VM's slot");
+        g.state = SlotState::Dead;
+        s.publish(&g);
+        assert!(!s.try_claim(), "a dead VM's slot");
+        g.state = SlotState::Free;
+        s.publish(&g);
+        drop(g);
+        assert!(s.try_claim(), "free again");
+        assert!(!s.try_claim());
+    }
 }

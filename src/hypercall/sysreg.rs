@@ -371,6 +371,9 @@ mod tests {
             acc(3, 3, 14, 2, 1, false),
             acc(3, 0, 1, 0, 0, false),
             acc(3, 0, 0, 0, 5, true),
+            // Op1 3, CRn 9 outside the PMU's CRm 12..=14.
+            acc(3, 3, 9, 11, 0, true),
+            acc(3, 3, 9, 15, 0, true),
         ] {
             assert_eq!(classify(a), Handling::Refuse, "{a:?}");
         }
@@ -420,6 +423,28 @@ mod tests {
         // PARange capped at the IPA size (40 bits: 2); lower values kept.
         assert_eq!(guest_id_value(7, 0, 0x6, 40) & 0xf, 2);
         assert_eq!(guest_id_value(7, 0, 0x1, 40) & 0xf, 1);
+        // Every field kept, forced or capped, from an all-ones CPU, written
+        // out field by field (each field 4 bits at the given shift).
+        let fields = |shifts: &[u32]| shifts.iter().fold(0u64, |a, s| a | 0xf << s);
+        assert_eq!(
+            guest_id_value(4, 0, u64::MAX, 40),
+            fields(&[16, 20, 48, 56, 60]) | 1 | 1 << 4 | 1 << 24
+        );
+        assert_eq!(guest_id_value(6, 0, u64::MAX, 40), u64::MAX);
+        assert_eq!(
+            guest_id_value(6, 1, u64::MAX, 40),
+            !fields(&[4, 8, 24, 28, 60])
+        );
+        assert_eq!(guest_id_value(6, 2, u64::MAX, 40), fields(&[4, 20, 28, 52]));
+        assert_eq!(
+            guest_id_value(7, 0, u64::MAX, 40),
+            !fields(&[0, 56, 60]) | 2
+        );
+        assert_eq!(
+            guest_id_value(7, 1, u64::MAX, 40),
+            fields(&[0, 12, 20, 28, 36, 44, 60])
+        );
+        assert_eq!(guest_id_value(7, 2, u64::MAX, 40), !fields(&[24, 40, 56]));
         // Unknown, AArch32 and newer registers: zero.
         for (crm, op2) in [(1, 0), (2, 0), (3, 0), (4, 4), (4, 5), (7, 3), (7, 7)] {
             assert_eq!(guest_id_value(crm, op2, u64::MAX, 40), 0, "{crm},{op2}");

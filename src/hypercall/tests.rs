@@ -194,3 +194,125 @@ fn counters_count_calls_by_status_per_cpu() {
         assert_eq!(r[..4], [Status::InvalidArgument.raw(), 0, 0, 0]);
     }
 }
+
+#[test]
+fn a_vm_takes_one_to_max_vcpus() {
+    let spec = MachineSpec::default();
+    let e = spec.build(RecordingArch::new());
+    let at = spec.page(16).raw();
+    let max = crate::vcpu::MAX_VCPUS as u64;
+    for n in [0, max.wrapping_add(1)] {
+        assert_eq!(
+            call(&e, HostCall::VmCreate, [at, 8, n, 0]).0,
+            Status::InvalidArgument,
+            "{n} vCPUs"
+        );
+    }
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [at, 8, max, 0]);
+    assert_eq!(s, Status::Success, "{max} vCPUs");
+    assert_eq!(
+        call(&e, HostCall::VmDestroy, [vm, 0, 0, 0]).0,
+        Status::Success
+    );
+}
+
+#[test]
+fn a_donate_takes_up_to_its_limit_and_to_the_last_ipa() {
+    // 1024 pages: a VM pool at 16, then 512 host pages to donate at once.
+    let spec = MachineSpec {
+        ram_pages: 1024,
+        ..MachineSpec::default()
+    };
+    let e = spec.build(RecordingArch::new());
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 16, 1, 0]);
+    assert_eq!(s, Status::Success);
+    let max = isola_abi::DONATE_MAX_PAGES;
+    let run = spec.page(512).raw();
+    let donate = |pa: u64, ipa: u64, n: u64| -> Status {
+        let mut regs = [HostCall::Donate as u64, vm, pa, ipa, perms::R, n, 0];
+        assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+        Status::from_raw(regs[0] as i64).unwrap()
+    };
+    assert_eq!(
+        donate(run, GUEST_RAM, max.wrapping_add(1)),
+        Status::InvalidArgument
+    );
+    assert_eq!(donate(run, GUEST_RAM, max), Status::Success, "{max} pages");
+    // The VM's IPA space ends at 2^40: its last page can be donated, a run
+    // past it cannot.
+    let last = crate::testing::VM_S2.ipa_limit().wrapping_sub(PAGE_SIZE);
+    assert_eq!(
+        donate(spec.page(100).raw(), last, 2),
+        Status::InvalidArgument
+    );
+    assert_eq!(donate(spec.page(100).raw(), last, 1), Status::Success);
+    let t = e.vm_translate(vm, Ipa::new(last)).unwrap().unwrap();
+    assert_eq!(t.pa, spec.page(100));
+}
+
+/// The undo of a run taken from the host halfway (a `Donate` or `VmCreate`
+/// that found a page gone in a later shard, which only another CPU's call
+/// can cause): every page taken is the host's again, mapped for it, and a
+/// run of none changes nothing.
+#[test]
+fn giving_back_a_taken_run_restores_the_host() {
+    let spec = MachineSpec::default();
+    let e = spec.build(RecordingArch::new());
+    let pa = spec.page(40);
+    let taken = PageRecord::pool(1);
+    e.for_each_shard_run(pa, 4, &mut |sg, first, k| {
+        e.take_from_host(sg, first, k, taken);
+        Ok(())
+    })
+    .unwrap();
+    let page = |i: u64| pa.wrapping_add_bytes(i.wrapping_mul(PAGE_SIZE));
+    let record = |i: u64| e.db.lock_page(page(i)).unwrap().get();
+    for i in 0..4 {
+        assert_eq!(record(i), taken);
+        assert_eq!(e.host_translate(page(i)), None);
+    }
+    e.give_back_run(pa, 0);
+    assert_eq!(record(0), taken, "nothing given back");
+    e.give_back_run(pa, 3);
+    for i in 0..3 {
+        assert_eq!(record(i), PageRecord::HOST, "page {i}");
+        assert_eq!(e.host_translate(page(i)).map(|t| t.pa), Some(page(i)));
+    }
+    assert_eq!(record(3), taken, "only the pages given back");
+}
+
+/// A list register whose interrupt the guest completed with `EOI` is
+/// cleared in the context when the run ends (after being reported), so the
+/// next run does not load it again; the others stay.
+#[test]
+fn a_completed_eoi_is_cleared_at_the_end_of_the_run() {
+    let spec = MachineSpec::default();
+    let mut e = spec.build(RecordingArch::new());
+    e.set_list_registers(4);
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 8, 1, 0]);
+    assert_eq!(s, Status::Success);
+    let (s, _) = call(&e, HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    assert_eq!(s, Status::Success);
+    let eoi = isola_abi::lr::PENDING | isola_abi::lr::EOI | 27;
+    let pending = isola_abi::lr::PENDING | 33;
+    assert_eq!(e.vcpu_interrupts(vm, 0, [eoi, pending, 0, 0]), Ok([0; 3]));
+    let run = |e: &Engine<RecordingArch>| {
+        let mut regs = [HostCall::VcpuRun as u64, vm, 0, 0, 0, 0, 0];
+        match e.host_call(1, &mut regs) {
+            HostCallOutcome::Run(l) => l,
+            HostCallOutcome::Done => panic!("VcpuRun: {:x?}", regs),
+        }
+    };
+    let l = run(&e);
+    // The guest took interrupt 27 and deactivated it: the world switch
+    // saves its register invalid, with EOI still set.
+    let ctx = l.context().regs(e.mem()).unwrap();
+    ctx.set_lr(0, isola_abi::lr::EOI | 27);
+    let mut regs = [0; 7];
+    e.finish_run(l, isola_abi::Exit::WFI, &mut regs);
+    assert_eq!(regs[0], Status::Success.raw());
+    let l = run(&e);
+    let ctx = l.context().regs(e.mem()).unwrap();
+    assert_eq!((ctx.lr(0), ctx.lr(1)), (0, pending));
+    e.finish_run(l, isola_abi::Exit::WFI, &mut regs);
+}

@@ -229,7 +229,6 @@ pub struct PageGuard<'a> {
     guard: MutexGuard<'a, ShardInner>,
     published: &'a AtomicU64,
     idx: usize,
-    shard: usize,
 }
 
 impl PageGuard<'_> {
@@ -262,11 +261,6 @@ impl PageGuard<'_> {
     /// Records that the host Stage-2 now maps something in this page's shard.
     pub fn set_host_mapped(&mut self) {
         self.guard.host_mapped = true;
-    }
-
-    /// The index of the shard (for lock-order assertions and diagnostics).
-    pub fn shard_index(&self) -> usize {
-        self.shard
     }
 }
 
@@ -446,11 +440,6 @@ impl PageDb {
         Ok(db)
     }
 
-    /// log2 of the shard size in bytes.
-    pub fn shard_shift(&self) -> u32 {
-        self.shard_shift
-    }
-
     /// Number of shards in use.
     pub fn shard_count(&self) -> usize {
         self.nshards
@@ -462,11 +451,6 @@ impl PageDb {
             .iter()
             .take(self.nranges)
             .map(|r| (r.base, r.pages))
-    }
-
-    /// Total pages of RAM.
-    pub fn total_pages(&self) -> u64 {
-        self.ranges().fold(0u64, |a, (_, n)| a.wrapping_add(n))
     }
 
     /// Shard index and index within it of `pfn`, or `None` if not RAM.
@@ -521,7 +505,6 @@ impl PageDb {
             guard: s.inner.lock(),
             published: &s.published,
             idx,
-            shard,
         })
     }
 

@@ -324,3 +324,83 @@ fn unmap_run_splits_a_partly_covered_block_and_batches_the_pages() {
     assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, one, 1), Ok(0));
     assert!(events(&arch).is_empty());
 }
+
+#[test]
+fn leaves_exist_only_at_levels_1_to_3() {
+    // A start-level-0 shape: level 0 is a table level, never a leaf's, even
+    // though the walk starts there.
+    let (mem, mut pool, _) = setup(8);
+    let cfg = S2Config::new(48, 0).unwrap();
+    let s2 = Stage2::new(PhysAddr::new(BASE), cfg, Vmid(6));
+    let arch = RecordingArch::new();
+    let free = pool.available();
+    for level in [0u8, 4] {
+        assert_eq!(
+            s2.prepare_leaf(&mem, &arch, &mut pool, Ipa::new(0), level),
+            Err(S2Error::OutOfRange),
+            "level {level}"
+        );
+    }
+    assert_eq!(pool.available(), free);
+    assert!(events(&arch).is_empty());
+    // The levels that can hold a leaf can.
+    for level in 1..=3u8 {
+        assert!(
+            s2.prepare_leaf(&mem, &arch, &mut pool, Ipa::new(0), level)
+                .is_ok()
+        );
+    }
+}
+
+#[test]
+fn a_run_check_takes_one_to_max_run_pages() {
+    let (mem, _, s2) = setup(4);
+    let ipa = Ipa::new(0x8_0000_0000);
+    assert_eq!(
+        s2.check_run_unmapped(&mem, ipa, 0),
+        Err(S2Error::OutOfRange)
+    );
+    assert_eq!(
+        s2.check_run_unmapped(&mem, ipa, MAX_RUN_PAGES.wrapping_add(1)),
+        Err(S2Error::OutOfRange)
+    );
+    // Nothing is mapped: an L2 and an L3 table to build (the root's entry
+    // is empty), for one page as for the longest run in one L3 table.
+    assert_eq!(s2.check_run_unmapped(&mem, ipa, 1), Ok(2));
+    assert_eq!(s2.check_run_unmapped(&mem, ipa, MAX_RUN_PAGES), Ok(2));
+}
+
+#[test]
+fn the_last_page_of_the_address_space_maps_and_unmaps() {
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let limit = S2Config::DEFAULT.ipa_limit();
+    let last = Ipa::new(limit.wrapping_sub(PAGE_SIZE));
+    // A run ending exactly at the limit is inside; one page more is not.
+    assert_eq!(s2.check_run_unmapped(&mem, last, 1), Ok(2));
+    assert_eq!(
+        s2.check_run_unmapped(&mem, last, 2),
+        Err(S2Error::OutOfRange)
+    );
+    let pa = PhysAddr::new(0x1_0000_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        last,
+        pa,
+        3,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    assert_eq!(s2.translate(&mem, last).map(|t| t.pa), Some(pa));
+    assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, last, 1), Ok(1));
+    assert_eq!(s2.translate(&mem, last), None);
+    // One page further is outside.
+    assert_eq!(
+        s2.unmap_run(&mem, &arch, &mut pool, last, 2),
+        Err(S2Error::OutOfRange)
+    );
+}

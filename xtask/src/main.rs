@@ -3,7 +3,8 @@
 //! to find (`suite.rs`), `cargo xtask linux` boots Debian's kernel as the host,
 //! `cargo xtask guest` as a guest, `cargo xtask bench` measures, `cargo xtask
 //! explore` runs the exhaustive exploration of the engine against its spec
-//! deeper (`explore.rs`).
+//! deeper (`explore.rs`), `cargo xtask mutants` runs mutation testing of the
+//! core (`mutants.rs`).
 //!
 //! It calls nothing the README does not name: the only tools are the pinned
 //! toolchain (`rust-toolchain.toml`) and QEMU, which it installs with apt-get
@@ -23,6 +24,7 @@ mod guest;
 mod layers;
 mod linux;
 mod machine;
+mod mutants;
 mod panic_free;
 mod qemu;
 mod stories;
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
         Some("test") => suite::test_all(),
         Some("bench") => machine::ensure_qemu().and_then(|()| bench::run(&args[1..])),
         Some("explore") => explore::main(&args[1..]),
+        Some("mutants") => mutants::main(&args[1..]),
         Some("census") => machine::ensure_qemu().and_then(|()| qemu::census_main()),
         Some("scenario") if args.len() > 1 => {
             machine::ensure_qemu().and_then(|()| qemu::scenarios(&args[1..]))
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
             _ => Err("usage: cargo xtask planted FEATURE SCENARIO".to_string()),
         },
         _ => Err(
-            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask census | cargo xtask scenario NAME... | cargo xtask planted FEATURE SCENARIO | cargo xtask explore [--depth N] [--planted]"
+            "usage: cargo xtask run [--smp N] | cargo xtask linux [--smp N] [--reboot] [--bare] | cargo xtask guest [--beside|--icount] | cargo xtask test | cargo xtask bench [--icount|--scaling|--smoke|--fwb|--profile OP] | cargo xtask census | cargo xtask scenario NAME... | cargo xtask planted FEATURE SCENARIO | cargo xtask explore [--depth N] [--planted] | cargo xtask mutants [--list] [--shard K/N] [--jobs J] [-F REGEX]..."
                 .to_string(),
         ),
     };
