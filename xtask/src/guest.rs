@@ -32,7 +32,7 @@ use isola_layout::{GUEST_INITRD_MAX, GUEST_INITRD_STAGE, GUEST_KERNEL_MAX, GUEST
 use crate::build::Images;
 use crate::check::check;
 use crate::cmd::root;
-use crate::linux::{self, FetchError, Member};
+use crate::linux::{self, FetchError};
 use crate::qemu::Boot;
 use crate::watch::{Run, watch};
 
@@ -95,37 +95,7 @@ fn stage() -> Result<Staged, FetchError> {
 fn write_initramfs(busybox: &Path, init: &Path, out: &Path) -> Result<(), String> {
     let busybox = std::fs::read(busybox).map_err(|e| format!("reading busybox: {e}"))?;
     let init = std::fs::read(init).map_err(|e| format!("reading {}: {e}", init.display()))?;
-    let dir = |name| Member {
-        name,
-        mode: 0o040755,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let members = [
-        dir("bin"),
-        dir("dev"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        Member {
-            name: "dev/console",
-            mode: 0o020600,
-            rdev: (5, 1),
-            data: &[],
-        },
-        Member {
-            name: "bin/busybox",
-            mode: 0o100755,
-            rdev: (0, 0),
-            data: &busybox,
-        },
-        Member {
-            name: "init",
-            mode: 0o100755,
-            rdev: (0, 0),
-            data: &init,
-        },
-    ];
+    let members = linux::busybox_members(&busybox, &init);
     std::fs::write(out, linux::cpio(&members)?)
         .map_err(|e| format!("writing {}: {e}", out.display()))
 }

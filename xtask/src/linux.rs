@@ -533,6 +533,43 @@ fn image_header(image: &[u8]) -> Result<u64, String> {
 // ---------------------------------------------------------------------------
 // The initramfs
 
+/// A directory of an initramfs.
+pub(crate) fn directory(name: &str) -> Member<'_> {
+    Member {
+        name,
+        mode: 0o040755,
+        rdev: (0, 0),
+        data: &[],
+    }
+}
+
+/// The members every initramfs of the project starts with: the usual
+/// directories, the console's device node, busybox and the init script.
+pub(crate) fn busybox_members<'a>(busybox: &'a [u8], init: &'a [u8]) -> Vec<Member<'a>> {
+    let mut members: Vec<Member<'a>> = ["bin", "dev", "proc", "sys", "tmp"].map(directory).into();
+    members.extend([
+        Member {
+            name: "dev/console",
+            mode: 0o020600,
+            rdev: (5, 1),
+            data: &[],
+        },
+        Member {
+            name: "bin/busybox",
+            mode: 0o100755,
+            rdev: (0, 0),
+            data: busybox,
+        },
+        Member {
+            name: "init",
+            mode: 0o100755,
+            rdev: (0, 0),
+            data: init,
+        },
+    ]);
+    members
+}
+
 /// One member of a cpio archive.
 pub(crate) struct Member<'a> {
     pub(crate) name: &'a str,
@@ -631,39 +668,8 @@ fn write_initramfs(busybox: &Path, modules: &Path, init: &Path, out: &Path) -> R
         module_data.push((format!("lib/modules/{name}"), data));
     }
     let init = std::fs::read(init).map_err(|e| format!("reading {}: {e}", init.display()))?;
-    let dir = |name| Member {
-        name,
-        mode: 0o040755,
-        rdev: (0, 0),
-        data: &[],
-    };
-    let mut members = vec![
-        dir("bin"),
-        dir("dev"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        dir("lib"),
-        dir("lib/modules"),
-        Member {
-            name: "dev/console",
-            mode: 0o020600,
-            rdev: (5, 1),
-            data: &[],
-        },
-        Member {
-            name: "bin/busybox",
-            mode: 0o100755,
-            rdev: (0, 0),
-            data: &busybox,
-        },
-        Member {
-            name: "init",
-            mode: 0o100755,
-            rdev: (0, 0),
-            data: &init,
-        },
-    ];
+    let mut members = busybox_members(&busybox, &init);
+    members.extend(["lib", "lib/modules"].map(directory));
     members.extend(module_data.iter().map(|(name, data)| Member {
         name,
         mode: 0o100644,

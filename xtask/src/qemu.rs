@@ -365,6 +365,33 @@ fn guard_has_teeth(images: &Images) -> Result<(), String> {
     }
 }
 
+/// `images` with the engine rebuilt with the planted-bug `features`, in
+/// `target/<dir>` (a feature set of its own, kept built between runs).
+fn with_planted_engine(images: &Images, dir: &str, features: &[&str]) -> Result<Images, String> {
+    let (el2, _) = build_for_targets(&root().join("target").join(dir), features, &[])?;
+    Ok(Images {
+        engine: el2.join("isola"),
+        host: images.host.clone(),
+        guest: images.guest.clone(),
+    })
+}
+
+/// Boots `images` on one CPU with the host test `append` under the
+/// data-file guard, to its end or the scenario deadline.
+fn boot_one_cpu(images: &Images, append: &str) -> Result<Run, String> {
+    let boot = Boot {
+        images,
+        smp: 1,
+        append,
+        dtb: None,
+    };
+    watch(
+        crate::machine::without_data_files(&boot.command()),
+        SCENARIO_DEADLINE,
+        false,
+    )
+}
+
 /// The planted bugs of the one image the DMA test's and the storm's teeth
 /// share (one build for both: neither bug touches the other's test).
 const SHARED_PLANTED: &[&str] = &[
@@ -377,24 +404,8 @@ const SHARED_PLANTED: &[&str] = &[
 /// invalidation) must let the device write the page donated a moment
 /// before, which QEMU's SMMU still has cached, and the test must say so.
 fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
-    let dir = root().join("target").join("aarch64-planted");
-    let (el2, _) = build_for_targets(&dir, SHARED_PLANTED, &[])?;
-    let planted = Images {
-        engine: el2.join("isola"),
-        host: images.host.clone(),
-        guest: images.guest.clone(),
-    };
-    let boot = Boot {
-        images: &planted,
-        smp: 1,
-        append: "isola.test=dma",
-        dtb: None,
-    };
-    let run = watch(
-        crate::machine::without_data_files(&boot.command()),
-        SCENARIO_DEADLINE,
-        false,
-    )?;
+    let planted = with_planted_engine(images, "aarch64-planted", SHARED_PLANTED)?;
+    let run = boot_one_cpu(&planted, "isola.test=dma")?;
     let caught = run.lines.iter().any(|l| {
         l.starts_with("host: check failed: dma: the page donated a moment before: warm true")
     }) && run
@@ -419,33 +430,17 @@ fn dma_test_has_teeth(images: &Images) -> Result<(), String> {
 /// host's FP/SIMD registers) VM B must read VM A's FPCR. The census must say
 /// all three.
 fn census_has_teeth(images: &Images) -> Result<(), String> {
-    let dir = root().join("target").join("aarch64-planted-switch");
     // Two planted bugs of the world switch in one image and one run: each
     // leaks a register of its own, and the census must name both.
-    let (el2, _) = build_for_targets(
-        &dir,
+    let planted = with_planted_engine(
+        images,
+        "aarch64-planted-switch",
         &[
             "planted-bug-switch-drops-register",
             "planted-bug-lazy-fp-no-trap",
         ],
-        &[],
     )?;
-    let planted = Images {
-        engine: el2.join("isola"),
-        host: images.host.clone(),
-        guest: images.guest.clone(),
-    };
-    let boot = Boot {
-        images: &planted,
-        smp: 1,
-        append: "isola.test=census",
-        dtb: None,
-    };
-    let run = watch(
-        crate::machine::without_data_files(&boot.command()),
-        SCENARIO_DEADLINE,
-        false,
-    )?;
+    let run = boot_one_cpu(&planted, "isola.test=census")?;
     let said = |l: &str| run.lines.iter().any(|got| got == l);
     let caught = said("host: census: FAIL s3_0_c13_c0_1: VM B read the value VM A left")
         && said(
@@ -469,25 +464,8 @@ fn census_has_teeth(images: &Images) -> Result<(), String> {
 /// the vector's short frame, boot/src/dispatch.rs) must change host
 /// registers, and the test must say so.
 fn register_test_has_teeth(images: &Images) -> Result<(), String> {
-    // Its own target directory: a feature set of its own, kept built.
-    let dir = root().join("target").join("aarch64-planted-hvc");
-    let (el2, _) = build_for_targets(&dir, &["planted-bug-hvc-c-abi"], &[])?;
-    let planted = Images {
-        engine: el2.join("isola"),
-        host: images.host.clone(),
-        guest: images.guest.clone(),
-    };
-    let boot = Boot {
-        images: &planted,
-        smp: 1,
-        append: "isola.test=badcall",
-        dtb: None,
-    };
-    let run = watch(
-        crate::machine::without_data_files(&boot.command()),
-        SCENARIO_DEADLINE,
-        false,
-    )?;
+    let planted = with_planted_engine(images, "aarch64-planted-hvc", &["planted-bug-hvc-c-abi"])?;
+    let run = boot_one_cpu(&planted, "isola.test=badcall")?;
     let caught = run.lines.iter().any(|l| {
         l.starts_with("host: check failed: ")
             && l.ends_with(" host registers changed across 5 hypercalls")
@@ -548,13 +526,7 @@ pub fn storm(images: &Images) -> Result<(Duration, Vec<String>), String> {
 /// shard's lock, as before the counts were published) must make a
 /// `Totals` or `Sharing` wait beyond its bound, and the storm must say so.
 fn storm_has_teeth(images: &Images) -> Result<(), String> {
-    let dir = root().join("target").join("aarch64-planted");
-    let (el2, _) = build_for_targets(&dir, SHARED_PLANTED, &[])?;
-    let planted = Images {
-        engine: el2.join("isola"),
-        host: images.host.clone(),
-        guest: images.guest.clone(),
-    };
+    let planted = with_planted_engine(images, "aarch64-planted", SHARED_PLANTED)?;
     match storm(&planted) {
         Ok(_) => Err(
             "the storm has no teeth: with Accounting taking every shard lock it still passed"
