@@ -960,6 +960,24 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_reports_the_cache_policy_it_was_built_with() {
+        // Not the default: a policy the engine could only report by keeping it.
+        let caches = CachePolicy {
+            fwb_guest: true,
+            fwb_host: false,
+            dic: true,
+            idc: false,
+        };
+        assert_ne!(caches, CachePolicy::default());
+        let e = MachineSpec {
+            caches,
+            ..MachineSpec::default()
+        }
+        .build(NoopArch);
+        assert_eq!(e.cache_policy(), caches);
+    }
+
+    #[test]
     fn settling_no_pages_asks_the_machine_for_nothing() {
         let e = crate::testing::MachineSpec::default().build(crate::arch::RecordingArch::new());
         let pa = crate::testing::MachineSpec::default().page(20);

@@ -278,6 +278,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_window_of_pages_is_not_empty() {
+        let m = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 2);
+        assert!(!m.is_empty());
+        assert_eq!(m.len(), 2 * PAGE_SIZE);
+    }
+
+    #[test]
     fn window_checks_bounds_and_alignment() {
         let m = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 2);
         assert_eq!(m.read_u64(PhysAddr::new(0x3fff_fff8)), None);
