@@ -29,6 +29,29 @@
 #![no_main]
 #![deny(unsafe_code)]
 
+/// Assembly (for `global_asm!`) that stores `q0..=q31` at `[x0]`, 512
+/// bytes: the FP/SIMD half of the frames the host's exception and IRQ
+/// entries save around a Rust handler.
+macro_rules! save_q0_to_q31_at_x0 {
+    () => {
+        "stp q0, q1, [x0, #0]\nstp q2, q3, [x0, #32]\nstp q4, q5, [x0, #64]\nstp q6, q7, [x0, #96]\n\
+         stp q8, q9, [x0, #128]\nstp q10, q11, [x0, #160]\nstp q12, q13, [x0, #192]\nstp q14, q15, [x0, #224]\n\
+         stp q16, q17, [x0, #256]\nstp q18, q19, [x0, #288]\nstp q20, q21, [x0, #320]\nstp q22, q23, [x0, #352]\n\
+         stp q24, q25, [x0, #384]\nstp q26, q27, [x0, #416]\nstp q28, q29, [x0, #448]\nstp q30, q31, [x0, #480]"
+    };
+}
+
+/// Assembly that loads `q0..=q31` back from `[x0]`, where
+/// `save_q0_to_q31_at_x0!` put them.
+macro_rules! load_q0_to_q31_at_x0 {
+    () => {
+        "ldp q0, q1, [x0, #0]\nldp q2, q3, [x0, #32]\nldp q4, q5, [x0, #64]\nldp q6, q7, [x0, #96]\n\
+         ldp q8, q9, [x0, #128]\nldp q10, q11, [x0, #160]\nldp q12, q13, [x0, #192]\nldp q14, q15, [x0, #224]\n\
+         ldp q16, q17, [x0, #256]\nldp q18, q19, [x0, #288]\nldp q20, q21, [x0, #320]\nldp q22, q23, [x0, #352]\n\
+         ldp q24, q25, [x0, #384]\nldp q26, q27, [x0, #416]\nldp q28, q29, [x0, #448]\nldp q30, q31, [x0, #480]"
+    };
+}
+
 #[allow(unsafe_code, reason = "the probe of engine memory is a raw read")]
 mod basic;
 /// Benchmark mode (`isola.test=bench`), run by `cargo xtask bench`.
