@@ -2,14 +2,6 @@
 //! it, shares pages both ways, tears it down and takes its memory back, and
 //! at every step the ownership accounting and the page contents are exactly
 //! what the ABI promises.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
 
 use isola::addr::{Ipa, PhysAddr};
 use isola::arch::{ArchEvent, RecordingArch, Vmid, check_break_before_make};
