@@ -70,9 +70,13 @@ mod caches;
 mod console;
 #[allow(
     unsafe_code,
-    reason = "barriers, cache maintenance, `wfe` and `smc` are instructions"
+    reason = "barriers, cache maintenance, `wfe` and `smc` are instructions; this CPU's record is reached through `TPIDR_EL2`"
 )]
 mod cpu;
+#[allow(
+    unsafe_code,
+    reason = "the CPU records are a linker-script area the entry builds before Rust runs"
+)]
 mod cpu_state;
 #[allow(
     unsafe_code,
