@@ -23,10 +23,9 @@
 //! - Everything that is this CPU's alone and outlives one exception belongs
 //!   here, not in a `[_; MAX_CPUS]` array of its own: the next state to move
 //!   in is which EL1 context is loaded on the CPU (the host's, or which
-//!   vCPU's) once the world switch stops exchanging it on every exit, and
-//!   per-CPU event counters (exits by kind, calls by status, injected
-//!   aborts), which the core keeps (`isola::stats`) where `Accounting`
-//!   reads them.
+//!   vCPU's) once the world switch stops exchanging it on every exit. (The
+//!   per-CPU event counters — exits by kind, calls by status, injected
+//!   aborts — are the core's `isola::stats::CpuStats`: [`records`].)
 
 use isola::stats::CpuStats;
 use isola_layout::MAX_CPUS;
