@@ -458,6 +458,9 @@ mod tests {
             check_break_before_make(no_dsb),
             Err(BbmViolation::RemadeTooEarly { entry: e })
         );
+        // An entry that was never valid cannot be in a TLB: writing it,
+        // invalid or valid, needs no invalidation.
+        assert_eq!(check_break_before_make([w(0, 0), w(0, 7)]), Ok(()));
         let unfinished = [w(3, 0), ArchEvent::DsbIsh, tlbi];
         assert_eq!(
             check_break_before_make(unfinished),

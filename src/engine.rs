@@ -460,30 +460,30 @@ impl<A: Arch> Engine<A> {
     }
 
     /// The level of the largest block containing `pa` that lies in `sg`'s
-    /// shard and whose pages the host may all access (3: just the page).
+    /// shard and whose pages the host may all access: 2 (a 2 MiB block) or
+    /// 3 (just the page). A 1 GiB block never lies in one shard (see the
+    /// assertion below), so level 1 is never a candidate, whatever level
+    /// the host's Stage-2 starts at.
     fn host_block_level(&self, sg: &ShardGuard<'_>, pa: PhysAddr) -> u8 {
-        let start = self.host.lock().s2.config().start_level();
-        for l in [1u8, 2] {
-            if l < start {
-                continue;
-            }
-            let bs = stage2::block_size(l);
-            let base = Pfn::containing(pa.align_down(bs));
-            let n = bs / PAGE_SIZE;
-            // A block that is the whole shard is decided by the shard's
-            // counts (kept exact by every record change) in O(1); a block
-            // smaller than its shard by its records.
-            let all = if sg.base() == base && sg.pages() == n {
-                sg.counts().host_accessible == n
-            } else {
-                sg.records(base, n)
-                    .is_some_and(|r| r.iter().all(|r| r.host_accessible()))
-            };
-            if all {
-                return l;
-            }
+        const {
+            assert!(
+                stage2::block_size(1) > 1 << crate::ownership::MAX_SHARD_SHIFT,
+                "a shard could hold a 1 GiB host block: host_block_level must try level 1"
+            );
         }
-        3
+        let bs = stage2::block_size(2);
+        let base = Pfn::containing(pa.align_down(bs));
+        let n = bs / PAGE_SIZE;
+        // A block that is the whole shard is decided by the shard's counts
+        // (kept exact by every record change) in O(1); a block smaller than
+        // its shard by its records.
+        let all = if sg.base() == base && sg.pages() == n {
+            sg.counts().host_accessible == n
+        } else {
+            sg.records(base, n)
+                .is_some_and(|r| r.iter().all(|r| r.host_accessible()))
+        };
+        if all { 2 } else { 3 }
     }
 
     /// Turns on virtual interrupts with `count` list registers (the CPU's

@@ -316,3 +316,53 @@ fn a_completed_eoi_is_cleared_at_the_end_of_the_run() {
     assert_eq!((ctx.lr(0), ctx.lr(1)), (0, pending));
     e.finish_run(l, isola_abi::Exit::WFI, &mut regs);
 }
+
+/// A batched `Donate`'s IPA run may end where the guest MMIO window begins
+/// and may begin where it ends; a run with one page in the window is
+/// refused and changes nothing.
+#[test]
+fn a_donated_run_may_touch_the_guest_mmio_window_but_not_enter_it() {
+    let spec = MachineSpec::default();
+    let e = spec.build(RecordingArch::new());
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 8, 1, 0]);
+    assert_eq!(s, Status::Success);
+    let (mmio_start, mmio_end) = crate::testing::GUEST_MMIO;
+    let donate = |pa: PhysAddr, ipa: u64| {
+        let mut regs = [
+            HostCall::Donate as u64,
+            vm,
+            pa.raw(),
+            ipa,
+            perms::R | perms::W,
+            2,
+            0,
+        ];
+        assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+        Status::from_raw(regs[0] as i64).unwrap()
+    };
+    let two_pages = 2 * PAGE_SIZE;
+    assert_eq!(
+        donate(spec.page(40), mmio_end - PAGE_SIZE),
+        Status::InvalidArgument,
+        "the window's last page"
+    );
+    assert_eq!(
+        donate(spec.page(40), mmio_start - PAGE_SIZE),
+        Status::InvalidArgument,
+        "the window's first page"
+    );
+    assert_eq!(e.page(spec.page(40)), Some(PageRecord::HOST));
+    assert_eq!(
+        donate(spec.page(40), mmio_end),
+        Status::Success,
+        "just after"
+    );
+    assert_eq!(
+        donate(spec.page(42), mmio_start - two_pages),
+        Status::Success,
+        "just before"
+    );
+    for ipa in [mmio_end, mmio_start - two_pages] {
+        assert!(e.vm_translate(vm, Ipa::new(ipa)).unwrap().is_some());
+    }
+}

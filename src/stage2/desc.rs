@@ -252,6 +252,17 @@ mod tests {
     }
 
     #[test]
+    fn every_permission_set_round_trips_through_a_leaf() {
+        for bits in 1..8 {
+            let p = Perms::from_abi(bits).unwrap();
+            for level in [2, 3] {
+                let d = Desc::leaf(PhysAddr::new(0x4020_0000), level, p, MemType::Normal, 0);
+                assert_eq!(d.perms(), p, "{bits:#b} at level {level}");
+            }
+        }
+    }
+
+    #[test]
     fn abi_perms_reject_unknown_and_empty() {
         assert_eq!(Perms::from_abi(0), None);
         assert_eq!(Perms::from_abi(8), None);

@@ -371,6 +371,37 @@ fn a_run_check_takes_one_to_max_run_pages() {
 }
 
 #[test]
+fn a_run_check_reads_every_entry_of_an_existing_l3_table() {
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let ipa = Ipa::new(0x8_0000_0000);
+    let second = Ipa::new(0x8_0000_1000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        second,
+        PhysAddr::new(0x1_0000_0000),
+        3,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    // The L3 table exists: a free first page needs no table, and a run
+    // whose second page is mapped is refused, although its first is free.
+    assert_eq!(s2.check_run_unmapped(&mem, ipa, 1), Ok(0));
+    assert_eq!(
+        s2.check_run_unmapped(&mem, ipa, 2),
+        Err(S2Error::AlreadyMapped)
+    );
+    assert_eq!(
+        s2.check_run_unmapped(&mem, second, 1),
+        Err(S2Error::AlreadyMapped)
+    );
+}
+
+#[test]
 fn the_last_page_of_the_address_space_maps_and_unmaps() {
     let (mem, mut pool, s2) = setup(8);
     let arch = RecordingArch::new();
