@@ -31,6 +31,7 @@ use isola::engine::Engine;
 use isola::hypercall::HostCallOutcome;
 use isola::ownership::{Owner, PageRecord};
 use isola::testing::MachineSpec;
+use isola::vm::VmHandle;
 use loom::thread;
 
 const SPEC: MachineSpec = MachineSpec {
@@ -116,7 +117,9 @@ fn two_cpus_donating_the_same_page_to_two_vms_exactly_one_wins() {
             other => panic!("both or neither won: {other:?}"),
         };
         let owner = e.page(PhysAddr::new(page(20))).unwrap().owner();
-        assert_eq!(e.owner_handle(owner).map(|h| h.0), Some(winner));
+        // The winner's slot owns it (two live VMs never share a slot).
+        let slot = u16::try_from(VmHandle(winner).slot()).unwrap();
+        assert_eq!(owner, Owner::Vm(slot));
         assert!(e.vm_translate(winner, Ipa::new(IPA)).unwrap().is_some());
         assert!(e.vm_translate(loser, Ipa::new(IPA)).unwrap().is_none());
         assert_eq!(
