@@ -143,6 +143,34 @@ fn two_cpus_donating_the_same_page_to_two_vms_exactly_one_wins() {
 }
 
 #[test]
+fn two_cpus_reclaiming_the_same_page_exactly_one_wins() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        ok(e, HostCall::Donate, [a, page(20), IPA, perms::R | perms::W]);
+        // A second page keeps the dead VM's slot from being freed when the
+        // first is reclaimed: the loser then finds the slot still dead and
+        // only the page's record tells it the page is gone.
+        ok(e, HostCall::Donate, [a, page(21), IPA + 0x1000, perms::R]);
+        ok(e, HostCall::VmDestroy, [a, 0, 0, 0]);
+        let t = thread::spawn(move || call(e, 1, HostCall::Reclaim, [page(20), 0, 0, 0]).0);
+        let s2 = call(e, 2, HostCall::Reclaim, [page(20), 0, 0, 0]).0;
+        let s1 = t.join().unwrap();
+        assert!(
+            matches!(
+                (s1, s2),
+                (Status::Success, Status::NotOwner) | (Status::NotOwner, Status::Success)
+            ),
+            "both or neither won: {s1:?} {s2:?}"
+        );
+        assert_eq!(e.page(PhysAddr::new(page(20))), Some(PageRecord::HOST));
+        totals_exact(e);
+        ok(e, HostCall::Reclaim, [page(21), 0, 0, 0]);
+        totals_exact(e);
+    });
+}
+
+#[test]
 fn unshare_racing_teardown_returns_the_page_to_the_host_once() {
     model(|| {
         let e = machine();
