@@ -366,3 +366,40 @@ fn a_donated_run_may_touch_the_guest_mmio_window_but_not_enter_it() {
         assert!(e.vm_translate(vm, Ipa::new(ipa)).unwrap().is_some());
     }
 }
+
+/// A `Donate` run across two ownership shards checks its tables against
+/// the VM's pool before moving anything: a pool holding exactly the tables
+/// the run needs is enough.
+#[test]
+fn a_run_across_shards_fits_a_pool_of_exactly_its_tables() {
+    let spec = MachineSpec {
+        ram_pages: 1024,
+        ..MachineSpec::default()
+    };
+    let e = spec.build(RecordingArch::new());
+    // A root and the three tables below it that one IPA needs (40-bit IPA
+    // from level 0: levels 1, 2 and 3).
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 4, 1, 0]);
+    assert_eq!(s, Status::Success);
+    assert_eq!(e.vm_summary(vm).unwrap().pool_free, 3);
+    // Pages 511 and 512: the last of the first 2 MiB shard, the first of
+    // the next.
+    let mut regs = [
+        HostCall::Donate as u64,
+        vm,
+        spec.page(511).raw(),
+        GUEST_RAM,
+        perms::R,
+        2,
+        0,
+    ];
+    assert_eq!(e.host_call(0, &mut regs), HostCallOutcome::Done);
+    assert_eq!(Status::from_raw(regs[0] as i64), Some(Status::Success));
+    assert_eq!(e.vm_summary(vm).unwrap().pool_free, 0);
+    for i in [511, 512] {
+        assert_eq!(
+            e.page(spec.page(i)).map(|r| r.owner()),
+            Some(crate::ownership::Owner::Vm(0))
+        );
+    }
+}

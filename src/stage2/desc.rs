@@ -259,6 +259,10 @@ mod tests {
                 let d = Desc::leaf(PhysAddr::new(0x4020_0000), level, p, MemType::Normal, 0);
                 assert_eq!(d.perms(), p, "{bits:#b} at level {level}");
                 assert_eq!(d.mem_type(), MemType::Normal);
+                // Device-nGnRE is MemAttr 0b0001 (0b0000 would be nGnRnE).
+                let dev = Desc::leaf(PhysAddr::new(0x0900_0000), level, p, MemType::Device, 0);
+                assert_eq!(dev.0 & MEMATTR_MASK, 0b0001 << MEMATTR_SHIFT);
+                assert_eq!(dev.mem_type(), MemType::Device);
             }
         }
     }
