@@ -808,15 +808,23 @@ impl Stage2 {
         level: u8,
     ) -> Result<PhysAddr, S2Error> {
         let child = level.wrapping_add(1);
+        // The block lies in the address space (it is mapped), so none of its
+        // children's addresses below can wrap.
+        d.addr()
+            .checked_add(block_size(level))
+            .ok_or(S2Error::OutOfRange)?;
         let t = alloc.alloc_table(mem, level).ok_or(S2Error::NoMemory)?;
+        // The new table is checked once and filled by offset (no window
+        // check per entry: 512 of them on every split).
+        let page = mem.page(t).ok_or(S2Error::OutOfRange)?;
         let step = block_size(child);
         let mut pa = d.addr();
-        let mut slot = t;
+        let mut off = 0u64;
         for _ in 0..ENTRIES {
             // The table is not reachable yet: no walker can observe these.
-            let _ = mem.write_u64(slot, d.with_level_and_addr(child, pa).0);
-            pa = pa.checked_add(step).ok_or(S2Error::OutOfRange)?;
-            slot = slot.checked_add(8).ok_or(S2Error::OutOfRange)?;
+            page.write_u64(off, d.with_level_and_addr(child, pa).0);
+            pa = pa.wrapping_add_bytes(step);
+            off = off.wrapping_add(8);
         }
         self.invalidate(mem, arch, entry, d, Tlbi::Vmid);
         Self::install(mem, arch, entry, Desc::table(t));
