@@ -138,14 +138,6 @@ impl Pfn {
             Some(PhysAddr::new(self.0 << PAGE_SHIFT))
         }
     }
-
-    /// `self + n`, or `None` on overflow.
-    pub const fn checked_add(self, n: u64) -> Option<Self> {
-        match self.0.checked_add(n) {
-            Some(v) => Some(Self(v)),
-            None => None,
-        }
-    }
 }
 
 #[cfg(test)]

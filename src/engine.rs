@@ -31,7 +31,7 @@ use crate::addr::{Ipa, PAGE_SIZE, Pfn, PhysAddr};
 use crate::arch::{Arch, Vmid};
 use crate::handover::{self, CachePolicy, Transition};
 use crate::mem::PhysMem;
-use crate::ownership::{DbError, Owner, PageDb, PageGuard, PageRecord, Shard, ShardGuard};
+use crate::ownership::{DbError, PageDb, PageGuard, PageRecord, Shard, ShardGuard};
 use crate::pool::PagePool;
 use crate::stage2::shared::{SharedAlloc, SharedPool};
 use crate::stage2::{self, MemType, Perms, S2Config, S2Error, Stage2, Translation};
@@ -652,11 +652,6 @@ impl<A: Arch> Engine<A> {
         &self.db
     }
 
-    /// Number of VM slots.
-    pub fn vm_slots(&self) -> usize {
-        self.vms.len()
-    }
-
     /// `VTTBR_EL2` for the host (VMID 0, its Stage-2 root).
     pub fn host_vttbr(&self) -> u64 {
         self.host_s2.vttbr()
@@ -1000,18 +995,6 @@ impl<A: Arch> Engine<A> {
         self.vms
             .iter()
             .fold(0u64, |acc, s| acc.wrapping_add(s.awaiting_reclaim()))
-    }
-
-    /// Owner of a page as a VM handle, for observers that speak handles:
-    /// `Some(handle)` for a page owned by the VM in a slot (live or dead).
-    pub fn owner_handle(&self, owner: Owner) -> Option<VmHandle> {
-        match owner {
-            Owner::Vm(slot) => {
-                let g = self.vms.get(usize::from(slot))?.inner.lock();
-                Some(VmHandle::new(slot, g.generation))
-            }
-            _ => None,
-        }
     }
 }
 

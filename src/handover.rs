@@ -30,7 +30,7 @@
 //! Nothing else in the engine issues cache maintenance or a DMA invalidation
 //! for a transition, so what each transition gets can be read in one table
 //! ([`plan`]) and checked per transition on the recorded request log
-//! (`tests/handover.rs`).
+//! (`tests/engine/handover.rs`).
 //!
 //! Why the data-cache clean is needed where the gaining side may access
 //! non-cacheably (a guest with its MMU off, a Linux DMA-coherent buffer on

@@ -78,7 +78,7 @@
 //! the maintenance [`handover`] plans for it) and
 //! `planted-bug-accounting-takes-shard-locks` (`Accounting` takes every
 //! shard's lock, which the booted storm catches). Run e.g.
-//! `cargo test -p isola --features planted-bug-skip-scrub --test scenario`
+//! `cargo test -p isola --features planted-bug-skip-scrub --test engine scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_code)]

@@ -278,10 +278,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_window_of_pages_is_not_empty() {
+    fn a_window_is_empty_only_without_pages() {
         let m = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 2);
         assert!(!m.is_empty());
         assert_eq!(m.len(), 2 * PAGE_SIZE);
+        assert!(PhysMem::leak_host(PhysAddr::new(0x4000_0000), 0).is_empty());
     }
 
     #[test]

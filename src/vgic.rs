@@ -32,7 +32,7 @@ use crate::engine::Engine;
 use crate::vcpu::{Context, VcpuState};
 
 /// `CNTV_CTL_EL0.ENABLE`.
-pub const CNTV_ENABLE: u64 = 1 << 0;
+pub const CNTV_ENABLE: u64 = 1;
 /// `CNTV_CTL_EL0.IMASK`.
 pub const CNTV_IMASK: u64 = 1 << 1;
 /// `CNTV_CTL_EL0.ISTATUS`.

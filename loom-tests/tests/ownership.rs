@@ -8,7 +8,7 @@
 //! cannot check: the Arm memory model's effects on page-table walkers and
 //! TLBs (loom models C++11 atomics, not the MMU), nor load buffering; the
 //! break-before-make sequence is checked separately, on the recorded order
-//! of TLBI and barrier requests (`src/stage2`, `tests/scenario.rs`).
+//! of TLBI and barrier requests (`src/stage2`, `tests/engine/scenario.rs`).
 //!
 //! Models stay small (a 24-page machine, 2 VM slots, 2–3 threads) and run
 //! with no preemption bound (the three-CPU one explores about 100 000

@@ -3,7 +3,7 @@
 //! [`Model::step`] takes the abstract [`State`] and one [`Event`] — a host
 //! call, a host memory access, a guest call, a guest memory access or an
 //! interrupt, on one physical CPU — and gives the [`Outcome`] and the next
-//! state. The property tests in `tests/spec_*.rs` run the implementation and
+//! state. The property tests in `tests/engine/spec_*.rs` run the implementation and
 //! this model side by side and compare them after every step; everything the
 //! security argument rests on is stated here, in terms of pages, owners and
 //! mappings, rather than tables, locks and per-CPU slots.

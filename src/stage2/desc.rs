@@ -19,7 +19,7 @@
 use crate::addr::PhysAddr;
 
 /// Valid bit.
-pub const VALID: u64 = 1 << 0;
+pub const VALID: u64 = 1;
 /// Table (levels 0–2) or page (level 3) when set with [`VALID`].
 pub const TYPE_TABLE_OR_PAGE: u64 = 1 << 1;
 /// MemAttr field shift.

@@ -479,10 +479,10 @@ impl Stage2 {
         {
             return Err(S2Error::OutOfRange);
         }
-        // Tables this run would build, as (level, ipa >> level_shift(level - 1)):
-        // a table the first level-3 chunk builds is not counted again by the
-        // next. A run of at most 512 pages touches at most two level-3
-        // tables, so at most two paths of three tables.
+        // Tables above level 3 this run would build, as (level, ipa >>
+        // level_shift(level - 1)): a table the first chunk builds is not
+        // counted again by the next. A run of at most 512 pages spans at
+        // most two chunks, so at most two paths of three such tables.
         let mut counted = [(0u8, 0u64); 6];
         let mut ncounted = 0usize;
         let mut missing = 0u64;
@@ -527,12 +527,9 @@ impl Stage2 {
                     }
                 }
                 None => {
-                    let id = (3u8, cur >> level_shift(2));
-                    if !counted.iter().take(ncounted).any(|&c| c == id) {
-                        *counted.get_mut(ncounted).ok_or(S2Error::OutOfRange)? = id;
-                        ncounted = ncounted.wrapping_add(1);
-                        missing = missing.wrapping_add(1);
-                    }
+                    // Each chunk lies in a level-3 table of its own: never
+                    // counted before.
+                    missing = missing.wrapping_add(1);
                 }
             }
             cur = chunk_end;

@@ -371,6 +371,54 @@ fn a_run_check_takes_one_to_max_run_pages() {
 }
 
 #[test]
+fn a_run_across_a_2mib_boundary_builds_one_l2_and_two_l3_tables() {
+    let (mem, _, s2) = setup(4);
+    // Two pages, one each side of a 2 MiB boundary, in an empty 1 GiB
+    // region: the level-2 table they share is counted once.
+    let ipa = Ipa::new(0x8_001f_f000);
+    assert_eq!(s2.check_run_unmapped(&mem, ipa, 2), Ok(3));
+    assert_eq!(s2.check_run_unmapped(&mem, ipa, MAX_RUN_PAGES), Ok(3));
+}
+
+#[test]
+fn a_1gib_block_may_be_mapped_at_the_start_level() {
+    let (mem, mut pool, s2) = setup(8);
+    assert_eq!(s2.config().start_level(), 1);
+    let arch = RecordingArch::new();
+    let ipa = Ipa::new(0x8_4000_0000);
+    let pa = PhysAddr::new(0x1_4000_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        ipa,
+        pa,
+        1,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    let t = s2.translate(&mem, Ipa::new(0x8_4123_4000)).unwrap();
+    assert_eq!(t.pa, PhysAddr::new(0x1_4123_4000));
+    assert_eq!(
+        s2.map(
+            &mem,
+            &arch,
+            &mut pool,
+            ipa,
+            pa,
+            0,
+            Perms::RW,
+            MemType::Normal,
+            0
+        ),
+        Err(S2Error::OutOfRange),
+        "no leaf above the start level"
+    );
+}
+
+#[test]
 fn a_run_check_reads_every_entry_of_an_existing_l3_table() {
     let (mem, mut pool, s2) = setup(8);
     let arch = RecordingArch::new();

@@ -2,16 +2,8 @@
 //! text, and random sequences check that it keeps its own invariants and
 //! integrity (a model that broke them would make every refinement test
 //! vacuous).
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
 
-mod spec_common;
+use crate::spec_common;
 
 use isola::spec::Config;
 use isola::spec::props::{integrity, invariants};

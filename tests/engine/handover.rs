@@ -11,15 +11,7 @@
 //! The expectations are written here, per transition, independently of
 //! `isola::handover::plan`, so a transition that loses its maintenance (the
 //! feature `planted-bug-guest-unshare-skips-maintenance`) fails here:
-//! `cargo test -p isola --features planted-bug-guest-unshare-skips-maintenance --test handover`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
+//! `cargo test -p isola --features planted-bug-guest-unshare-skips-maintenance --test engine handover`.
 
 use isola::addr::PhysAddr;
 use isola::arch::{ArchEvent, RecordingArch, check_break_before_make};

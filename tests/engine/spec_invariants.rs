@@ -7,17 +7,9 @@
 //! exactly the same set; and the engine's own accounting adds up to all of
 //! RAM.
 //!
-//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_invariants`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
+//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test engine spec_invariants`.
 
-mod spec_common;
+use crate::spec_common;
 
 use isola::spec::props::invariants;
 use isola::spec::{Config, Cpu, Event, Outcome, Owner, State};

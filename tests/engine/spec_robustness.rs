@@ -3,17 +3,9 @@
 //! tests are), returns a status the ABI defines — or enters the guest, or
 //! exits with a well-formed exit — and leaves the state invariants intact.
 //!
-//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_robustness`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
+//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test engine spec_robustness`.
 
-mod spec_common;
+use crate::spec_common;
 
 use isola::spec::props::invariants;
 use isola::spec::{Event, Outcome};

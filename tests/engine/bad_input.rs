@@ -2,14 +2,6 @@
 //! plausible ones so calls get past the first checks. Every call must return
 //! a status the ABI defines, never panic, and a failed call must leave every
 //! observable thing (records, counts, mappings, vCPU states) unchanged.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
 
 use isola::addr::PhysAddr;
 use isola::arch::NoopArch;

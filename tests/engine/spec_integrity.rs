@@ -5,17 +5,9 @@
 //! a lent page, run its vCPU, destroy it). Checked on the engine alone, so a
 //! mistake the model shares would still show.
 //!
-//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_integrity`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
+//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test engine spec_integrity`.
 
-mod spec_common;
+use crate::spec_common;
 
 use isola::spec::props::integrity;
 use proptest::prelude::*;

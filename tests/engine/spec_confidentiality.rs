@@ -9,17 +9,9 @@
 //! public, value in both runs, so any remaining difference is a leak). The
 //! host observes through its CPUs and through DMA by its device alike.
 //!
-//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_confidentiality`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
+//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test engine spec_confidentiality`.
 
-mod spec_common;
+use crate::spec_common;
 
 use isola::spec::props::low_equivalent;
 use isola::spec::{Cpu, Event, Handle, Outcome, Owner, PageState, RunState, State};

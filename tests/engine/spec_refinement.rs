@@ -3,17 +3,9 @@
 //! (invalid arguments included), gives the same status and results for
 //! every event and is in the same abstract state after every step.
 //!
-//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test spec_refinement`.
-#![allow(
-    clippy::unwrap_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects,
-    clippy::expect_used,
-    reason = "an integration test, not engine code: its helpers stop on a broken expectation, which is a failed test (clippy.toml exempts only `#[test]` functions, and no arithmetic)"
-)]
+//! Deeper run: `PROPTEST_CASES=1000 cargo test -p isola --test engine spec_refinement`.
 
-mod spec_common;
+use crate::spec_common;
 
 use isola::spec::{Model, Outcome};
 use proptest::prelude::*;
