@@ -24,12 +24,14 @@ fn main() {
          ISOLA_CARVEOUT_END = {:#x};\n\
          ISOLA_MAX_CPUS = {};\n\
          ISOLA_STACK_SLOT = {:#x};\n\
-         ISOLA_EMERGENCY_SLOT = {:#x};\n",
+         ISOLA_EMERGENCY_SLOT = {:#x};\n\
+         ISOLA_CPU_RECORD = {:#x};\n",
         l::ENGINE_IMAGE_BASE,
         l::CARVEOUT_END,
         l::MAX_CPUS,
         l::ENGINE_STACK_SLOT,
         l::ENGINE_EMERGENCY_SLOT,
+        l::ENGINE_CPU_RECORD,
     );
     if let Err(e) = std::fs::write(out.join("layout.ld"), symbols) {
         println!("cargo:warning=cannot write layout.ld: {e}");

@@ -461,6 +461,11 @@ mod tests {
         // An entry that was never valid cannot be in a TLB: writing it,
         // invalid or valid, needs no invalidation.
         assert_eq!(check_break_before_make([w(0, 0), w(0, 7)]), Ok(()));
+        // Writing the broken entry again, still invalid, finishes nothing.
+        assert_eq!(
+            check_break_before_make([w(3, 0), w(0, 0)]),
+            Err(BbmViolation::Unfinished { entry: e })
+        );
         let unfinished = [w(3, 0), ArchEvent::DsbIsh, tlbi];
         assert_eq!(
             check_break_before_make(unfinished),

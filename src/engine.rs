@@ -149,8 +149,9 @@ pub struct EngineStorage {
     pub records: &'static mut [PageRecord],
     /// The VM table: its length is the most VMs (live or awaiting reclaim).
     pub vms: &'static [VmSlot],
-    /// One record of event counters per physical CPU (index = the `cpu`
-    /// the engine's entry points are given).
+    /// One record of event counters per physical CPU: CPU `n`'s at
+    /// position `n`, built with `CpuStats::new(n)` (index = the `cpu` the
+    /// engine's entry points are given).
     pub stats: &'static [CpuStats],
 }
 
@@ -169,6 +170,8 @@ pub enum InitError {
     BadDevices,
     /// More VM slots than VMIDs, or none.
     BadVmTable,
+    /// A CPU's record of counters is not at the position of its index.
+    BadCpuTable,
     /// The guest MMIO window is empty, inverted or outside the IPA space.
     BadGuestMmio,
     /// The memory window does not cover all RAM.
@@ -242,7 +245,7 @@ pub struct Engine<A: Arch> {
     /// see [`Engine::set_guest_id_registers`].
     guest_ids: [[u64; 8]; 7],
     /// Per-CPU event counters ([`crate::stats`]).
-    stats: &'static [CpuStats],
+    pub(crate) stats: &'static [CpuStats],
 }
 
 fn range_end(base: PhysAddr, pages: u64) -> Option<u64> {
@@ -303,6 +306,16 @@ impl<A: Arch> Engine<A> {
         }
         if storage.vms.is_empty() || storage.vms.len() > MAX_SLOTS {
             return Err(InitError::BadVmTable);
+        }
+        // The dispatcher counts into the record it is handed and
+        // `Accounting` reads CPU `n`'s at position `n`: they must agree.
+        if storage
+            .stats
+            .iter()
+            .enumerate()
+            .any(|(n, s)| usize::try_from(s.index()).ok() != Some(n))
+        {
+            return Err(InitError::BadCpuTable);
         }
         let (mmio_start, mmio_end) = cfg.guest_mmio;
         if mmio_start >= mmio_end || mmio_end > cfg.vm_s2.ipa_limit() {
@@ -613,7 +626,8 @@ impl<A: Arch> Engine<A> {
     }
 
     /// Counts one `counter` event (`isola_abi::counter`) on `cpu`, which
-    /// must be the CPU running this code (`stats`' invariant).
+    /// must be the CPU running this code (`stats`' invariant). (The
+    /// dispatcher, which is handed the record, counts into it directly.)
     #[inline]
     pub(crate) fn count(&self, cpu: u32, counter: u64) {
         if let Some(s) = usize::try_from(cpu).ok().and_then(|c| self.stats.get(c)) {
@@ -1320,5 +1334,47 @@ mod tests {
         );
         assert_eq!(build(&[], pool, &[], (5, 5)), Some(InitError::BadGuestMmio));
         assert_eq!(build(&[(spec.page(9), 3)], pool, &[], GUEST_MMIO), None);
+    }
+
+    #[test]
+    fn init_rejects_a_cpu_record_out_of_place() {
+        let spec = MachineSpec {
+            cpus: 3,
+            ..MachineSpec::default()
+        };
+        let build = |stats: &'static [CpuStats]| {
+            let ram = [(spec.page(0), spec.ram_pages)];
+            let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
+            let storage = EngineStorage {
+                shards: Vec::leak((0..ns).map(|_| Shard::new()).collect()),
+                records: Vec::leak(vec![PageRecord::HOST; nr]),
+                vms: Vec::leak((0..2).map(|_| VmSlot::new()).collect()),
+                stats,
+            };
+            let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
+            let cfg = EngineConfig {
+                ram: &ram,
+                reserved: &[],
+                host_s2_pool: (spec.page(0), 8),
+                host_devices: &[],
+                shard_shift: 21,
+                vm_s2: VM_S2,
+                host_s2: S2Config::DEFAULT,
+                guest_mmio: GUEST_MMIO,
+                caches: CachePolicy::MAINTAIN_ALL,
+            };
+            Engine::new(cfg, NoopArch, mem, storage).err()
+        };
+        let table = |indices: &[u32]| -> &'static [CpuStats] {
+            Vec::leak(indices.iter().map(|&i| CpuStats::new(i)).collect())
+        };
+        assert_eq!(build(table(&[0, 1, 2])), None);
+        assert_eq!(build(table(&[])), None);
+        assert_eq!(
+            build(table(&[0, 2, 1])),
+            Some(InitError::BadCpuTable),
+            "swapped"
+        );
+        assert_eq!(build(table(&[1])), Some(InitError::BadCpuTable), "one off");
     }
 }

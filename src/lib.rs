@@ -26,9 +26,11 @@
 //! # For the EL2 image (`boot/`)
 //!
 //! 1. At boot, carve from the engine's own memory: `[Shard; n]`,
-//!    `[PageRecord; ram_pages]`, `[VmSlot; vms]` and one
-//!    [`stats::CpuStats`] per CPU (`Shard::new`, `VmSlot::new` and
-//!    `CpuStats::new` are `const`; size them with
+//!    `[PageRecord; ram_pages]`, `[VmSlot; vms]`, and have one
+//!    [`stats::CpuStats`] per CPU, CPU `n`'s built as `CpuStats::new(n)` at
+//!    position `n` (the EL2 image keeps them where `TPIDR_EL2` points and
+//!    hands [`engine::Engine::dispatch`] the running CPU's) (`Shard::new`,
+//!    `VmSlot::new` and `CpuStats::new` are `const`; size them with
 //!    [`ownership::PageDb::requirements`]), a host Stage-2 reserve of
 //!    [`engine::Engine::host_s2_pages_needed`] pages, and build an
 //!    [`engine::Engine`] with an [`arch::Arch`] that executes instructions and

@@ -89,8 +89,11 @@ impl MachineSpec {
         let shards: &'static [Shard] = Vec::leak((0..nshards).map(|_| Shard::new()).collect());
         let records: &'static mut [PageRecord] = Vec::leak(std::vec![PageRecord::HOST; nrecords]);
         let vms: &'static [VmSlot] = Vec::leak((0..self.vm_slots).map(|_| VmSlot::new()).collect());
-        let stats: &'static [CpuStats] =
-            Vec::leak((0..self.cpus).map(|_| CpuStats::new()).collect());
+        let stats: &'static [CpuStats] = Vec::leak(
+            (0..self.cpus)
+                .map(|i| CpuStats::new(i.try_into().expect("cpus")))
+                .collect(),
+        );
         let mem = PhysMem::leak_host(PhysAddr::new(self.ram_base), self.ram_pages);
         self.build_on(
             arch,

@@ -1,10 +1,13 @@
 //! The CPU's plain instructions: barriers, cache maintenance, waiting,
-//! masking interrupts, the firmware call, and who this CPU is.
+//! masking interrupts, the firmware call, and who this CPU is (its index
+//! and its record, from `TPIDR_EL2`).
 //!
 //! Nothing here changes what memory means; system registers are
 //! `sysreg.rs`'s, the core's architecture boundary is `arch.rs`'s.
 
 use core::arch::asm;
+
+use isola::stats::CpuStats;
 
 use crate::sysreg::{CTR_EL0, MPIDR_EL1, Readable};
 
@@ -15,12 +18,26 @@ pub fn mpidr() -> u64 {
 }
 
 /// The index this CPU was given at bring-up: `isola-percpu`'s answer (it
-/// reads `TPIDR_EL2`, which bring-up set before any Rust code ran here and
-/// nothing writes again; an index is below `MAX_CPUS`, so the `u32` is
-/// exact).
+/// reads the index from this CPU's record, whose address bring-up put in
+/// `TPIDR_EL2` before any Rust code ran here and nothing writes again; an
+/// index is below `MAX_CPUS`, so the `u32` is exact).
 #[inline]
 pub fn index() -> u32 {
     isola_percpu::current_cpu().map_or(u32::MAX, |i| i as u32)
+}
+
+/// This CPU's record of the core's counters (`cpu_state::records`), as the
+/// dispatcher wants it: straight from `TPIDR_EL2`, no lookup.
+#[inline(always)]
+pub fn this_record() -> &'static CpuStats {
+    let at = isola_percpu::current_record().cast::<CpuStats>();
+    // SAFETY: `cpu_state`'s invariants: `TPIDR_EL2` holds the address of
+    // this CPU's record in `cpu_state::records()` from the CPU's first
+    // instruction on, and nothing writes it again; the records are valid,
+    // aligned and initialised before any Rust runs, mapped for the whole
+    // run, and only ever shared (the counters are atomics), so a shared
+    // `'static` reference is sound.
+    unsafe { &*at }
 }
 
 /// Data synchronisation barrier, inner shareable.

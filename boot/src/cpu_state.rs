@@ -1,7 +1,21 @@
 //! What the engine keeps per physical CPU: one record per CPU in an
-//! `isola-percpu` table, reached without a lock by the CPU it belongs to.
+//! `isola-percpu` table, reached without a lock by the CPU it belongs to;
+//! and [`records`], the core's record of each CPU (its index and its event
+//! counters), which `TPIDR_EL2` points to.
 //!
 //! Invariants:
+//! - The records are `link.ld`'s `.cpus` area (`MAX_CPUS` records of
+//!   `isola_layout::ENGINE_CPU_RECORD` bytes, in the data mapping, not
+//!   loaded with the image). `_start` (`entry.rs`) builds every one of them
+//!   before any Rust runs on any CPU — zero, then record `n`'s index `n` —
+//!   so from then on each is a valid `CpuStats::new(n)` with counts; nothing
+//!   writes an index again, and a counter only through the core.
+//! - CPU `n`'s `TPIDR_EL2` holds the address of record `n` from its first
+//!   instruction on (`entry.rs` sets it before any Rust runs; nothing
+//!   writes it afterwards). That is the `isola-percpu` contract (the
+//!   record's first field is the index as a `u64`), and what lets the
+//!   hypercall path count into its record with no lookup
+//!   (`cpu::this_record`).
 //! - A CPU touches only its own record ([`with_this`], which `isola-percpu`
 //!   makes exclusive with the slot's flag), except through [`TABLE`]'s
 //!   layout constants in assembly that runs on that same CPU after the Rust
@@ -9,13 +23,44 @@
 //! - Everything that is this CPU's alone and outlives one exception belongs
 //!   here, not in a `[_; MAX_CPUS]` array of its own: the next state to move
 //!   in is which EL1 context is loaded on the CPU (the host's, or which
-//!   vCPU's) once the world switch stops exchanging it on every exit, and
-//!   per-CPU event counters (exits by kind, calls by status, injected
-//!   aborts), which the core keeps (`isola::stats`) where `Accounting`
-//!   reads them.
+//!   vCPU's) once the world switch stops exchanging it on every exit. (The
+//!   per-CPU event counters — exits by kind, calls by status, injected
+//!   aborts — are the core's `isola::stats::CpuStats`: [`records`].)
 
+use isola::stats::CpuStats;
 use isola_layout::MAX_CPUS;
 use isola_percpu::{PerCpu, PerCpuError, Slot};
+
+unsafe extern "C" {
+    /// `link.ld`'s `.cpus` area: every CPU's record, built by `_start`.
+    #[link_name = "__cpus_start"]
+    static RECORDS: [CpuStats; MAX_CPUS];
+}
+
+/// Every CPU's record of the core's counters, CPU `n`'s at position `n`
+/// (the engine's table: `engine.rs` hands the core the first
+/// `cpu_count`). `TPIDR_EL2` of CPU `n` is `&records()[n]` (the module's
+/// invariants).
+pub fn records() -> &'static [CpuStats; MAX_CPUS] {
+    // SAFETY: the module's first invariant: the symbol is the start of
+    // `MAX_CPUS` records of exactly `CpuStats`' size (asserted below), 64-byte
+    // aligned (`link.ld`), mapped read-write for the whole run, and `_start`
+    // built each as a valid `CpuStats` before any Rust code ran; they are
+    // only ever shared (their counters are atomics), never freed.
+    unsafe { &RECORDS }
+}
+
+/// Bytes from one CPU's record to the next: CPU `n`'s is at
+/// `__cpus_start + n * RECORD_STRIDE` (the entry's assembly computes it).
+pub const RECORD_STRIDE: usize = core::mem::size_of::<CpuStats>();
+
+// The records are an array of `CpuStats` in `link.ld`'s area; `isola-percpu`
+// reads the index at offset 0 of a record; the entry's `add` and `mov`
+// immediates hold the stride.
+const _: () = assert!(RECORD_STRIDE as u64 == isola_layout::ENGINE_CPU_RECORD);
+const _: () = assert!(core::mem::align_of::<CpuStats>() <= 64);
+const _: () = assert!(CpuStats::INDEX_OFFSET == 0);
+const _: () = assert!(RECORD_STRIDE < 1 << 12 && RECORD_STRIDE.is_multiple_of(16));
 
 /// The host's pending write of one of `x19..=x29`: what the EL2h stub
 /// `isola_write_callee_saved` needs after the trap frame is restored

@@ -82,7 +82,22 @@ fn host_hypercall(frame: &mut TrapFrame) {
     // The core reads and writes `x0..=x6` in place in the trap frame: no
     // copy in or out on the hot path.
     let [regs @ .., _, _, _, _, _, _, _, _, _, _, _, _] = &mut frame.x;
-    engine_of_trap().dispatch(cpu::index(), regs, run_vcpu);
+    // This CPU's record straight from `TPIDR_EL2`: counting the call is a
+    // load, an add and a store into it.
+    #[cfg(not(feature = "planted-bug-count-on-next-cpu"))]
+    let record = cpu::this_record();
+    // Planted bug (never for real builds): the next CPU's record, as an
+    // off-by-one in the entry's address arithmetic would give; `badcall`'s
+    // count check must fail.
+    #[cfg(feature = "planted-bug-count-on-next-cpu")]
+    let record = {
+        let next = (cpu::index() as usize).wrapping_add(1);
+        match cpu_state::records().get(next) {
+            Some(r) => r,
+            None => cpu::this_record(),
+        }
+    };
+    engine_of_trap().dispatch(record, regs, run_vcpu);
 }
 
 /// Runs a loaded vCPU until an exit the core sends to the host. Out of line:

@@ -28,7 +28,7 @@ use crate::arch::El2Arch;
 use crate::console::say;
 use crate::layout::{CARVEOUT_BASE, CARVEOUT_END, Sections};
 use crate::sysreg::{ID_AA64MMFR0_EL1, Readable, VTCR_EL2, VTTBR_EL2, Value, write_isb};
-use crate::{caches, dma, gic, idregs};
+use crate::{caches, cpu_state, dma, gic, idregs};
 
 /// Page size.
 const PAGE: u64 = 4096;
@@ -151,19 +151,12 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
     }
     // SAFETY: every element was initialised above; never freed.
     let vms: &'static [VmSlot] = unsafe { core::slice::from_raw_parts(vms_ptr, VM_SLOTS) };
-    let cpus = p.cpu_count.max(1);
-    let stats_at = bump.take(
-        (core::mem::size_of::<CpuStats>() as u64).saturating_mul(cpus as u64),
-        core::mem::align_of::<CpuStats>() as u64,
-    )?;
-    let stats_ptr = stats_at as *mut CpuStats;
-    for i in 0..cpus {
-        // SAFETY: engine RAM just taken from the bump allocator, aligned for
-        // `CpuStats`, referenced by nothing else.
-        unsafe { stats_ptr.add(i).write(CpuStats::new()) };
-    }
-    // SAFETY: every element was initialised above; never freed.
-    let stats: &'static [CpuStats] = unsafe { core::slice::from_raw_parts(stats_ptr, cpus) };
+    // The records `TPIDR_EL2` points to (`cpu_state`), one per CPU the
+    // machine has: the dispatcher counts into its CPU's, `Accounting` reads
+    // them here.
+    let stats: &'static [CpuStats] = cpu_state::records()
+        .get(..p.cpu_count.max(1))
+        .ok_or("more CPUs than the image has records for")?;
     // The SMMU's stream table (bus 0: 256 StreamIDs), command queue (256
     // entries) and event queue (2048 entries: one failed DMA of a page can
     // fault once per access, 1024 times): engine memory, each aligned to
@@ -232,6 +225,7 @@ pub fn init(p: &Platform, s: &Sections) -> Result<(), &'static str> {
         isola::engine::InitError::BadHostPool => "bad host Stage-2 pool",
         isola::engine::InitError::BadDevices => "bad host device ranges",
         isola::engine::InitError::BadVmTable => "bad VM table",
+        isola::engine::InitError::BadCpuTable => "CPU records out of place",
         isola::engine::InitError::BadGuestMmio => "bad guest MMIO window",
         isola::engine::InitError::BadWindow => "memory window does not cover RAM",
     })?;

@@ -5,16 +5,18 @@
 //! only in assembly.
 //!
 //! Invariants:
-//! - No Rust code runs on a CPU before its stack, `TPIDR_EL2` (its dense
-//!   index: the `isola-percpu` contract), `VBAR_EL2` and a map with caches
-//!   on are set up here.
+//! - No Rust code runs on a CPU before its stack, `TPIDR_EL2` (the address
+//!   of its record in `cpu_state::records()`, which holds its dense index:
+//!   the `isola-percpu` contract), `VBAR_EL2` and a map with caches on are
+//!   set up here; and none runs on any CPU before `_start` has built every
+//!   CPU's record (zeroed, index first), with the bss.
 //! - A CPU not at EL2, or with an index beyond the image's stacks, is
 //!   reported on QEMU virt's UART with plain stores and parked.
 
 use core::arch::global_asm;
 
 use crate::layout::{MAX_CPUS, STACK_SLOT};
-use crate::{console, mmu};
+use crate::{console, cpu_state, mmu};
 
 /// The bootstrap map's level-1 table: 0..1 GiB device, 1..2 GiB normal
 /// read-write-execute (the image, its stacks and QEMU's device tree). Only
@@ -60,7 +62,9 @@ _start:
     mov x2, #{STACK_SLOT}
     add x1, x1, x2
     mov sp, x1
-    msr tpidr_el2, xzr
+    adrp x1, __cpus_start
+    add x1, x1, :lo12:__cpus_start
+    msr tpidr_el2, x1
     adrp x1, isola_vectors
     add x1, x1, :lo12:isola_vectors
     msr vbar_el2, x1
@@ -73,7 +77,24 @@ _start:
     b.hs 2f
     stp xzr, xzr, [x1], #16
     b 1b
-2:  adrp x0, {BOOT_TABLE}
+    // Every CPU's record (cpu_state.rs), as `CpuStats::new(n)` builds it:
+    // its index `n` first, then zero to the next record.
+2:  adrp x1, __cpus_start
+    add x1, x1, :lo12:__cpus_start
+    adrp x2, __cpus_end
+    add x2, x2, :lo12:__cpus_end
+    mov x3, xzr
+3:  cmp x1, x2
+    b.hs 10f
+    add x4, x1, #{RECORD_STRIDE}
+    stp x3, xzr, [x1], #16
+4:  cmp x1, x4
+    b.hs 5f
+    stp xzr, xzr, [x1], #16
+    b 4b
+5:  add x3, x3, #1
+    b 3b
+10: adrp x0, {BOOT_TABLE}
     add x0, x0, :lo12:{BOOT_TABLE}
     ldr x1, ={SCTLR_BOOT}
     bl isola_mmu_on
@@ -100,7 +121,11 @@ isola_secondary_entry:
     mov x3, #{STACK_SLOT}
     madd x1, x2, x3, x1
     mov sp, x1
-    msr tpidr_el2, x0
+    adrp x1, __cpus_start
+    add x1, x1, :lo12:__cpus_start
+    mov x2, #{RECORD_STRIDE}
+    madd x1, x0, x2, x1
+    msr tpidr_el2, x1
     adrp x1, isola_vectors
     add x1, x1, :lo12:isola_vectors
     msr vbar_el2, x1
@@ -165,4 +190,5 @@ isola_mmu_on:
     TCR_BASE = const mmu::TCR_BASE.bits(),
     ROOT = sym mmu::POOL,
     BOOT_TABLE = sym BOOT_TABLE,
+    RECORD_STRIDE = const cpu_state::RECORD_STRIDE,
 );

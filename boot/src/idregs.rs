@@ -202,8 +202,10 @@ global_asm!(
     // Every GPR is the host's: borrow x0..x2 below SP (the dead frame).
     "    stp x0, x1, [sp, #-32]!",
     "    str x2, [sp, #16]",
-    // x1 = this CPU's `CalleeSavedWrite` in the per-CPU table.
+    // x1 = this CPU's `CalleeSavedWrite` in the per-CPU table (x0 = its
+    // index, the first field of the record TPIDR_EL2 points to).
     "    mrs x0, tpidr_el2",
+    "    ldr x0, [x0]",
     "    adrp x1, {table}",
     "    add x1, x1, :lo12:{table}",
     "    mov x2, #{stride}",

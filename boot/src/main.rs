@@ -3,15 +3,17 @@
 //!
 //! Boot sequence (docs/boot.md has the whole story and the memory map):
 //! 1. `_start` (`entry.rs`; boot CPU, EL2, MMU off): stack of CPU 0,
-//!    `TPIDR_EL2 = 0`, vectors, bss zeroed, a bootstrap map (1 GiB blocks)
-//!    so Rust runs with caches on, then `isola_boot_main` (`bringup.rs`).
+//!    `TPIDR_EL2` = CPU 0's record, vectors, bss zeroed, every CPU's record
+//!    built (`cpu_state.rs`), a bootstrap map (1 GiB blocks) so Rust runs
+//!    with caches on, then `isola_boot_main` (`bringup.rs`).
 //! 2. `isola_boot_main`: read QEMU's device tree, build and install the
 //!    real map, initialise the core, start every other CPU with PSCI
 //!    `CPU_ON` at `isola_secondary_entry`, meet them at the bring-up
 //!    barrier, wait until they are off again, hand the host a device tree
 //!    without the engine's memory, and enter the host at EL1.
 //! 3. `isola_secondary_entry` (any other CPU, `x0` = its index): stack,
-//!    `TPIDR_EL2`, vectors, the real map, then `isola_secondary_main`:
+//!    `TPIDR_EL2` (its record), vectors, the real map, then
+//!    `isola_secondary_main`:
 //!    during bring-up it reports in, waits at the barrier and turns itself
 //!    off; afterwards (a host `CPU_ON` or a resume) it enters the host at
 //!    EL1.
@@ -19,8 +21,12 @@
 //! Invariants:
 //! - Nothing but the boot CPU runs until the map, the platform description and
 //!   the core are set up; those are read-only afterwards.
-//! - Every CPU's `TPIDR_EL2` holds its dense index (the boot CPU is 0) before
-//!   any Rust code runs on it (the `isola-percpu` contract).
+//! - Every CPU's `TPIDR_EL2` holds the address of its record before any
+//!   Rust code runs on it, and nothing writes it afterwards: the core's
+//!   `CpuStats` in `link.ld`'s `.cpus` area, whose first field is the CPU's
+//!   dense index as a `u64` (the boot CPU is 0), set by `_start` for every
+//!   CPU before any Rust runs anywhere (the `isola-percpu` contract). The
+//!   `hvc` path counts into it without a lookup (`cpu::this_record`).
 //!
 //! # Layers
 //!
@@ -70,9 +76,13 @@ mod caches;
 mod console;
 #[allow(
     unsafe_code,
-    reason = "barriers, cache maintenance, `wfe` and `smc` are instructions"
+    reason = "barriers, cache maintenance, `wfe` and `smc` are instructions; this CPU's record is reached through `TPIDR_EL2`"
 )]
 mod cpu;
+#[allow(
+    unsafe_code,
+    reason = "the CPU records are a linker-script area the entry builds before Rust runs"
+)]
 mod cpu_state;
 #[allow(
     unsafe_code,

@@ -232,7 +232,19 @@ isola_probe_exec:
 // registers and report; never returns.
 .section .text.isola_fatal_entry, "ax"
 isola_fatal_entry:
+    // x1 = this CPU's index, the first field of the record TPIDR_EL2
+    // points to: read only once the address is seen to be in the records'
+    // area (cpu_state.rs).
     mrs x1, tpidr_el2
+    adrp x2, __cpus_start
+    add x2, x2, :lo12:__cpus_start
+    cmp x1, x2
+    b.lo 2f
+    adrp x2, __cpus_end
+    add x2, x2, :lo12:__cpus_end
+    cmp x1, x2
+    b.hs 2f
+    ldr x1, [x1]
     cmp x1, #{MAX_CPUS}
     b.hs 2f
     adrp x2, __emergency_start

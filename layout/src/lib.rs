@@ -48,6 +48,11 @@ pub const ENGINE_GUARD_SIZE: u64 = 0x1000;
 pub const ENGINE_STACK_SLOT: u64 = ENGINE_GUARD_SIZE + ENGINE_STACK_SIZE;
 /// One CPU's EL2 emergency stack, used only to report a fatal exception.
 pub const ENGINE_EMERGENCY_SLOT: u64 = 0x1000;
+/// Bytes of one CPU's record, which its `TPIDR_EL2` points to: the core's
+/// `CpuStats` (the CPU's index, then its event counters). The image keeps
+/// [`MAX_CPUS`] of them side by side; boot checks at compile time that the
+/// type is exactly this size, so they form one array.
+pub const ENGINE_CPU_RECORD: u64 = 0x180;
 
 /// Where the engine writes the host's copy of the device tree (the first
 /// page of host RAM).

@@ -31,6 +31,7 @@ use isola::engine::Engine;
 use isola::hypercall::HostCallOutcome;
 use isola::ownership::{Owner, PageRecord};
 use isola::testing::MachineSpec;
+use isola::vm::VmHandle;
 use loom::thread;
 
 const SPEC: MachineSpec = MachineSpec {
@@ -116,10 +117,9 @@ fn two_cpus_donating_the_same_page_to_two_vms_exactly_one_wins() {
             other => panic!("both or neither won: {other:?}"),
         };
         let owner = e.page(PhysAddr::new(page(20))).unwrap().owner();
-        // The winner's slot owns the page (handles of live VMs are distinct
-        // slots, so this names the winner alone).
-        let winner_slot = isola::vm::VmHandle(winner).slot() as u16;
-        assert_eq!(owner, Owner::Vm(winner_slot));
+        // The winner's slot owns it (two live VMs never share a slot).
+        let slot = u16::try_from(VmHandle(winner).slot()).unwrap();
+        assert_eq!(owner, Owner::Vm(slot));
         assert!(e.vm_translate(winner, Ipa::new(IPA)).unwrap().is_some());
         assert!(e.vm_translate(loser, Ipa::new(IPA)).unwrap().is_none());
         assert_eq!(
@@ -138,6 +138,34 @@ fn two_cpus_donating_the_same_page_to_two_vms_exactly_one_wins() {
             )[0],
             0
         );
+        totals_exact(e);
+    });
+}
+
+#[test]
+fn two_cpus_reclaiming_the_same_page_exactly_one_wins() {
+    model(|| {
+        let e = machine();
+        let [a, ..] = ok(e, HostCall::VmCreate, [page(4), 5, 1, 0]);
+        ok(e, HostCall::Donate, [a, page(20), IPA, perms::R | perms::W]);
+        // A second page keeps the dead VM's slot from being freed when the
+        // first is reclaimed: the loser then finds the slot still dead and
+        // only the page's record tells it the page is gone.
+        ok(e, HostCall::Donate, [a, page(21), IPA + 0x1000, perms::R]);
+        ok(e, HostCall::VmDestroy, [a, 0, 0, 0]);
+        let t = thread::spawn(move || call(e, 1, HostCall::Reclaim, [page(20), 0, 0, 0]).0);
+        let s2 = call(e, 2, HostCall::Reclaim, [page(20), 0, 0, 0]).0;
+        let s1 = t.join().unwrap();
+        assert!(
+            matches!(
+                (s1, s2),
+                (Status::Success, Status::NotOwner) | (Status::NotOwner, Status::Success)
+            ),
+            "both or neither won: {s1:?} {s2:?}"
+        );
+        assert_eq!(e.page(PhysAddr::new(page(20))), Some(PageRecord::HOST));
+        totals_exact(e);
+        ok(e, HostCall::Reclaim, [page(21), 0, 0, 0]);
         totals_exact(e);
     });
 }

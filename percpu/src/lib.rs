@@ -4,11 +4,19 @@
 //! # Which CPU am I?
 //!
 //! [`current_cpu`] answers. At EL2 (`aarch64`, `target_os = "none"`) it reads
-//! `TPIDR_EL2`. **Contract with the boot code:** before a CPU runs any engine
-//! code, boot stores that CPU's dense index (0 for the boot CPU, then 1, 2,
-//! ... in bring-up order, below [`MAX_CPUS`]) in its `TPIDR_EL2`, and nothing
-//! writes `TPIDR_EL2` afterwards. On the host (tests, loom models, benches)
-//! the index is a thread-local set with [`set_current_cpu`].
+//! `TPIDR_EL2`, then the `u64` at the address it holds. **Contract with the
+//! boot code:** before a CPU runs any engine code, boot stores in its
+//! `TPIDR_EL2` the address of that CPU's *record*: memory that stays mapped
+//! and readable for as long as the CPU runs, 8-byte aligned, whose first
+//! field (offset 0) is the CPU's dense index as a `u64` (0 for the boot
+//! CPU, then 1, 2, ... in bring-up order, below [`MAX_CPUS`]), holding that
+//! index before the CPU runs and never written afterwards; and nothing
+//! writes `TPIDR_EL2` afterwards. What else the record holds is the boot
+//! code's business ([`current_record`] hands out its address: isola's boot
+//! keeps the core's per-CPU counters there, so the hypercall path reaches
+//! them without a table lookup). On the host (tests, loom models, benches)
+//! the index is a thread-local set with [`set_current_cpu`], and there is
+//! no record.
 //!
 //! # Soundness of [`PerCpu::with_mut`]
 //!
@@ -68,16 +76,14 @@ impl fmt::Display for PerCpuError {
     }
 }
 
-/// The index of the CPU running this code.
-///
-/// At EL2 this is `TPIDR_EL2` (see the module's contract with the boot
-/// code); `None` only if it does not fit a `usize`, which cannot happen on
-/// AArch64.
+/// The address of the running CPU's record: `TPIDR_EL2` (see the module's
+/// contract with the boot code). Its first `u64` is the CPU's index; the
+/// rest is what the boot code put there.
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 #[inline(always)]
 #[must_use]
 #[allow(unsafe_code, reason = "reading TPIDR_EL2 is an instruction")]
-pub fn current_cpu() -> Option<usize> {
+pub fn current_record() -> *const u64 {
     let value: u64;
     // SAFETY: reading TPIDR_EL2 has no side effects and touches no memory
     // (hence `nomem`); it is legal at EL2, the only exception level this
@@ -90,7 +96,28 @@ pub fn current_cpu() -> Option<usize> {
             options(nomem, nostack, preserves_flags)
         );
     }
-    usize::try_from(value).ok()
+    // The record was placed by the boot code, outside what Rust tracks:
+    // the address has the exposed provenance of that memory.
+    core::ptr::with_exposed_provenance(value as usize)
+}
+
+/// The index of the CPU running this code.
+///
+/// At EL2 this is the first `u64` of the record `TPIDR_EL2` points to (see
+/// the module's contract with the boot code): one `mrs` and one load.
+/// `None` only if it does not fit a `usize`, which cannot happen on
+/// AArch64.
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+#[inline(always)]
+#[must_use]
+#[allow(unsafe_code, reason = "reads the record TPIDR_EL2 points to")]
+pub fn current_cpu() -> Option<usize> {
+    // SAFETY: by the boot contract (module documentation) the address is
+    // that of this CPU's record, mapped, readable and 8-byte aligned for as
+    // long as the CPU runs, and its first `u64` holds the index and is
+    // never written once the CPU runs, so this read races no write.
+    let index = unsafe { current_record().read() };
+    usize::try_from(index).ok()
 }
 
 #[cfg(all(target_os = "none", not(target_arch = "aarch64")))]

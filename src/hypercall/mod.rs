@@ -51,6 +51,7 @@ use crate::addr::{Ipa, PhysAddr};
 use crate::arch::Arch;
 use crate::engine::Engine;
 use crate::stage2::S2Error;
+use crate::stats::CpuStats;
 use crate::vcpu::{Context, MAX_VCPUS};
 use crate::vm::VmInner;
 use isola_abi::{ABI_VERSION, Exit, HostCall, Status};
@@ -189,9 +190,19 @@ impl<A: Arch> Engine<A> {
     /// is that dispatch), with the loaded vCPU of a successful `VcpuRun`
     /// handed back instead of run: for callers that drive the guest
     /// themselves (tests, the simulated world switch).
+    ///
+    /// `cpu` is found in the engine's table of CPU records (a bounds-checked
+    /// lookup: this entry is for the portable world; the EL2 image finds its
+    /// record from `TPIDR_EL2` and calls [`Engine::dispatch`]). A CPU the
+    /// table does not hold still calls, its counts going to a record of its
+    /// own that nothing reads.
     pub fn host_call(&self, cpu: u32, regs: &mut [u64; 7]) -> HostCallOutcome {
         let mut out = HostCallOutcome::Done;
-        self.dispatch(cpu, regs, |_, vcpu, _| out = HostCallOutcome::Run(vcpu));
+        let run = |_: &Self, vcpu, _: &mut _| out = HostCallOutcome::Run(vcpu);
+        match usize::try_from(cpu).ok().and_then(|c| self.stats.get(c)) {
+            Some(record) => self.dispatch(record, regs, run),
+            None => self.dispatch(&CpuStats::new(cpu), regs, run),
+        }
         out
     }
 
@@ -200,6 +211,11 @@ impl<A: Arch> Engine<A> {
     /// loads its vCPU calls `run` with it (the world switch, which feeds the
     /// guest's exits to [`Engine::guest_exit`] and ends with
     /// [`Engine::finish_run`], writing the result into `regs`).
+    ///
+    /// `cpu` is the record of the CPU running this code: the one at
+    /// position `cpu.index()` of the engine's table (`crate::stats`'
+    /// invariants). Handing over the record, not the index, makes counting
+    /// a load, an add and a store into it, with no lookup.
     ///
     /// Shape, for the trap's sake (docs/perf.md): the two calls that need no
     /// lock (an unknown id, `Version`) are answered here, writing the result
@@ -210,7 +226,7 @@ impl<A: Arch> Engine<A> {
     /// long ones use. Always inlined: into the EL2 trap handler, whose
     /// convention (preserve_most) makes an extra call frame expensive.
     #[inline(always)]
-    pub fn dispatch<R>(&self, cpu: u32, regs: &mut [u64; 7], run: R)
+    pub fn dispatch<R>(&self, cpu: &CpuStats, regs: &mut [u64; 7], run: R)
     where
         R: FnOnce(&Self, LoadedVcpu, &mut [u64; 7]),
     {
@@ -219,10 +235,10 @@ impl<A: Arch> Engine<A> {
         let id = id & 0xffff_ffff;
         if id.wrapping_sub(FIRST_CALL) >= CALLS {
             write_status(regs, Status::NotSupported);
-            self.count(cpu, isola_abi::counter::host_calls(Status::NotSupported));
+            cpu.add(isola_abi::counter::host_calls(Status::NotSupported));
         } else if id == HostCall::Version as u64 {
             self.version(regs);
-            self.count(cpu, isola_abi::counter::host_calls(Status::Success));
+            cpu.add(isola_abi::counter::host_calls(Status::Success));
         } else {
             self.call_out_of_line(id, cpu, regs, run);
         }
@@ -244,7 +260,7 @@ impl<A: Arch> Engine<A> {
     /// `unknown` and `Version` arms are the same answers as the
     /// dispatcher's, for completeness.)
     #[inline(never)]
-    fn call_out_of_line<R>(&self, id: u64, cpu: u32, regs: &mut [u64; 7], run: R)
+    fn call_out_of_line<R>(&self, id: u64, cpu: &CpuStats, regs: &mut [u64; 7], run: R)
     where
         R: FnOnce(&Self, LoadedVcpu, &mut [u64; 7]),
     {
@@ -267,38 +283,38 @@ impl<A: Arch> Engine<A> {
             VcpuInjectAbort => {
                 self.call_vcpu_inject_abort(regs);
                 if regs[0] == Status::Success.raw() {
-                    self.count(cpu, isola_abi::counter::GUEST_ABORTS);
+                    cpu.add(isola_abi::counter::GUEST_ABORTS);
                 }
             },
         );
-        self.count_status(cpu, regs[0]);
-    }
-
-    /// Counts a returned host call by the status in its `x0`
-    /// (`isola_abi::counter::host_calls`, without decoding it: a value that
-    /// is no status lands on no counter).
-    #[inline]
-    fn count_status(&self, cpu: u32, x0: u64) {
-        let n = (x0 as i64).wrapping_neg() as u64;
-        self.count(cpu, isola_abi::counter::HOST_CALLS.wrapping_add(n));
+        count_status(cpu, regs[0]);
     }
 
     /// `VcpuRun(handle, index, value)`: loads the vCPU and hands it to `run`,
     /// or writes why not.
     #[inline(never)]
-    fn call_vcpu_run<R>(&self, cpu: u32, regs: &mut [u64; 7], run: R)
+    fn call_vcpu_run<R>(&self, cpu: &CpuStats, regs: &mut [u64; 7], run: R)
     where
         R: FnOnce(&Self, LoadedVcpu, &mut [u64; 7]),
     {
         let [_, a, b, c, ..] = *regs;
-        match self.vcpu_load(cpu, a, b, c) {
+        match self.vcpu_load(cpu.index(), a, b, c) {
             Ok(vcpu) => run(self, vcpu, regs),
             Err(s) => {
                 write_status(regs, s);
-                self.count(cpu, isola_abi::counter::host_calls(s));
+                cpu.add(isola_abi::counter::host_calls(s));
             }
         }
     }
+}
+
+/// Counts a returned host call by the status in its `x0`
+/// (`isola_abi::counter::host_calls`, without decoding it: a value that is
+/// no status lands on no counter).
+#[inline]
+fn count_status(cpu: &CpuStats, x0: u64) {
+    let n = (x0 as i64).wrapping_neg() as u64;
+    cpu.add(isola_abi::counter::HOST_CALLS.wrapping_add(n));
 }
 
 /// The out-of-line arms of [`Engine::dispatch`]: `$name` reads `x1..=x6`

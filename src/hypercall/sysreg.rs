@@ -237,13 +237,17 @@ pub fn guest_id_value(crm: u8, op2: u8, raw: u64, ipa_bits: u32) -> u64 {
     };
     let mut v = (raw & keep) | force;
     if (crm, op2) == (7, 0) {
-        // PARange: the guest's "physical" addresses are IPAs.
+        // PARange: the guest's "physical" addresses are IPAs. The largest
+        // size the encoding has that does not exceed the VM's IPA space: a
+        // 41-bit space is told 40 bits, never 42 (a guest sizing its own
+        // tables by PARange would otherwise place addresses no Stage-2
+        // entry can map).
         let cap = match ipa_bits {
-            0..=32 => 0,
-            33..=36 => 1,
-            37..=40 => 2,
-            41..=42 => 3,
-            43..=44 => 4,
+            0..=35 => 0,
+            36..=39 => 1,
+            40..=41 => 2,
+            42..=43 => 3,
+            44..=47 => 4,
             _ => 5,
         };
         v = (v & !0xf) | (v & 0xf).min(cap);
@@ -374,6 +378,12 @@ mod tests {
             // Op1 3, CRn 9 outside the PMU's CRm 12..=14.
             acc(3, 3, 9, 11, 0, true),
             acc(3, 3, 9, 15, 0, true),
+            // Op1 0, CRn 9 outside PMINTEN*/PMMIR's CRm 14: the SPE
+            // registers (PMSCR_EL1, PMBLIMITR_EL1), not emulated.
+            acc(3, 0, 9, 9, 0, true),
+            acc(3, 0, 9, 10, 0, false),
+            // CRm 14 of another Op1 is not the PMU's either.
+            acc(3, 1, 9, 14, 1, true),
         ] {
             assert_eq!(classify(a), Handling::Refuse, "{a:?}");
         }
@@ -423,6 +433,20 @@ mod tests {
         // PARange capped at the IPA size (40 bits: 2); lower values kept.
         assert_eq!(guest_id_value(7, 0, 0x6, 40) & 0xf, 2);
         assert_eq!(guest_id_value(7, 0, 0x1, 40) & 0xf, 1);
+        // Every IPA size S2Config allows (40..=48 bits), at each PARange
+        // step: the largest PARange that does not exceed it.
+        for (bits, cap) in [
+            (40, 2),
+            (41, 2),
+            (42, 3),
+            (43, 3),
+            (44, 4),
+            (47, 4),
+            (48, 5),
+            (52, 5),
+        ] {
+            assert_eq!(guest_id_value(7, 0, 0x6, bits) & 0xf, cap, "{bits} bits");
+        }
         // Every field kept, forced or capped, from an all-ones CPU, written
         // out field by field (each field 4 bits at the given shift).
         let fields = |shifts: &[u32]| shifts.iter().fold(0u64, |a, s| a | 0xf << s);

@@ -258,6 +258,7 @@ mod tests {
             for level in [2, 3] {
                 let d = Desc::leaf(PhysAddr::new(0x4020_0000), level, p, MemType::Normal, 0);
                 assert_eq!(d.perms(), p, "{bits:#b} at level {level}");
+                assert_eq!(d.mem_type(), MemType::Normal);
             }
         }
     }

@@ -1201,3 +1201,42 @@ fn what_the_engine_does_not_give_a_guest_is_undefined_to_it() {
         },
     );
 }
+
+/// A VM that powered itself off (PSCI `SYSTEM_OFF`) is over: the host can
+/// no longer queue an external abort for a vCPU's pending MMIO access; the
+/// VM can only be destroyed.
+#[test]
+fn a_vm_that_powered_off_takes_no_injected_abort() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 4, 2, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 1, GUEST_RAM, 0]);
+    let uart = isola::testing::HOST_UART;
+    let mmio = Exit::Mmio {
+        ipa: uart,
+        size: 4,
+        write: true,
+        value: 0,
+    };
+    // vCPU 0 starts vCPU 1, then stores to MMIO and exits with it pending.
+    let l = host.run(vm, 0, 0);
+    let psci = |id: u32| u64::from(id);
+    let on = [psci(isola_abi::psci::CPU_ON), 1, GUEST_RAM, 0, 0, 0, 0];
+    assert_eq!(host.engine.guest_hvc(&l, on), GuestExitAction::Resume);
+    let w = host.engine.guest_access(&l, Ipa::new(uart), 4, true, 31);
+    assert_eq!(w, GuestExitAction::ExitToHost(mmio));
+    host.finish(l, mmio);
+    // vCPU 1 powers the VM off.
+    let l = host.run(vm, 1, 0);
+    let off = [psci(isola_abi::psci::SYSTEM_OFF), 0, 0, 0, 0, 0, 0];
+    assert_eq!(
+        host.engine.guest_hvc(&l, off),
+        GuestExitAction::ExitToHost(Exit::SystemOff)
+    );
+    host.finish(l, Exit::SystemOff);
+    assert_eq!(
+        host.call(HostCall::VcpuInjectAbort, [vm, 0, 0, 0]).0,
+        Status::Denied
+    );
+    host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
+}

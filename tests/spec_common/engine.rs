@@ -136,7 +136,11 @@ impl Storage {
             shards: Box::into_raw((0..nshards).map(|_| Shard::new()).collect()),
             records: Box::into_raw(vec![PageRecord::HOST; nrecords].into_boxed_slice()),
             vms: Box::into_raw((0..spec.vm_slots).map(|_| VmSlot::new()).collect()),
-            stats: Box::into_raw((0..spec.cpus).map(|_| CpuStats::new()).collect()),
+            stats: Box::into_raw(
+                (0..spec.cpus)
+                    .map(|i| CpuStats::new(u32::try_from(i).unwrap()))
+                    .collect(),
+            ),
         }
     }
 }

@@ -238,7 +238,7 @@ pub fn booted_tests() -> Result<(), String> {
     );
     register_test_has_teeth(&images)?;
     println!(
-        "PASS  register teeth: with the planted bug (the hvc handler may clobber x9..x15) badcall sees host registers changed"
+        "PASS  register teeth: with the planted bugs (the hvc handler may clobber x9..x15; it counts its calls on the next CPU's record) badcall sees host registers changed and its calls miscounted"
     );
     storm_has_teeth(&images)?;
     println!(
@@ -459,22 +459,40 @@ fn census_has_teeth(images: &Images) -> Result<(), String> {
     }
 }
 
-/// The register check of `badcall` can fail: an engine built with
-/// `planted-bug-hvc-c-abi` (the `hvc` handler with the C convention behind
-/// the vector's short frame, boot/src/dispatch.rs) must change host
-/// registers, and the test must say so.
+/// The register and count checks of `badcall` can fail: an engine built
+/// with `planted-bug-hvc-c-abi` (the `hvc` handler with the C convention
+/// behind the vector's short frame, boot/src/dispatch.rs) must change host
+/// registers, and with `planted-bug-count-on-next-cpu` (the `hvc` path
+/// counting into the next CPU's record) miscount the calls, and the test
+/// must say both (one image: the two bugs do not hide each other, the
+/// probe's `hvc`s declaring `x9..x15` clobbered).
 fn register_test_has_teeth(images: &Images) -> Result<(), String> {
-    let planted = with_planted_engine(images, "aarch64-planted-hvc", &["planted-bug-hvc-c-abi"])?;
+    let planted = with_planted_engine(
+        images,
+        "aarch64-planted-hvc",
+        &["planted-bug-hvc-c-abi", "planted-bug-count-on-next-cpu"],
+    )?;
     let run = boot_one_cpu(&planted, "isola.test=badcall")?;
-    let caught = run.lines.iter().any(|l| {
-        l.starts_with("host: check failed: ")
-            && l.ends_with(" host registers changed across 5 hypercalls")
-    });
-    if caught {
+    let failed = |tail: &str, head: &str| {
+        run.lines.iter().any(|l| {
+            l.starts_with("host: check failed: ")
+                && l.ends_with(tail)
+                && l.get("host: check failed: ".len()..)
+                    .is_some_and(|r| r.starts_with(head))
+        })
+    };
+    let registers = failed(" host registers changed across 5 hypercalls", "");
+    let counts = failed("", "per-CPU call counters wrong: ");
+    if registers && counts {
         Ok(())
     } else {
         Err(format!(
-            "the register check has no teeth: with the planted bug no host register changed\n{}",
+            "the register or count check has no teeth: with the planted bugs {}\n{}",
+            if registers {
+                "the calls were counted right"
+            } else {
+                "no host register changed"
+            },
             run.log()
         ))
     }

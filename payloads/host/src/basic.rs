@@ -200,6 +200,7 @@ pub fn bad_calls() {
             [ENGINE_PROBE, 4, 1, 0],
         ),
     ];
+    let before = COUNTED.map(calls_returning);
     for (what, fid, a) in cases {
         let [s, ..] = hvc(fid, a[0], a[1], a[2], a[3]);
         say!("bad hypercall ({what}) -> {}", status_name(s));
@@ -207,11 +208,76 @@ pub fn bad_calls() {
             fail(format_args!("{what} succeeded"));
         }
     }
+    let after = COUNTED.map(calls_returning);
+    counted_by_status(before, after);
     registers_kept(handle);
     let [s, ..] = hvc(HostCall::VmDestroy as u64, handle, 0, 0, 0);
     say!("VmDestroy -> {}", status_name(s));
     if s != Status::Success.raw() {
         fail(format_args!("VmDestroy failed"));
+    }
+}
+
+/// The statuses the bad calls above return, and how many of each.
+const COUNTED: [Status; 4] = [
+    Status::NotSupported,
+    Status::NotOwner,
+    Status::InvalidArgument,
+    Status::NotFound,
+];
+const BAD_CALLS_BY_STATUS: [u64; 4] = [2, 2, 1, 1];
+/// Unknown ids and `Version`s of the second round of counting.
+const SHORT_CALLS: u64 = 8;
+
+/// This CPU's count of host calls that returned `status`
+/// (`Accounting::Counter` of CPU 0: the test runs on one CPU), or `None` if
+/// the read fails. The read itself counts as a `Success` once it returns.
+fn calls_returning(status: Status) -> Option<u64> {
+    let [s, mine, ..] = hvc(
+        HostCall::Accounting as u64,
+        isola_abi::Accounting::Counter as u64,
+        isola_abi::counter::host_calls(status),
+        0,
+        0,
+    );
+    (s == Status::Success.raw()).then_some(mine)
+}
+
+/// The engine counts every host call by its status on the CPU that made it
+/// (issue 14's per-CPU counters, which the `hvc` path reaches through
+/// `TPIDR_EL2`): the bad calls above by theirs (`before`, `after`), then
+/// unknown ids and `Version`s, the two calls the dispatcher answers itself.
+fn counted_by_status(before: [Option<u64>; 4], after: [Option<u64>; 4]) {
+    let mut wrong = 0_u32;
+    for ((b, a), want) in before.into_iter().zip(after).zip(BAD_CALLS_BY_STATUS) {
+        if b.zip(a).map(|(b, a)| a.wrapping_sub(b)) != Some(want) {
+            wrong = wrong.wrapping_add(1);
+        }
+    }
+    let unknown = calls_returning(Status::NotSupported);
+    let ok = calls_returning(Status::Success);
+    for _ in 0..SHORT_CALLS {
+        hvc(0xC600_00FF, 0, 0, 0, 0);
+        hvc(HostCall::Version as u64, 0, 0, 0, 0);
+    }
+    // The `Version`s and the read of `ok` itself.
+    let ok_delta = calls_returning(Status::Success)
+        .zip(ok)
+        .map(|(a, b)| a.wrapping_sub(b));
+    let unknown_delta = calls_returning(Status::NotSupported)
+        .zip(unknown)
+        .map(|(a, b)| a.wrapping_sub(b));
+    if ok_delta != Some(SHORT_CALLS.wrapping_add(1)) || unknown_delta != Some(SHORT_CALLS) {
+        wrong = wrong.wrapping_add(1);
+    }
+    if wrong == 0 {
+        say!(
+            "the engine counted every call on this CPU by its status: 2 NotSupported, 2 NotOwner, 1 InvalidArgument, 1 NotFound, then {SHORT_CALLS} unknown ids and {SHORT_CALLS} Versions"
+        );
+    } else {
+        fail(format_args!(
+            "per-CPU call counters wrong: {wrong} of 5 checks (the bad calls' four statuses, then {SHORT_CALLS} unknown ids and Versions: {unknown_delta:?} NotSupported, {ok_delta:?} Success counted)"
+        ));
     }
 }
 
