@@ -127,7 +127,7 @@ fn machine(mem: &'static OnceLock<PhysMem>) -> E {
         shards: Vec::leak((0..ns).map(|_| Shard::new()).collect()),
         records: Vec::leak(vec![PageRecord::HOST; nr]),
         vms: Vec::leak((0..SPEC.vm_slots).map(|_| VmSlot::new()).collect()),
-        stats: Vec::leak((0..SPEC.cpus).map(|_| CpuStats::new()).collect()),
+        stats: Vec::leak((0..SPEC.cpus as u32).map(CpuStats::new).collect()),
     };
     Box::leak(Box::new(SPEC.build_on(Shadow::default(), mem, storage)))
 }
