@@ -599,6 +599,11 @@ mod tests {
         c.set_x(&mem, 30, 7);
         c.set_x(&mem, 31, 9);
         assert_eq!((c.x(&mem, 30), c.x(&mem, 31)), (7, 0));
+        assert_eq!(
+            c.pc(&mem),
+            0x8000_0000,
+            "a write to XZR is not one to the PC"
+        );
         c.set_v(&mem, 31, u128::MAX - 1);
         assert_eq!(c.v(&mem, 31), u128::MAX - 1);
         assert_eq!(c.v(&mem, 30), 0);

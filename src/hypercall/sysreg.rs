@@ -384,8 +384,28 @@ mod tests {
             acc(3, 0, 9, 10, 0, false),
             // CRm 14 of another Op1 is not the PMU's either.
             acc(3, 1, 9, 14, 1, true),
+            // CRn 10 outside LORegions' CRm 4 (MAIR_EL1), and CRm 3..=5
+            // outside RAS's CRn 5.
+            acc(3, 0, 10, 2, 0, true),
+            acc(3, 0, 1, 3, 0, true),
+            acc(3, 0, 2, 5, 0, false),
         ] {
             assert_eq!(classify(a), Handling::Refuse, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn a_trap_syndrome_round_trips_every_field() {
+        for a in [
+            acc(3, 3, 14, 3, 1, true),
+            acc(3, 7, 15, 15, 7, false),
+            acc(2, 0, 0, 2, 2, true),
+            acc(3, 4, 12, 11, 5, false),
+        ] {
+            let e = a.esr();
+            assert_eq!(e >> 26, 0x18, "EC");
+            assert_ne!(e & 1 << 25, 0, "IL");
+            assert_eq!(Access::from_esr(e), a);
         }
     }
 

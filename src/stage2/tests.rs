@@ -419,6 +419,36 @@ fn a_1gib_block_may_be_mapped_at_the_start_level() {
 }
 
 #[test]
+fn unmap_page_takes_only_a_page_aligned_ipa_in_range() {
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let ipa = Ipa::new(0x8_0000_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        ipa,
+        PhysAddr::new(0x1_0000_0000),
+        3,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    let inside = Ipa::new(0x8_0000_0008);
+    assert_eq!(
+        s2.unmap_page(&mem, &arch, &mut pool, inside).err(),
+        Some(S2Error::OutOfRange)
+    );
+    assert!(s2.translate(&mem, ipa).is_some(), "still mapped");
+    let beyond = Ipa::new(S2Config::DEFAULT.ipa_limit());
+    assert_eq!(
+        s2.unmap_page(&mem, &arch, &mut pool, beyond).err(),
+        Some(S2Error::OutOfRange)
+    );
+}
+
+#[test]
 fn a_run_check_reads_every_entry_of_an_existing_l3_table() {
     let (mem, mut pool, s2) = setup(8);
     let arch = RecordingArch::new();
