@@ -1109,6 +1109,20 @@ mod tests {
     }
 
     #[test]
+    fn the_hosts_vttbr_names_vmid_0_and_a_root_the_engine_owns() {
+        let e = MachineSpec::default().build(NoopArch);
+        let vttbr = e.host_vttbr();
+        assert_eq!(vttbr >> 48, 0, "VMID 0");
+        let root = PhysAddr::new(vttbr & stage2::desc::OA_MASK);
+        assert_ne!(root.raw(), 0);
+        assert_eq!(
+            e.page(root).map(|r| r.owner()),
+            Some(crate::ownership::Owner::Engine)
+        );
+        assert_eq!(vttbr & !stage2::desc::OA_MASK, 0, "nothing but the root");
+    }
+
+    #[test]
     fn settling_no_pages_asks_the_machine_for_nothing() {
         let e = crate::testing::MachineSpec::default().build(crate::arch::RecordingArch::new());
         let pa = crate::testing::MachineSpec::default().page(20);

@@ -638,6 +638,24 @@ mod tests {
     }
 
     #[test]
+    fn list_registers_beyond_the_slots_read_zero_and_ignore_writes() {
+        let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
+        let c = Context::new(PhysAddr::new(0x4000_0000));
+        c.init(&mem, 0x8000_0000, 1);
+        // The word after the last slot is the saved ICH_VMCR_EL2.
+        assert!(mem.write_u64(PhysAddr::new(0x4000_0000 + OFF_VMCR), 0x77));
+        let r = c.regs(&mem).unwrap();
+        let slots = isola_abi::lr::SLOTS;
+        r.set_lr(slots - 1, 5);
+        r.set_lr(slots, 9);
+        assert_eq!((r.lr(slots - 1), r.lr(slots)), (5, 0));
+        assert_eq!(
+            mem.read_u64(PhysAddr::new(0x4000_0000 + OFF_VMCR)),
+            Some(0x77)
+        );
+    }
+
+    #[test]
     fn cpu_on_reset_keeps_only_the_list_registers() {
         let mem = PhysMem::leak_host(PhysAddr::new(0x4000_0000), 1);
         let c = Context::new(PhysAddr::new(0x4000_0000));

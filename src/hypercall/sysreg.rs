@@ -230,7 +230,8 @@ const POLICY: &[(Id, u64, u64)] = &[
 ];
 
 /// The value a guest reads from ID register `(crm, op2)` when the CPU's
-/// (sanitised) value is `raw` and the VM's IPA space is `ipa_bits` wide.
+/// (sanitised) value is `raw` and the VM's IPA space is `ipa_bits` wide
+/// (40 to 48, as [`crate::stage2::S2Config`] allows).
 pub fn guest_id_value(crm: u8, op2: u8, raw: u64, ipa_bits: u32) -> u64 {
     let Some(&(_, keep, force)) = POLICY.iter().find(|(id, _, _)| *id == (crm, op2)) else {
         return 0;
@@ -242,10 +243,10 @@ pub fn guest_id_value(crm: u8, op2: u8, raw: u64, ipa_bits: u32) -> u64 {
         // 41-bit space is told 40 bits, never 42 (a guest sizing its own
         // tables by PARange would otherwise place addresses no Stage-2
         // entry can map).
+        // (`S2Config` allows 40 to 48 bits, so nothing below 40 bits
+        // needs an encoding of its own.)
         let cap = match ipa_bits {
-            0..=35 => 0,
-            36..=39 => 1,
-            40..=41 => 2,
+            ..=41 => 2,
             42..=43 => 3,
             44..=47 => 4,
             _ => 5,
