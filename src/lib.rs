@@ -79,7 +79,8 @@
 //! `planted-bug-guest-unshare-skips-maintenance` (a guest's `Unshare` skips
 //! the maintenance [`handover`] plans for it) and
 //! `planted-bug-accounting-takes-shard-locks` (`Accounting` takes every
-//! shard's lock, which the booted storm catches). Run e.g.
+//! shard's lock, and `Sharing` every VM slot's, which the booted storm
+//! catches). Run e.g.
 //! `cargo test -p isola --features planted-bug-skip-scrub --test engine scenario`
 //! and expect failures.
 #![cfg_attr(not(test), no_std)]

@@ -5,7 +5,7 @@
 //! Invariants: every page on the list is engine-owned and reachable through
 //! the memory window; a page is on at most one pool's list; `free <= total`.
 //! Each pool is guarded by its owner's lock (a VM's pool by that VM's mutex,
-//! the host Stage-2 pool by the host Stage-2 mutex).
+//! the host Stage-2 pool by its own, `stage2::shared::SharedPool`).
 
 use crate::addr::PhysAddr;
 use crate::mem::PhysMem;

@@ -12,7 +12,7 @@
 //!   lives in pages of the VM's donated pool; the slot itself is small and
 //!   fixed (see `docs/ownership.md` for the measured size).
 //! - All fields of [`VmInner`] are guarded by the slot's mutex; lock order:
-//!   slot → shard → host Stage-2.
+//!   slot → shard → host Stage-2 table pool.
 //! - Two atomics beside the mutex let calls that only *look for* a slot or
 //!   *count* skip the locks (issue 17: no host call waits on other VMs):
 //!   `claimed` is false exactly when the slot is `Free` and no `VmCreate`

@@ -36,6 +36,18 @@ pub mod model {
         run(None, f)
     }
 
+    /// [`exhaustive`] for a model whose executions take more than loom's
+    /// default 1 000 branches (scheduling points), e.g. a call that changes
+    /// a 2 MiB shard's 512 records, each change an atomic store of the
+    /// shard's published counts: every interleaving still, with
+    /// `max_branches` as the per-execution limit (loom panics if exceeded).
+    pub fn exhaustive_long<F>(max_branches: usize, f: F) -> usize
+    where
+        F: Fn() + Sync + Send + 'static,
+    {
+        run_with(None, max_branches, f)
+    }
+
     /// Explore every interleaving with at most `bound` preemptions per
     /// execution. Used for the models of three threads spinning on one
     /// lock or barrier, whose full state space is too large for the suite's
@@ -63,12 +75,20 @@ pub mod model {
     where
         F: Fn() + Sync + Send + 'static,
     {
+        run_with(bound, loom::model::Builder::new().max_branches, f)
+    }
+
+    fn run_with<F>(bound: Option<usize>, max_branches: usize, f: F) -> usize
+    where
+        F: Fn() + Sync + Send + 'static,
+    {
         // A real (not loom) atomic: it counts model executions from outside
         // the model and must not be part of what loom explores.
         let executions = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&executions);
         let mut builder = loom::model::Builder::new();
         builder.preemption_bound = bound;
+        builder.max_branches = max_branches;
         builder.check(move || {
             counter.fetch_add(1, Ordering::Relaxed);
             f();

@@ -3,7 +3,8 @@
 //! check and move runs of pages one shard lock at a time.
 //!
 //! Every transition takes the VM's slot lock first, then page or shard
-//! locks, then the host Stage-2 lock (the lock order of docs/ownership.md),
+//! locks, under which it edits the host Stage-2 (taking the host table
+//! pool's lock only for a table: the lock order of docs/ownership.md),
 //! removes the losing side's mapping (with its TLBI), settles the transition
 //! (the maintenance [`crate::handover::plan`] decides: the host's DMA view,
 //! the scrub, the caches) and only then writes the new side's mapping.
@@ -119,9 +120,10 @@ impl<A: Arch> Engine<A> {
     /// and pool) every page is checked in the documented order: format, the
     /// handle, ownership (one shard lock per shard crossed), every IPA
     /// unmapped and the pool holding the tables needed. Then, shard by
-    /// shard, the records change and the host loses its mappings (shard lock
-    /// → host Stage-2 lock: the lock order; the unmap of a shard's part is
-    /// one batch with one TLBI and `dsb ish`); then the run is settled once
+    /// shard, the records change and the host loses its mappings (under the
+    /// shard lock, the pool's lock only for a split's table: the lock order;
+    /// the unmap of a shard's part is one batch with one TLBI and `dsb
+    /// ish`); then the run is settled once
     /// ([`Engine::settle`]: one DMA-view invalidation and sync for the whole
     /// run, the clean to the PoC unless FWB, the instruction cache if the
     /// mapping is executable, one `dsb ish`); last the VM's Stage-2 gets the

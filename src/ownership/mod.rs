@@ -21,7 +21,9 @@
 //!   the lock of the shard the page lives in).
 //!
 //! Lock order (engine-wide): VM slot → shard (at most one at a time) → host
-//! Stage-2. See `docs/ownership.md` for why this cannot deadlock.
+//! Stage-2 table pool (held for one allocation); the device-map lock, taken
+//! alone, → the same pool. See `docs/ownership.md` for why this cannot
+//! deadlock.
 
 pub mod record;
 
@@ -496,7 +498,8 @@ impl PageDb {
     }
 
     /// Locks the shard of page `pa` (page aligned, RAM) and returns a guard
-    /// for its record. Lock order: after any VM lock, before host Stage-2.
+    /// for its record. Lock order: after any VM lock, before the host
+    /// Stage-2 table pool.
     pub fn lock_page(&self, pa: PhysAddr) -> Option<PageGuard<'_>> {
         let pfn = Pfn::from_aligned(pa)?;
         let (shard, idx) = self.locate(pfn)?;

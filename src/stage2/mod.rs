@@ -15,11 +15,16 @@
 //! - A newly built table (a split block's replacement) is filled before it
 //!   becomes reachable; those writes are not reported, since no walker can
 //!   see them.
-//! - The caller serialises edits of one `Stage2` (the VM's lock, or the host
-//!   Stage-2 lock). Hardware walkers may read concurrently, which is why every
-//!   descriptor access is a single-copy atomic 64-bit access (see `mem`).
+//! - The caller serialises edits of the entries it touches: a VM's whole
+//!   Stage-2 under the VM's lock; the host's per part (a RAM page's entries
+//!   under its shard lock, device pages' under the device-map lock, table
+//!   pages from a [`shared::SharedPool`]; the argument that no two parts
+//!   share an entry is in `docs/ownership.md`). Hardware walkers may read
+//!   concurrently, which is why every descriptor access is a single-copy
+//!   atomic 64-bit access (see `mem`).
 
 pub mod desc;
+pub mod shared;
 
 use crate::addr::{Ipa, PAGE_SIZE, PhysAddr};
 use crate::arch::{Arch, Vmid};
@@ -131,8 +136,11 @@ pub enum S2Error {
 
 /// Where table pages come from and go back to.
 pub trait TableAlloc {
-    /// A zeroed page, or `None` if exhausted.
-    fn alloc_table(&mut self, mem: &PhysMem) -> Option<PhysAddr>;
+    /// A zeroed page for a table to be installed into an entry at `level`
+    /// (its children are at `level + 1`), or `None` if exhausted or if this
+    /// allocator's user may not install a table at that level (see
+    /// [`shared::SharedAlloc`]).
+    fn alloc_table(&mut self, mem: &PhysMem, level: u8) -> Option<PhysAddr>;
     /// Returns a page that no walker can reach any more.
     fn free_table(&mut self, mem: &PhysMem, pa: PhysAddr);
     /// Pages `alloc_table` can still hand out.
@@ -140,7 +148,7 @@ pub trait TableAlloc {
 }
 
 impl TableAlloc for PagePool {
-    fn alloc_table(&mut self, mem: &PhysMem) -> Option<PhysAddr> {
+    fn alloc_table(&mut self, mem: &PhysMem, _level: u8) -> Option<PhysAddr> {
         self.alloc(mem)
     }
     fn available(&self) -> u64 {
@@ -372,7 +380,7 @@ impl Stage2 {
             let entry = self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?;
             let d = Self::read(mem, entry);
             if !d.is_valid() {
-                let t = alloc.alloc_table(mem).ok_or(S2Error::NoMemory)?;
+                let t = alloc.alloc_table(mem, cur).ok_or(S2Error::NoMemory)?;
                 Self::install(mem, arch, entry, Desc::table(t));
                 table = t;
             } else if d.is_table(cur) {
@@ -387,6 +395,63 @@ impl Stage2 {
             return Err(S2Error::AlreadyMapped);
         }
         Ok(entry)
+    }
+
+    /// Makes sure the table holding `ipa`'s entry at `level` exists: every
+    /// entry above `level` on `ipa`'s path becomes a table (missing ones
+    /// built, each installed empty). Used at boot to build, once, the
+    /// tables that edits made later without a common lock must never
+    /// install themselves (see `docs/ownership.md`, the host Stage-2).
+    ///
+    /// `AlreadyMapped` if a leaf above `level` covers `ipa`; `NoMemory` if
+    /// `alloc` cannot give a table (those built before stay).
+    pub fn build_tables<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        level: u8,
+    ) -> Result<(), S2Error> {
+        if level > 3 || !self.in_range(ipa) {
+            return Err(S2Error::OutOfRange);
+        }
+        let mut table = self.root;
+        let mut cur = self.cfg.start_level;
+        while cur < level {
+            let entry = self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?;
+            let d = Self::read(mem, entry);
+            if d.is_table(cur) {
+                table = d.addr();
+            } else if d.is_valid() {
+                return Err(S2Error::AlreadyMapped);
+            } else {
+                let t = alloc.alloc_table(mem, cur).ok_or(S2Error::NoMemory)?;
+                Self::install(mem, arch, entry, Desc::table(t));
+                table = t;
+            }
+            cur = cur.wrapping_add(1);
+        }
+        Ok(())
+    }
+
+    /// Whether every entry above `level` on `ipa`'s path is a table (what
+    /// [`Stage2::build_tables`] makes sure of). Reads only.
+    pub fn has_tables(&self, mem: &PhysMem, ipa: Ipa, level: u8) -> bool {
+        let mut table = self.root;
+        let mut cur = self.cfg.start_level;
+        while cur < level {
+            let Some(entry) = self.entry(table, ipa, cur) else {
+                return false;
+            };
+            let d = Self::read(mem, entry);
+            if !d.is_table(cur) {
+                return false;
+            }
+            table = d.addr();
+            cur = cur.wrapping_add(1);
+        }
+        self.in_range(ipa)
     }
 
     /// Writes `desc` into an entry [`Stage2::prepare_leaf`] returned (under
@@ -740,15 +805,23 @@ impl Stage2 {
         level: u8,
     ) -> Result<PhysAddr, S2Error> {
         let child = level.wrapping_add(1);
-        let t = alloc.alloc_table(mem).ok_or(S2Error::NoMemory)?;
+        // The block lies in the address space (it is mapped), so none of its
+        // children's addresses below can wrap.
+        d.addr()
+            .checked_add(block_size(level))
+            .ok_or(S2Error::OutOfRange)?;
+        let t = alloc.alloc_table(mem, level).ok_or(S2Error::NoMemory)?;
+        // The new table is checked once and filled by offset (no window
+        // check per entry: 512 of them on every split).
+        let page = mem.page(t).ok_or(S2Error::OutOfRange)?;
         let step = block_size(child);
         let mut pa = d.addr();
-        let mut slot = t;
+        let mut off = 0u64;
         for _ in 0..ENTRIES {
             // The table is not reachable yet: no walker can observe these.
-            let _ = mem.write_u64(slot, d.with_level_and_addr(child, pa).0);
-            pa = pa.checked_add(step).ok_or(S2Error::OutOfRange)?;
-            slot = slot.checked_add(8).ok_or(S2Error::OutOfRange)?;
+            page.write_u64(off, d.with_level_and_addr(child, pa).0);
+            pa = pa.wrapping_add_bytes(step);
+            off = off.wrapping_add(8);
         }
         self.invalidate(mem, arch, entry, d, Tlbi::Vmid);
         Self::install(mem, arch, entry, Desc::table(t));
