@@ -38,6 +38,12 @@ fn config_validation() {
     assert_eq!(S2Config::new(40, 3), None);
     let c = S2Config::DEFAULT;
     assert_eq!((c.vtcr_t0sz(), c.vtcr_sl0()), (24, 1));
+    let c = S2Config::new(48, 0).unwrap();
+    assert_eq!(
+        (c.vtcr_t0sz(), c.vtcr_sl0()),
+        (16, 2),
+        "SL0 2: start at level 0"
+    );
 }
 
 #[test]

@@ -344,6 +344,10 @@ fn mmio_reads_and_writes_carry_exactly_one_register() {
     let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 4, 1, 0]);
     host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
     let l = host.run(vm, 0, 0);
+    // The world switch loads the VM's own translation: its VMID and root.
+    let root = host.engine.vm_summary(vm).unwrap().root.unwrap();
+    let vmid = isola::vm::vmid_of(isola::vm::VmHandle(vm).slot());
+    assert_eq!(l.vttbr(), u64::from(vmid.0) << 48 | root.raw());
     let mem = host.engine.mem();
     for r in 0..31 {
         l.context()
