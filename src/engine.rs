@@ -1109,6 +1109,81 @@ mod tests {
     }
 
     #[test]
+    fn above_the_threshold_settle_invalidates_the_whole_icache_once() {
+        let spec = crate::testing::MachineSpec::default();
+        let e = spec.build(crate::arch::RecordingArch::new());
+        let t = Transition::HostDonates { exec: true };
+        assert!(handover::plan(t, CachePolicy::MAINTAIN_ALL).icache);
+        let count = |e: &Engine<crate::arch::RecordingArch>| {
+            let (mut page, mut all) = (0u64, 0u64);
+            e.arch.for_each(|x| match x {
+                crate::arch::ArchEvent::InvalIcache(_) => page += 1,
+                crate::arch::ArchEvent::InvalIcacheAll => all += 1,
+                _ => {}
+            });
+            (page, all)
+        };
+        let n = handover::ICACHE_ALL_ABOVE;
+        e.arch.clear();
+        e.settle(t, spec.page(20), n);
+        assert_eq!(count(&e), (n, 0), "at the threshold: page by page");
+        e.arch.clear();
+        e.settle(t, spec.page(20), n + 1);
+        assert_eq!(count(&e), (0, 1), "above it: all at once");
+    }
+
+    #[test]
+    fn a_vm_pool_must_align_a_concatenated_root() {
+        // VMs with the default shape: 40-bit IPA from level 1, a root of two
+        // concatenated tables that must be 8 KiB aligned.
+        let base = PhysAddr::new(0x4000_0000);
+        let ram = [(base, 512)];
+        let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
+        let storage = EngineStorage {
+            shards: Vec::leak((0..ns).map(|_| Shard::new()).collect()),
+            records: Vec::leak(vec![PageRecord::HOST; nr]),
+            vms: Vec::leak((0..2).map(|_| VmSlot::new()).collect()),
+            stats: &[],
+        };
+        let cfg = EngineConfig {
+            ram: &ram,
+            reserved: &[(base, 8)],
+            host_s2_pool: (base.wrapping_add_bytes(8 * PAGE_SIZE), 8),
+            host_devices: &[],
+            shard_shift: 21,
+            vm_s2: S2Config::DEFAULT,
+            host_s2: S2Config::DEFAULT,
+            guest_mmio: GUEST_MMIO,
+            caches: CachePolicy::MAINTAIN_ALL,
+        };
+        let e = Engine::new(cfg, NoopArch, PhysMem::leak_host(base, 512), storage).unwrap();
+        let create = |page: u64| {
+            let pa = base.wrapping_add_bytes(page * PAGE_SIZE).raw();
+            let mut regs = [isola_abi::HostCall::VmCreate as u64, pa, 16, 1, 0, 0, 0];
+            e.host_call(0, &mut regs);
+            isola_abi::Status::from_raw(regs[0] as i64)
+        };
+        // NoMemory: the ABI's answer for a pool that cannot hold the root
+        // where it must be.
+        assert_eq!(
+            create(17),
+            Some(isola_abi::Status::NoMemory),
+            "4 KiB aligned only"
+        );
+        assert_eq!(create(18), Some(isola_abi::Status::Success));
+    }
+
+    #[test]
+    fn the_features_name_guest_psci_abort_injection_and_the_list_registers() {
+        let base = features::GUEST_PSCI | features::ABORT_INJECTION;
+        assert_eq!(features_for(0), base);
+        let f = features_for(4);
+        assert_eq!(f & base, base);
+        assert_ne!(f & features::VIRTUAL_INTERRUPTS, 0);
+        assert_eq!(features::list_registers(f), 4);
+    }
+
+    #[test]
     fn the_hosts_vttbr_names_vmid_0_and_a_root_the_engine_owns() {
         let e = MachineSpec::default().build(NoopArch);
         let vttbr = e.host_vttbr();

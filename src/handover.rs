@@ -251,6 +251,23 @@ pub(crate) mod tests {
     ];
 
     #[test]
+    fn no_plan_cleans_to_both_points() {
+        // A clean to PoC covers PoU: a plan asks for one or the other.
+        for bits in 0u8..16 {
+            let p = CachePolicy {
+                fwb_guest: bits & 1 != 0,
+                fwb_host: bits & 2 != 0,
+                dic: bits & 4 != 0,
+                idc: bits & 8 != 0,
+            };
+            for t in ALL {
+                let q = plan(t, p);
+                assert!(!(q.clean_poc && q.clean_pou), "{t:?} {p:?}");
+            }
+        }
+    }
+
+    #[test]
     fn without_fwb_every_transition_between_worlds_cleans_to_poc() {
         let p = CachePolicy::MAINTAIN_ALL;
         for t in ALL {

@@ -604,6 +604,9 @@ mod tests {
             0x8000_0000,
             "a write to XZR is not one to the PC"
         );
+        let r = c.regs(&mem).unwrap();
+        r.set_x(31, 9);
+        assert_eq!((r.x(31), r.pc()), (0, 0x8000_0000), "nor through Regs");
         c.set_v(&mem, 31, u128::MAX - 1);
         assert_eq!(c.v(&mem, 31), u128::MAX - 1);
         assert_eq!(c.v(&mem, 30), 0);

@@ -396,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn only_the_other_sgi_registers_are_write_ignored() {
+        // ICC_ASGI1R_EL1 and ICC_SGI0R_EL1 (CRm 11, Op2 6 and 7): writes
+        // ignored. Their neighbours in CRn 12 are not.
+        for op2 in [6, 7] {
+            assert_eq!(classify(acc(3, 0, 12, 11, op2, false)), Handling::RazWi);
+        }
+        for a in [acc(3, 0, 12, 12, 1, false), acc(3, 0, 12, 12, 6, false)] {
+            assert_ne!(classify(a), Handling::RazWi, "{a:?}");
+        }
+    }
+
+    #[test]
     fn a_trap_syndrome_round_trips_every_field() {
         for a in [
             acc(3, 3, 14, 3, 1, true),

@@ -30,7 +30,7 @@ pub mod record;
 use crate::addr::{PAGE_SHIFT, Pfn, PhysAddr};
 use isola_sync::atomic::{AtomicU64, Ordering};
 use isola_sync::{Mutex, MutexGuard};
-pub use record::{MAX_VM_SLOTS, Owner, PageRecord, PageState};
+pub use record::{Owner, PageRecord, PageState};
 
 /// The most separate RAM ranges the engine accepts.
 pub const MAX_RAM_RANGES: usize = 8;

@@ -12,8 +12,9 @@
 //! (peer: the host); `Pool` pages are owned by the engine (peer: a VM). The
 //! owner of an `Owned` page has no peer (peer field zero).
 
-/// The most VM slots a record can name.
-pub const MAX_VM_SLOTS: usize = 0xfff - 2;
+// A record names its owner and peer in 12 bits each: host, engine, and
+// every VM slot the VM table can hold.
+const _: () = assert!(crate::vm::MAX_SLOTS + 2 <= 0xfff);
 
 /// Who owns a page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -118,16 +119,17 @@ impl PageRecord {
             Owner::Engine => false,
         }
     }
-
-    /// The raw encoding.
-    pub const fn raw(self) -> u32 {
-        self.0
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_prints_owner_state_and_peer() {
+        let r = PageRecord::shared(Owner::Vm(7), Owner::Host);
+        assert_eq!(std::format!("{r:?}"), "Vm(7)/Shared/Some(Host)");
+    }
 
     #[test]
     fn record_is_four_bytes_and_round_trips() {
@@ -136,7 +138,7 @@ mod tests {
             Owner::Host,
             Owner::Engine,
             Owner::Vm(0),
-            Owner::Vm(MAX_VM_SLOTS as u16 - 1),
+            Owner::Vm(crate::vm::MAX_SLOTS as u16 - 1),
         ] {
             let r = PageRecord::owned(owner);
             assert_eq!(

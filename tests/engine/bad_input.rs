@@ -19,13 +19,13 @@ type VmView = (u64, Vec<(u64, u64, u64, bool)>, [u64; 3], Vec<String>);
 /// Everything a caller could observe, as comparable data.
 #[derive(Debug, PartialEq, Eq)]
 struct Snapshot {
-    records: Vec<u32>,
+    records: Vec<isola::ownership::PageRecord>,
     vms: Vec<VmView>,
 }
 
 fn snapshot(e: &Engine<NoopArch>) -> Snapshot {
     let mut records = Vec::new();
-    e.for_each_page(|_, r| records.push(r.raw()));
+    e.for_each_page(|_, r| records.push(r));
     let mut handles = Vec::new();
     e.for_each_vm(|h, _| handles.push(h.0));
     let vms = handles

@@ -1244,3 +1244,70 @@ fn a_vm_that_powered_off_takes_no_injected_abort() {
     );
     host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
 }
+
+/// The host lends a VM two pages, then tries to end the first loan at the
+/// IPA of the second. The engine refuses: the mapping there is lent, but
+/// not this page. Nothing changes: both loans stand, and ending each at its
+/// own IPA works. (Had it taken the second page's mapping away and handed
+/// the first page back, the VM would keep a host page mapped.)
+#[test]
+fn a_loan_ends_only_at_the_ipa_it_was_made_at() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    let (a, b) = (host.page(40), host.page(41));
+    let (ia, ib) = (GUEST_RAM + 0x3000, GUEST_RAM + 0x4000);
+    host.ok(HostCall::Share, [vm, a, ia, perms::R]);
+    host.ok(HostCall::Share, [vm, b, ib, perms::R]);
+    assert_eq!(
+        host.call(HostCall::Unshare, [vm, a, ib, 0]).0,
+        Status::NotMapped
+    );
+    for (pa, ipa) in [(a, ia), (b, ib)] {
+        let t = host
+            .engine
+            .vm_translate(vm, Ipa::new(ipa))
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.pa, PhysAddr::new(pa));
+        assert_eq!(
+            host.engine.page(PhysAddr::new(pa)),
+            Some(PageRecord::shared(Owner::Host, Owner::Vm(0)))
+        );
+    }
+    host.ok(HostCall::Unshare, [vm, a, ia, 0]);
+    host.ok(HostCall::Unshare, [vm, b, ib, 0]);
+    host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
+}
+
+/// A guest's store replaces exactly the bytes it covers: a byte stored as
+/// 0xff and then as 0 reads back 0, and its neighbours are untouched.
+#[test]
+fn a_guest_store_replaces_the_bytes_it_covers() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 1, 0]);
+    host.ok(
+        HostCall::Donate,
+        [vm, host.page(40), GUEST_RAM, perms::R | perms::W],
+    );
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    let l = host.run(vm, 0, 0);
+    let mem = host.engine.mem();
+    let at = Ipa::new(GUEST_RAM + 3);
+    for v in [0xff, 0] {
+        l.context().set_x(mem, 5, v);
+        let w = host.engine.guest_access(&l, at, 1, true, 5);
+        assert_eq!(w, GuestExitAction::Resume);
+    }
+    let r = host
+        .engine
+        .guest_access(&l, Ipa::new(GUEST_RAM), 8, false, 6);
+    assert_eq!(r, GuestExitAction::Resume);
+    assert_eq!(l.context().x(mem, 6), 0, "the word holds only zeroes");
+    host.finish(
+        l,
+        Exit::Wfx {
+            wfe: false,
+            deadline: None,
+        },
+    );
+}
