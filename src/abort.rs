@@ -355,6 +355,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_syndrome_that_is_not_an_abort_is_never_mapped() {
+        // EC 0x16: an HVC, not an abort.
+        let hvc = Esr(0x16 << 26 | 1 << 25);
+        assert!(!hvc.is_abort());
+        assert_eq!(
+            classify_host_abort(hvc, HostPage::Accessible),
+            HostAbort::InjectSea
+        );
+        let mmio = |_: Ipa| true;
+        assert_eq!(
+            classify_guest_abort(hvc, 0, 0, mmio, 1 << 40),
+            GuestAbort::Error
+        );
+    }
+
+    #[test]
     fn a_deferred_serror_reads_as_an_serror_syndrome() {
         // A: deferred; IDS clear; AET = UC (0b000); EA; DFSC 0x11.
         let disr = 1 << 31 | 1 << 9 | 0x11;

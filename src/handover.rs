@@ -263,6 +263,8 @@ pub(crate) mod tests {
             for t in ALL {
                 let q = plan(t, p);
                 assert!(!(q.clean_poc && q.clean_pou), "{t:?} {p:?}");
+                // And PoU only for the instruction cache's sake.
+                assert!(!q.clean_pou || q.icache, "{t:?} {p:?}");
             }
         }
     }

@@ -455,6 +455,30 @@ fn unmap_page_takes_only_a_page_aligned_ipa_in_range() {
 }
 
 #[test]
+fn unmap_run_from_a_blocks_start_keeps_the_rest_of_the_block() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let block = Ipa::new(0x8_0020_0000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        block,
+        PhysAddr::new(0x8_0020_0000),
+        2,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    assert_eq!(s2.unmap_run(&mem, &arch, &mut pool, block, 4), Ok(4));
+    for i in 0..6u64 {
+        let at = Ipa::new(0x8_0020_0000 + i * PAGE_SIZE);
+        assert_eq!(s2.translate(&mem, at).is_some(), i >= 4, "page {i}");
+    }
+}
+
+#[test]
 fn a_run_check_reads_every_entry_of_an_existing_l3_table() {
     let (mem, mut pool, s2) = setup(8);
     let arch = RecordingArch::new();

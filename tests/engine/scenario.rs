@@ -1232,6 +1232,7 @@ fn a_vm_that_powered_off_takes_no_injected_abort() {
     host.finish(l, mmio);
     // vCPU 1 powers the VM off.
     let l = host.run(vm, 1, 0);
+    assert_eq!(l.index(), 1);
     let off = [psci(isola_abi::psci::SYSTEM_OFF), 0, 0, 0, 0, 0, 0];
     assert_eq!(
         host.engine.guest_hvc(&l, off),
@@ -1310,4 +1311,20 @@ fn a_guest_store_replaces_the_bytes_it_covers() {
             deadline: None,
         },
     );
+}
+
+/// A vCPU the VM may have but the host never created has no list
+/// registers to fill: `VcpuInterrupts` says `NotFound` and writes nothing.
+#[test]
+fn interrupts_for_a_vcpu_never_created_are_refused() {
+    let host = Host::new();
+    let [vm, ..] = host.ok(HostCall::VmCreate, [host.page(16), 8, 2, 0]);
+    host.ok(HostCall::VcpuCreate, [vm, 0, GUEST_RAM, 0]);
+    let none = [0; isola_abi::lr::SLOTS];
+    assert_eq!(host.engine.vcpu_interrupts(vm, 0, none), Ok([0; 3]));
+    assert_eq!(
+        host.engine.vcpu_interrupts(vm, 1, none),
+        Err(Status::NotFound)
+    );
+    host.ok(HostCall::VmDestroy, [vm, 0, 0, 0]);
 }
