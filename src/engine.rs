@@ -1074,6 +1074,17 @@ mod tests {
     use crate::arch::NoopArch;
     use crate::testing::{GUEST_MMIO, MachineSpec, VM_S2};
 
+    /// Leaked storage for an engine over `ram` (2 MiB shards, 2 VM slots).
+    fn leaked_storage(ram: &[(PhysAddr, u64)], stats: &'static [CpuStats]) -> EngineStorage {
+        let (ns, nr) = PageDb::requirements(ram, 21).unwrap();
+        EngineStorage {
+            shards: Vec::leak((0..ns).map(|_| Shard::new()).collect()),
+            records: Vec::leak(vec![PageRecord::HOST; nr]),
+            vms: Vec::leak((0..2).map(|_| VmSlot::new()).collect()),
+            stats,
+        }
+    }
+
     #[test]
     fn host_reserve_counts_one_table_per_region_touched() {
         // 4 MiB at 1 GiB: root (2 pages, level 1) + 1 L2 table + 2 L3 tables.
@@ -1138,13 +1149,7 @@ mod tests {
         // concatenated tables that must be 8 KiB aligned.
         let base = PhysAddr::new(0x4000_0000);
         let ram = [(base, 512)];
-        let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
-        let storage = EngineStorage {
-            shards: Vec::leak((0..ns).map(|_| Shard::new()).collect()),
-            records: Vec::leak(vec![PageRecord::HOST; nr]),
-            vms: Vec::leak((0..2).map(|_| VmSlot::new()).collect()),
-            stats: &[],
-        };
+        let storage = leaked_storage(&ram, &[]);
         let cfg = EngineConfig {
             ram: &ram,
             reserved: &[(base, 8)],
@@ -1299,10 +1304,6 @@ mod tests {
         let c = PhysAddr::new(0x4010_0000);
         let d = PhysAddr::new(0x4020_0000);
         let ram = [(a, 16), (b, 256), (c, 256), (d, 512)];
-        let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
-        let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
-        let records = Vec::leak(vec![PageRecord::HOST; nr]);
-        let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
         let cfg = EngineConfig {
             ram: &ram,
             reserved: &[(a, 8)],
@@ -1315,13 +1316,7 @@ mod tests {
             caches: CachePolicy::MAINTAIN_ALL,
         };
         let mem = PhysMem::leak_host(a, 16 + 1024);
-        let storage = EngineStorage {
-            shards,
-            records,
-            vms,
-            stats: &[],
-        };
-        let e = Engine::new(cfg, NoopArch, mem, storage).unwrap();
+        let e = Engine::new(cfg, NoopArch, mem, leaked_storage(&ram, &[])).unwrap();
         assert!(e.host_shared_tables_built());
         let s2 = e.host_s2;
         let at = |pa: PhysAddr| Ipa::new(pa.raw());
@@ -1370,10 +1365,6 @@ mod tests {
         let build =
             |reserved: &[(PhysAddr, u64)], pool: (PhysAddr, u64), devices: &[DeviceRange], mmio| {
                 let ram = [(spec.page(0), spec.ram_pages)];
-                let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
-                let shards: &'static [Shard] = Vec::leak((0..ns).map(|_| Shard::new()).collect());
-                let records = Vec::leak(vec![PageRecord::HOST; nr]);
-                let vms: &'static [VmSlot] = Vec::leak((0..2).map(|_| VmSlot::new()).collect());
                 let cfg = EngineConfig {
                     ram: &ram,
                     reserved,
@@ -1386,18 +1377,7 @@ mod tests {
                     caches: CachePolicy::MAINTAIN_ALL,
                 };
                 let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
-                Engine::new(
-                    cfg,
-                    NoopArch,
-                    mem,
-                    EngineStorage {
-                        shards,
-                        records,
-                        vms,
-                        stats: &[],
-                    },
-                )
-                .err()
+                Engine::new(cfg, NoopArch, mem, leaked_storage(&ram, &[])).err()
             };
         let pool = (spec.page(0), 8);
         assert_eq!(build(&[], pool, &[], GUEST_MMIO), None);
@@ -1438,13 +1418,7 @@ mod tests {
         };
         let build = |stats: &'static [CpuStats]| {
             let ram = [(spec.page(0), spec.ram_pages)];
-            let (ns, nr) = PageDb::requirements(&ram, 21).unwrap();
-            let storage = EngineStorage {
-                shards: Vec::leak((0..ns).map(|_| Shard::new()).collect()),
-                records: Vec::leak(vec![PageRecord::HOST; nr]),
-                vms: Vec::leak((0..2).map(|_| VmSlot::new()).collect()),
-                stats,
-            };
+            let storage = leaked_storage(&ram, stats);
             let mem = PhysMem::leak_host(spec.page(0), spec.ram_pages);
             let cfg = EngineConfig {
                 ram: &ram,
