@@ -1359,6 +1359,92 @@ mod tests {
         assert!(!e.host_shared_tables_built());
     }
 
+    /// An engine over one RAM range of `pages` pages at `base`: its first 8
+    /// pages the engine's, the next 8 the host Stage-2's pool.
+    fn boot_over(base: u64, pages: u64) -> Engine<NoopArch> {
+        let base = PhysAddr::new(base);
+        let ram = [(base, pages)];
+        let cfg = EngineConfig {
+            ram: &ram,
+            reserved: &[(base, 8)],
+            host_s2_pool: (base.wrapping_add_bytes(8 * PAGE_SIZE), 8),
+            host_devices: &[],
+            shard_shift: 21,
+            vm_s2: VM_S2,
+            host_s2: S2Config::DEFAULT,
+            guest_mmio: GUEST_MMIO,
+            caches: CachePolicy::MAINTAIN_ALL,
+        };
+        let mem = PhysMem::leak_host(base, pages);
+        Engine::new(cfg, NoopArch, mem, leaked_storage(&ram, &[])).unwrap()
+    }
+
+    /// Clears the host Stage-2 entry at `level` for `ipa` (a table, so
+    /// whatever lay below it is no longer reachable).
+    fn cut_host_table(e: &Engine<NoopArch>, ipa: u64, level: u8) {
+        let mut table = PhysAddr::new(e.host_vttbr() & stage2::desc::OA_MASK);
+        // The root (level 1, 40 bits) is two concatenated tables.
+        let index = |level: u8| {
+            let mask = if level == 1 { 0x3ff } else { 0x1ff };
+            (ipa >> (12 + 9 * u32::from(3 - level))) & mask
+        };
+        for l in 1..level {
+            let d = e
+                .mem
+                .read_u64(table.wrapping_add_bytes(index(l) * 8))
+                .unwrap();
+            table = PhysAddr::new(d & stage2::desc::OA_MASK);
+        }
+        assert!(
+            e.mem
+                .write_u64(table.wrapping_add_bytes(index(level) * 8), 0)
+        );
+    }
+
+    #[test]
+    fn the_boot_check_walks_every_gib_a_range_crosses() {
+        // 6 MiB from 1 GiB - 4 MiB: its first and last 2 MiB windows are
+        // whole shards, so only the walk over the two GiBs can find a
+        // table missing.
+        let e = boot_over(0x3fc0_0000, 1536);
+        assert!(e.host_shared_tables_built());
+        // Two level-2 tables; one level-3 table, for the window that holds
+        // the engine's pages and the pool.
+        assert_eq!(e.host_table_usage(), (3, 3));
+        cut_host_table(&e, 0x4000_0000, 1);
+        assert!(
+            !e.host_shared_tables_built(),
+            "the second GiB's table is gone"
+        );
+    }
+
+    #[test]
+    fn the_boot_check_stops_at_a_range_ending_on_a_gib() {
+        // RAM up to 1 GiB exactly: nothing above it is built or looked for.
+        let e = boot_over(0x3fc0_0000, 1024);
+        assert!(e.host_shared_tables_built());
+        assert_eq!(
+            e.host_table_usage(),
+            (2, 4),
+            "one level-2, one level-3 table"
+        );
+        assert!(!e.host_s2.has_tables(&e.mem, Ipa::new(0x4000_0000), 2));
+    }
+
+    #[test]
+    fn the_boot_check_reads_the_level_3_table_of_a_partial_window() {
+        // 1 MiB: the range's only 2 MiB window is partly RAM, so its
+        // level-3 table is one the check requires.
+        let e = boot_over(0x3fc0_0000, 256);
+        assert!(e.host_shared_tables_built());
+        cut_host_table(&e, 0x3fc0_0000, 2);
+        assert!(e.host_s2.has_tables(&e.mem, Ipa::new(0x3fc0_0000), 2));
+        assert!(
+            !e.host_shared_tables_built(),
+            "the window's level-3 table is gone"
+        );
+    }
+
     #[test]
     fn init_rejects_inconsistent_layouts() {
         let spec = MachineSpec::default();

@@ -543,3 +543,53 @@ fn the_last_page_of_the_address_space_maps_and_unmaps() {
         Err(S2Error::OutOfRange)
     );
 }
+
+#[test]
+fn a_table_in_the_way_of_a_block_is_already_mapped() {
+    // A page mapped at 2 MiB + 4 KiB builds the level-3 table of its
+    // 2 MiB window; a 2 MiB block over that window would overwrite the
+    // table (and lose the page's mapping), so preparing it is refused,
+    // even though the level-3 table's own entries are mostly empty.
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let page = Ipa::new(0x8_0020_1000);
+    s2.map(
+        &mem,
+        &arch,
+        &mut pool,
+        page,
+        PhysAddr::new(BASE),
+        3,
+        Perms::RW,
+        MemType::Normal,
+        0,
+    )
+    .unwrap();
+    let free = pool.free();
+    let block = Ipa::new(0x8_0020_0000);
+    assert_eq!(
+        s2.prepare_leaf(&mem, &arch, &mut pool, block, 2),
+        Err(S2Error::AlreadyMapped)
+    );
+    assert_eq!(pool.free(), free);
+    assert_eq!(s2.translate(&mem, page).map(|t| t.level), Some(3));
+}
+
+#[test]
+fn building_tables_takes_only_levels_up_to_3() {
+    // There is no level 4: a request for its table builds nothing (a
+    // level-3 entry is never a table).
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let ipa = Ipa::new(0x8_0020_0000);
+    let free = pool.free();
+    assert_eq!(
+        s2.build_tables(&mem, &arch, &mut pool, ipa, 4),
+        Err(S2Error::OutOfRange)
+    );
+    assert_eq!(pool.free(), free);
+    assert!(!s2.has_tables(&mem, ipa, 2));
+    assert_eq!(s2.build_tables(&mem, &arch, &mut pool, ipa, 3), Ok(()));
+    assert!(s2.has_tables(&mem, ipa, 3));
+    assert_eq!(pool.free(), free - 2, "one level-2 and one level-3 table");
+}
