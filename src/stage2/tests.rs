@@ -546,13 +546,15 @@ fn the_last_page_of_the_address_space_maps_and_unmaps() {
 
 #[test]
 fn a_table_in_the_way_of_a_block_is_already_mapped() {
-    // A page mapped at 2 MiB + 4 KiB builds the level-3 table of its
+    // A page mapped at 2 MiB + 20 KiB builds the level-3 table of its
     // 2 MiB window; a 2 MiB block over that window would overwrite the
     // table (and lose the page's mapping), so preparing it is refused,
-    // even though the level-3 table's own entries are mostly empty.
+    // though the level-3 table's other entries are empty (among them the
+    // one a walk gone a level too deep would pick: index 1, the block's
+    // level-2 index).
     let (mem, mut pool, s2) = setup(8);
     let arch = RecordingArch::new();
-    let page = Ipa::new(0x8_0020_1000);
+    let page = Ipa::new(0x8_0020_5000);
     s2.map(
         &mem,
         &arch,
