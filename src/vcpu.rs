@@ -612,9 +612,11 @@ mod tests {
         assert_eq!(c.v(&mem, 30), 0);
         // There is no V32: setting it changes nothing (FPSR and FPCR follow
         // V31 in the context).
+        c.set_word(&mem, OFF_FPSR, 0x0800_0010);
+        c.set_word(&mem, OFF_FPCR, 0x0340_0000);
         c.set_v(&mem, 32, u128::MAX);
         assert_eq!(c.v(&mem, 32), 0);
-        assert_eq!(c.fp_status(&mem), (0, 0));
+        assert_eq!(c.fp_status(&mem), (0x0800_0010, 0x0340_0000));
         assert_eq!(c.v(&mem, 31), u128::MAX - 1);
         for p in [
             Pending::None,
@@ -704,7 +706,11 @@ mod tests {
         // With SCTLR_EL1.DSSBS set, entry sets PSTATE.SSBS.
         c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR | SCTLR_DSSBS);
         r.inject_undefined();
-        assert_eq!(c.pstate(&mem), INITIAL_PSTATE | PSTATE_SSBS);
+        assert_eq!(
+            c.pstate(&mem),
+            INITIAL_PSTATE | 1 << 12,
+            "PSTATE.SSBS is bit 12"
+        );
         c.set_sysreg(&mem, SysReg::SctlrEl1, INITIAL_SCTLR);
         c.set_pstate(&mem, INITIAL_PSTATE);
         // An instruction fetch from EL0 with PAN clear and SPAN clear:

@@ -595,3 +595,30 @@ fn building_tables_takes_only_levels_up_to_3() {
     assert!(s2.has_tables(&mem, ipa, 3));
     assert_eq!(pool.free(), free - 2, "one level-2 and one level-3 table");
 }
+
+#[test]
+fn a_block_maps_only_an_aligned_physical_address() {
+    // A 2 MiB block's output address must be 2 MiB aligned: the low bits
+    // of a misaligned one would be dropped from the descriptor and the
+    // block would map memory below the page asked for.
+    let (mem, mut pool, s2) = setup(8);
+    let arch = RecordingArch::new();
+    let ipa = Ipa::new(0x8_0020_0000);
+    let free = pool.free();
+    assert_eq!(
+        s2.map(
+            &mem,
+            &arch,
+            &mut pool,
+            ipa,
+            PhysAddr::new(0x1_0000_1000),
+            2,
+            Perms::RW,
+            MemType::Normal,
+            0
+        ),
+        Err(S2Error::OutOfRange)
+    );
+    assert_eq!(pool.free(), free);
+    assert_eq!(s2.translate(&mem, ipa), None);
+}
