@@ -1386,18 +1386,18 @@ mod tests {
         // The root (level 1, 40 bits) is two concatenated tables.
         let index = |level: u8| {
             let mask = if level == 1 { 0x3ff } else { 0x1ff };
-            (ipa >> (12 + 9 * u32::from(3 - level))) & mask
+            (ipa >> stage2::level_shift(level)) & mask
         };
         for l in 1..level {
             let d = e
                 .mem
-                .read_u64(table.wrapping_add_bytes(index(l) * 8))
+                .read_u64(table.wrapping_add_bytes(index(l).wrapping_mul(8)))
                 .unwrap();
             table = PhysAddr::new(d & stage2::desc::OA_MASK);
         }
         assert!(
             e.mem
-                .write_u64(table.wrapping_add_bytes(index(level) * 8), 0)
+                .write_u64(table.wrapping_add_bytes(index(level).wrapping_mul(8)), 0)
         );
     }
 
