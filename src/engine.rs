@@ -1293,6 +1293,31 @@ mod tests {
         );
     }
 
+    /// An engine over the RAM ranges `ram`, backed by `window` pages from
+    /// the first range's base: the first 8 pages the engine's, the next 8
+    /// the host Stage-2's pool.
+    fn boot_ram(ram: &[(PhysAddr, u64)], window: u64) -> Engine<NoopArch> {
+        let base = ram.first().unwrap().0;
+        let cfg = EngineConfig {
+            ram,
+            reserved: &[(base, 8)],
+            host_s2_pool: (base.wrapping_add_bytes(8 * PAGE_SIZE), 8),
+            host_devices: &[],
+            shard_shift: 21,
+            vm_s2: VM_S2,
+            host_s2: S2Config::DEFAULT,
+            guest_mmio: GUEST_MMIO,
+            caches: CachePolicy::MAINTAIN_ALL,
+        };
+        let mem = PhysMem::leak_host(base, window);
+        Engine::new(cfg, NoopArch, mem, leaked_storage(ram, &[])).unwrap()
+    }
+
+    /// [`boot_ram`] over one range of `pages` pages at `base`.
+    fn boot_over(base: u64, pages: u64) -> Engine<NoopArch> {
+        boot_ram(&[(PhysAddr::new(base), pages)], pages)
+    }
+
     #[test]
     fn the_tables_ram_edits_would_share_are_built_at_boot() {
         // Range A: the last 16 pages below 1 GiB, all the engine's (the host
@@ -1303,20 +1328,7 @@ mod tests {
         let b = PhysAddr::new(0x4000_0000);
         let c = PhysAddr::new(0x4010_0000);
         let d = PhysAddr::new(0x4020_0000);
-        let ram = [(a, 16), (b, 256), (c, 256), (d, 512)];
-        let cfg = EngineConfig {
-            ram: &ram,
-            reserved: &[(a, 8)],
-            host_s2_pool: (a.wrapping_add_bytes(8 * PAGE_SIZE), 8),
-            host_devices: &[],
-            shard_shift: 21,
-            vm_s2: VM_S2,
-            host_s2: S2Config::DEFAULT,
-            guest_mmio: GUEST_MMIO,
-            caches: CachePolicy::MAINTAIN_ALL,
-        };
-        let mem = PhysMem::leak_host(a, 16 + 1024);
-        let e = Engine::new(cfg, NoopArch, mem, leaked_storage(&ram, &[])).unwrap();
+        let e = boot_ram(&[(a, 16), (b, 256), (c, 256), (d, 512)], 16 + 1024);
         assert!(e.host_shared_tables_built());
         let s2 = e.host_s2;
         let at = |pa: PhysAddr| Ipa::new(pa.raw());
@@ -1357,26 +1369,6 @@ mod tests {
         let root = PhysAddr::new(e.host_vttbr() & stage2::desc::OA_MASK);
         assert!(e.mem.write_u64(root, 0));
         assert!(!e.host_shared_tables_built());
-    }
-
-    /// An engine over one RAM range of `pages` pages at `base`: its first 8
-    /// pages the engine's, the next 8 the host Stage-2's pool.
-    fn boot_over(base: u64, pages: u64) -> Engine<NoopArch> {
-        let base = PhysAddr::new(base);
-        let ram = [(base, pages)];
-        let cfg = EngineConfig {
-            ram: &ram,
-            reserved: &[(base, 8)],
-            host_s2_pool: (base.wrapping_add_bytes(8 * PAGE_SIZE), 8),
-            host_devices: &[],
-            shard_shift: 21,
-            vm_s2: VM_S2,
-            host_s2: S2Config::DEFAULT,
-            guest_mmio: GUEST_MMIO,
-            caches: CachePolicy::MAINTAIN_ALL,
-        };
-        let mem = PhysMem::leak_host(base, pages);
-        Engine::new(cfg, NoopArch, mem, leaked_storage(&ram, &[])).unwrap()
     }
 
     /// Clears the host Stage-2 entry at `level` for `ipa` (a table, so
