@@ -9,6 +9,15 @@
 //! image contains is what counts: with LTO, a panic path that survives
 //! optimisation is one the compiler could not prove unreachable.
 //!
+//! The same disassembly bounds every function's stack frame: the image
+//! has no stack probes, so a frame larger than the 4 KiB guard page below
+//! each EL2 stack could step over it and write into the slot below
+//! unnoticed. A frame of at most the guard size less the largest single
+//! push cannot: the function whose frame first reaches below the stack
+//! leaves its stack pointer inside the guard, and its next push, or its
+//! callee's, faults there (AArch64 has no red zone: nothing is stored
+//! below the stack pointer).
+//!
 //! The check can fail: `isola-boot`'s `planted-bug-panic-path` feature
 //! builds an image with one bounds-checked index the compiler cannot prove,
 //! and the test command checks that image too and requires the failure.
@@ -55,6 +64,54 @@ pub struct Findings {
     /// Panic-machinery functions present in the image (reached some other
     /// way, e.g. through a function pointer, if `panic_calls` is empty).
     pub panic_functions: Vec<String>,
+    /// `(function, bytes)`: the stack each function allocates, summed over
+    /// every `sub sp, sp, #imm` and pre-indexed push in it (an
+    /// over-approximation where paths differ); `u64::MAX` for a frame sized
+    /// at run time (`sub sp, sp, <register>`).
+    pub frames: Vec<(String, u64)>,
+    /// The largest single pre-indexed push (`stp ..., [sp, #-n]!`).
+    pub largest_push: u64,
+}
+
+impl Findings {
+    /// The largest frame, and its function.
+    pub fn largest_frame(&self) -> Option<&(String, u64)> {
+        self.frames.iter().max_by_key(|(_, b)| *b)
+    }
+}
+
+/// How much one instruction moves the stack pointer down (`None` if it does
+/// not), and whether that is a push (`[sp, #-n]!`). `u64::MAX` for a
+/// register-sized move.
+fn stack_allocation(mnemonic: &str, operands: &str) -> Option<(u64, bool)> {
+    let ops = operands.split('<').next().unwrap_or(operands).trim();
+    if mnemonic == "sub" {
+        let rest = ops.strip_prefix("sp, sp, ")?;
+        let Some(imm) = rest.strip_prefix('#') else {
+            return Some((u64::MAX, false));
+        };
+        let (value, shift) = match imm.split_once(", lsl #") {
+            Some((v, s)) => (v, s.trim().parse::<u32>().ok()?),
+            None => (imm, 0),
+        };
+        let value = parse_imm(value)?;
+        return Some((value.checked_shl(shift).unwrap_or(u64::MAX), false));
+    }
+    if matches!(mnemonic, "stp" | "str" | "stur") {
+        let pre = ops.strip_suffix("]!")?;
+        let (_, at) = pre.rsplit_once("[sp, #-")?;
+        return Some((parse_imm(at)?, true));
+    }
+    None
+}
+
+/// `0x1f0` or `496`.
+fn parse_imm(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
 }
 
 /// Reads `llvm-objdump -d -C` output.
@@ -70,6 +127,7 @@ pub fn scan(disassembly: &str) -> Findings {
         {
             current = name.to_string();
             f.functions += 1;
+            f.frames.push((current.clone(), 0));
             if forbidden(name) {
                 f.panic_functions.push(name.to_string());
             }
@@ -87,6 +145,16 @@ pub fn scan(disassembly: &str) -> Findings {
         let Some(mnemonic) = words.next() else {
             continue;
         };
+        let operands = insn.trim_start().strip_prefix(mnemonic).unwrap_or("");
+        if let Some((bytes, push)) = stack_allocation(mnemonic, operands) {
+            if let Some((_, frame)) = f.frames.last_mut() {
+                *frame = frame.saturating_add(bytes);
+            }
+            if push {
+                f.largest_push = f.largest_push.max(bytes);
+            }
+            continue;
+        }
         let branch = matches!(mnemonic, "b" | "bl" | "cbz" | "cbnz" | "tbz" | "tbnz")
             || mnemonic.starts_with("b.");
         if !branch {
@@ -135,14 +203,37 @@ pub fn check_image(image: &Path) -> Result<Findings, String> {
     Ok(f)
 }
 
-/// The verdict on one image: `Ok` with a summary, or every panic path.
+/// The guard page below every EL2 stack (`isola-layout`).
+const GUARD: u64 = isola_layout::ENGINE_GUARD_SIZE;
+
+/// The frames too large for the guard page to catch an overflow through
+/// them: larger than the guard less the largest push.
+pub fn oversized_frames(f: &Findings) -> Vec<&(String, u64)> {
+    let bound = GUARD.saturating_sub(f.largest_push);
+    f.frames.iter().filter(|(_, b)| *b > bound).collect()
+}
+
+/// The verdict on one image: `Ok` with a summary, or every panic path and
+/// every frame that could step over a guard page.
 fn verdict(image: &Path, f: &Findings) -> Result<String, String> {
+    let oversized = oversized_frames(f);
+    if !oversized.is_empty() {
+        return Err(format!(
+            "{} has stack frames the {GUARD}-byte guard page cannot catch \
+             (bound: the guard less the largest push, {}): {oversized:#?}",
+            image.display(),
+            f.largest_push
+        ));
+    }
     if f.panic_calls.is_empty() && f.panic_functions.is_empty() {
+        let (name, bytes) = f.largest_frame().cloned().unwrap_or_default();
         Ok(format!(
-            "{}: {} functions, {} direct branches, none into the panic machinery",
+            "{}: {} functions, {} direct branches, none into the panic machinery; \
+             largest frame {bytes} bytes ({name}), largest push {}, guard {GUARD}",
             image.display(),
             f.functions,
-            f.branches
+            f.branches,
+            f.largest_push
         ))
     } else {
         Err(format!(
@@ -215,6 +306,45 @@ mod tests {
     #[ignore = "builds two EL2 images; run by `cargo xtask test`"]
     fn the_el2_image_has_no_panic_path() {
         step().unwrap();
+    }
+
+    #[test]
+    fn every_frame_is_summed_and_a_large_one_is_refused() {
+        let dis = "\
+0000000040200000 <isola::engine::Engine::new>:
+40200000:      \tstp\tx29, x30, [sp, #-0x60]!
+40200004:      \tsub\tsp, sp, #0xc90
+40200008:      \tbl\t0x40200100 <isola::stop::fatal>
+4020000c:      \tadd\tsp, sp, #0xc90
+
+0000000040200100 <isola::stop::fatal>:
+40200100:      \tstr\tx30, [sp, #-0x10]!
+40200104:      \tsub\tsp, sp, #0x1, lsl #12
+40200108:      \tb\t0x40200100 <isola::stop::fatal>
+
+0000000040200200 <leaf>:
+40200200:      \tsub\tsp, sp, x8
+";
+        let f = scan(dis);
+        assert_eq!(
+            f.frames,
+            [
+                ("isola::engine::Engine::new".to_string(), 0x60 + 0xc90),
+                ("isola::stop::fatal".to_string(), 0x10 + 0x1000),
+                ("leaf".to_string(), u64::MAX),
+            ]
+        );
+        assert_eq!(f.largest_push, 0x60);
+        let names: Vec<&str> = oversized_frames(&f)
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["isola::stop::fatal", "leaf"]);
+        let err = verdict(Path::new("isola"), &f).unwrap_err();
+        assert!(err.contains("guard page cannot catch"), "{err}");
+        // 0x60 + 0xc90 is within 4096 - 0x60: alone, that frame passes.
+        let one = scan(dis.split("\n\n").next().unwrap());
+        assert!(oversized_frames(&one).is_empty());
     }
 
     #[test]

@@ -78,7 +78,7 @@ pub fn test_all() -> Result<(), String> {
             run: miri_tests,
         },
         Step {
-            name: "no panic path in the EL2 image (disassembled, and a planted one caught)",
+            name: "no panic path, and no frame past a stack guard, in the EL2 image (disassembled; a planted panic caught)",
             run: panic_free::step,
         },
         Step {
