@@ -488,23 +488,18 @@ fn profile(op: &str) -> Result<(), String> {
     if std::env::var_os("ISOLA_PROFILE_KEEP").is_none() {
         let _ = std::fs::remove_file(&log);
     }
-    // The trap that executed exactly the median; failing that (QEMU
+    // Only OP's own traps: the trace stops once OP is measured, so they are
+    // its last `samples x per` (an earlier operation's trap can execute the
+    // same count: the one-page `Donate`'s median equals a vCPU run's). Of
+    // those, one that executed exactly the median; failing that (QEMU
     // retranslates a block that touches MMIO under -icount, so the trace
-    // can show such a trap's blocks twice), the last trap closest to it,
+    // can show such a trap's blocks twice), the last one closest to it,
     // said so.
-    let trap = trace
-        .traps
-        .iter()
-        .rev()
+    let own = usize::try_from(row.samples.saturating_mul(row.per)).unwrap_or(usize::MAX);
+    let recent = || trace.traps.iter().rev().take(own.max(1));
+    let trap = recent()
         .find(|t| trace.count(t) == want)
-        .or_else(|| {
-            trace
-                .traps
-                .iter()
-                .rev()
-                .take(64)
-                .min_by_key(|t| trace.count(t).abs_diff(want))
-        })
+        .or_else(|| recent().min_by_key(|t| trace.count(t).abs_diff(want)))
         .ok_or(format!("no traced trap (traps: {})", trace.traps.len()))?;
     let got = trace.count(trap);
     if got != want {
