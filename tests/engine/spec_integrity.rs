@@ -11,7 +11,7 @@ use crate::spec_common;
 
 use isola::spec::props::integrity;
 use proptest::prelude::*;
-use spec_common::{Bug, Op, Planted, System, engine, ops, run};
+use spec_common::{Bug, Op, System, engine, ops, run};
 
 fn holds(sys: &mut dyn System, ops: &[Op]) -> Result<(), String> {
     run(sys, &engine::config(), ops, |before, e, _, after, _| {
@@ -36,15 +36,7 @@ proptest! {
 /// A planted bug breaks it: after `Donate` the host can still write the page.
 #[test]
 fn integrity_catches_host_writes_through_a_stale_mapping() {
-    let mut runner = spec_common::planted_runner(16);
-    let found = runner.run(&ops(150..400), |ops| {
-        let r = holds(
-            &mut Planted::new(engine::Engine::boot(), Bug::KeepHostMappingOnDonate),
-            &ops,
-        );
-        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
-        Ok(())
-    });
+    let found = spec_common::planted_run(16, Bug::KeepHostMappingOnDonate, holds);
     let msg = format!("{found:?}");
     assert!(
         msg.contains("changed VM"),
@@ -56,15 +48,7 @@ fn integrity_catches_host_writes_through_a_stale_mapping() {
 /// write the page by DMA (the IOMMU's TLB kept the translation).
 #[test]
 fn integrity_catches_dma_through_a_stale_iommu_translation() {
-    let mut runner = spec_common::planted_runner(16);
-    let found = runner.run(&ops(150..400), |ops| {
-        let r = holds(
-            &mut Planted::new(engine::Engine::boot(), Bug::LeaveDonatedPageInDmaView),
-            &ops,
-        );
-        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
-        Ok(())
-    });
+    let found = spec_common::planted_run(16, Bug::LeaveDonatedPageInDmaView, holds);
     let msg = format!("{found:?}");
     assert!(
         msg.contains("changed VM") && msg.contains("DmaWrite"),

@@ -15,7 +15,7 @@ use isola::spec::props::invariants;
 use isola::spec::{Config, Cpu, Event, Outcome, Owner, State};
 use isola_abi::HostCall;
 use proptest::prelude::*;
-use spec_common::{Bug, Op, Planted, System, engine, ops, run};
+use spec_common::{Bug, Op, System, engine, ops, run};
 
 /// The invariants of `s` as the engine holds it, plus what only the engine
 /// can show: its host Stage-2 and its `Accounting` answers.
@@ -98,15 +98,7 @@ proptest! {
 /// DMA view (the IOMMU's TLB keeps its translation).
 #[test]
 fn invariants_catch_a_page_left_in_the_dma_view_after_donate() {
-    let mut runner = spec_common::planted_runner(16);
-    let found = runner.run(&ops(150..400), |ops| {
-        let r = holds(
-            &mut Planted::new(engine::Engine::boot(), Bug::LeaveDonatedPageInDmaView),
-            &ops,
-        );
-        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
-        Ok(())
-    });
+    let found = spec_common::planted_run(16, Bug::LeaveDonatedPageInDmaView, holds);
     let msg = format!("{found:?}");
     assert!(
         msg.contains("the DMA view reaches"),
@@ -117,15 +109,7 @@ fn invariants_catch_a_page_left_in_the_dma_view_after_donate() {
 /// A planted bug breaks them: `Donate` that leaves the page in the host's Stage-2.
 #[test]
 fn invariants_catch_a_forgotten_unmap_on_donate() {
-    let mut runner = spec_common::planted_runner(16);
-    let found = runner.run(&ops(150..400), |ops| {
-        let r = holds(
-            &mut Planted::new(engine::Engine::boot(), Bug::KeepHostMappingOnDonate),
-            &ops,
-        );
-        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
-        Ok(())
-    });
+    let found = spec_common::planted_run(16, Bug::KeepHostMappingOnDonate, holds);
     let msg = format!("{found:?}");
     assert!(
         msg.contains("host Stage-2 maps"),

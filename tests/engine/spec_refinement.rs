@@ -9,7 +9,7 @@ use crate::spec_common;
 
 use isola::spec::{Model, Outcome};
 use proptest::prelude::*;
-use spec_common::{Bug, Op, Planted, System, engine, event, ops, warm_up};
+use spec_common::{Bug, Op, System, engine, event, ops, warm_up};
 
 /// Runs `ops` on `sys` and on the model in lockstep; the first difference
 /// in outcome or abstract state is the counterexample.
@@ -78,15 +78,7 @@ proptest! {
 /// The same check finds a planted bug: pages that reach the host unscrubbed.
 #[test]
 fn refinement_catches_a_skipped_scrub() {
-    let mut runner = spec_common::planted_runner(24);
-    let found = runner.run(&ops(150..400), |ops| {
-        let r = refines(
-            &mut Planted::new(engine::Engine::boot(), Bug::SkipScrub),
-            &ops,
-        );
-        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
-        Ok(())
-    });
+    let found = spec_common::planted_run(24, Bug::SkipScrub, refines);
     let msg = format!("{found:?}");
     assert!(found.is_err(), "the planted bug went unnoticed");
     assert!(msg.contains("page"), "unexpected counterexample: {msg}");

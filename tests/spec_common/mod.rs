@@ -143,6 +143,22 @@ pub fn planted_runner(n: u32) -> proptest::test_runner::TestRunner {
     )
 }
 
+/// Runs `holds` on an engine with `bug` planted, over `n` fixed-seed cases
+/// of 150 to 400 operations ([`planted_runner`]): `Err` with the shrunk
+/// counterexample once `holds` fails, `Ok` if the bug went unnoticed. The
+/// caller says what the failure must name.
+pub fn planted_run(
+    n: u32,
+    bug: Bug,
+    holds: impl Fn(&mut dyn System, &[Op]) -> Result<(), String>,
+) -> Result<(), proptest::test_runner::TestError<Vec<Op>>> {
+    planted_runner(n).run(&ops(150..400), |ops| {
+        let r = holds(&mut Planted::new(engine::Engine::boot(), bug), &ops);
+        prop_assert!(r.is_ok(), "{}", r.unwrap_err());
+        Ok(())
+    })
+}
+
 /// A strategy for sequences of `len` operations.
 pub fn ops(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<Op>> {
     let op = (
