@@ -716,6 +716,16 @@ impl<A: Arch> Engine<A> {
         let s2 = self.host_s2;
         let ipa = Ipa::new(pa.raw());
         let mut tables = self.host_ram_tables();
+        if pages == 1 {
+            // One page (a one-page `Donate`, `Share` of a lent page, a VM's
+            // pool page): the page walk, with no run bookkeeping per level.
+            // A split that finds the reserve empty leaves the block whole,
+            // which is then dropped as below.
+            if s2.unmap_page(&self.mem, &self.arch, &mut tables, ipa) == Err(S2Error::NoMemory) {
+                let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
+            }
+            return;
+        }
         if s2.unmap_run(&self.mem, &self.arch, &mut tables, ipa, pages) == Err(S2Error::NoMemory) {
             // The reserve is sized so a split never fails; if it did, drop
             // each remaining leaf whole instead: the host refaults its other
