@@ -379,33 +379,56 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
     /// while waiting for the `CMD_SYNC`; `GERROR` only when a wait does not
     /// end at once (an error stops consumption, so it cannot hide).
     pub fn submit(&mut self, cmds: &[Cmd]) -> Result<(), Error> {
-        let mut mark = self.cmd_prod;
-        for cmd in cmds.iter().copied().chain(core::iter::once(Cmd::Sync)) {
-            // Wait for room: the SMMU consumes in order.
-            let mut tries = 0u32;
-            while QueueIndex::full(self.cmd_prod, self.cmd_cons) {
-                // Let the SMMU see what is already written before waiting.
-                self.regs.publish();
-                self.regs.write32(reg::CMDQ_PROD, self.cmd_prod.raw);
-                if !QueueIndex::full(self.cmd_prod, self.read_cons()) {
-                    break;
-                }
-                self.check_error()?;
-                tries = tries.saturating_add(1);
-                if tries >= POLL_LIMIT {
-                    return Err(Error::Timeout("command queue space"));
-                }
-            }
-            let at = self
-                .layout
-                .cmdq
-                .wrapping_add(u64::from(self.cmd_prod.index()).wrapping_mul(16));
-            let w = cmd.encode();
-            self.mem.write_u64(at, w[0]);
-            self.mem.write_u64(at.wrapping_add(8), w[1]);
-            mark = self.cmd_prod;
-            self.cmd_prod = self.cmd_prod.next();
+        for cmd in cmds {
+            self.push(*cmd)?;
         }
+        self.sync()
+    }
+
+    /// Writes `cmd` at the producer index, waiting for room only when the
+    /// shadow of the consumer index says the queue is full. Not yet
+    /// visible to the SMMU: [`Smmu::sync`] publishes it.
+    #[inline(always)]
+    fn push(&mut self, cmd: Cmd) -> Result<QueueIndex, Error> {
+        if QueueIndex::full(self.cmd_prod, self.cmd_cons) {
+            self.wait_for_room()?;
+        }
+        let at = self
+            .layout
+            .cmdq
+            .wrapping_add(u64::from(self.cmd_prod.index()).wrapping_mul(16));
+        let w = cmd.encode();
+        self.mem.write_u64(at, w[0]);
+        self.mem.write_u64(at.wrapping_add(8), w[1]);
+        let mark = self.cmd_prod;
+        self.cmd_prod = self.cmd_prod.next();
+        Ok(mark)
+    }
+
+    /// Publishes what is written so far and waits until the SMMU has
+    /// consumed an entry: the queue has room for one more command.
+    #[cold]
+    #[inline(never)]
+    fn wait_for_room(&mut self) -> Result<(), Error> {
+        let mut tries = 0u32;
+        loop {
+            self.regs.publish();
+            self.regs.write32(reg::CMDQ_PROD, self.cmd_prod.raw);
+            if !QueueIndex::full(self.cmd_prod, self.read_cons()) {
+                return Ok(());
+            }
+            self.check_error()?;
+            tries = tries.saturating_add(1);
+            if tries >= POLL_LIMIT {
+                return Err(Error::Timeout("command queue space"));
+            }
+        }
+    }
+
+    /// Adds a `CMD_SYNC` after the commands pushed, publishes them all and
+    /// returns once the SMMU has consumed the `CMD_SYNC`.
+    fn sync(&mut self) -> Result<(), Error> {
+        let mark = self.push(Cmd::Sync)?;
         self.regs.publish();
         self.regs.write32(reg::CMDQ_PROD, self.cmd_prod.raw);
         for _ in 0..POLL_LIMIT {
@@ -420,22 +443,23 @@ impl<R: Regs, M: Memory> Smmu<R, M> {
 
     /// Removes the `pages` pages from `ipa` from the SMMU's TLBs for the
     /// driver's VMID, completed: by IPA for a few pages, else the whole VMID.
+    /// The commands go straight into the queue (no list built first: this
+    /// is on every one-page `Donate`).
     pub fn invalidate(&mut self, ipa: u64, pages: u64) -> Result<(), Error> {
         let vmid = self.vmid;
         if pages == 0 {
             return Ok(());
         }
         if pages > IPA_INVALIDATIONS {
-            return self.submit(&[Cmd::TlbiS12Vmall { vmid }]);
+            self.push(Cmd::TlbiS12Vmall { vmid })?;
+        } else {
+            let mut at = ipa;
+            for _ in 0..pages {
+                self.push(Cmd::TlbiS2Ipa { vmid, ipa: at })?;
+                at = at.wrapping_add(4096);
+            }
         }
-        let mut cmds = [Cmd::Sync; IPA_INVALIDATIONS as usize];
-        for (i, c) in cmds.iter_mut().enumerate().take(pages as usize) {
-            *c = Cmd::TlbiS2Ipa {
-                vmid,
-                ipa: ipa.wrapping_add((i as u64).wrapping_mul(4096)),
-            };
-        }
-        self.submit(cmds.get(..pages as usize).unwrap_or(&cmds))
+        self.sync()
     }
 
     /// Drains the event queue, calling `f` with each event, and returns the
