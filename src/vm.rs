@@ -23,7 +23,7 @@
 
 use crate::arch::Vmid;
 use crate::pool::PagePool;
-use crate::stage2::Stage2;
+use crate::stage2::{PageHint, Stage2};
 use crate::vcpu::{MAX_VCPUS, VcpuState};
 use isola_sync::Mutex;
 use isola_sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +84,9 @@ pub struct VmInner {
     pub generation: u32,
     /// The VM's Stage-2 (its root is in the pool).
     pub s2: Option<Stage2>,
+    /// Where the last one-page mapping found its level-3 table; reset
+    /// whenever `s2` is built (see [`PageHint`]: its root is checked too).
+    pub page_hint: PageHint,
     /// Pages donated for metadata, contexts and tables.
     pub pool: PagePool,
     /// vCPU count the VM was created with.
@@ -107,6 +110,7 @@ impl VmInner {
         state: SlotState::Free,
         generation: 1,
         s2: None,
+        page_hint: PageHint::NONE,
         pool: PagePool::new(),
         max_vcpus: 0,
         vcpus: [VcpuSlot {

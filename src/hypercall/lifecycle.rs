@@ -8,7 +8,7 @@ use crate::arch::Arch;
 use crate::engine::Engine;
 use crate::handover::Transition;
 use crate::ownership::{Owner, PageRecord};
-use crate::stage2::Stage2;
+use crate::stage2::{PageHint, Stage2};
 use crate::vcpu::{Context, MAX_VCPUS, VcpuState};
 use crate::vm::{SlotState, VcpuSlot, VmHandle, VmInner, vmid_of};
 use isola_abi::{Status, vcpu_flags};
@@ -100,6 +100,7 @@ impl<A: Arch> Engine<A> {
             }
             let generation = g.generation;
             g.s2 = Some(Stage2::new(pa, self.vm_s2, vmid_of(slot)));
+            g.page_hint = PageHint::NONE;
             g.state = SlotState::Live;
             g.max_vcpus = max_vcpus as u16;
             g.vcpus = [VcpuSlot::default(); MAX_VCPUS];

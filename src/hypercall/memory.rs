@@ -98,8 +98,9 @@ impl<A: Arch> Engine<A> {
             return Err(Status::NotOwner);
         }
         let s2 = g.s2.ok_or(Status::NotFound)?;
+        let g = &mut *g;
         let entry = s2
-            .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
+            .prepare_page(&self.mem, &self.arch, &mut g.pool, ipa, &mut g.page_hint)
             .map_err(s2_status)?;
         pg.set(PageRecord::shared(Owner::Host, me));
         g.borrowed = g.borrowed.wrapping_add(1);
@@ -177,8 +178,9 @@ impl<A: Arch> Engine<A> {
             if n == 1 {
                 // `prepare_leaf` checks the mapping, then the tables, and
                 // changes nothing unless both pass; after it nothing fails.
+                let g = &mut *g;
                 let entry = s2
-                    .prepare_leaf(&self.mem, &self.arch, &mut g.pool, ipa, 3)
+                    .prepare_page(&self.mem, &self.arch, &mut g.pool, ipa, &mut g.page_hint)
                     .map_err(s2_status)?;
                 self.take_from_host(&mut sg, first, 1, me);
                 self.settle(handover, pa, 1);

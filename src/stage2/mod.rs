@@ -51,6 +51,32 @@ pub const fn block_size(level: u8) -> u64 {
     1 << level_shift(level)
 }
 
+/// Where [`Stage2::prepare_page`] last found a level-3 table: the 2 MiB
+/// window it covers, the level-2 entry that points at it, and the table.
+/// Kept by the owner of a Stage-2 beside it (a VM's, under the VM's lock)
+/// and reset whenever that Stage-2 is built or freed; checked against the
+/// level-2 entry before each use, so a hint that no longer describes the
+/// tables only costs a full walk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageHint {
+    /// `ipa >> 21` of the window, plus one (0: no hint).
+    window: u64,
+    /// The root of the Stage-2 the hint was taken from.
+    root: PhysAddr,
+    l2_entry: PhysAddr,
+    table: PhysAddr,
+}
+
+impl PageHint {
+    /// No hint: the next [`Stage2::prepare_page`] walks from the root.
+    pub const NONE: PageHint = PageHint {
+        window: 0,
+        root: PhysAddr::new(0),
+        l2_entry: PhysAddr::new(0),
+        table: PhysAddr::new(0),
+    };
+}
+
 /// Shape of a Stage-2 address space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct S2Config {
@@ -339,6 +365,62 @@ impl Stage2 {
         ipa: Ipa,
         level: u8,
     ) -> Result<PhysAddr, S2Error> {
+        self.prepare(mem, arch, alloc, ipa, level).map(|(entry, _)| entry)
+    }
+
+    /// [`Stage2::prepare_leaf`] of a level-3 leaf for the page `ipa`, with
+    /// `hint` (see [`PageHint`]): when the page lies in the window of the
+    /// last table found and the level-2 entry still points at that table,
+    /// the entry is found there without a walk from the root (consecutive
+    /// one-page donations fill a window's 512 entries this way). Otherwise
+    /// the full walk, after which `hint` names the page's table. Same
+    /// results and errors as `prepare_leaf(.., ipa, 3)`.
+    pub fn prepare_page<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        hint: &mut PageHint,
+    ) -> Result<PhysAddr, S2Error> {
+        let window = (ipa.raw() >> level_shift(2)).wrapping_add(1);
+        if hint.window == window
+            && hint.root == self.root
+            && ipa.is_page_aligned()
+            && self.in_range(ipa)
+            && Self::read(mem, hint.l2_entry) == Desc::table(hint.table)
+        {
+            let idx = (ipa.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1);
+            let entry = hint.table.wrapping_add_bytes(idx.wrapping_mul(8));
+            if Self::read(mem, entry).is_valid() {
+                return Err(S2Error::AlreadyMapped);
+            }
+            return Ok(entry);
+        }
+        let (entry, parent) = self.prepare(mem, arch, alloc, ipa, 3)?;
+        *hint = match parent {
+            Some(l2_entry) => PageHint {
+                window,
+                root: self.root,
+                l2_entry,
+                table: PhysAddr::new(entry.raw() & !PAGE_SIZE.wrapping_sub(1)),
+            },
+            None => PageHint::NONE,
+        };
+        Ok(entry)
+    }
+
+    /// [`Stage2::prepare_leaf`], also returning the entry that points at
+    /// the table holding the leaf's entry (`None` when that table is the
+    /// root).
+    fn prepare<A: Arch, T: TableAlloc>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        alloc: &mut T,
+        ipa: Ipa,
+        level: u8,
+    ) -> Result<(PhysAddr, Option<PhysAddr>), S2Error> {
         if !(1..=3).contains(&level) || level < self.cfg.start_level {
             return Err(S2Error::OutOfRange);
         }
@@ -347,10 +429,12 @@ impl Stage2 {
         }
         // First pass: how many tables are missing (and is anything in the way)?
         let mut table = self.root;
+        let mut parent = None;
         let mut cur = self.cfg.start_level;
         let mut missing = 0u64;
         while cur < level {
-            let d = Self::read(mem, self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?);
+            let at = self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?;
+            let d = Self::read(mem, at);
             if !d.is_valid() {
                 missing = u64::from(level.wrapping_sub(cur));
                 break;
@@ -359,6 +443,7 @@ impl Stage2 {
                 return Err(S2Error::AlreadyMapped);
             }
             table = d.addr();
+            parent = Some(at);
             cur = cur.wrapping_add(1);
         }
         if missing == 0 {
@@ -368,13 +453,14 @@ impl Stage2 {
             if Self::read(mem, entry).is_valid() {
                 return Err(S2Error::AlreadyMapped);
             }
-            return Ok(entry);
+            return Ok((entry, parent));
         }
         if missing > alloc.available() {
             return Err(S2Error::NoMemory);
         }
         // Second pass: build them.
         let mut table = self.root;
+        let mut parent = None;
         let mut cur = self.cfg.start_level;
         while cur < level {
             let entry = self.entry(table, ipa, cur).ok_or(S2Error::OutOfRange)?;
@@ -388,13 +474,14 @@ impl Stage2 {
             } else {
                 return Err(S2Error::AlreadyMapped);
             }
+            parent = Some(entry);
             cur = cur.wrapping_add(1);
         }
         let entry = self.entry(table, ipa, level).ok_or(S2Error::OutOfRange)?;
         if Self::read(mem, entry).is_valid() {
             return Err(S2Error::AlreadyMapped);
         }
-        Ok(entry)
+        Ok((entry, parent))
     }
 
     /// Makes sure the table holding `ipa`'s entry at `level` exists: every

@@ -622,3 +622,90 @@ fn a_block_maps_only_an_aligned_physical_address() {
     assert_eq!(pool.free(), free);
     assert_eq!(s2.translate(&mem, ipa), None);
 }
+
+#[test]
+fn a_page_hint_gives_the_entry_the_walk_gives() {
+    // The same one-page preparations on two identical Stage-2s, one with
+    // the walk from the root, one with a hint: within a window, into the
+    // next window (its tables built), back, onto a mapped page, and with
+    // arguments the walk refuses.
+    let (mem_a, mut pool_a, a) = setup(16);
+    let (mem_b, mut pool_b, b) = setup(16);
+    let arch = RecordingArch::new();
+    let mut hint = PageHint::NONE;
+    let pages = [
+        0x8_0000_0000u64,
+        0x8_0000_1000,
+        0x8_0000_5000,
+        0x8_0020_0000,
+        0x8_0020_1000,
+        0x8_0000_2000,
+        0x8_0000_1000,
+        0x8_0000_2800,
+        0x100_0000_0000,
+    ];
+    for (i, &ipa) in pages.iter().enumerate() {
+        let ipa = Ipa::new(ipa);
+        let walked = a.prepare_leaf(&mem_a, &arch, &mut pool_a, ipa, 3);
+        let hinted = b.prepare_page(&mem_b, &arch, &mut pool_b, ipa, &mut hint);
+        assert_eq!(walked, hinted, "page {i} at {:#x}", ipa.raw());
+        if let Ok(entry) = walked {
+            let leaf = Desc::leaf(PhysAddr::new(BASE), 3, Perms::RW, MemType::Normal, 0);
+            a.install_leaf(&mem_a, &arch, entry, leaf);
+            b.install_leaf(&mem_b, &arch, entry, leaf);
+        }
+    }
+    assert_eq!(pool_a.free(), pool_b.free());
+    assert_eq!(a.table_pages(&mem_a), b.table_pages(&mem_b));
+}
+
+#[test]
+fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
+    // Two Stage-2s in one memory: roots at pages 0 and 2, the pool after.
+    let mem = PhysMem::leak_host(PhysAddr::new(BASE), 20);
+    let mut pool = PagePool::new();
+    for i in 4..20u64 {
+        assert!(pool.add(&mem, PhysAddr::new(BASE + i * PAGE_SIZE)));
+    }
+    let s2 = Stage2::new(PhysAddr::new(BASE), S2Config::DEFAULT, Vmid(5));
+    let other = Stage2::new(PhysAddr::new(BASE + 2 * PAGE_SIZE), S2Config::DEFAULT, Vmid(6));
+    let arch = RecordingArch::new();
+    let mut hint = PageHint::NONE;
+    let first = Ipa::new(0x8_0000_0000);
+    let entry = s2
+        .prepare_page(&mem, &arch, &mut pool, first, &mut hint)
+        .unwrap();
+    let table = PhysAddr::new(entry.raw() & !0xfff);
+    assert_eq!(hint.table, table);
+
+    // With the hint, the root is not read: a root entry cut under it does
+    // not stop the next page of the window.
+    let root_entry = s2.entry(s2.root(), first, 1).unwrap();
+    let saved = Stage2::read(&mem, root_entry);
+    assert!(mem.write_u64(root_entry, 0));
+    let next = Ipa::new(0x8_0000_1000);
+    assert_eq!(
+        s2.prepare_page(&mem, &arch, &mut pool, next, &mut hint),
+        Ok(table.wrapping_add_bytes(8))
+    );
+    assert!(mem.write_u64(root_entry, saved.0));
+
+    // The level-2 entry no longer points at the table: the hint is not
+    // trusted, the walk builds a new level-3 table and the hint follows it.
+    assert!(mem.write_u64(hint.l2_entry, 0));
+    let got = s2
+        .prepare_page(&mem, &arch, &mut pool, next, &mut hint)
+        .unwrap();
+    assert_ne!(PhysAddr::new(got.raw() & !0xfff), table);
+    assert_eq!(hint.table, PhysAddr::new(got.raw() & !0xfff));
+
+    // A hint taken from another Stage-2 in the same memory is not used
+    // for this one, though its level-2 entry still points at its table.
+    let mut foreign = hint;
+    let got = other
+        .prepare_page(&mem, &arch, &mut pool, next, &mut foreign)
+        .unwrap();
+    assert_ne!(PhysAddr::new(got.raw() & !0xfff), hint.table);
+    assert_eq!(got, other.prepare_leaf(&mem, &arch, &mut pool, next, 3).unwrap());
+    assert_eq!(foreign.root, other.root());
+}
