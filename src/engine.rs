@@ -525,6 +525,18 @@ impl<A: Arch> Engine<A> {
             };
             let base = sg.base();
             let pages = sg.pages();
+            // The shard's level-2 table, now built for good, if the shard
+            // lies in one 1 GiB window (one-page edits start there).
+            let gib = stage2::block_size(1);
+            if let (Some(first), Some(last)) = (
+                base.checked_addr(),
+                Pfn::new(base.raw().wrapping_add(pages).wrapping_sub(1)).checked_addr(),
+            ) && pages > 0
+                && first.raw() & !gib.wrapping_sub(1) == last.raw() & !gib.wrapping_sub(1)
+                && let Some(l2) = self.host_s2.table_at(&self.mem, Ipa::new(first.raw()), 2)
+            {
+                sg.set_host_l2(l2);
+            }
             let mut i = 0u64;
             while i < pages {
                 let pfn = Pfn::new(base.raw().wrapping_add(i));
@@ -697,8 +709,30 @@ impl<A: Arch> Engine<A> {
         if !page.host_mapped() {
             return;
         }
-        if let Some(first) = Pfn::from_aligned(pa) {
-            self.host_unmap_run(first, 1);
+        self.host_unmap_page(page.host_l2(), pa);
+    }
+
+    /// [`Engine::host_unmap`] of the one page `pa`, the caller holding its
+    /// shard's lock, whose level-2 table (`l2`, if the shard knows it) lets
+    /// the edit start below the root: a one-page `Donate`'s host unmap
+    /// without the walk. A page mapped by a block, or a shard without a
+    /// known table, takes the walk from the root (which splits the block).
+    #[inline(never)]
+    pub(crate) fn host_unmap_page(&self, l2: Option<PhysAddr>, pa: PhysAddr) {
+        let s2 = self.host_s2;
+        let ipa = Ipa::new(pa.raw());
+        if let Some(l2) = l2
+            && s2.unmap_page_below(&self.mem, &self.arch, l2, ipa).is_some()
+        {
+            return;
+        }
+        // A split that finds the reserve empty leaves the block whole, which
+        // is then dropped whole: the host refaults its other pages through
+        // the abort path.
+        if s2.unmap_page(&self.mem, &self.arch, &mut self.host_ram_tables(), ipa)
+            == Err(S2Error::NoMemory)
+        {
+            let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
         }
     }
 
@@ -717,13 +751,8 @@ impl<A: Arch> Engine<A> {
         let ipa = Ipa::new(pa.raw());
         let mut tables = self.host_ram_tables();
         if pages == 1 {
-            // One page (a one-page `Donate`, `Share` of a lent page, a VM's
-            // pool page): the page walk, with no run bookkeeping per level.
-            // A split that finds the reserve empty leaves the block whole,
-            // which is then dropped as below.
-            if s2.unmap_page(&self.mem, &self.arch, &mut tables, ipa) == Err(S2Error::NoMemory) {
-                let _ = s2.unmap_leaf(&self.mem, &self.arch, ipa);
-            }
+            // One page: the page walk, with no run bookkeeping per level.
+            self.host_unmap_page(None, pa);
             return;
         }
         if s2.unmap_run(&self.mem, &self.arch, &mut tables, ipa, pages) == Err(S2Error::NoMemory) {
@@ -1400,6 +1429,35 @@ mod tests {
             e.mem
                 .write_u64(table.wrapping_add_bytes(index(level).wrapping_mul(8)), 0)
         );
+    }
+
+    #[test]
+    fn each_shard_knows_its_level_2_table_from_boot() {
+        // 6 MiB across a GiB boundary: three shards, two level-2 tables.
+        let e = boot_over(0x3fc0_0000, 1536);
+        let table = |pa: u64| e.host_s2.table_at(&e.mem, Ipa::new(pa), 2);
+        let shard_l2 = |pa: u64| {
+            let (shard, _) = e.db.locate(Pfn::containing(PhysAddr::new(pa))).unwrap();
+            e.db.lock_shard(shard).unwrap().host_l2()
+        };
+        for pa in [0x3fc0_0000u64, 0x3fe0_0000, 0x4000_0000] {
+            assert!(table(pa).is_some());
+            assert_eq!(shard_l2(pa), table(pa), "shard at {pa:#x}");
+        }
+        assert_ne!(table(0x3fe0_0000), table(0x4000_0000));
+        // A one-page host unmap from there takes the page out of the map.
+        let page = PhysAddr::new(0x4000_5000);
+        let pg = e.db.lock_page(page).unwrap();
+        assert!(pg.host_mapped() && e.host_translate(page).is_some());
+        e.host_unmap(&pg, page);
+        assert_eq!(e.host_translate(page), None, "the block split, the page gone");
+        // The window has a level-3 table now: the next page goes from the
+        // shard's level-2 table, its neighbours stay.
+        let next = PhysAddr::new(0x4000_6000);
+        assert_eq!(e.host_translate(next).map(|t| t.level), Some(3));
+        e.host_unmap(&pg, next);
+        assert_eq!(e.host_translate(next), None);
+        assert!(e.host_translate(PhysAddr::new(0x4000_7000)).is_some());
     }
 
     #[test]

@@ -330,7 +330,10 @@ impl<A: Arch> Engine<A> {
         }
         #[cfg(not(feature = "planted-bug-donate-keeps-host-mapping"))]
         if sg.host_mapped() {
-            self.host_unmap_run(first, k);
+            match first.checked_addr() {
+                Some(pa) if k == 1 => self.host_unmap_page(sg.host_l2(), pa),
+                _ => self.host_unmap_run(first, k),
+            }
         }
     }
 

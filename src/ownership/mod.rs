@@ -126,6 +126,12 @@ pub struct ShardInner {
     /// host abort maps here): a donation from a shard the host never touched
     /// skips the host Stage-2 walk and its lock.
     host_mapped: bool,
+    /// The host Stage-2's level-2 table holding this shard's entries, when
+    /// the shard lies in one 1 GiB window (0 otherwise, or before boot set
+    /// it). Fixed: the tables above level 3 on RAM's paths are built at boot
+    /// and never change (see `Engine::build_host_shared_tables`), so a
+    /// one-page edit can start there instead of at the root.
+    host_l2: PhysAddr,
 }
 
 /// One shard: the records of one physical window, behind a mutex. The caller
@@ -155,6 +161,7 @@ impl Shard {
                 records: &mut [],
                 counts: ZERO,
                 host_mapped: false,
+                host_l2: PhysAddr::new(0),
             }),
             published: AtomicU64::new(0),
             pages: AtomicU64::new(0),
@@ -170,6 +177,7 @@ impl Shard {
                 records: &mut [],
                 counts: ZERO,
                 host_mapped: false,
+                host_l2: PhysAddr::new(0),
             }),
             published: AtomicU64::new(0),
             pages: AtomicU64::new(0),
@@ -260,6 +268,11 @@ impl PageGuard<'_> {
         self.guard.host_mapped
     }
 
+    /// The host Stage-2's level-2 table for this page's shard, if known.
+    pub fn host_l2(&self) -> Option<PhysAddr> {
+        Some(self.guard.host_l2).filter(|t| t.raw() != 0)
+    }
+
     /// Records that the host Stage-2 now maps something in this page's shard.
     pub fn set_host_mapped(&mut self) {
         self.guard.host_mapped = true;
@@ -327,6 +340,17 @@ impl ShardGuard<'_> {
     /// Marks the shard as possibly mapped in the host Stage-2.
     pub fn set_host_mapped(&mut self) {
         self.guard.host_mapped = true;
+    }
+
+    /// The host Stage-2's level-2 table for this shard, if known.
+    pub fn host_l2(&self) -> Option<PhysAddr> {
+        Some(self.guard.host_l2).filter(|t| t.raw() != 0)
+    }
+
+    /// Records the host Stage-2's level-2 table for this shard (at boot,
+    /// once the tables it names are built for good).
+    pub fn set_host_l2(&mut self, table: PhysAddr) {
+        self.guard.host_l2 = table;
     }
 
     /// Calls `f` for every page.
@@ -431,6 +455,7 @@ impl PageDb {
                     records: mine,
                     counts,
                     host_mapped: false,
+                    host_l2: PhysAddr::new(0),
                 };
                 shard.pages.store(n, Ordering::Relaxed);
                 shard.published.store(counts.pack(), Ordering::Release);

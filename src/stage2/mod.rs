@@ -541,6 +541,58 @@ impl Stage2 {
         self.in_range(ipa)
     }
 
+    /// The table holding `ipa`'s entry at `level`, if every table above it
+    /// exists (a walk that reads only).
+    pub fn table_at(&self, mem: &PhysMem, ipa: Ipa, level: u8) -> Option<PhysAddr> {
+        if level > 3 || !self.in_range(ipa) {
+            return None;
+        }
+        let mut table = self.root;
+        let mut cur = self.cfg.start_level;
+        while cur < level {
+            let d = Self::read(mem, self.entry(table, ipa, cur)?);
+            if !d.is_table(cur) {
+                return None;
+            }
+            table = d.addr();
+            cur = cur.wrapping_add(1);
+        }
+        Some(table)
+    }
+
+    /// Removes the 4 KiB page at `ipa` (page aligned) starting the walk at
+    /// `l2`, the level-2 table that holds `ipa`'s level-2 entry (the caller
+    /// knows it, and that it cannot change under the lock it holds): if that
+    /// entry is a table, the page's entry is invalidated if valid (TLBI by
+    /// IPA, completed) and `Some(whether it was mapped)` returned. `None`,
+    /// with nothing changed, if the level-2 entry is not a table (a block to
+    /// split, or nothing), for the caller to walk from the root.
+    pub fn unmap_page_below<A: Arch>(
+        &self,
+        mem: &PhysMem,
+        arch: &A,
+        l2: PhysAddr,
+        ipa: Ipa,
+    ) -> Option<bool> {
+        if !ipa.is_page_aligned() || !self.in_range(ipa) {
+            return None;
+        }
+        let l2e = l2.checked_add(((ipa.raw() >> level_shift(2)) & ENTRIES.wrapping_sub(1)).wrapping_mul(8))?;
+        let d = Self::read(mem, l2e);
+        if !d.is_table(2) {
+            return None;
+        }
+        let entry = d
+            .addr()
+            .checked_add(((ipa.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1)).wrapping_mul(8))?;
+        let leaf = Self::read(mem, entry);
+        if !leaf.is_valid() {
+            return Some(false);
+        }
+        self.invalidate(mem, arch, entry, leaf, Tlbi::Ipa(ipa));
+        Some(true)
+    }
+
     /// Writes `desc` into an entry [`Stage2::prepare_leaf`] returned (under
     /// the same lock, so it is still invalid) and publishes it.
     pub fn install_leaf<A: Arch>(&self, mem: &PhysMem, arch: &A, entry: PhysAddr, desc: Desc) {

@@ -709,3 +709,50 @@ fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
     assert_eq!(got, other.prepare_leaf(&mem, &arch, &mut pool, next, 3).unwrap());
     assert_eq!(foreign.root, other.root());
 }
+
+#[test]
+fn a_page_is_unmapped_below_its_level_2_table_or_left_to_the_walk() {
+    let (mem, mut pool, s2) = setup(16);
+    let arch = RecordingArch::new();
+    let map = |ipa: u64, level: u8, pool: &mut PagePool| {
+        s2.map(
+            &mem,
+            &arch,
+            pool,
+            Ipa::new(ipa),
+            PhysAddr::new(ipa),
+            level,
+            Perms::RW,
+            MemType::Normal,
+            0,
+        )
+        .unwrap();
+    };
+    map(0x8_0000_3000, 3, &mut pool);
+    map(0x8_0020_0000, 2, &mut pool);
+    let l2 = s2.table_at(&mem, Ipa::new(0x8_0000_3000), 2).unwrap();
+    assert_eq!(s2.table_at(&mem, Ipa::new(0x8_0020_0000), 2), Some(l2), "one GiB, one table");
+    assert_eq!(s2.table_at(&mem, Ipa::new(0x8_4000_0000), 2), None, "no table built there");
+    assert_eq!(s2.table_at(&mem, Ipa::new(0x8_0000_3000), 4), None);
+    arch.clear();
+
+    // A mapped page under a level-3 table: removed, with its TLBI by IPA.
+    let page = Ipa::new(0x8_0000_3000);
+    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, page), Some(true));
+    assert!(s2.translate(&mem, page).is_none());
+    let ev = events(&arch);
+    check_break_before_make(ev.iter().copied()).unwrap();
+    assert!(ev.contains(&ArchEvent::TlbiIpa { vmid: Vmid(5), ipa: page }), "{ev:?}");
+    arch.clear();
+
+    // Its neighbour, never mapped, in the same table: nothing to do.
+    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0000_4000)), Some(false));
+    // Under a block, or where the level-2 entry is empty: left to the walk,
+    // with nothing changed.
+    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0020_5000)), None);
+    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0060_0000)), None);
+    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0000_4800)), None);
+    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x100_0000_0000)), None);
+    assert!(events(&arch).is_empty());
+    assert_eq!(s2.translate(&mem, Ipa::new(0x8_0020_5000)).map(|t| t.level), Some(2));
+}
