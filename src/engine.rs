@@ -722,7 +722,9 @@ impl<A: Arch> Engine<A> {
         let s2 = self.host_s2;
         let ipa = Ipa::new(pa.raw());
         if let Some(l2) = l2
-            && s2.unmap_page_below(&self.mem, &self.arch, l2, ipa).is_some()
+            && s2
+                .unmap_page_below(&self.mem, &self.arch, l2, ipa)
+                .is_some()
         {
             return;
         }
@@ -1450,7 +1452,11 @@ mod tests {
         let pg = e.db.lock_page(page).unwrap();
         assert!(pg.host_mapped() && e.host_translate(page).is_some());
         e.host_unmap(&pg, page);
-        assert_eq!(e.host_translate(page), None, "the block split, the page gone");
+        assert_eq!(
+            e.host_translate(page),
+            None,
+            "the block split, the page gone"
+        );
         // The window has a level-3 table now: the next page goes from the
         // shard's level-2 table, its neighbours stay.
         let next = PhysAddr::new(0x4000_6000);

@@ -52,11 +52,13 @@ pub const fn block_size(level: u8) -> u64 {
 }
 
 /// Where [`Stage2::prepare_page`] last found a level-3 table: the 2 MiB
-/// window it covers, the level-2 entry that points at it, and the table.
-/// Kept by the owner of a Stage-2 beside it (a VM's, under the VM's lock)
-/// and reset whenever that Stage-2 is built or freed; checked against the
-/// level-2 entry before each use, so a hint that no longer describes the
-/// tables only costs a full walk.
+/// window, the Stage-2's root and the level-2 entry that holds the
+/// window's table. Kept by the owner of a Stage-2 beside it (a VM's, under
+/// the VM's lock) and reset whenever that Stage-2 is built. Sound because a
+/// VM's tables above level 3 are only ever added while it lives (freed only
+/// with the whole Stage-2), so the entry found stays the window's level-2
+/// entry; it is read on every use, and anything but a table there means a
+/// full walk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PageHint {
     /// `ipa >> 21` of the window, plus one (0: no hint).
@@ -64,7 +66,6 @@ pub struct PageHint {
     /// The root of the Stage-2 the hint was taken from.
     root: PhysAddr,
     l2_entry: PhysAddr,
-    table: PhysAddr,
 }
 
 impl PageHint {
@@ -73,7 +74,6 @@ impl PageHint {
         window: 0,
         root: PhysAddr::new(0),
         l2_entry: PhysAddr::new(0),
-        table: PhysAddr::new(0),
     };
 }
 
@@ -365,16 +365,17 @@ impl Stage2 {
         ipa: Ipa,
         level: u8,
     ) -> Result<PhysAddr, S2Error> {
-        self.prepare(mem, arch, alloc, ipa, level).map(|(entry, _)| entry)
+        self.prepare(mem, arch, alloc, ipa, level)
+            .map(|(entry, _)| entry)
     }
 
     /// [`Stage2::prepare_leaf`] of a level-3 leaf for the page `ipa`, with
-    /// `hint` (see [`PageHint`]): when the page lies in the window of the
-    /// last table found and the level-2 entry still points at that table,
-    /// the entry is found there without a walk from the root (consecutive
-    /// one-page donations fill a window's 512 entries this way). Otherwise
-    /// the full walk, after which `hint` names the page's table. Same
-    /// results and errors as `prepare_leaf(.., ipa, 3)`.
+    /// `hint` (see [`PageHint`]): when the page lies in the hint's window of
+    /// this Stage-2 and the hint's level-2 entry is a table, the page's
+    /// entry is found in that table without a walk from the root
+    /// (consecutive one-page donations fill a window's 512 entries this
+    /// way). Otherwise the full walk, after which `hint` names the page's
+    /// window. Same results and errors as `prepare_leaf(.., ipa, 3)`.
     pub fn prepare_page<A: Arch, T: TableAlloc>(
         &self,
         mem: &PhysMem,
@@ -388,14 +389,16 @@ impl Stage2 {
             && hint.root == self.root
             && ipa.is_page_aligned()
             && self.in_range(ipa)
-            && Self::read(mem, hint.l2_entry) == Desc::table(hint.table)
         {
-            let idx = (ipa.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1);
-            let entry = hint.table.wrapping_add_bytes(idx.wrapping_mul(8));
-            if Self::read(mem, entry).is_valid() {
-                return Err(S2Error::AlreadyMapped);
+            let d = Self::read(mem, hint.l2_entry);
+            if d.is_table(2) {
+                let idx = (ipa.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1);
+                let entry = d.addr().wrapping_add_bytes(idx.wrapping_mul(8));
+                if Self::read(mem, entry).is_valid() {
+                    return Err(S2Error::AlreadyMapped);
+                }
+                return Ok(entry);
             }
-            return Ok(entry);
         }
         let (entry, parent) = self.prepare(mem, arch, alloc, ipa, 3)?;
         *hint = match parent {
@@ -403,7 +406,6 @@ impl Stage2 {
                 window,
                 root: self.root,
                 l2_entry,
-                table: PhysAddr::new(entry.raw() & !PAGE_SIZE.wrapping_sub(1)),
             },
             None => PageHint::NONE,
         };
@@ -577,14 +579,16 @@ impl Stage2 {
         if !ipa.is_page_aligned() || !self.in_range(ipa) {
             return None;
         }
-        let l2e = l2.checked_add(((ipa.raw() >> level_shift(2)) & ENTRIES.wrapping_sub(1)).wrapping_mul(8))?;
+        let l2e = l2.checked_add(
+            ((ipa.raw() >> level_shift(2)) & ENTRIES.wrapping_sub(1)).wrapping_mul(8),
+        )?;
         let d = Self::read(mem, l2e);
         if !d.is_table(2) {
             return None;
         }
-        let entry = d
-            .addr()
-            .checked_add(((ipa.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1)).wrapping_mul(8))?;
+        let entry = d.addr().checked_add(
+            ((ipa.raw() >> level_shift(3)) & ENTRIES.wrapping_sub(1)).wrapping_mul(8),
+        )?;
         let leaf = Self::read(mem, entry);
         if !leaf.is_valid() {
             return Some(false);

@@ -660,7 +660,7 @@ fn a_page_hint_gives_the_entry_the_walk_gives() {
 }
 
 #[test]
-fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
+fn a_page_hint_is_followed_only_while_its_level_2_entry_is_a_table() {
     // Two Stage-2s in one memory: roots at pages 0 and 2, the pool after.
     let mem = PhysMem::leak_host(PhysAddr::new(BASE), 20);
     let mut pool = PagePool::new();
@@ -668,7 +668,11 @@ fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
         assert!(pool.add(&mem, PhysAddr::new(BASE + i * PAGE_SIZE)));
     }
     let s2 = Stage2::new(PhysAddr::new(BASE), S2Config::DEFAULT, Vmid(5));
-    let other = Stage2::new(PhysAddr::new(BASE + 2 * PAGE_SIZE), S2Config::DEFAULT, Vmid(6));
+    let other = Stage2::new(
+        PhysAddr::new(BASE + 2 * PAGE_SIZE),
+        S2Config::DEFAULT,
+        Vmid(6),
+    );
     let arch = RecordingArch::new();
     let mut hint = PageHint::NONE;
     let first = Ipa::new(0x8_0000_0000);
@@ -676,7 +680,7 @@ fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
         .prepare_page(&mem, &arch, &mut pool, first, &mut hint)
         .unwrap();
     let table = PhysAddr::new(entry.raw() & !0xfff);
-    assert_eq!(hint.table, table);
+    assert_eq!(Stage2::read(&mem, hint.l2_entry), Desc::table(table));
 
     // With the hint, the root is not read: a root entry cut under it does
     // not stop the next page of the window.
@@ -690,14 +694,15 @@ fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
     );
     assert!(mem.write_u64(root_entry, saved.0));
 
-    // The level-2 entry no longer points at the table: the hint is not
-    // trusted, the walk builds a new level-3 table and the hint follows it.
+    // The level-2 entry is no table any more: the hint is not followed, the
+    // walk builds a new level-3 table there.
     assert!(mem.write_u64(hint.l2_entry, 0));
     let got = s2
         .prepare_page(&mem, &arch, &mut pool, next, &mut hint)
         .unwrap();
-    assert_ne!(PhysAddr::new(got.raw() & !0xfff), table);
-    assert_eq!(hint.table, PhysAddr::new(got.raw() & !0xfff));
+    let rebuilt = PhysAddr::new(got.raw() & !0xfff);
+    assert_ne!(rebuilt, table);
+    assert_eq!(Stage2::read(&mem, hint.l2_entry), Desc::table(rebuilt));
 
     // A hint taken from another Stage-2 in the same memory is not used
     // for this one, though its level-2 entry still points at its table.
@@ -705,8 +710,11 @@ fn a_page_hint_is_used_only_while_its_level_2_entry_points_at_its_table() {
     let got = other
         .prepare_page(&mem, &arch, &mut pool, next, &mut foreign)
         .unwrap();
-    assert_ne!(PhysAddr::new(got.raw() & !0xfff), hint.table);
-    assert_eq!(got, other.prepare_leaf(&mem, &arch, &mut pool, next, 3).unwrap());
+    assert_ne!(PhysAddr::new(got.raw() & !0xfff), rebuilt);
+    assert_eq!(
+        got,
+        other.prepare_leaf(&mem, &arch, &mut pool, next, 3).unwrap()
+    );
     assert_eq!(foreign.root, other.root());
 }
 
@@ -731,8 +739,16 @@ fn a_page_is_unmapped_below_its_level_2_table_or_left_to_the_walk() {
     map(0x8_0000_3000, 3, &mut pool);
     map(0x8_0020_0000, 2, &mut pool);
     let l2 = s2.table_at(&mem, Ipa::new(0x8_0000_3000), 2).unwrap();
-    assert_eq!(s2.table_at(&mem, Ipa::new(0x8_0020_0000), 2), Some(l2), "one GiB, one table");
-    assert_eq!(s2.table_at(&mem, Ipa::new(0x8_4000_0000), 2), None, "no table built there");
+    assert_eq!(
+        s2.table_at(&mem, Ipa::new(0x8_0020_0000), 2),
+        Some(l2),
+        "one GiB, one table"
+    );
+    assert_eq!(
+        s2.table_at(&mem, Ipa::new(0x8_4000_0000), 2),
+        None,
+        "no table built there"
+    );
     assert_eq!(s2.table_at(&mem, Ipa::new(0x8_0000_3000), 4), None);
     arch.clear();
 
@@ -742,17 +758,41 @@ fn a_page_is_unmapped_below_its_level_2_table_or_left_to_the_walk() {
     assert!(s2.translate(&mem, page).is_none());
     let ev = events(&arch);
     check_break_before_make(ev.iter().copied()).unwrap();
-    assert!(ev.contains(&ArchEvent::TlbiIpa { vmid: Vmid(5), ipa: page }), "{ev:?}");
+    assert!(
+        ev.contains(&ArchEvent::TlbiIpa {
+            vmid: Vmid(5),
+            ipa: page
+        }),
+        "{ev:?}"
+    );
     arch.clear();
 
     // Its neighbour, never mapped, in the same table: nothing to do.
-    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0000_4000)), Some(false));
+    assert_eq!(
+        s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0000_4000)),
+        Some(false)
+    );
     // Under a block, or where the level-2 entry is empty: left to the walk,
     // with nothing changed.
-    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0020_5000)), None);
-    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0060_0000)), None);
-    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0000_4800)), None);
-    assert_eq!(s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x100_0000_0000)), None);
+    assert_eq!(
+        s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0020_5000)),
+        None
+    );
+    assert_eq!(
+        s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0060_0000)),
+        None
+    );
+    assert_eq!(
+        s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x8_0000_4800)),
+        None
+    );
+    assert_eq!(
+        s2.unmap_page_below(&mem, &arch, l2, Ipa::new(0x100_0000_0000)),
+        None
+    );
     assert!(events(&arch).is_empty());
-    assert_eq!(s2.translate(&mem, Ipa::new(0x8_0020_5000)).map(|t| t.level), Some(2));
+    assert_eq!(
+        s2.translate(&mem, Ipa::new(0x8_0020_5000)).map(|t| t.level),
+        Some(2)
+    );
 }
