@@ -531,8 +531,7 @@ impl<A: Arch> Engine<A> {
             if let (Some(first), Some(last)) = (
                 base.checked_addr(),
                 Pfn::new(base.raw().wrapping_add(pages).wrapping_sub(1)).checked_addr(),
-            ) && pages > 0
-                && first.raw() & !gib.wrapping_sub(1) == last.raw() & !gib.wrapping_sub(1)
+            ) && first.raw() & !gib.wrapping_sub(1) == last.raw() & !gib.wrapping_sub(1)
                 && let Some(l2) = self.host_s2.table_at(&self.mem, Ipa::new(first.raw()), 2)
             {
                 sg.set_host_l2(l2);
@@ -1313,17 +1312,20 @@ mod tests {
 
     #[test]
     fn a_host_unmap_that_cannot_split_drops_the_whole_block() {
-        // 1024 pages in 2 MiB shards: the second shard is all the host's,
-        // one level-2 block. With the host's table reserve emptied, taking
-        // one page out of that block cannot split it: the block must go
-        // whole (the host refaults the rest), never stay mapped.
+        // 1536 pages in 2 MiB shards: the second and third shards are all
+        // the host's, one level-2 block each. With the host's table reserve
+        // emptied, taking one page (the one-page path) or a run of two (the
+        // run path) out of a block cannot split it: the block must go whole
+        // (the host refaults the rest), never stay mapped.
         let spec = MachineSpec {
-            ram_pages: 1024,
+            ram_pages: 1536,
             ..MachineSpec::default()
         };
         let e = spec.build(NoopArch);
         let page = spec.page(600);
+        let run = spec.page(1100);
         assert_eq!(e.host_translate(page).map(|t| t.level), Some(2));
+        assert_eq!(e.host_translate(run).map(|t| t.level), Some(2));
         e.host_tables.exhaust(&e.mem);
         e.host_unmap_run(Pfn::containing(page), 1);
         assert_eq!(e.host_translate(page), None);
@@ -1332,6 +1334,9 @@ mod tests {
             e.host_translate(spec.page(511)).is_some(),
             "not the shard before"
         );
+        e.host_unmap_run(Pfn::containing(run), 2);
+        assert_eq!(e.host_translate(run), None);
+        assert_eq!(e.host_translate(spec.page(1024)), None, "the whole block");
     }
 
     /// An engine over the RAM ranges `ram`, backed by `window` pages from
@@ -1458,10 +1463,15 @@ mod tests {
             "the block split, the page gone"
         );
         // The window has a level-3 table now: the next page goes from the
-        // shard's level-2 table, its neighbours stay.
+        // shard's level-2 table, its neighbours stay. With the GiB's root
+        // entry cut meanwhile, only that path can find the page.
         let next = PhysAddr::new(0x4000_6000);
         assert_eq!(e.host_translate(next).map(|t| t.level), Some(3));
+        let root = PhysAddr::new(e.host_vttbr() & stage2::desc::OA_MASK).wrapping_add_bytes(8);
+        let saved = e.mem.read_u64(root).unwrap();
+        cut_host_table(&e, 0x4000_0000, 1);
         e.host_unmap(&pg, next);
+        assert!(e.mem.write_u64(root, saved));
         assert_eq!(e.host_translate(next), None);
         assert!(e.host_translate(PhysAddr::new(0x4000_7000)).is_some());
     }
