@@ -403,3 +403,29 @@ fn a_run_across_shards_fits_a_pool_of_exactly_its_tables() {
         );
     }
 }
+
+/// A one-page `Donate` takes the page out of the host Stage-2 starting at
+/// its shard's level-2 table: with the GiB's root entry cut meanwhile, a
+/// walk from the root could not find the page, and the host would keep it.
+#[test]
+fn a_one_page_donate_unmaps_the_host_from_its_shards_level_2_table() {
+    let spec = MachineSpec::default();
+    let e = spec.build(RecordingArch::new());
+    let (s, [vm, ..]) = call(&e, HostCall::VmCreate, [spec.page(16).raw(), 8, 1, 0]);
+    assert_eq!(s, Status::Success);
+    let page = spec.page(50);
+    assert_eq!(e.host_translate(page).map(|t| t.level), Some(3));
+    let root = PhysAddr::new(e.host_vttbr() & crate::stage2::desc::OA_MASK);
+    let entry = root.wrapping_add_bytes((page.raw() >> 30 & 0x3ff).wrapping_mul(8));
+    let saved = e.mem().read_u64(entry).unwrap();
+    assert!(e.mem().write_u64(entry, 0));
+    let (s, _) = call(
+        &e,
+        HostCall::Donate,
+        [vm, page.raw(), GUEST_RAM, perms::R | perms::W],
+    );
+    assert!(e.mem().write_u64(entry, saved));
+    assert_eq!(s, Status::Success);
+    assert_eq!(e.host_translate(page), None);
+    assert!(e.host_translate(spec.page(51)).is_some());
+}

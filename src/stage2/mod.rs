@@ -546,7 +546,9 @@ impl Stage2 {
     /// The table holding `ipa`'s entry at `level`, if every table above it
     /// exists (a walk that reads only).
     pub fn table_at(&self, mem: &PhysMem, ipa: Ipa, level: u8) -> Option<PhysAddr> {
-        if level > 3 || !self.in_range(ipa) {
+        // No level below 3: a level-3 entry is never a table, so the walk
+        // ends there for any larger `level`.
+        if !self.in_range(ipa) {
             return None;
         }
         let mut table = self.root;

@@ -749,7 +749,22 @@ fn a_page_is_unmapped_below_its_level_2_table_or_left_to_the_walk() {
         None,
         "no table built there"
     );
-    assert_eq!(s2.table_at(&mem, Ipa::new(0x8_0000_3000), 4), None);
+    let l3 = s2.table_at(&mem, Ipa::new(0x8_0000_3000), 3).unwrap();
+    assert_eq!(
+        s2.translate(&mem, Ipa::new(0x8_0000_3000)).map(|t| t.level),
+        Some(3)
+    );
+    assert_ne!(l3, l2);
+    assert_eq!(
+        s2.table_at(&mem, Ipa::new(0x8_0000_3000), 4),
+        None,
+        "no level 4"
+    );
+    assert_eq!(
+        s2.table_at(&mem, Ipa::new(0x100_0000_3000), 2),
+        None,
+        "out of range"
+    );
     arch.clear();
 
     // A mapped page under a level-3 table: removed, with its TLBI by IPA.
