@@ -265,6 +265,57 @@ fn two_shards_sharing_a_level2_table_edit_the_host_stage2_at_once() {
     assert!(n > 1, "the two CPUs' calls interleave");
 }
 
+/// The one-page unmap that starts at the shard's level-2 table, racing
+/// another edit of the same level-3 table: shard 1's block is split before
+/// the race (a page donated to VM A), and a page of it went to VM B, since
+/// destroyed. CPU 1 donates another page of shard 1 to A (its host unmap
+/// reads the level-2 entry and writes only its own level-3 entry); CPU 2
+/// reclaims B's page (its host map writes its own entry of the same
+/// table). Both hold shard 1's lock for their edit, in either order.
+#[test]
+fn a_one_page_unmap_below_the_level2_table_races_a_map_in_its_table() {
+    static MEM: OnceLock<PhysMem> = OnceLock::new();
+    let n = isola_loom_tests::model::exhaustive_long(LONG, || {
+        let e = machine(&MEM);
+        let a = ok(e, 0, HostCall::VmCreate, [page(16), 5, 1, 0, 0]);
+        let b = ok(e, 0, HostCall::VmCreate, [page(21), 5, 1, 0, 0]);
+        let split = page(SHARD_PAGES + 8);
+        let p1 = page(SHARD_PAGES + 7);
+        let lent = page(SHARD_PAGES + 20);
+        ok(e, 0, HostCall::Donate, [a, split, IPA, perms::R | perms::W, 1]);
+        ok(e, 0, HostCall::Donate, [b, lent, IPA, perms::R | perms::W, 1]);
+        ok(e, 0, HostCall::VmDestroy, [b, 0, 0, 0, 0]);
+        assert_eq!(
+            e.host_translate(PhysAddr::new(p1)).map(|t| t.level),
+            Some(3)
+        );
+        e.arch().arm();
+        let t = loom::thread::spawn(move || {
+            ok(
+                e,
+                1,
+                HostCall::Donate,
+                [a, p1, IPA + PAGE_SIZE, perms::R | perms::W, 1],
+            );
+        });
+        ok(e, 2, HostCall::Reclaim, [lent, 0, 0, 0, 0]);
+        t.join().unwrap();
+        assert_eq!(e.host_translate(PhysAddr::new(p1)), None);
+        assert_eq!(e.host_translate(PhysAddr::new(split)), None);
+        assert_eq!(
+            e.host_translate(PhysAddr::new(lent)).map(|t| t.level),
+            Some(3)
+        );
+        assert_eq!(
+            e.host_translate(PhysAddr::new(p1 - PAGE_SIZE))
+                .map(|t| t.level),
+            Some(3)
+        );
+        host_tables_exact(e);
+    });
+    assert!(n > 1, "the two CPUs' calls interleave");
+}
+
 /// A device fault and RAM edits at once: CPU 1 faults on the UART (its
 /// 1 GiB window holds no RAM, so its tables are built on that first fault,
 /// under the device-map lock) while CPU 2 donates a page of shard 1 and
