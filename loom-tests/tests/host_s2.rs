@@ -282,8 +282,18 @@ fn a_one_page_unmap_below_the_level2_table_races_a_map_in_its_table() {
         let split = page(SHARD_PAGES + 8);
         let p1 = page(SHARD_PAGES + 7);
         let lent = page(SHARD_PAGES + 20);
-        ok(e, 0, HostCall::Donate, [a, split, IPA, perms::R | perms::W, 1]);
-        ok(e, 0, HostCall::Donate, [b, lent, IPA, perms::R | perms::W, 1]);
+        ok(
+            e,
+            0,
+            HostCall::Donate,
+            [a, split, IPA, perms::R | perms::W, 1],
+        );
+        ok(
+            e,
+            0,
+            HostCall::Donate,
+            [b, lent, IPA, perms::R | perms::W, 1],
+        );
         ok(e, 0, HostCall::VmDestroy, [b, 0, 0, 0, 0]);
         assert_eq!(
             e.host_translate(PhysAddr::new(p1)).map(|t| t.level),
