@@ -191,8 +191,10 @@ fn vm_create(pages: &mut Pages, vcpus: u64) -> Result<u64, u64> {
 // donates. Entered with x0 = 0: exit with `GuestCall::HostCall` forever;
 // x0 = [`FP_GUEST`]: the same, with an FP/SIMD register write before each
 // `hvc` (FP/SIMD enabled in its `CPACR_EL1` first), so every run takes the
-// world switch's lazy FP/SIMD load; x0 = an MMIO IPA: write to it forever.
-// Every loop iteration is one exit.
+// world switch's lazy FP/SIMD load; x0 = [`INFO_GUEST`]: the same, with a
+// `GuestCall::Info` before each `HostCall` (answered at EL2: the guest
+// resumes without the host); x0 = an MMIO IPA: write to it forever. Every
+// loop iteration is one exit to the host.
 global_asm!(
     r#"
 .section .rodata.bench_guest, "a"
@@ -202,6 +204,8 @@ global_asm!(
 bench_guest_start:
     cmp x0, #{FP}
     b.eq 4f
+    cmp x0, #{INFO}
+    b.eq 6f
     cbnz x0, 2f
 1:  movz x0, #{LO}
     movk x0, #{HI}, lsl #16
@@ -218,11 +222,21 @@ bench_guest_start:
     movk x0, #{HI}, lsl #16
     hvc #0
     b 5b
+6:  movz x0, #{INFO_LO}
+    movk x0, #{INFO_HI}, lsl #16
+    hvc #0
+    movz x0, #{LO}
+    movk x0, #{HI}, lsl #16
+    hvc #0
+    b 6b
 bench_guest_end:
 "#,
     FP = const FP_GUEST,
+    INFO = const INFO_GUEST,
     LO = const GuestCall::HostCall as u32 & 0xffff,
     HI = const GuestCall::HostCall as u32 >> 16,
+    INFO_LO = const GuestCall::Info as u32 & 0xffff,
+    INFO_HI = const GuestCall::Info as u32 >> 16,
 );
 
 // The interrupt bench guest (entered at +0x800 with x0 ignored): its EL1
@@ -482,6 +496,8 @@ fn interrupt_round_trip(b: &Bench, pages: &mut Pages) {
 /// The bench guest's argument for its FP/SIMD loop (not a page address,
 /// so never an MMIO IPA).
 const FP_GUEST: u64 = 1;
+/// The bench guest's argument for a `GuestCall::Info` before each exit.
+const INFO_GUEST: u64 = 2;
 
 /// A VM with one vCPU that runs the bench guest with `x0 = arg`.
 fn guest_vm(pages: &mut Pages, arg: u64) -> Result<u64, (&'static str, &'static str)> {
@@ -745,6 +761,15 @@ pub fn run() {
             format_args!("guest setup: {} -> {}", s.0, s.1),
         ),
         Ok(f) => b.run("vcpu-run-fp-exit", SAMPLES, 1, |_| {
+            run_once(f, |e| matches!(e, Exit::HostCall { .. }))
+        }),
+    }
+    match guest_vm(&mut pages, INFO_GUEST) {
+        Err(s) => Bench::skip(
+            "vcpu-run-el2-call-exit",
+            format_args!("guest setup: {} -> {}", s.0, s.1),
+        ),
+        Ok(f) => b.run("vcpu-run-el2-call-exit", SAMPLES, 1, |_| {
             run_once(f, |e| matches!(e, Exit::HostCall { .. }))
         }),
     }
