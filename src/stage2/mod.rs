@@ -566,7 +566,8 @@ impl Stage2 {
 
     /// Removes the 4 KiB page at `ipa` (page aligned) starting the walk at
     /// `l2`, the level-2 table that holds `ipa`'s level-2 entry (the caller
-    /// knows it, and that it cannot change under the lock it holds): if that
+    /// knows it, and that it cannot change under the lock it holds; never
+    /// the root, which no [`S2Config`] puts at level 2): if that
     /// entry is a table, the page's entry is invalidated if valid (TLBI by
     /// IPA, completed) and `Some(whether it was mapped)` returned. `None`,
     /// with nothing changed, if the level-2 entry is not a table (a block to

@@ -47,6 +47,15 @@ fn config_validation() {
 }
 
 #[test]
+fn no_configuration_starts_at_level_2() {
+    // A level-2 root would be concatenated tables of more than 512 entries;
+    // `Stage2::unmap_page_below` indexes a level-2 table by 9 bits.
+    for bits in 0..=u8::MAX {
+        assert_eq!(S2Config::new(bits, 2), None, "{bits} bits from level 2");
+    }
+}
+
+#[test]
 fn map_translate_unmap_page() {
     let (mem, mut pool, s2) = setup(16);
     let arch = RecordingArch::new();
