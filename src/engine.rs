@@ -1417,8 +1417,9 @@ mod tests {
     }
 
     /// Clears the host Stage-2 entry at `level` for `ipa` (a table, so
-    /// whatever lay below it is no longer reachable).
-    fn cut_host_table(e: &Engine<NoopArch>, ipa: u64, level: u8) {
+    /// whatever lay below it is no longer reachable); returns the entry's
+    /// address and old value, for a test that puts it back.
+    fn cut_host_table(e: &Engine<NoopArch>, ipa: u64, level: u8) -> (PhysAddr, u64) {
         let mut table = PhysAddr::new(e.host_vttbr() & stage2::desc::OA_MASK);
         // The root (level 1, 40 bits) is two concatenated tables.
         let index = |level: u8| {
@@ -1432,10 +1433,10 @@ mod tests {
                 .unwrap();
             table = PhysAddr::new(d & stage2::desc::OA_MASK);
         }
-        assert!(
-            e.mem
-                .write_u64(table.wrapping_add_bytes(index(level).wrapping_mul(8)), 0)
-        );
+        let entry = table.wrapping_add_bytes(index(level).wrapping_mul(8));
+        let old = e.mem.read_u64(entry).unwrap();
+        assert!(e.mem.write_u64(entry, 0));
+        (entry, old)
     }
 
     #[test]
@@ -1467,9 +1468,7 @@ mod tests {
         // entry cut meanwhile, only that path can find the page.
         let next = PhysAddr::new(0x4000_6000);
         assert_eq!(e.host_translate(next).map(|t| t.level), Some(3));
-        let root = PhysAddr::new(e.host_vttbr() & stage2::desc::OA_MASK).wrapping_add_bytes(8);
-        let saved = e.mem.read_u64(root).unwrap();
-        cut_host_table(&e, 0x4000_0000, 1);
+        let (root, saved) = cut_host_table(&e, 0x4000_0000, 1);
         e.host_unmap(&pg, next);
         assert!(e.mem.write_u64(root, saved));
         assert_eq!(e.host_translate(next), None);
